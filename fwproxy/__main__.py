@@ -1,0 +1,5 @@
+"""``python -m fwproxy``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The application factory: settings in, a ready aiohttp application out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .config import Settings
+from .log import REDACT
+from .oauth import ClientCredentialsGrant
+from .proxy import Proxy
+from .token_manager import TokenManager
+from .upstream import create_session
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenManager)
+PROXY = web.AppKey("proxy", Proxy)
+
+# Whole-request limits of aiohttp's own parser; bodies are streamed, not limited here.
+MAX_LINE = 16 * 1024
+MAX_FIELD = 16 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the proxy application. The upstream session lives in `cleanup_ctx`."""
+    app = web.Application(
+        middlewares=[_connect_to_proxy],
+        handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
+    )
+    app[SETTINGS] = settings
+    if settings.auth.client_secret is not None:
+        REDACT.pin(settings.auth.client_secret.reveal())
+    app.cleanup_ctx.append(_upstream)
+    app.router.add_route("*", "/{tail:.*}", _forward)
+    return app
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+@web.middleware
+async def _connect_to_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CONNECT's authority-form target matches no route; let the proxy refuse it (405)."""
+    if request.method == "CONNECT":
+        return await _forward(request)
+    return await handler(request)
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = create_session(settings.tenant)
+    assert settings.auth.client_secret is not None
+    grant = ClientCredentialsGrant(
+        session,
+        settings.auth.token_url,
+        settings.auth.client_id,
+        settings.auth.client_secret,
+        settings.auth.refresh_margin,
+    )
+    tokens = TokenManager(grant)
+    proxy = Proxy(settings, session, tokens)
+    app[TOKENS] = tokens
+    app[PROXY] = proxy
+    yield
+    await tokens.aclose()
+    await session.close()

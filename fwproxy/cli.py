@@ -1,0 +1,220 @@
+"""Command line: ``fwproxy run|check|token|demo``. Exit 0 ok, 1 failed, 2 config or usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .app import TOKENS, create_app
+from .config import Settings, find_config, load_config, parse_config
+from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from .exceptions import ConfigError, TokenError
+from .log import setup_logging
+from .oauth import ClientCredentialsGrant
+from .upstream import create_session
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SHUTDOWN_TIMEOUT = 30.0
+log = logging.getLogger("fwproxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fwproxy",
+        description="Authenticating reverse proxy for FotoWeb: plain HTTP in, OAuth out.",
+    )
+    parser.add_argument("--version", action="version", version=f"fwproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (default: search)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    commands.add_parser("run", parents=[common], help="run the proxy")
+    commands.add_parser(
+        "check", parents=[common], help="validate config, get a token, call /fotoweb/me"
+    )
+    commands.add_parser("token", parents=[common], help="print one valid access token")
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the proxy in front of a built-in simulated tenant"
+    )
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--token-lifetime", type=int, default=30, metavar="SECONDS",
+                      help="lifetime of the demo tenant's tokens, short so renewals show")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        if args.command == "demo":
+            setup_logging(args.log_level or "info")
+            return asyncio.run(demo(args.port, args.token_lifetime))
+        settings = load_config(find_config(args.config, environ), environ)
+    except ConfigError as exc:
+        print(f"fwproxy: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level or settings.log.level, settings.log.format)
+    runners = {"run": run, "check": check, "token": token}
+    try:
+        return asyncio.run(runners[args.command](settings))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def run(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            print(
+                f"fwproxy: cannot listen on {settings.listen.host}:{settings.listen.port}: "
+                f"{exc.strerror}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            log.info("listening on http://%s:%d -> %s (%s)",
+                     f"[{host}]" if ":" in host else host, port, settings.tenant.url,
+                     settings.source)
+        warmup = asyncio.get_running_loop().create_task(_warm_up(app))
+        await _wait_for_signal()
+        warmup.cancel()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+    return EXIT_OK
+
+
+async def _warm_up(app: web.Application) -> None:
+    """Fetch the first token at once; a failure is logged by the manager and retried later."""
+    with contextlib.suppress(TokenError):
+        await app[TOKENS].get()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> str:
+    assert settings.auth.client_secret is not None
+    grant = ClientCredentialsGrant(
+        session, settings.auth.token_url, settings.auth.client_id,
+        settings.auth.client_secret, settings.auth.refresh_margin,
+    )
+    token = await grant.fetch()
+    return token.value
+
+
+async def token(settings: Settings) -> int:
+    """Print one access token on stdout and nothing else."""
+    async with create_session(settings.tenant) as session:
+        try:
+            value = await _fetch_token(settings, session)
+        except TokenError as exc:
+            print(f"fwproxy: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(value)
+    return EXIT_OK
+
+
+async def check(settings: Settings) -> int:
+    """Validate, get a token, call GET /fotoweb/me; print a short report."""
+    print(f"config       {settings.source}: ok")
+    print(f"tenant       {settings.tenant.url}")
+    print(f"token url    {settings.auth.token_url}")
+    print(f"client id    {settings.auth.client_id}")
+    async with create_session(settings.tenant) as session:
+        try:
+            value = await _fetch_token(settings, session)
+        except TokenError as exc:
+            print(f"token        FAILED: {exc}")
+            return EXIT_FAILED
+        print("token        ok")
+        url = settings.tenant.url.with_path("/fotoweb/me")
+        try:
+            async with session.get(
+                url, headers={"Authorization": f"Bearer {value}", "Accept": "application/json"},
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.content.read(64 * 1024)
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            print(f"/fotoweb/me  FAILED: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+    if status != 200:
+        print(f"/fotoweb/me  FAILED: HTTP {status}")
+        return EXIT_FAILED
+    print(f"/fotoweb/me  ok: {_user_name(body)}")
+    return EXIT_OK
+
+
+def _user_name(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "(not JSON)"
+    if isinstance(document, dict):
+        return str(document.get("fullName") or document.get("userName") or "(no user name)")
+    return "(unexpected answer)"
+
+
+async def demo(port: int, token_lifetime: int) -> int:
+    """The simulated tenant on a free loopback port and the proxy in front of it."""
+    tenant_runner = web.AppRunner(
+        create_tenant_app(TenantState(token_lifetime=token_lifetime)), access_log=None
+    )
+    await tenant_runner.setup()
+    tenant_site = web.TCPSite(tenant_runner, "127.0.0.1", 0)
+    await tenant_site.start()
+    tenant_port = tenant_runner.addresses[0][1]
+    settings = parse_config(
+        {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "tenant": {"url": f"http://127.0.0.1:{tenant_port}", "allow_insecure_http": True},
+            "auth": {"client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET},
+        },
+        environ={},
+        source="<demo>",
+    )
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"\nfwproxy demo: simulated tenant on http://127.0.0.1:{tenant_port} "
+        f"(tokens live {token_lifetime}s), proxy on {base}\n\n"
+        "Try, in another terminal (no token needed):\n"
+        f"  curl -s {base}/fotoweb/me\n"
+        f"  curl -s {base}/fotoweb/archives/\n"
+        f"  curl -s -X POST --data-binary 'hello' {base}/sim/echo\n"
+        f"  curl -s http://127.0.0.1:{tenant_port}/fotoweb/me   # direct: 401, no token\n\n"
+        "Watch the log below renew the token. Ctrl-C stops.\n",
+        flush=True,
+    )
+    try:
+        return await run(settings)
+    finally:
+        await tenant_runner.cleanup()

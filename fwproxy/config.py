@@ -1,0 +1,384 @@
+"""Configuration: a YAML file plus environment overrides, validated into frozen dataclasses.
+
+The key names are a contract with users' files. Every key may also come from the
+environment as ``FWPROXY_<SECTION>_<KEY>`` (environment beats file), and the client secret
+from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error names its key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yarl import URL
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "ListenConfig",
+    "LogConfig",
+    "Secret",
+    "Settings",
+    "TenantConfig",
+    "find_config",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_LOCATIONS = (Path("fwproxy.yaml"), Path("/etc/fwproxy/config.yaml"))
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs; `reveal()` gets it out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    url: URL
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    allow_insecure_http: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    client_id: str
+    client_secret: Secret | None
+    token_url: URL
+    grant_type: str = "client_credentials"
+    client_secret_file: Path | None = None
+    refresh_margin: float = 60.0
+    token_placement: str = "auto"
+    client_authorization: str = "keep"
+    replay_max_body: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: ListenConfig
+    tenant: TenantConfig
+    auth: AuthConfig
+    log: LogConfig
+    source: str = "<defaults>"
+
+
+# --- value parsers: each takes the raw value and the key, returns the typed value ----------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9,
+               "gb": 10**9, "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20,
+               "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_size(value: object, key: str) -> int:
+    """``64MiB``, ``1.5GB``, ``1048576`` -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size such as 64MiB, got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(key, f"expected a size such as 64MiB or 1048576, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: object, key: str) -> float:
+    """``90``, ``1.5``, ``500ms``, ``5m``, ``1h`` -> seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration such as 30 or 5m, got {value!r}")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(key, f"expected a duration such as 30, 500ms or 5m, got {value!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_bool(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def parse_port(value: object, key: str) -> int:
+    try:
+        port = int(str(value))
+    except ValueError:
+        raise ConfigError(key, f"expected a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(key, f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def parse_str(value: object, key: str) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise ConfigError(key, "expected a non-empty string")
+    return str(value)
+
+
+def parse_optional_path(value: object, key: str) -> Path | None:
+    if value is None or value == "":
+        return None
+    return Path(parse_str(value, key)).expanduser()
+
+
+def choice(*options: str) -> Callable[[object, str], str]:
+    def parse(value: object, key: str) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ConfigError(key, f"must be one of {', '.join(options)}; got {value!r}")
+        return text
+
+    return parse
+
+
+# (section, key) -> parser. The order here is the order of config.example.yaml.
+SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
+    "listen": {"host": parse_str, "port": parse_port},
+    "tenant": {
+        "url": parse_str,
+        "ca_file": parse_optional_path,
+        "verify_tls": parse_bool,
+        "allow_insecure_http": parse_bool,
+        "connect_timeout": parse_duration,
+        "read_timeout": parse_duration,
+    },
+    "auth": {
+        "grant_type": choice("client_credentials"),
+        "client_id": parse_str,
+        "client_secret": parse_str,
+        "client_secret_file": parse_optional_path,
+        "token_url": parse_str,
+        "refresh_margin": parse_duration,
+        "token_placement": choice("auto", "header", "query"),
+        "client_authorization": choice("keep", "replace"),
+        "replay_max_body": parse_size,
+    },
+    "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
+}
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """``--config``, else ``$FWPROXY_CONFIG``, else ./fwproxy.yaml, else /etc/fwproxy/."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("FWPROXY_CONFIG"):
+        return Path(environ["FWPROXY_CONFIG"])
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "",
+        "no configuration found: pass --config PATH, set FWPROXY_CONFIG, or create "
+        "./fwproxy.yaml (see config.example.yaml); `fwproxy demo` needs none",
+    )
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (may be None for environment-only configuration) and validate it."""
+    environ = os.environ if environ is None else environ
+    raw: object = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError("", f"{path}{where}: {problem}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", f"{path}: the top level must be a mapping of sections")
+    return parse_config(raw, environ, source=str(path) if path else "<environment>")
+
+
+def parse_config(
+    raw: Mapping[str, object], environ: Mapping[str, str], source: str = "<mapping>"
+) -> Settings:
+    """Validate an already-parsed mapping; `environ` supplies the overrides."""
+    values = _merge(raw, environ)
+    listen = ListenConfig(**values["listen"])
+    tenant = _tenant(values["tenant"])
+    auth = _auth(values["auth"], tenant, environ)
+    log = LogConfig(**values["log"])
+    return Settings(listen=listen, tenant=tenant, auth=auth, log=log, source=source)
+
+
+def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Check names, apply environment overrides, parse each value with its schema parser."""
+    for section in raw:
+        if section not in SCHEMA:
+            raise ConfigError(str(section), f"unknown section (known: {', '.join(SCHEMA)})")
+    merged: dict[str, dict[str, Any]] = {}
+    for section, parsers in SCHEMA.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(section, "must be a mapping of keys")
+        for key in given:
+            if key not in parsers:
+                raise ConfigError(
+                    f"{section}.{key}", f"unknown key (known: {', '.join(parsers)})"
+                )
+        out: dict[str, Any] = {}
+        for key, parse in parsers.items():
+            env_name = f"FWPROXY_{section}_{key}".upper()
+            if env_name in environ:
+                out[key] = parse(environ[env_name], env_name)
+            elif key in given and given[key] is not None:
+                out[key] = parse(given[key], f"{section}.{key}")
+        merged[section] = out
+    return merged
+
+
+def _tenant(values: dict[str, Any]) -> TenantConfig:
+    if "url" not in values:
+        raise ConfigError("tenant.url", "is required, e.g. https://acme.fotoware.cloud")
+    text = values.pop("url")
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ConfigError("tenant.url", f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError("tenant.url", f"expected scheme://host[:port], got {text!r}")
+    if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
+        raise ConfigError(
+            "tenant.url",
+            f"give only scheme://host[:port] (the path comes from each request), got {text!r}",
+        )
+    tenant = TenantConfig(url=url.origin(), **values)
+    if tenant.url.scheme == "http" and not tenant.allow_insecure_http:
+        raise ConfigError(
+            "tenant.url",
+            "http:// sends the token in clear text; use https:// or set "
+            "tenant.allow_insecure_http: true",
+        )
+    if tenant.ca_file is not None and not tenant.ca_file.is_file():
+        raise ConfigError("tenant.ca_file", f"no such file: {tenant.ca_file}")
+    return tenant
+
+
+def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, str]) -> AuthConfig:
+    if "client_id" not in values:
+        raise ConfigError("auth.client_id", "is required (Site Configuration > Applications)")
+    token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant)
+    secret_text = values.pop("client_secret", None)
+    secret_file = values.pop("client_secret_file", None)
+    if environ.get("FWPROXY_CLIENT_SECRET"):
+        secret_text, secret_file = environ["FWPROXY_CLIENT_SECRET"], None
+    elif environ.get("FWPROXY_CLIENT_SECRET_FILE"):
+        secret_text, secret_file = None, Path(environ["FWPROXY_CLIENT_SECRET_FILE"])
+    elif secret_text is not None and secret_file is not None:
+        raise ConfigError(
+            "auth.client_secret", "set either auth.client_secret or auth.client_secret_file"
+        )
+    if secret_file is not None:
+        secret_text = read_secret_file(secret_file, "auth.client_secret_file")
+    if secret_text is None:
+        raise ConfigError(
+            "auth.client_secret",
+            "is required: set auth.client_secret, auth.client_secret_file or "
+            "FWPROXY_CLIENT_SECRET",
+        )
+    return AuthConfig(
+        token_url=token_url,
+        client_secret=Secret(secret_text),
+        client_secret_file=secret_file,
+        **values,
+    )
+
+
+def _token_url(text: str, tenant: TenantConfig) -> URL:
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ConfigError("auth.token_url", f"not a URL: {exc}") from None
+    if not url.is_absolute():
+        if not text.startswith("/"):
+            raise ConfigError("auth.token_url", f"a relative URL must start with '/': {text!r}")
+        return tenant.url.join(url)
+    if url.scheme == "http" and not tenant.allow_insecure_http:
+        raise ConfigError("auth.token_url", "http:// would send the client secret in clear text")
+    if url.scheme not in ("http", "https"):
+        raise ConfigError("auth.token_url", f"expected an http(s) URL, got {text!r}")
+    return url
+
+
+def read_secret_file(path: Path, key: str) -> str:
+    """Read a secret file, refusing it (like ssh) when group or others may access it."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(key, f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            key,
+            f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open; "
+            f"run: chmod 600 {path}",
+        )
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc}") from None
+    if not text:
+        raise ConfigError(key, f"{path} is empty")
+    return text
+

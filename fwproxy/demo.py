@@ -1,0 +1,246 @@
+"""A simulated FotoWeb tenant: the token endpoint of seed 002 and a few API resources.
+
+`fwproxy demo` runs it on loopback behind the proxy; the tests run the very same app. It
+checks what a real tenant checks (form encoding, client credentials, bearer tokens in the
+header or the ``access_token`` query parameter) and can be told to misbehave: strip the
+Authorization header like a badly configured NGINX (seed 001), revoke tokens, refuse them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+TOKEN_PATH = "/fotoweb/oauth2/token"
+DEMO_CLIENT_ID = "fwproxy-demo"
+DEMO_CLIENT_SECRET = "demo-secret-not-for-production"
+PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes for downloads
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path_qs: str
+    headers: dict[str, list[str]]
+    body_size: int
+
+
+@dataclass
+class TenantState:
+    """The simulated tenant's knobs and its record of what it saw."""
+
+    clients: dict[str, str] = field(
+        default_factory=lambda: {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
+    )
+    token_lifetime: float = 3600
+    strip_authorization: bool = False  # play the NGINX of seed 001
+    token_endpoint_fault: tuple[int, str, bytes] | None = None  # (status, type, body)
+    tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
+    token_requests: int = 0
+    token_forms: list[dict[str, str]] = field(default_factory=list)
+    token_headers: list[dict[str, str]] = field(default_factory=list)
+    seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=1000))
+    upload_sizes: list[int] = field(default_factory=list)
+
+    def issue(self) -> tuple[str, float]:
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.monotonic() + self.token_lifetime
+        return token, self.token_lifetime
+
+    def revoke_all(self) -> None:
+        self.tokens.clear()
+
+    def valid(self, token: str | None) -> bool:
+        expiry = self.tokens.get(token or "")
+        return expiry is not None and time.monotonic() < expiry
+
+
+TENANT = web.AppKey("tenant", TenantState)
+
+
+def create_tenant_app(state: TenantState | None = None) -> web.Application:
+    """The simulated tenant as an aiohttp application."""
+    app = web.Application(middlewares=[_record, _authenticate])
+    app[TENANT] = state or TenantState()
+    app.router.add_post(TOKEN_PATH, token_endpoint)
+    app.router.add_get("/fotoweb/", api_descriptor)
+    app.router.add_get("/fotoweb/me", me)
+    app.router.add_get("/fotoweb/archives/", archives)
+    app.router.add_get("/fotoweb/archives/{id}/", archive)
+    app.router.add_route("*", "/sim/echo", echo)
+    app.router.add_get("/sim/bytes/{n}", download)
+    app.router.add_route("*", "/sim/upload", upload)
+    app.router.add_get("/sim/gzip", gzipped)
+    app.router.add_get("/sim/redirect", redirect)
+    app.router.add_get("/sim/forbidden", forbidden)
+    return app
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description},
+        status=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def token_endpoint(request: web.Request) -> web.Response:
+    """POST /fotoweb/oauth2/token as seed 002 describes it."""
+    state = request.app[TENANT]
+    state.token_requests += 1
+    state.token_headers.append(dict(request.headers))
+    if state.token_endpoint_fault is not None:
+        status, content_type, body = state.token_endpoint_fault
+        return web.Response(status=status, body=body, content_type=content_type)
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(400, "invalid_request", "body must be application/x-www-form-urlencoded")
+    form = {key: str(value) for key, value in (await request.post()).items()}
+    state.token_forms.append(form)
+    if form.get("grant_type") != "client_credentials":
+        return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+    expected = state.clients.get(form.get("client_id", ""))
+    if expected is None or not hmac.compare_digest(
+        expected.encode(), form.get("client_secret", "").encode()
+    ):
+        return _oauth_error(401, "invalid_client", "Client authentication failed")
+    token, lifetime = state.issue()
+    return web.json_response(
+        {"access_token": token, "token_type": "bearer", "expires_in": int(lifetime)},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@web.middleware
+async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path != TOKEN_PATH:
+        headers: dict[str, list[str]] = {}
+        for name, value in request.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        request.app[TENANT].seen.append(
+            SeenRequest(request.method, request.raw_path, headers, request.content_length or 0)
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every API resource wants a valid bearer token, in the header or the query."""
+    if request.path == TOKEN_PATH:
+        return await handler(request)
+    state = request.app[TENANT]
+    token = request.query.get("access_token")
+    header = "" if state.strip_authorization else request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+    if not state.valid(token):
+        return web.json_response(
+            {"error": "invalid_token", "error_description": "missing, expired or revoked token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return await handler(request)
+
+
+async def api_descriptor(request: web.Request) -> web.Response:
+    return web.json_response({
+        "server": "fwproxy simulated tenant",
+        "archives": "/fotoweb/archives/",
+        "me": "/fotoweb/me",
+    }, content_type="application/vnd.fotoware.full-api-descriptor+json")
+
+
+async def me(request: web.Request) -> web.Response:
+    return web.json_response({
+        "userName": "demo-app",
+        "fullName": "fwproxy demo application (client credentials)",
+        "isGuest": False,
+    })
+
+
+ARCHIVES = [
+    {"id": "5000", "name": "Photos", "href": "/fotoweb/archives/5000/"},
+    {"id": "5001", "name": "Logos", "href": "/fotoweb/archives/5001/"},
+]
+
+
+async def archives(request: web.Request) -> web.Response:
+    return web.json_response({"data": ARCHIVES})
+
+
+async def archive(request: web.Request) -> web.Response:
+    for item in ARCHIVES:
+        if item["id"] == request.match_info["id"]:
+            return web.json_response(item)
+    raise web.HTTPNotFound()
+
+
+async def echo(request: web.Request) -> web.Response:
+    """What the tenant received: method, raw target, headers, body size and digest."""
+    body = await request.read()
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers.setdefault(name.lower(), []).append(value)
+    return web.json_response({
+        "method": request.method,
+        "path_qs": request.raw_path,
+        "headers": headers,
+        "body_size": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+    })
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``n`` bytes of a known pattern, streamed with a Content-Length."""
+    total = int(request.match_info["n"])
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = total
+    await resp.prepare(request)
+    left = total
+    while left > 0:
+        chunk = PATTERN[: min(left, len(PATTERN))]
+        await resp.write(chunk)
+        left -= len(chunk)
+    await resp.write_eof()
+    return resp
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Consume the body as it streams; answer its size and digest."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    request.app[TENANT].upload_sizes.append(size)
+    return web.json_response({"body_size": size, "body_sha256": digest.hexdigest()})
+
+
+GZIP_PAYLOAD = json.dumps({"compressed": True, "data": ["x" * 64] * 32}).encode()
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    body = gzip.compress(GZIP_PAYLOAD, mtime=0)
+    return web.Response(
+        body=body,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+
+
+async def redirect(request: web.Request) -> web.Response:
+    """302 to the tenant's own absolute URL (the proxy must point it at itself)."""
+    target = str(request.url.origin().with_path("/fotoweb/me"))
+    location = request.query.get("elsewhere", target)
+    return web.Response(status=302, headers={"Location": location, "Content-Location": target})
+
+
+async def forbidden(request: web.Request) -> web.Response:
+    return web.json_response({"error": "forbidden"}, status=403)

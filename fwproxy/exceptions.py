@@ -1,0 +1,118 @@
+"""Every error fwproxy raises on purpose.
+
+    FwproxyError
+     ├── ConfigError                  bad or missing configuration (CLI exit 2)
+     ├── TokenError                   no access token could be had
+     │    ├── TokenEndpointError      the token endpoint answered with an OAuth error
+     │    ├── TokenEndpointUnreachable  connect failure or timeout talking to it
+     │    ├── TokenResponseInvalid    it answered 2xx, but not with a usable bearer token
+     │    └── NoTokenAvailable        no valid token now; carries the cause and a retry delay
+     └── UpstreamError                the tenant could not be reached or misbehaved
+          ├── UpstreamConnectError    502
+          ├── UpstreamTimeout         504
+          └── UpstreamProtocolError   502
+
+Messages are written for operators and never contain a secret: client secrets, access
+tokens and refresh tokens are not passed into any of these.
+"""
+
+from __future__ import annotations
+
+
+class FwproxyError(Exception):
+    """Base class of fwproxy's own errors."""
+
+
+class ConfigError(FwproxyError):
+    """A configuration value is missing, malformed or unsafe; `key` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class TokenError(FwproxyError):
+    """An access token could not be obtained."""
+
+    @property
+    def reason(self) -> str:
+        """A short machine-readable reason, used in metrics and readiness."""
+        return "token_error"
+
+
+class TokenEndpointError(TokenError):
+    """The token endpoint refused: `error` and `description` are what it said, verbatim."""
+
+    def __init__(
+        self, status: int, error: str, description: str | None, retry_after: float | None = None
+    ) -> None:
+        text = f"token endpoint refused (HTTP {status}): {error}"
+        if description:
+            text += f" ({description})"
+        super().__init__(text)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.retry_after = retry_after
+
+    @property
+    def reason(self) -> str:
+        return self.error
+
+
+class TokenEndpointUnreachable(TokenError):
+    """The token endpoint could not be reached, or did not answer in time."""
+
+    @property
+    def reason(self) -> str:
+        return "token_endpoint_unreachable"
+
+
+class TokenResponseInvalid(TokenError):
+    """The token endpoint answered, but not with something we can use."""
+
+    @property
+    def reason(self) -> str:
+        return "token_response_invalid"
+
+
+class NoTokenAvailable(TokenError):
+    """No valid token now. `cause` says why; try again after `retry_after` seconds."""
+
+    def __init__(self, cause: TokenError, retry_after: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retry_after = retry_after
+
+    @property
+    def reason(self) -> str:
+        return self.cause.reason
+
+
+class UpstreamError(FwproxyError):
+    """The tenant could not be reached or broke the exchange."""
+
+    status = 502
+    error = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """Connecting (TCP or TLS) to the tenant failed."""
+
+    status = 502
+    error = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The tenant sent nothing for longer than the configured timeout."""
+
+    status = 504
+    error = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The tenant's answer was malformed, or the connection broke mid-exchange."""
+
+    status = 502
+    error = "upstream_protocol_error"

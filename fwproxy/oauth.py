@@ -1,0 +1,94 @@
+"""The token endpoint client: one POST per grant, answers parsed by `tokens.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable
+
+import aiohttp
+from yarl import URL
+
+from .config import Secret
+from .exceptions import TokenEndpointUnreachable, TokenResponseInvalid
+from .tokens import (
+    TOKEN_REQUEST_HEADERS,
+    Token,
+    client_credentials_form,
+    parse_retry_after,
+    parse_token_response,
+)
+
+MAX_TOKEN_RESPONSE = 64 * 1024  # a token answer is a few hundred bytes; refuse a flood
+TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class ClientCredentialsGrant:
+    """Seed 002: ``grant_type=client_credentials`` with the client's id and secret."""
+
+    name = "client_credentials"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token_url: URL,
+        client_id: str,
+        client_secret: Secret,
+        refresh_margin: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._refresh_margin = refresh_margin
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"ClientCredentialsGrant(token_url={str(self._token_url)!r}, client_id=...)"
+
+    @property
+    def cache_key(self) -> Hashable:
+        return (str(self._token_url.origin()), self._client_id)
+
+    async def fetch(self) -> Token:
+        form = client_credentials_form(self._client_id, self._client_secret.reveal())
+        return await post_token_request(
+            self._session, self._token_url, form, self._refresh_margin, self._clock
+        )
+
+
+async def post_token_request(
+    session: aiohttp.ClientSession,
+    token_url: URL,
+    form: bytes,
+    refresh_margin: float,
+    clock: Callable[[], float],
+) -> Token:
+    """POST `form` to the token endpoint and parse the answer; network faults are mapped."""
+    where = str(token_url.origin())
+    try:
+        async with session.post(
+            token_url,
+            data=form,
+            headers=TOKEN_REQUEST_HEADERS,
+            allow_redirects=False,
+            timeout=TOKEN_TIMEOUT,
+        ) as resp:
+            body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
+            if len(body) > MAX_TOKEN_RESPONSE:
+                raise TokenResponseInvalid("token endpoint answer is larger than 64 KiB")
+            return parse_token_response(
+                resp.status,
+                resp.headers.get("Content-Type", ""),
+                body,
+                clock(),
+                refresh_margin,
+                parse_retry_after(resp.headers.get("Retry-After")),
+            )
+    except asyncio.TimeoutError:
+        raise TokenEndpointUnreachable(f"token endpoint {where} did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise TokenEndpointUnreachable(
+            f"cannot reach token endpoint {where}: {exc or type(exc).__name__}"
+        ) from None

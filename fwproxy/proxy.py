@@ -1,0 +1,309 @@
+"""The request handler: one client request in, at most three tenant requests out.
+
+Theory of operation
+-------------------
+1. Refuse what must never be forwarded (CONNECT, TRACE, non-origin targets) before reading
+   the body. The upstream URL is the configured tenant origin plus the client's raw target
+   bytes: nothing in the request can change the host the token goes to.
+2. Headers minus hop-by-hop (and minus every name in ``Connection``), then the token:
+   ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
+   to strip the header). A client that brings its own credentials keeps them
+   (``client_authorization: keep``) and gets no token and no replay.
+3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
+4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
+   renews once), get a fresh one, replay from the copy. If the fresh token is refused too
+   and placement is ``auto``, probe once with the query placement and remember what worked.
+   403 never renews. A body too large to keep gets its 401 passed back.
+5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
+   pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
+6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
+   Retry-After when no token can be had. A failure after the response has started aborts
+   the connection, so the client never mistakes a cut-short body for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Settings
+from .exceptions import NoTokenAvailable, UpstreamError
+from .replay import BodyTee
+from .token_manager import TokenManager
+from .tokens import Token
+from .upstream import error_response, map_upstream_errors, request_headers, response_headers
+
+access_log = logging.getLogger("fwproxy.access")
+log = logging.getLogger("fwproxy.proxy")
+
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})  # TRACE would echo the token back
+STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
+
+
+class Proxy:
+    """Forwards requests to the tenant with the token; holds the learned token placement."""
+
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, tokens: TokenManager
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._tokens = tokens
+        self._tenant = settings.tenant.url
+        self._replace_auth = settings.auth.client_authorization == "replace"
+        self._replay_max = settings.auth.replay_max_body
+        self._probe_query = settings.auth.token_placement == "auto"
+        self.placement = "query" if settings.auth.token_placement == "query" else "header"
+        self.replays = 0
+        self.query_fallbacks = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler for every path the proxy serves."""
+        started = time.monotonic()
+        note = Note()
+        try:
+            response = await self._handle(request, note)
+        except asyncio.CancelledError:
+            note.status = 499  # client went away; its upstream request was cancelled with it
+            raise
+        finally:
+            self._log_access(request, note, started)
+        return response
+
+    async def _handle(self, request: web.Request, note: Note) -> web.StreamResponse:
+        if request.method in REFUSED_METHODS:
+            return note.answer(error_response(
+                405, "method_not_allowed", f"{request.method} is not forwarded by fwproxy",
+                headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+            ))
+        path_qs = origin_form(request.raw_path)
+        if path_qs is None:
+            return note.answer(error_response(
+                400, "bad_request_target", "the request target must be a path such as /fotoweb/"
+            ))
+        path, _, query = path_qs.partition("?")
+        headers = request_headers(
+            request.headers,
+            drop_authorization=self._replace_auth,
+            client_ip=request.remote,
+            proxy_host=request.host,
+        )
+        if self._replace_auth:
+            query = without_param(query, "access_token")
+        own_token = "Authorization" not in headers and not has_param(query, "access_token")
+
+        body = None
+        if request.body_exists:
+            body = BodyTee(
+                request.content,
+                self._replay_max if own_token else 0,
+                expected=request.content_length,
+            )
+        try:
+            upstream = await self._exchange(request.method, path, query, headers, body, note,
+                                            own_token)
+        except NoTokenAvailable as exc:
+            return note.answer(error_response(
+                503, "no_token", str(exc),
+                headers={"Retry-After": str(exc.retry_after)},
+            ), reason=exc.reason)
+        except UpstreamError as exc:
+            return note.answer(error_response(exc.status, exc.error, str(exc)))
+        finally:
+            if body is not None:
+                note.bytes_in = body.size
+                body.close()
+        try:
+            return await self._stream_back(request, upstream, note)
+        finally:
+            upstream.release()
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: BodyTee | None,
+        note: Note,
+        own_token: bool,
+    ) -> aiohttp.ClientResponse:
+        """Send, and on a 401 to our own token renew and replay (theory, step 4)."""
+        if not own_token:
+            return await self._send(method, path, query, headers, body, None, "header")
+        token = await self._tokens.get()
+        placement = self.placement
+        resp = await self._send(method, path, query, headers, body, token, placement)
+        if resp.status != 401:
+            return resp
+        self._tokens.invalidate(token)
+        if body is not None and not body.replayable:
+            return resp  # too large to replay: the client sees the 401
+        resp.release()
+        token = await self._tokens.get()
+        note.replays += 1
+        self.replays += 1
+        resp = await self._send(method, path, query, headers, body, token, placement)
+        if resp.status != 401 or not self._probe_query or placement == "query":
+            return resp
+        if body is not None and not body.replayable:
+            return resp
+        resp.release()
+        note.replays += 1
+        probe = await self._send(method, path, query, headers, body, token, "query")
+        if probe.status != 401:
+            self._learn_query_placement()
+        return probe
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: CIMultiDict[str],
+        body: BodyTee | None,
+        token: Token | None,
+        placement: str,
+    ) -> aiohttp.ClientResponse:
+        if token is not None and placement == "query":
+            query = add_param(without_param(query, "access_token"), "access_token", token.value)
+            headers = headers.copy()
+            headers.popall("Authorization", None)
+        elif token is not None:
+            headers = headers.copy()
+            headers["Authorization"] = f"Bearer {token.value}"
+        url = URL.build(
+            scheme=self._tenant.scheme,
+            host=self._tenant.raw_host or "",
+            port=self._tenant.explicit_port,
+            path=path,
+            query_string=query,
+            encoded=True,
+        )
+        with map_upstream_errors():
+            return await self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body.chunks() if body is not None else None,
+                allow_redirects=False,
+            )
+
+    async def _stream_back(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers, self._tenant, proxy_origin(request)),
+        )
+        note.status = upstream.status
+        await out.prepare(request)
+        try:
+            with map_upstream_errors():
+                async for chunk in upstream.content.iter_any():
+                    await out.write(chunk)
+                    note.bytes_out += len(chunk)
+        except UpstreamError as exc:
+            # Headers are gone: the only honest signal left is to cut the connection
+            # without the final chunk, so the client sees an incomplete transfer.
+            note.error = exc.error
+            log.warning("%s %s: %s; response aborted", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return out
+        except ConnectionError:
+            note.error = "client_disconnected"
+            return out
+        await out.write_eof()
+        return out
+
+    def _learn_query_placement(self) -> None:
+        if self.placement == "query":
+            return
+        self.placement = "query"
+        self.query_fallbacks += 1
+        log.warning(
+            "the tenant refused a fresh token in the Authorization header but accepted it as "
+            "the access_token query parameter: a reverse proxy in front of the tenant strips "
+            "Authorization. fwproxy now sends the token in the query. Fix the reverse proxy "
+            "(nginx: %s) and restart fwproxy.", STRIP_HINT,
+        )
+
+    def _log_access(self, request: web.Request, note: Note, started: float) -> None:
+        access_log.info(
+            '%s "%s %s" %d in=%d out=%d %.1fms replays=%d%s',
+            request.remote or "-",
+            request.method,
+            request.raw_path,
+            note.status,
+            note.bytes_in,
+            note.bytes_out,
+            (time.monotonic() - started) * 1000,
+            note.replays,
+            f" error={note.error}" if note.error else "",
+        )
+
+
+class Note:
+    """What the access log line says about one request."""
+
+    __slots__ = ("bytes_in", "bytes_out", "error", "replays", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.replays = 0
+        self.error = ""
+
+    def answer(self, response: web.Response, reason: str = "") -> web.Response:
+        self.status = response.status
+        self.bytes_out = response.content_length or 0
+        self.error = reason
+        return response
+
+
+def origin_form(raw_target: str) -> str | None:
+    """The path and query to forward; an absolute-form target keeps only those parts."""
+    if raw_target.startswith("/"):
+        return raw_target
+    if raw_target[:7].lower() == "http://" or raw_target[:8].lower() == "https://":
+        try:
+            return URL(raw_target, encoded=True).raw_path_qs or "/"
+        except ValueError:
+            return None
+    return None
+
+
+def proxy_origin(request: web.Request) -> URL:
+    """Where the client reached us: the origin Location headers are rewritten to."""
+    try:
+        return URL.build(scheme="http", authority=request.host, encoded=True)
+    except ValueError:
+        return URL("http://127.0.0.1")
+
+
+def has_param(query: str, name: str) -> bool:
+    prefix = name + "="
+    return any(part == name or part.startswith(prefix) for part in query.split("&"))
+
+
+def without_param(query: str, name: str) -> str:
+    """Remove every `name` parameter, leaving the other bytes exactly as they were."""
+    if name not in query:
+        return query
+    prefix = name + "="
+    return "&".join(p for p in query.split("&") if p != name and not p.startswith(prefix))
+
+
+def add_param(query: str, name: str, value: str) -> str:
+    pair = f"{name}={quote(value, safe='')}"
+    return f"{query}&{pair}" if query else pair

@@ -1,0 +1,135 @@
+"""The async shell around `tokens.decide`: one cached token, at most one request in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from cachetools import TLRUCache
+
+from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError
+from .log import REDACT
+from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds
+
+log = logging.getLogger("fwproxy.tokens")
+
+
+class Grant(Protocol):
+    """Something that can ask the token endpoint for a fresh token (see `oauth.py`)."""
+
+    @property
+    def cache_key(self) -> Hashable: ...
+
+    @property
+    def name(self) -> str: ...
+
+    async def fetch(self) -> Token: ...
+
+
+def new_token_cache(clock: Callable[[], float] = time.monotonic) -> TLRUCache[Hashable, Token]:
+    """Tokens keyed by (tenant, client); each entry disappears at its own `stale_at`."""
+    return TLRUCache(maxsize=64, ttu=lambda _key, token, _now: token.stale_at, timer=clock)
+
+
+class TokenManager:
+    """Hands out the current token, renewing it ahead of expiry and after a 401."""
+
+    def __init__(
+        self,
+        grant: Grant,
+        *,
+        cache: TLRUCache[Hashable, Token] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._grant = grant
+        self._clock = clock
+        self._rand = rand
+        self._cache = cache if cache is not None else new_token_cache(clock)
+        self._task: asyncio.Task[Token] | None = None
+        self._failures = 0
+        self._backoff_until = 0.0
+        self.last_error: TokenError | None = None
+        self.requests = 0  # token requests made, for tests and metrics
+        self.renewals = 0
+
+    def current(self) -> Token | None:
+        """The cached token if it may still be injected."""
+        return self._cache.get(self._grant.cache_key)
+
+    async def get(self) -> Token:
+        """A token to inject now; waits only when there is no usable one."""
+        now = self._clock()
+        token = self.current()
+        decision = decide(token, now, self._task is not None, self._backoff_until)
+        if decision is Decision.USE_AND_RENEW:
+            self._start(renewal=True)
+        if token is not None and decision in (Decision.USE, Decision.USE_AND_RENEW):
+            return token
+        if decision is Decision.FAIL:
+            assert self.last_error is not None
+            raise NoTokenAvailable(self.last_error, retry_after_seconds(self._backoff_until, now))
+        task = self._task if self._task is not None else self._start(renewal=False)
+        try:
+            # shield: a client that goes away must not cancel the renewal others wait for
+            return await asyncio.shield(task)
+        except TokenError as exc:
+            retry = retry_after_seconds(self._backoff_until, self._clock())
+            raise NoTokenAvailable(exc, retry) from None
+
+    def invalidate(self, stale: Token) -> bool:
+        """Drop `stale` after a 401, unless a newer token already replaced it."""
+        key = self._grant.cache_key
+        if self._cache.get(key) is stale:
+            del self._cache[key]
+            log.info("token rejected by the tenant (401); renewing")
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        """Cancel a renewal in flight (on shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _start(self, renewal: bool) -> asyncio.Task[Token]:
+        self._task = asyncio.get_running_loop().create_task(self._fetch(renewal))
+        self._task.add_done_callback(self._finished)
+        return self._task
+
+    def _finished(self, task: asyncio.Task[Token]) -> None:
+        self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a background failure is never "unhandled"
+
+    async def _fetch(self, renewal: bool) -> Token:
+        self.requests += 1
+        try:
+            token = await self._grant.fetch()
+        except TokenError as exc:
+            self._failures += 1
+            retry_after = exc.retry_after if isinstance(exc, TokenEndpointError) else None
+            delay = next_backoff(self._failures, self._rand(), retry_after)
+            self._backoff_until = self._clock() + delay
+            self.last_error = exc
+            log.warning(
+                "token request failed (%s); next attempt in %.1fs: %s",
+                exc.reason, delay, exc,
+            )
+            raise
+        REDACT.add(token.value)
+        self._failures = 0
+        self._backoff_until = 0.0
+        self.last_error = None
+        self._cache[self._grant.cache_key] = token
+        if renewal:
+            self.renewals += 1
+        log.info(
+            "token %s from %s (expires_in=%ds)",
+            "renewed" if renewal else "obtained", self._grant.name, round(token.lifetime),
+        )
+        return token

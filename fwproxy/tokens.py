@@ -1,0 +1,210 @@
+"""Token decisions, free of I/O: every function here takes `now` and is tested without a loop.
+
+Theory of operation
+-------------------
+A token obtained at ``obtained_at`` with lifetime ``L`` (the endpoint's ``expires_in``,
+clamped to a sane range) expires at ``obtained_at + L`` on the monotonic clock, so a jump of
+the wall clock changes nothing. Two instants matter before that:
+
+    obtained_at ........ renew_at ........ stale_at ........ expires_at
+       use it             use it, and       never inject      (tenant's view)
+                          renew in the      it again
+                          background
+
+``margin = min(refresh_margin, L / 4)`` keeps very short lifetimes usable; ``stale_at`` is
+``margin`` before expiry and ``renew_at`` one more ``margin`` earlier, so a background renewal
+(Fotoware's approach 3) has a whole margin to succeed, with backoff, before any request has
+to wait. A 401 to our own token (approach 2) is handled by the manager: `decide` sees the
+dropped token as "none" and fetches.
+
+`decide` is the whole state machine of the manager, as a table:
+
+    token usable, before renew_at                 -> USE
+    token usable, after renew_at, none in flight  -> USE_AND_RENEW (unless backing off: USE)
+    no usable token, a renewal in flight          -> WAIT
+    no usable token, none in flight               -> FETCH (or FAIL while backing off)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from .exceptions import TokenEndpointError, TokenError, TokenResponseInvalid
+
+DEFAULT_LIFETIME = 300.0  # when the endpoint omits expires_in: assume short, rely on 401 replay
+MAX_LIFETIME = 86400.0  # a token claiming to live longer is renewed daily anyway
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+MAX_DESCRIPTION = 300
+
+_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a query
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and its timetable on the monotonic clock. The value never shows."""
+
+    value: str = field(repr=False)
+    obtained_at: float
+    expires_at: float
+    renew_at: float
+    stale_at: float
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    def usable(self, now: float) -> bool:
+        return now < self.stale_at
+
+    def seconds_left(self, now: float) -> float:
+        return self.expires_at - now
+
+
+def make_token(value: str, expires_in: float, now: float, refresh_margin: float) -> Token:
+    """Lay out a token's timetable (see the module docstring)."""
+    lifetime = min(float(expires_in), MAX_LIFETIME)
+    margin = min(refresh_margin, lifetime / 4)
+    expires_at = now + lifetime
+    return Token(
+        value=value,
+        obtained_at=now,
+        expires_at=expires_at,
+        renew_at=expires_at - 2 * margin,
+        stale_at=expires_at - margin,
+    )
+
+
+class Decision(enum.Enum):
+    USE = "use"
+    USE_AND_RENEW = "use_and_renew"
+    WAIT = "wait"
+    FETCH = "fetch"
+    FAIL = "fail"
+
+
+def decide(token: Token | None, now: float, renewing: bool, backoff_until: float) -> Decision:
+    """What `TokenManager.get` does now (the table in the module docstring)."""
+    backing_off = now < backoff_until
+    if token is not None and token.usable(now):
+        if now >= token.renew_at and not renewing and not backing_off:
+            return Decision.USE_AND_RENEW
+        return Decision.USE
+    if renewing:
+        return Decision.WAIT
+    return Decision.FAIL if backing_off else Decision.FETCH
+
+
+def next_backoff(failures: int, rand: float, retry_after: float | None = None) -> float:
+    """Seconds to wait after `failures` consecutive failures; `rand` in [0, 1) adds jitter.
+
+    Exponential from 1 s, capped at 60 s, with "equal jitter" (half fixed, half random) so a
+    fleet of proxies does not retry in step. A server's Retry-After is honoured as a floor.
+    """
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+    delay = ceiling / 2 + ceiling / 2 * rand
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, BACKOFF_CAP * 5))
+    return delay
+
+
+def retry_after_seconds(backoff_until: float, now: float) -> int:
+    """A Retry-After value for clients: whole seconds, at least 1."""
+    return max(1, math.ceil(backoff_until - now))
+
+
+def client_credentials_form(client_id: str, client_secret: str) -> bytes:
+    """The body of a client-credentials token request, URL-encoded as seed 002 requires."""
+    fields = {"grant_type": "client_credentials", "client_id": client_id,
+              "client_secret": client_secret}
+    return urlencode(fields).encode("ascii")
+
+
+TOKEN_REQUEST_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Accept": "application/json",
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in delta-seconds form; the HTTP-date form is ignored (None)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+def parse_token_response(
+    status: int,
+    content_type: str,
+    body: bytes,
+    now: float,
+    refresh_margin: float,
+    retry_after: float | None = None,
+) -> Token:
+    """Turn a token endpoint answer into a `Token`, or raise the `TokenError` that explains it."""
+    document = _json_object(body) if "json" in content_type.lower() else None
+    if status != 200:
+        raise _error_from(status, content_type, document, retry_after)
+    if document is None:
+        raise TokenResponseInvalid(
+            f"token endpoint answered HTTP 200 with {content_type or 'no content type'}, "
+            "not a JSON token response"
+        )
+    access_token = document.get("access_token")
+    if not isinstance(access_token, str) or not _TOKEN_CHARS.match(access_token):
+        raise TokenResponseInvalid("token response has no usable access_token")
+    token_type = document.get("token_type", "bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenResponseInvalid(
+            f"token_type is {_clean(str(token_type))!r}; only bearer tokens are supported"
+        )
+    return make_token(access_token, _expires_in(document), now, refresh_margin)
+
+
+def _expires_in(document: dict[str, object]) -> float:
+    raw = document.get("expires_in")
+    if raw is None:
+        return DEFAULT_LIFETIME
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TokenResponseInvalid(f"expires_in is not a number: {_clean(str(raw))!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise TokenResponseInvalid(f"expires_in must be positive, got {_clean(str(raw))}")
+    return value
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _error_from(
+    status: int, content_type: str, document: dict[str, object] | None, retry_after: float | None
+) -> TokenError:
+    if document is not None and isinstance(document.get("error"), str):
+        description = document.get("error_description")
+        return TokenEndpointError(
+            status,
+            _clean(str(document["error"]))[:64],
+            _clean(str(description))[:MAX_DESCRIPTION] if description is not None else None,
+            retry_after,
+        )
+    kind = content_type.split(";")[0].strip() or "no content type"
+    return TokenEndpointError(
+        status, f"http_{status}", f"answered {kind}, not OAuth JSON", retry_after
+    )
+
+
+def _clean(text: str) -> str:
+    """Remove control characters (no log injection through an endpoint's text)."""
+    return _CONTROL.sub(" ", text).strip()

@@ -1,0 +1,142 @@
+"""The tenant side: the pooled session, header rules both ways, and the one error boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterator, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import TenantConfig
+from .exceptions import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+# RFC 9110 7.6.1 hop-by-hop fields, plus the de-facto ones. Never forwarded either way.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+# Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us).
+REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded"}
+# aiohttp would add these on its own; a transparent proxy sends only what the client sent.
+SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
+    """One pooled session for the whole process: keep-alive, no cookies, no decompression."""
+    ssl_context: ssl.SSLContext | bool = True
+    if not tenant.verify_tls:
+        ssl_context = False
+    elif tenant.ca_file is not None:
+        ssl_context = ssl.create_default_context()
+        ssl_context.load_verify_locations(cafile=str(tenant.ca_file))
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ssl=ssl_context, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must not reach another
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=tenant.connect_timeout, sock_read=tenant.read_timeout
+        ),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        read_bufsize=256 * 1024,
+    )
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in Connection: they are hop-by-hop for this message too."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        named.update(part.strip().lower() for part in value.split(",") if part.strip())
+    return named
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    drop_authorization: bool,
+    client_ip: str | None,
+    proxy_host: str,
+) -> CIMultiDict[str]:
+    """The client's headers, cleaned for the tenant; the token is added after this."""
+    drop = REQUEST_DROP | _connection_named(incoming)
+    if drop_authorization:
+        drop = drop | {"authorization"}
+    out: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in incoming.items() if name.lower() not in drop
+    )
+    if client_ip:
+        previous = out.popall("X-Forwarded-For", [])
+        out["X-Forwarded-For"] = ", ".join([*previous, client_ip])
+    out["X-Forwarded-Proto"] = "http"
+    out["X-Forwarded-Host"] = proxy_host
+    return out
+
+
+def response_headers(
+    incoming: CIMultiDictProxy[str], tenant_origin: URL, proxy_origin: URL
+) -> CIMultiDict[str]:
+    """The tenant's headers, cleaned for the client, with self-references pointed at us."""
+    drop = HOP_BY_HOP | _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower in ("location", "content-location"):
+            value = rewrite_location(value, tenant_origin, proxy_origin)
+        out.add(name, value)
+    return out
+
+
+def rewrite_location(value: str, tenant_origin: URL, proxy_origin: URL) -> str:
+    """Point an absolute URL on the tenant at the proxy; anything else passes as it is."""
+    try:
+        url = URL(value, encoded=True)
+    except ValueError:
+        return value
+    if not url.is_absolute() or url.origin() != tenant_origin:
+        return value
+    origin = str(proxy_origin).rstrip("/")
+    return origin + (url.raw_path_qs or "/") + (f"#{url.raw_fragment}" if url.raw_fragment else "")
+
+
+@contextlib.contextmanager
+def map_upstream_errors() -> Iterator[None]:
+    """Translate aiohttp's exceptions about the tenant into `UpstreamError` (the one boundary)."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout("the tenant did not answer within the read timeout") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise UpstreamConnectError(f"TLS certificate of the tenant rejected: {exc.certificate_error}") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamConnectError(f"cannot connect to the tenant: {exc.os_error.strerror or exc}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamProtocolError("the tenant's response body was cut short or malformed") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise UpstreamProtocolError("the tenant closed the connection mid-exchange") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamProtocolError(f"the tenant sent a malformed response ({exc.message})") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamProtocolError(f"exchange with the tenant failed: {type(exc).__name__}") from exc
+
+
+def error_response(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """Every error fwproxy itself answers: JSON ``{"error", "detail"}``."""
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
