@@ -102,7 +102,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
         status, content_type, body = state.token_endpoint_fault
         return web.Response(status=status, body=body, content_type=content_type)
     if request.content_type != "application/x-www-form-urlencoded":
-        return _oauth_error(400, "invalid_request", "body must be application/x-www-form-urlencoded")
+        return _oauth_error(400, "invalid_request", "expected application/x-www-form-urlencoded")
     form = {key: str(value) for key, value in (await request.post()).items()}
     state.token_forms.append(form)
     if form.get("grant_type") != "client_credentials":

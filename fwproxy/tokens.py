@@ -107,7 +107,7 @@ def next_backoff(failures: int, rand: float, retry_after: float | None = None) -
     Exponential from 1 s, capped at 60 s, with "equal jitter" (half fixed, half random) so a
     fleet of proxies does not retry in step. A server's Retry-After is honoured as a floor.
     """
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, failures - 1))
     delay = ceiling / 2 + ceiling / 2 * rand
     if retry_after is not None:
         delay = max(delay, min(retry_after, BACKOFF_CAP * 5))
@@ -172,8 +172,8 @@ def _expires_in(document: dict[str, object]) -> float:
     if raw is None:
         return DEFAULT_LIFETIME
     try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        value = float(str(raw)) if not isinstance(raw, bool) else math.nan
+    except ValueError:
         raise TokenResponseInvalid(f"expires_in is not a number: {_clean(str(raw))!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise TokenResponseInvalid(f"expires_in must be positive, got {_clean(str(raw))}")

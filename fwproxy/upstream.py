@@ -119,20 +119,25 @@ def map_upstream_errors() -> Iterator[None]:
         yield
     except UpstreamError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout("the tenant did not answer within the read timeout") from exc
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise UpstreamConnectError(f"TLS certificate of the tenant rejected: {exc.certificate_error}") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(f"cannot connect to the tenant: {exc.os_error.strerror or exc}") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamProtocolError("the tenant's response body was cut short or malformed") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise UpstreamProtocolError("the tenant closed the connection mid-exchange") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamProtocolError(f"the tenant sent a malformed response ({exc.message})") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamProtocolError(f"exchange with the tenant failed: {type(exc).__name__}") from exc
+    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        raise translate(exc) from exc
+
+
+def translate(exc: BaseException) -> UpstreamError:
+    """The `UpstreamError` that says what `exc` means for the client."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("the tenant did not answer within the configured timeout")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return UpstreamConnectError(f"TLS certificate of the tenant rejected: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"cannot connect to the tenant: {exc.strerror or exc}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamProtocolError("the tenant's response body was cut short or malformed")
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        return UpstreamProtocolError("the tenant closed the connection mid-exchange")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamProtocolError(f"the tenant sent a malformed response ({exc.message})")
+    return UpstreamProtocolError(f"exchange with the tenant failed: {type(exc).__name__}")
 
 
 def error_response(

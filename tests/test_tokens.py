@@ -1,0 +1,189 @@
+"""Pure token decisions: no event loop, `now` passed in."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+
+import pytest
+
+from fwproxy.exceptions import TokenEndpointError, TokenResponseInvalid
+from fwproxy.tokens import (
+    DEFAULT_LIFETIME,
+    MAX_LIFETIME,
+    Decision,
+    client_credentials_form,
+    decide,
+    make_token,
+    next_backoff,
+    parse_retry_after,
+    parse_token_response,
+    retry_after_seconds,
+)
+
+JSON = "application/json; charset=utf-8"
+
+
+def answer(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_timetable_for_a_normal_token() -> None:
+    token = make_token("t", 3600, now=1000.0, refresh_margin=60)
+    assert token.expires_at == 4600.0
+    assert token.stale_at == 4540.0  # never injected in its last refresh_margin seconds
+    assert token.renew_at == 4480.0  # background renewal gets a whole margin before that
+
+
+def test_margin_is_capped_for_lifetimes_shorter_than_it() -> None:
+    token = make_token("t", 30, now=0.0, refresh_margin=60)
+    assert token.stale_at == 22.5
+    assert token.renew_at == 15.0
+    assert token.usable(22.4)
+    assert not token.usable(22.5)
+
+
+def test_huge_lifetime_is_clamped() -> None:
+    token = make_token("t", 10**12, now=0.0, refresh_margin=60)
+    assert token.expires_at == MAX_LIFETIME
+
+
+def test_token_repr_hides_the_value() -> None:
+    token = make_token("sekrit-token-value", 60, now=0.0, refresh_margin=10)
+    assert "sekrit" not in repr(token)
+    assert "sekrit" not in str(token)
+
+
+@pytest.mark.parametrize(
+    ("now", "renewing", "backoff_until", "expected"),
+    [
+        (100.0, False, 0.0, Decision.USE),
+        (3480.0, False, 0.0, Decision.USE_AND_RENEW),
+        (3480.0, True, 0.0, Decision.USE),
+        (3480.0, False, 3500.0, Decision.USE),  # renewal failed recently: keep serving
+        (3540.0, False, 0.0, Decision.FETCH),  # stale: no longer injected
+        (3540.0, True, 0.0, Decision.WAIT),
+        (3540.0, False, 3600.0, Decision.FAIL),
+    ],
+)
+def test_decide_table(now: float, renewing: bool, backoff_until: float, expected: Decision) -> None:
+    token = make_token("t", 3600, now=0.0, refresh_margin=60)
+    assert decide(token, now, renewing, backoff_until) is expected
+
+
+def test_decide_without_a_token() -> None:
+    assert decide(None, 5.0, renewing=False, backoff_until=0.0) is Decision.FETCH
+    assert decide(None, 5.0, renewing=True, backoff_until=0.0) is Decision.WAIT
+    assert decide(None, 5.0, renewing=False, backoff_until=6.0) is Decision.FAIL
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    assert next_backoff(1, rand=0.0) == 0.5
+    assert next_backoff(1, rand=0.999) < 1.0
+    assert next_backoff(4, rand=0.0) == 4.0
+    assert next_backoff(30, rand=0.0) == 30.0  # cap 60, half of it fixed
+    assert next_backoff(30, rand=0.999) < 60.0
+    assert next_backoff(1, rand=0.0, retry_after=20) == 20.0  # the server's word is a floor
+
+
+def test_retry_after_is_whole_seconds_at_least_one() -> None:
+    assert retry_after_seconds(10.2, now=10.0) == 1
+    assert retry_after_seconds(12.1, now=10.0) == 3
+    assert retry_after_seconds(5.0, now=10.0) == 1
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert parse_retry_after(None) is None
+
+
+def test_client_credentials_form_is_url_encoded() -> None:
+    body = client_credentials_form("my app", "s&cr=t+/?")
+    assert b" " not in body and b"&cr" not in body
+    assert parse_qs(body.decode(), strict_parsing=True) == {
+        "grant_type": ["client_credentials"],
+        "client_id": ["my app"],
+        "client_secret": ["s&cr=t+/?"],
+    }
+
+
+def test_parse_success() -> None:
+    body = answer(access_token="abc.def-123", token_type="bearer", expires_in=3600)
+    token = parse_token_response(200, JSON, body, now=50.0, refresh_margin=60)
+    assert token.value == "abc.def-123"
+    assert token.expires_at == 3650.0
+
+
+def test_token_type_is_case_insensitive_and_may_be_absent() -> None:
+    body = answer(access_token="abc", token_type="Bearer", expires_in=60)
+    assert parse_token_response(200, JSON, body, 0.0, 10).value == "abc"
+    body = answer(access_token="abc", expires_in=60)
+    assert parse_token_response(200, JSON, body, 0.0, 10).value == "abc"
+
+
+def test_expires_in_as_a_string_is_accepted() -> None:
+    body = answer(access_token="abc", token_type="bearer", expires_in="120")
+    assert parse_token_response(200, JSON, body, 0.0, 10).expires_at == 120.0
+
+
+def test_missing_expires_in_assumes_a_short_lifetime() -> None:
+    body = answer(access_token="abc", token_type="bearer")
+    token = parse_token_response(200, JSON, body, 0.0, 10)
+    assert token.lifetime == DEFAULT_LIFETIME
+
+
+@pytest.mark.parametrize("expires_in", [0, -5, "soon", None, True, float("inf")])
+def test_unusable_expires_in_is_refused(expires_in: object) -> None:
+    fields: dict[str, object] = {"access_token": "abc", "token_type": "bearer"}
+    fields["expires_in"] = expires_in if expires_in is not None else []
+    body = json.dumps(fields).encode() if expires_in != float("inf") else (
+        b'{"access_token": "abc", "expires_in": 1e999}'
+    )
+    with pytest.raises(TokenResponseInvalid, match="expires_in"):
+        parse_token_response(200, JSON, body, 0.0, 10)
+
+
+def test_non_bearer_token_type_is_refused() -> None:
+    body = answer(access_token="abc", token_type="mac", expires_in=60)
+    with pytest.raises(TokenResponseInvalid, match="only bearer"):
+        parse_token_response(200, JSON, body, 0.0, 10)
+
+
+@pytest.mark.parametrize("value", ["", "has space", "line\nbreak", 42, None])
+def test_access_token_must_be_header_safe(value: object) -> None:
+    body = answer(access_token=value, token_type="bearer", expires_in=60)
+    with pytest.raises(TokenResponseInvalid, match="access_token"):
+        parse_token_response(200, JSON, body, 0.0, 10)
+
+
+def test_oauth_error_is_surfaced_verbatim() -> None:
+    body = answer(error="invalid_client", error_description="Client authentication failed")
+    with pytest.raises(TokenEndpointError) as caught:
+        parse_token_response(401, JSON, body, 0.0, 10)
+    assert caught.value.error == "invalid_client"
+    assert caught.value.description == "Client authentication failed"
+    assert "invalid_client (Client authentication failed)" in str(caught.value)
+
+
+def test_html_error_page_is_described_not_echoed() -> None:
+    body = b"<html><body>502 Bad Gateway secret-ish internals</body></html>"
+    with pytest.raises(TokenEndpointError) as caught:
+        parse_token_response(502, "text/html", body, 0.0, 10, retry_after=30)
+    assert caught.value.error == "http_502"
+    assert "text/html" in str(caught.value)
+    assert "internals" not in str(caught.value)
+    assert caught.value.retry_after == 30
+
+
+def test_garbage_with_200_is_invalid() -> None:
+    with pytest.raises(TokenResponseInvalid, match="not a JSON token response"):
+        parse_token_response(200, "text/plain", b"OK", 0.0, 10)
+    with pytest.raises(TokenResponseInvalid):
+        parse_token_response(200, JSON, b"{not json", 0.0, 10)
+    with pytest.raises(TokenResponseInvalid):
+        parse_token_response(200, JSON, b"[1, 2]", 0.0, 10)
+
+
+def test_control_characters_in_an_error_cannot_forge_log_lines() -> None:
+    body = answer(error="bad\nFAKE LOG LINE", error_description="x\r\ny")
+    with pytest.raises(TokenEndpointError) as caught:
+        parse_token_response(400, JSON, body, 0.0, 10)
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
