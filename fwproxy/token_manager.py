@@ -65,7 +65,8 @@ class TokenManager:
         """A token to inject now; waits only when there is no usable one."""
         now = self._clock()
         token = self.current()
-        decision = decide(token, now, self._task is not None, self._backoff_until)
+        task = self._in_flight()
+        decision = decide(token, now, task is not None, self._backoff_until)
         if decision is Decision.USE_AND_RENEW:
             self._start(renewal=True)
         if token is not None and decision in (Decision.USE, Decision.USE_AND_RENEW):
@@ -73,7 +74,8 @@ class TokenManager:
         if decision is Decision.FAIL:
             assert self.last_error is not None
             raise NoTokenAvailable(self.last_error, retry_after_seconds(self._backoff_until, now))
-        task = self._task if self._task is not None else self._start(renewal=False)
+        if task is None:
+            task = self._start(renewal=False)
         try:
             # shield: a client that goes away must not cancel the renewal others wait for
             return await asyncio.shield(task)
@@ -92,19 +94,18 @@ class TokenManager:
 
     async def aclose(self) -> None:
         """Cancel a renewal in flight (on shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task = self._in_flight()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _in_flight(self) -> asyncio.Task[Token] | None:
+        return self._task if self._task is not None and not self._task.done() else None
 
     def _start(self, renewal: bool) -> asyncio.Task[Token]:
         self._task = asyncio.get_running_loop().create_task(self._fetch(renewal))
-        self._task.add_done_callback(self._finished)
+        self._task.add_done_callback(_retrieve)
         return self._task
-
-    def _finished(self, task: asyncio.Task[Token]) -> None:
-        self._task = None
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a background failure is never "unhandled"
 
     async def _fetch(self, renewal: bool) -> Token:
         self.requests += 1
@@ -133,3 +134,9 @@ class TokenManager:
             "renewed" if renewal else "obtained", self._grant.name, round(token.lifetime),
         )
         return token
+
+
+def _retrieve(task: asyncio.Task[Token]) -> None:
+    """Mark a finished request's failure as seen: a background renewal has no awaiter."""
+    if not task.cancelled():
+        task.exception()

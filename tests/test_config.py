@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from fwproxy.config import Secret, find_config, load_config, parse_config, parse_duration, parse_size
+from fwproxy.config import (
+    SCHEMA,
+    Secret,
+    find_config,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 from fwproxy.exceptions import ConfigError
 
 BASE: dict[str, Any] = {
@@ -46,8 +54,6 @@ def test_example_config_parses_and_lists_every_key() -> None:
     settings = load_config(example, environ={"FWPROXY_CLIENT_SECRET": "x"})
     assert settings.tenant.url.host == "acme.fotoware.cloud"
     text = example.read_text()
-    from fwproxy.config import SCHEMA
-
     for section, keys in SCHEMA.items():
         for key in keys:
             assert f"{key}:" in text, f"{section}.{key} is not documented in config.example.yaml"
@@ -131,7 +137,7 @@ def test_environment_beats_file() -> None:
 
 
 def test_environment_errors_name_the_variable() -> None:
-    with pytest.raises(ConfigError, match="^FWPROXY_LISTEN_PORT"):
+    with pytest.raises(ConfigError, match=r"^FWPROXY_LISTEN_PORT"):
         parse_config(config(), environ={"FWPROXY_LISTEN_PORT": "http"})
 
 

@@ -97,7 +97,8 @@ def test_retry_after_is_whole_seconds_at_least_one() -> None:
 
 def test_client_credentials_form_is_url_encoded() -> None:
     body = client_credentials_form("my app", "s&cr=t+/?")
-    assert b" " not in body and b"&cr" not in body
+    assert b" " not in body
+    assert b"&cr" not in body
     assert parse_qs(body.decode(), strict_parsing=True) == {
         "grant_type": ["client_credentials"],
         "client_id": ["my app"],
@@ -186,4 +187,5 @@ def test_control_characters_in_an_error_cannot_forge_log_lines() -> None:
     body = answer(error="bad\nFAKE LOG LINE", error_description="x\r\ny")
     with pytest.raises(TokenEndpointError) as caught:
         parse_token_response(400, JSON, body, 0.0, 10)
-    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "\r" not in str(caught.value)

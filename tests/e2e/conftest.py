@@ -1,0 +1,366 @@
+"""End-to-end harness: `fwproxy run` as a real subprocess, driven by the system curl.
+
+The simulated tenant runs in the test's own event loop (the `tenant` fixture of
+tests/conftest.py), so everything here that waits on a subprocess does it through asyncio:
+a blocking call would stop the tenant from answering the proxy.
+
+Every fwproxy process a test starts is stopped by its PID on teardown (SIGTERM, then
+SIGKILL if it does not exit in time). Its stderr is drained into a list from the first
+byte, so the pipe never fills and tests can assert on the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from fwproxy.demo import TOKEN_PATH
+from tests.conftest import merge, tenant_config
+
+CURL = "/usr/bin/curl"
+START_TIMEOUT = 20.0  # for a hang, not a timing assertion
+STOP_TIMEOUT = 30.0
+CURL_TIMEOUT = 120.0
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment minus anything that could redirect curl or override fwproxy's config."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() not in _PROXY_VARS and not name.upper().startswith("FWPROXY_")
+    }
+    env.update(extra or {})
+    return env
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], what: str, timeout: float = START_TIMEOUT
+) -> None:
+    """Poll a condition with a bounded deadline (a hang guard, never a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class FwproxyProcess:
+    """One `python -m fwproxy run` subprocess, its port and its captured stderr."""
+
+    def __init__(self, process: asyncio.subprocess.Process, config_path: Path) -> None:
+        self.process = process
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self.port = 0
+        self.eof = False
+        self._changed = asyncio.Condition()
+        assert process.stderr is not None
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(process.stderr))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def log_count(self, needle: str) -> int:
+        return sum(needle in line for line in self.lines)
+
+    def peak_rss(self) -> int:
+        """VmHWM (peak resident set) of the process, in bytes."""
+        return _status_kib(self.pid, "VmHWM") * 1024
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            raw = await stream.readline()
+            async with self._changed:
+                if not raw:
+                    self.eof = True
+                else:
+                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                self._changed.notify_all()
+            if not raw:
+                return
+
+    async def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT
+                            ) -> re.Match[str]:
+        """The first log line (already seen or still to come) matching `pattern`."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            for line in self.lines:
+                match = regex.search(line)
+                if match:
+                    found.append(match)
+                    return True
+            return self.eof
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(seen), timeout)
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"fwproxy logged no line matching {regex.pattern!r} within {timeout}s; "
+                    f"log so far:\n{self.log_text()}"
+                ) from None
+        if not found:
+            raise AssertionError(
+                f"fwproxy exited ({self.process.returncode}) before logging "
+                f"{regex.pattern!r}; log:\n{self.log_text()}"
+            )
+        return found[0]
+
+    async def stop(self) -> int:
+        """SIGTERM by PID, wait, SIGKILL by PID if it hangs; returns the exit status."""
+        if self.process.returncode is None:
+            _kill(self.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                _kill(self.pid, signal.SIGKILL)
+                await self.process.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drain_task, STOP_TIMEOUT)
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/status has no {field}")
+
+
+async def launch_fwproxy(config_path: Path, args: Sequence[str] = ()) -> FwproxyProcess:
+    """Start `fwproxy run --config PATH` and wait for its "listening on" line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fwproxy", "run", "--config", str(config_path), *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+        cwd=config_path.parent,
+    )
+    proxy = FwproxyProcess(process, config_path)
+    try:
+        match = await proxy.wait_for_line(LISTENING)
+    except BaseException:
+        await proxy.stop()
+        raise
+    proxy.port = int(match.group(1))
+    return proxy
+
+
+StartProxy = Callable[..., Awaitable[FwproxyProcess]]
+
+
+@pytest.fixture
+async def start_proxy(tenant: TestServer, tmp_path: Path) -> AsyncIterator[StartProxy]:
+    """Start fwproxy in front of the tenant; `sections` override tenant_config's.
+
+    Depends on `tenant` so the proxies are stopped before the tenant goes away.
+    """
+    running: list[FwproxyProcess] = []
+
+    async def start(
+        sections: Mapping[str, dict[str, Any]] | None = None, args: Sequence[str] = ()
+    ) -> FwproxyProcess:
+        config = merge(tenant_config(tenant), dict(sections or {}))
+        path = write_config(tmp_path / f"fwproxy-{len(running)}.yaml", config)
+        proxy = await launch_fwproxy(path, args)
+        running.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in reversed(running):
+            await proxy.stop()
+
+
+@pytest.fixture
+async def fwproxy(start_proxy: StartProxy) -> FwproxyProcess:
+    """fwproxy with the default configuration in front of the tenant."""
+    return await start_proxy()
+
+
+# --- curl ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurlResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+async def curl(
+    *args: str,
+    stdin: int | None = asyncio.subprocess.DEVNULL,
+    stdout: int | None = asyncio.subprocess.PIPE,
+    timeout: float = CURL_TIMEOUT,
+) -> CurlResult:
+    """Run /usr/bin/curl (no .curlrc, no proxy from the environment) and collect its output."""
+    process = await asyncio.create_subprocess_exec(
+        CURL, "-q", "--silent", "--show-error", *args,
+        stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except BaseException:
+        _kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CurlResult(process.returncode, out or b"", err)
+
+
+async def curl_many(urls: Iterable[str], parallel: int, *args: str) -> list[str]:
+    """One curl fetching every URL concurrently (-Z); the status code of each transfer."""
+    argv = ["-Z", "--parallel-immediate", "--parallel-max", str(parallel),
+            "-w", "%{http_code}\\n", *args]
+    for url in urls:
+        argv += [url, "-o", "/dev/null"]
+    result = await curl(*argv)
+    assert result.returncode == 0, result.stderr
+    return result.text.split()
+
+
+def established_connections(port: int) -> int:
+    """ESTABLISHED TCP connections accepted on local `port` (loopback, this namespace)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+# --- a gate in front of the token endpoint ---------------------------------------------
+
+
+class TokenGate:
+    """Relays token requests to the tenant, holding them while the gate is closed.
+
+    A closed gate keeps a token request in flight for as long as a test needs to pile up
+    concurrent requests behind it, which makes single-flight observable. Every relayed
+    request still reaches the tenant's token endpoint and is counted there.
+    """
+
+    def __init__(self, tenant: TestServer) -> None:
+        self.target = f"http://127.0.0.1:{tenant.port}{TOKEN_PATH}"
+        self.hits = 0
+        self.opened = asyncio.Event()
+        self.opened.set()
+        self.url = ""
+
+    def close(self) -> None:
+        self.opened.clear()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        body = await request.read()
+        await self.opened.wait()
+        headers = {"Content-Type": request.headers.get("Content-Type", "")}
+        async with aiohttp.ClientSession() as session, session.post(
+            self.target, data=body, headers=headers
+        ) as resp:
+            answer = await resp.read()
+            return web.Response(
+                status=resp.status,
+                body=answer,
+                headers={"Content-Type": resp.headers.get("Content-Type", ""),
+                         "Cache-Control": "no-store"},
+            )
+
+
+@pytest.fixture
+async def token_gate(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tenant: TestServer
+) -> AsyncIterator[TokenGate]:
+    gate = TokenGate(tenant)
+    app = web.Application()
+    app.router.add_post("/token", gate.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    gate.url = f"http://127.0.0.1:{server.port}/token"
+    try:
+        yield gate
+    finally:
+        gate.open()  # release anything still held so the servers can shut down
+
+
+# --- the other commands -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_fwproxy(*args: str, timeout: float = 60.0) -> CommandResult:
+    """`python -m fwproxy ARGS` to completion (for `token` and `check`)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fwproxy", *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except BaseException:
+        _kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CommandResult(process.returncode, out.decode(), err.decode())

@@ -1,0 +1,168 @@
+"""Token handling seen from outside: single flight, one renewal per 401 storm, the
+header-stripping fallback, and the `token` and `check` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from fwproxy.demo import TenantState
+from fwproxy.proxy import STRIP_HINT
+from tests.conftest import merge, tenant_config
+
+from .conftest import (
+    FwproxyProcess,
+    StartProxy,
+    TokenGate,
+    curl,
+    curl_many,
+    established_connections,
+    run_fwproxy,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.e2e
+
+CURL_PROCESSES = 4
+URLS_PER_CURL = 20
+CONCURRENT = CURL_PROCESSES * URLS_PER_CURL
+
+
+async def storm(proxy: FwproxyProcess, path: str) -> list[str]:
+    """CONCURRENT simultaneous GETs of `path`: several curl processes, each with -Z."""
+    batches = [
+        curl_many(
+            [proxy.url(f"{path}?n={i * URLS_PER_CURL + j}") for j in range(URLS_PER_CURL)],
+            URLS_PER_CURL,
+        )
+        for i in range(CURL_PROCESSES)
+    ]
+    codes: list[str] = []
+    for batch in await asyncio.gather(*batches):
+        codes.extend(batch)
+    return codes
+
+
+async def test_cold_start_fetches_one_token_for_a_crowd(
+    start_proxy: StartProxy, token_gate: TokenGate, tenant_state: TenantState
+) -> None:
+    # The gate holds the start-up token request, so the proxy is cold when the crowd
+    # arrives: every request must wait for that one request instead of starting its own.
+    token_gate.close()
+    proxy = await start_proxy({"auth": {"token_url": token_gate.url}})
+    await wait_until(lambda: token_gate.hits == 1, "the warm-up token request")
+    crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
+    try:
+        await wait_until(
+            lambda: established_connections(proxy.port) >= CONCURRENT or crowd.done(),
+            f"{CONCURRENT} connections to the proxy",
+        )
+        assert tenant_state.token_requests == 0
+        assert not crowd.done()  # nobody was answered without a token
+    finally:
+        token_gate.open()
+    codes = await crowd
+    assert codes == ["200"] * CONCURRENT
+    assert token_gate.hits == 1
+    assert tenant_state.token_requests == 1
+    assert len(tenant_state.seen) == CONCURRENT  # no request needed a replay
+
+
+async def test_401_storm_renews_once(
+    start_proxy: StartProxy, token_gate: TokenGate, tenant_state: TenantState
+) -> None:
+    proxy = await start_proxy({"auth": {"token_url": token_gate.url}})
+    first = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
+    assert first.text == "200"
+    assert tenant_state.token_requests == 1
+    # Revoke, and hold the renewal until every request of the storm has had its 401.
+    seen_before = len(tenant_state.seen)
+    token_gate.close()
+    tenant_state.revoke_all()
+    crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
+    try:
+        await wait_until(
+            lambda: len(tenant_state.seen) - seen_before >= CONCURRENT or crowd.done(),
+            f"{CONCURRENT} rejected requests at the tenant",
+        )
+        await wait_until(lambda: token_gate.hits == 2 or crowd.done(), "the renewal")
+    finally:
+        token_gate.open()
+    codes = await crowd
+    assert codes == ["200"] * CONCURRENT
+    assert tenant_state.token_requests == 2
+    assert token_gate.hits == 2
+    assert len(tenant_state.seen) - seen_before == 2 * CONCURRENT  # each one replayed once
+    assert proxy.log_count("token rejected by the tenant (401); renewing") == 1
+
+
+async def test_tenant_stripping_authorization_switches_to_query_once(
+    start_proxy: StartProxy, tenant_state: TenantState
+) -> None:
+    tenant_state.strip_authorization = True
+    proxy = await start_proxy()  # token_placement: auto (the default)
+    first = await curl("-w", "\\n%{http_code}", proxy.url("/fotoweb/me"))
+    body, _, status = first.text.rpartition("\n")
+    assert status == "200"
+    assert json.loads(body)["userName"] == "demo-app"
+    await proxy.wait_for_line(STRIP_HINT)
+    assert proxy.log_count(STRIP_HINT) == 1
+    hint_line = next(line for line in proxy.lines if STRIP_HINT in line)
+    assert "WARNING" in hint_line
+
+    second = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
+    assert second.text == "200"
+    # The second request went straight to the query placement: one attempt, no replay.
+    assert tenant_state.seen[-1].path_qs.startswith("/fotoweb/me?access_token=")
+    assert tenant_state.seen[-2].path_qs.startswith("/fotoweb/me?access_token=")
+    assert tenant_state.seen[-3].path_qs == "/fotoweb/me"
+    assert proxy.log_count(STRIP_HINT) == 1
+    assert tenant_state.token_requests == 2  # the warm-up token and the one renewal
+
+
+async def test_token_command_prints_one_valid_token(
+    tenant: TestServer, tenant_state: TenantState, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "fwproxy.yaml", tenant_config(tenant))
+    result = await run_fwproxy("token", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0] in tenant_state.tokens
+    assert tenant_state.token_requests == 1
+    assert lines[0] not in result.stderr
+
+
+async def test_check_reports_the_user(
+    tenant: TestServer, tenant_state: TenantState, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "fwproxy.yaml", tenant_config(tenant))
+    result = await run_fwproxy("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fwproxy demo application (client credentials)" in result.stdout
+    assert "/fotoweb/me  ok" in result.stdout
+    assert tenant_state.seen[-1].path_qs == "/fotoweb/me"
+    for token in tenant_state.tokens:
+        assert token not in result.stdout + result.stderr
+
+
+async def test_check_with_a_wrong_secret_says_invalid_client(
+    tenant: TestServer, tenant_state: TenantState, tmp_path: Path
+) -> None:
+    wrong = "wrong-secret-0123456789"
+    config = write_config(
+        tmp_path / "fwproxy.yaml", merge(tenant_config(tenant), {"auth": {"client_secret": wrong}})
+    )
+    result = await run_fwproxy("check", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "invalid_client" in result.stdout
+    assert wrong not in result.stdout + result.stderr
+    assert tenant_state.token_requests == 1
+    assert not tenant_state.seen  # no API call without a token

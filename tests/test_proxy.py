@@ -1,0 +1,547 @@
+"""The proxy in-process, against the simulated tenant over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from fwproxy.app import PROXY, TOKENS, create_app
+from fwproxy.config import parse_config
+from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
+from tests.conftest import ProxyFactory, merge, tenant_config
+
+Client = TestClient[Any, Any]
+Routes = Callable[[web.Application], None]
+
+
+@pytest.fixture
+def proxy_with_routes(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tenant_state: TenantState,
+) -> Callable[..., Awaitable[Client]]:
+    """A simulated tenant with extra inline routes, and a proxy in front of it."""
+
+    async def build(routes: Routes, **sections: dict[str, Any]) -> Client:
+        app = create_tenant_app(tenant_state)
+        routes(app)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        settings = parse_config(merge(tenant_config(server), sections), environ={})
+        return await aiohttp_client(create_app(settings))
+
+    return build
+
+
+async def echo(client: Client, path: str = "/sim/echo", method: str = "GET",
+               **kwargs: Any) -> dict[str, Any]:
+    async with client.request(method, path, **kwargs) as resp:
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+
+async def raw_exchange(port: int | None, request: bytes) -> bytes:
+    """Send exact bytes to the proxy; read until it closes the connection."""
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+# --- the token goes in ---------------------------------------------------------------------
+
+
+async def test_plain_request_arrives_authenticated(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["userName"] == "demo-app"
+    seen = tenant_state.seen[-1]
+    scheme, _, token = seen.headers["authorization"][0].partition(" ")
+    assert scheme == "Bearer"
+    assert tenant_state.valid(token)
+    assert tenant_state.token_requests == 1
+
+
+async def test_token_is_reused_across_requests(proxy: Client, tenant_state: TenantState) -> None:
+    for _ in range(5):
+        await echo(proxy)
+    assert tenant_state.token_requests == 1
+
+
+async def test_concurrent_cold_start_makes_one_token_request(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    results = await asyncio.gather(*(echo(proxy) for _ in range(200)))
+    assert len(results) == 200
+    assert tenant_state.token_requests == 1
+
+
+# --- forwarding is transparent ---------------------------------------------------------------
+
+
+async def test_target_is_forwarded_byte_exact(proxy: Client, tenant_state: TenantState) -> None:
+    target = b"/sim/echo?b=%2F&a=1&a=2&q=caf%C3%A9&plus=a+b&empty=&flag"
+    response = await raw_exchange(
+        proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert response.startswith(b"HTTP/1.1 200")
+    assert tenant_state.seen[-1].path_qs == target.decode()
+
+
+async def test_odd_paths_stay_on_the_tenant(proxy: Client, tenant_state: TenantState) -> None:
+    for target in (b"//evil.example/sim/echo", b"/sim/echo/../echo", b"/@evil.example/x"):
+        await raw_exchange(
+            proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert tenant_state.seen[-1].path_qs == target.decode()
+
+
+async def test_absolute_form_target_cannot_retarget(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    response = await raw_exchange(
+        proxy.port,
+        b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert response.startswith(b"HTTP/1.1 200")
+    seen = tenant_state.seen[-1]
+    assert seen.path_qs == "/sim/echo?x=1"
+    assert seen.headers["host"] == [f"127.0.0.1:{proxy_tenant_port(proxy)}"]
+
+
+def proxy_app(client: Client) -> web.Application:
+    app: web.Application | None = client.app
+    assert app is not None
+    return app
+
+
+def proxy_tenant_port(proxy: Client) -> int:
+    port = proxy_app(proxy)[PROXY]._tenant.port
+    assert port is not None
+    return port
+
+
+async def test_host_header_cannot_retarget(proxy: Client, tenant_state: TenantState) -> None:
+    seen = await echo(proxy, headers={"Host": "evil.example"})
+    assert seen["headers"]["host"] == [f"127.0.0.1:{proxy_tenant_port(proxy)}"]
+    assert seen["headers"]["x-forwarded-host"] == ["evil.example"]
+
+
+@pytest.mark.parametrize("method", ["CONNECT", "TRACE"])
+async def test_connect_and_trace_are_refused(
+    proxy: Client, tenant_state: TenantState, method: str
+) -> None:
+    target = b"evil.example:443" if method == "CONNECT" else b"/sim/echo"
+    response = await raw_exchange(
+        proxy.port,
+        method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert response.startswith(b"HTTP/1.1 405")
+    assert b'"error": "method_not_allowed"' in response
+    assert not tenant_state.seen
+
+
+async def test_every_method_is_forwarded(proxy: Client) -> None:
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"):
+        seen = await echo(proxy, method=method)
+        assert seen["method"] == method
+    async with proxy.head("/sim/echo") as resp:
+        assert resp.status == 200
+
+
+async def test_hop_by_hop_headers_are_dropped(proxy: Client) -> None:
+    seen = await echo(proxy, headers={
+        "Connection": "keep-alive, X-Hop, Authorization",
+        "X-Hop": "secret-hop",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Upgrade": "websocket",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "Proxy-Connection": "keep-alive",
+        "X-End-To-End": "kept",
+    })
+    headers = seen["headers"]
+    for name in ("x-hop", "keep-alive", "te", "upgrade", "proxy-authorization",
+                 "proxy-connection"):
+        assert name not in headers, name
+    assert headers["x-end-to-end"] == ["kept"]
+    # "Connection: Authorization" named a header the client did not send; ours still goes
+    assert headers["authorization"][0].startswith("Bearer ")
+
+
+async def test_forwarded_headers_are_added(proxy: Client) -> None:
+    seen = await echo(proxy, headers={"X-Forwarded-For": "10.9.8.7"})
+    assert seen["headers"]["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
+    assert seen["headers"]["x-forwarded-proto"] == ["http"]
+
+
+async def test_no_headers_are_invented(proxy: Client) -> None:
+    response = await raw_exchange(
+        proxy.port, b"GET /sim/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert response.startswith(b"HTTP/1.1 200")
+    body = response.split(b"\r\n\r\n", 1)[1]
+    for invented in (b"accept-encoding", b"user-agent", b'"accept"', b"content-type"):
+        assert invented not in body
+
+
+async def test_gzip_passes_through_untouched(proxy: Client) -> None:
+    async with proxy.get("/sim/gzip", headers={"Accept-Encoding": "gzip"},
+                         auto_decompress=False) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        body = await resp.read()
+    assert body == gzip.compress(GZIP_PAYLOAD, mtime=0)
+
+
+async def test_redirects_are_passed_back_and_pointed_at_the_proxy(proxy: Client) -> None:
+    async with proxy.get("/sim/redirect", allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == f"http://127.0.0.1:{proxy.port}/fotoweb/me"
+        assert resp.headers["Content-Location"] == f"http://127.0.0.1:{proxy.port}/fotoweb/me"
+    elsewhere = "https://example.org/x?y=1"
+    async with proxy.get("/sim/redirect", params={"elsewhere": elsewhere},
+                         allow_redirects=False) as resp:
+        assert resp.headers["Location"] == elsewhere
+
+
+async def test_request_body_streams_and_arrives_intact(proxy: Client) -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB
+
+    async def chunks() -> Any:
+        for start in range(0, len(payload), 65536):
+            yield payload[start:start + 65536]
+
+    async with proxy.post("/sim/upload", data=chunks()) as resp:
+        result = await resp.json()
+    assert result == {"body_size": len(payload),
+                      "body_sha256": hashlib.sha256(payload).hexdigest()}
+
+
+async def test_expect_100_continue(proxy: Client) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"PUT /sim/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                 b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    interim = await reader.readuntil(b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(b"hello")
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 200")
+    assert b'"body_size": 5' in response
+
+
+async def test_cookies_are_not_shared_between_clients(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    async def set_cookie(request: web.Request) -> web.Response:
+        resp = web.Response(text="ok")
+        resp.set_cookie("session", "alice")
+        resp.set_cookie("other", "x")
+        return resp
+
+    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/cookie", set_cookie))
+    async with client.get("/sim/cookie") as resp:
+        assert len(resp.headers.getall("Set-Cookie")) == 2
+    client.session.cookie_jar.clear()
+    seen = await echo(client)
+    assert "cookie" not in seen["headers"]
+
+
+# --- client credentials of the client's own ----------------------------------------------
+
+
+async def test_client_authorization_keep(proxy: Client, tenant_state: TenantState) -> None:
+    async with proxy.get("/sim/echo", headers={"Authorization": "Bearer preview-token"}) as resp:
+        assert resp.status == 401  # the tenant does not know it, and it is not replayed
+    assert tenant_state.seen[-1].headers["authorization"] == ["Bearer preview-token"]
+    assert tenant_state.token_requests == 0
+    assert len(tenant_state.seen) == 1
+
+
+async def test_client_access_token_in_query_is_kept(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/sim/echo?access_token=client-own") as resp:
+        assert resp.status == 401
+    assert "authorization" not in tenant_state.seen[-1].headers
+    assert tenant_state.seen[-1].path_qs == "/sim/echo?access_token=client-own"
+
+
+async def test_client_authorization_replace(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(auth={"client_authorization": "replace"})
+    seen = await echo(client, path="/sim/echo?access_token=old&x=1",
+                      headers={"Authorization": "Bearer old"})
+    assert seen["headers"]["authorization"] != ["Bearer old"]
+    assert seen["path_qs"] == "/sim/echo?x=1"
+
+
+# --- 401: renew once, replay once ------------------------------------------------------------
+
+
+async def test_401_renews_and_replays(proxy: Client, tenant_state: TenantState) -> None:
+    await echo(proxy)
+    tenant_state.revoke_all()
+    seen = await echo(proxy)
+    assert tenant_state.valid(seen["headers"]["authorization"][0][7:])
+    assert tenant_state.token_requests == 2
+    assert proxy_app(proxy)[PROXY].replays == 1
+
+
+async def test_401_storm_renews_once(proxy: Client, tenant_state: TenantState) -> None:
+    await echo(proxy)
+    tenant_state.revoke_all()
+    await asyncio.gather(*(echo(proxy) for _ in range(100)))
+    assert tenant_state.token_requests == 2
+
+
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024])  # memory copy, and a spilled copy
+async def test_post_body_is_replayed_whole(
+    proxy: Client, tenant_state: TenantState, size: int
+) -> None:
+    await echo(proxy)
+    tenant_state.revoke_all()
+    payload = bytes(range(256)) * (size // 256)
+    async with proxy.post("/sim/upload", data=payload) as resp:
+        assert resp.status == 200
+        result = await resp.json()
+    assert result["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+async def test_chunked_body_is_replayed_whole(proxy: Client, tenant_state: TenantState) -> None:
+    await echo(proxy)
+    tenant_state.revoke_all()
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 10000
+
+    async with proxy.post("/sim/upload", data=chunks()) as resp:
+        assert (await resp.json())["body_size"] == 100000
+
+
+async def test_body_too_large_to_replay_gets_the_401(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"replay_max_body": "1KiB"})
+    await echo(client)
+    tenant_state.revoke_all()
+    async with client.post("/sim/upload", data=b"y" * 5000) as resp:
+        assert resp.status == 401
+    assert tenant_state.token_requests == 1  # dropped, not yet renewed
+    await echo(client)  # the next request renews and works
+    assert tenant_state.token_requests == 2
+
+
+async def test_403_never_renews(proxy: Client, tenant_state: TenantState) -> None:
+    async with proxy.get("/sim/forbidden") as resp:
+        assert resp.status == 403
+    assert tenant_state.token_requests == 1
+    assert len(tenant_state.seen) == 1
+
+
+async def test_401_forever_is_one_renewal_and_one_replay(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"token_placement": "header"})
+    tenant_state.strip_authorization = True  # every request now looks unauthenticated
+    async with client.get("/sim/echo") as resp:
+        assert resp.status == 401
+    assert tenant_state.token_requests == 2
+    assert len(tenant_state.seen) == 2
+
+
+# --- header-stripping reverse proxies (seed 001) ------------------------------------------------
+
+
+async def test_stripped_authorization_falls_back_to_query(
+    proxy: Client, tenant_state: TenantState, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant_state.strip_authorization = True
+    seen = await echo(proxy)
+    assert "access_token=" in seen["path_qs"]
+    assert proxy_app(proxy)[PROXY].placement == "query"
+    assert len(tenant_state.seen) == 3  # original, replay, query probe: never more
+    before = len(tenant_state.seen)
+    seen = await echo(proxy, path="/sim/echo?x=1")
+    assert len(tenant_state.seen) == before + 1  # learned: straight to the query
+    assert seen["path_qs"].startswith("/sim/echo?x=1&access_token=")
+    assert "authorization" not in seen["headers"]
+    warnings = [r for r in caplog.records if "proxy_set_header Authorization" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_query_placement_can_be_forced(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"token_placement": "query"})
+    seen = await echo(client, path="/sim/echo?access_token_x=1")
+    assert seen["path_qs"].startswith("/sim/echo?access_token_x=1&access_token=")
+    assert "authorization" not in seen["headers"]
+
+
+# --- failures map to clear JSON errors ---------------------------------------------------------
+
+
+async def test_tenant_down_is_502(
+    aiohttp_client: Callable[..., Awaitable[Client]], unused_tcp_port: int
+) -> None:
+    settings = parse_config({
+        "tenant": {"url": f"http://127.0.0.1:{unused_tcp_port}", "allow_insecure_http": True},
+        "auth": {"client_id": "x", "client_secret": "y",
+                 "token_url": f"http://127.0.0.1:{unused_tcp_port}/token"},
+    }, environ={})
+    client = await aiohttp_client(create_app(settings))
+    # No token can be had either: the token endpoint is the first thing that fails.
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"].isdigit()
+        body = await resp.json()
+    assert body["error"] == "no_token"
+    assert "cannot reach token endpoint" in body["detail"]
+
+
+async def test_tenant_api_down_is_502_with_json(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+    tenant_state: TenantState,
+    unused_tcp_port: int,
+) -> None:
+    client = await proxy_with_routes(lambda app: None)
+    await echo(client)  # a token is cached; now the API host goes away
+    proxy = proxy_app(client)[PROXY]
+    proxy._tenant = proxy._tenant.with_port(unused_tcp_port)
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["error"] == "upstream_unreachable"
+    assert "cannot connect" in body["detail"]
+
+
+async def test_stalled_tenant_is_504(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    released = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.Response(text="late")
+
+    client = await proxy_with_routes(
+        lambda app: app.router.add_get("/sim/stall", stall), tenant={"read_timeout": "200ms"}
+    )
+    async with client.get("/sim/stall") as resp:
+        assert resp.status == 504
+        assert (await resp.json())["error"] == "upstream_timeout"
+    released.set()
+
+
+async def test_invalid_client_is_503_naming_it(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"client_secret": "wrong-secret-value"})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+        text = await resp.text()
+    assert "invalid_client" in text
+    assert "wrong-secret-value" not in text
+
+
+async def test_token_endpoint_recovers_by_itself(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    tenant_state.token_endpoint_fault = (500, "text/html", b"<h1>down</h1>")
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+        retry_after = int(resp.headers["Retry-After"])
+    assert "http_500" in body["detail"]
+    assert 1 <= retry_after <= 2
+    tenant_state.token_endpoint_fault = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # the first backoff is at most a second: poll until it has passed
+        async with proxy.get("/fotoweb/me") as resp:
+            if resp.status == 200:
+                break
+        assert loop.time() < deadline, "the proxy did not recover"
+        await asyncio.sleep(0.1)
+
+
+async def test_truncated_upstream_body_is_not_a_short_200(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100000"})
+        await resp.prepare(request)
+        await resp.write(b"z" * 1000)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    async def truncated_chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"z" * 1000)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/sim/truncated", truncated)
+        app.router.add_get("/sim/truncated-chunked", truncated_chunked)
+
+    client = await proxy_with_routes(routes)
+    for path in ("/sim/truncated", "/sim/truncated-chunked"):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with client.get(path) as resp:
+                await resp.read()
+    await echo(client)  # and the proxy is fine afterwards
+
+
+async def test_client_disconnect_cancels_the_upstream_request(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        started.set()
+        try:
+            while True:
+                await resp.write(b"." * 65536)
+                await asyncio.sleep(0.01)
+        except (asyncio.CancelledError, ConnectionError):
+            cancelled.set()
+            raise
+
+    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/endless", endless))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /sim/endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    await started.wait()
+    writer.close()
+    await asyncio.wait_for(cancelled.wait(), timeout=10)
+    await echo(client)
+
+
+async def test_proxy_tokens_are_exposed_for_the_app(proxy: Client) -> None:
+    await echo(proxy)
+    assert proxy_app(proxy)[TOKENS].current() is not None

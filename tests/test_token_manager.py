@@ -1,0 +1,282 @@
+"""The manager's async shell: single flight, background renewal, backoff, invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
+from fwproxy.exceptions import NoTokenAvailable, TokenEndpointError, TokenEndpointUnreachable
+from fwproxy.oauth import ClientCredentialsGrant
+from fwproxy.token_manager import TokenManager
+from fwproxy.tokens import Token, make_token
+from fwproxy.upstream import create_session
+from tests.conftest import SettingsFactory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeGrant:
+    """Hands out numbered tokens; a test decides when each request completes or fails."""
+
+    name = "fake"
+    cache_key: Hashable = ("tenant", "client")
+
+    def __init__(self, clock: Clock, lifetime: float = 3600) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+        self.fail_with: Exception | None = None
+
+    async def fetch(self) -> Token:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return make_token(f"token-{self.calls}", self.lifetime, self.clock(), 60)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def grant(clock: Clock) -> FakeGrant:
+    return FakeGrant(clock)
+
+
+@pytest.fixture
+def manager(grant: FakeGrant, clock: Clock) -> TokenManager:
+    return TokenManager(grant, clock=clock, rand=lambda: 0.0)
+
+
+async def test_cold_start_is_one_request_for_a_thousand_callers(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
+    grant.gate = asyncio.Event()
+    waiters = [asyncio.ensure_future(manager.get()) for _ in range(1000)]
+    await asyncio.sleep(0)
+    grant.gate.set()
+    tokens = await asyncio.gather(*waiters)
+    assert grant.calls == 1
+    assert {token.value for token in tokens} == {"token-1"}
+
+
+async def test_cached_token_is_returned_without_a_request(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    clock.now += 3000
+    assert await manager.get() is first
+    assert grant.calls == 1
+
+
+async def test_renewal_window_renews_in_background_without_waiting(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    clock.now = first.renew_at
+    grant.gate = asyncio.Event()  # the renewal hangs until released
+    assert await manager.get() is first  # answered at once, with the old token
+    assert await manager.get() is first
+    await asyncio.sleep(0)  # let the renewal task start
+    assert grant.calls == 2  # one renewal started, not one per call
+    grant.gate.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    renewed = await manager.get()
+    assert renewed.value == "token-2"
+    assert manager.renewals == 1
+
+
+async def test_failed_renewal_keeps_serving_the_valid_token_and_backs_off(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    clock.now = first.renew_at
+    grant.fail_with = TokenEndpointUnreachable("down")
+    assert await manager.get() is first
+    await asyncio.sleep(0)
+    assert grant.calls == 2
+    assert await manager.get() is first  # within backoff: no new request
+    assert grant.calls == 2
+    clock.now += 1
+    assert await manager.get() is first  # backoff over: one more attempt
+    await asyncio.sleep(0)
+    assert grant.calls == 3
+
+
+async def test_no_token_raises_503_material_then_recovers(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    grant.fail_with = TokenEndpointError(401, "invalid_client", "Client authentication failed")
+    with pytest.raises(NoTokenAvailable) as caught:
+        await manager.get()
+    assert caught.value.reason == "invalid_client"
+    assert "invalid_client" in str(caught.value)
+    assert caught.value.retry_after >= 1
+    with pytest.raises(NoTokenAvailable):  # during backoff: no request at all
+        await manager.get()
+    assert grant.calls == 1
+    grant.fail_with = None
+    clock.now += 60
+    assert (await manager.get()).value == "token-2"
+
+
+async def test_retry_after_from_the_endpoint_is_honoured(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    grant.fail_with = TokenEndpointError(429, "http_429", None, retry_after=30)
+    with pytest.raises(NoTokenAvailable) as caught:
+        await manager.get()
+    assert caught.value.retry_after == 30
+    clock.now += 29
+    with pytest.raises(NoTokenAvailable):
+        await manager.get()
+    assert grant.calls == 1
+
+
+async def test_invalidate_only_drops_the_current_token(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
+    first = await manager.get()
+    assert manager.invalidate(first) is True
+    second = await manager.get()
+    assert second.value == "token-2"
+    assert manager.invalidate(first) is False  # a late 401 for the old token changes nothing
+    assert await manager.get() is second
+
+
+async def test_storm_of_401s_renews_once(manager: TokenManager, grant: FakeGrant) -> None:
+    first = await manager.get()
+    grant.gate = asyncio.Event()
+
+    async def after_401() -> Token:
+        manager.invalidate(first)
+        return await manager.get()
+
+    waiters = [asyncio.ensure_future(after_401()) for _ in range(200)]
+    await asyncio.sleep(0)
+    grant.gate.set()
+    tokens = await asyncio.gather(*waiters)
+    assert grant.calls == 2
+    assert {token.value for token in tokens} == {"token-2"}
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_request(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
+    grant.gate = asyncio.Event()
+    first = asyncio.ensure_future(manager.get())
+    second = asyncio.ensure_future(manager.get())
+    await asyncio.sleep(0)
+    first.cancel()
+    grant.gate.set()
+    assert (await second).value == "token-1"
+    assert grant.calls == 1
+
+
+async def test_stale_token_is_never_handed_out(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    clock.now = first.stale_at
+    second = await manager.get()
+    assert second is not first
+    assert grant.calls == 2
+
+
+async def test_monotonic_expiry_ignores_wall_clock_jumps(
+    monkeypatch: pytest.MonkeyPatch, grant: FakeGrant
+) -> None:
+    import time
+
+    manager = TokenManager(grant)  # default clocks
+    first = await manager.get()
+    monkeypatch.setattr(time, "time", lambda: 10**10)  # the wall clock jumps a century
+    assert await manager.get() is first
+    assert grant.calls == 1
+
+
+async def test_aclose_cancels_a_renewal_in_flight(manager: TokenManager, grant: FakeGrant) -> None:
+    grant.gate = asyncio.Event()
+    waiter = asyncio.ensure_future(manager.get())
+    await asyncio.sleep(0)
+    await manager.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+# --- against the simulated tenant: the real grant over a real socket ----------------------
+
+
+@pytest.fixture
+async def real_manager(
+    make_settings: SettingsFactory,
+) -> AsyncIterator[Callable[..., TokenManager]]:
+    """A manager with the real client-credentials grant; `auth` keys override."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def build(**auth: Any) -> TokenManager:
+        settings = make_settings(auth=auth)
+        session = create_session(settings.tenant)
+        sessions.append(session)
+        assert settings.auth.client_secret is not None
+        grant = ClientCredentialsGrant(
+            session, settings.auth.token_url, settings.auth.client_id,
+            settings.auth.client_secret, settings.auth.refresh_margin,
+        )
+        return TokenManager(grant)
+
+    yield build
+    for session in sessions:
+        await session.close()
+
+
+async def test_client_credentials_request_is_exactly_as_seed_002(
+    real_manager: Callable[..., TokenManager], tenant_state: TenantState
+) -> None:
+    token = await real_manager().get()
+    assert tenant_state.valid(token.value)
+    assert tenant_state.token_forms == [{
+        "grant_type": "client_credentials",
+        "client_id": DEMO_CLIENT_ID,
+        "client_secret": DEMO_CLIENT_SECRET,
+    }]
+    headers = tenant_state.token_headers[0]
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert headers["Accept"] == "application/json"
+    assert round(token.lifetime) == tenant_state.token_lifetime
+
+
+async def test_invalid_client_is_reported_verbatim(
+    real_manager: Callable[..., TokenManager],
+) -> None:
+    manager = real_manager(client_secret="wrong-secret-value")
+    with pytest.raises(NoTokenAvailable) as caught:
+        await manager.get()
+    assert "invalid_client" in str(caught.value)
+    assert "Client authentication failed" in str(caught.value)
+    assert "wrong-secret-value" not in str(caught.value)
+
+
+async def test_unreachable_token_endpoint(
+    real_manager: Callable[..., TokenManager], unused_tcp_port: int
+) -> None:
+    url = f"http://127.0.0.1:{unused_tcp_port}/fotoweb/oauth2/token"
+    with pytest.raises(NoTokenAvailable, match="cannot reach token endpoint") as caught:
+        await real_manager(token_url=url).get()
+    assert caught.value.reason == "token_endpoint_unreachable"
