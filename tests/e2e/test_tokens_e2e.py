@@ -81,25 +81,42 @@ async def test_401_storm_renews_once(
     first = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
     assert first.text == "200"
     assert tenant_state.token_requests == 1
-    # Revoke, and hold the renewal until every request of the storm has had its 401.
+    # Revoke, and hold the renewal until the whole storm is inside the proxy: requests that
+    # carried the old token got their 401, the later ones wait for the renewal in flight.
+    old_tokens = set(tenant_state.tokens)
     seen_before = len(tenant_state.seen)
     token_gate.close()
     tenant_state.revoke_all()
     crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
     try:
-        await wait_until(
-            lambda: len(tenant_state.seen) - seen_before >= CONCURRENT or crowd.done(),
-            f"{CONCURRENT} rejected requests at the tenant",
-        )
         await wait_until(lambda: token_gate.hits == 2 or crowd.done(), "the renewal")
+        await wait_until(
+            lambda: established_connections(proxy.port) >= CONCURRENT or crowd.done(),
+            f"{CONCURRENT} connections to the proxy",
+        )
+        assert not crowd.done()
     finally:
         token_gate.open()
     codes = await crowd
     assert codes == ["200"] * CONCURRENT
     assert tenant_state.token_requests == 2
     assert token_gate.hits == 2
-    assert len(tenant_state.seen) - seen_before == 2 * CONCURRENT  # each one replayed once
+    storm_seen = list(tenant_state.seen)[seen_before:]
+    rejected = [r for r in storm_seen if bearer(r.headers) in old_tokens]
+    accepted = [r for r in storm_seen if bearer(r.headers) in tenant_state.tokens]
+    assert len(rejected) >= 1
+    assert len(accepted) == CONCURRENT  # every request reached the tenant with the new token
+    assert len(rejected) + len(accepted) == len(storm_seen)
+    assert len(tenant_state.tokens) == 1
     assert proxy.log_count("token rejected by the tenant (401); renewing") == 1
+
+
+def bearer(headers: dict[str, list[str]]) -> str:
+    values = headers.get("authorization", [])
+    assert len(values) == 1, values
+    scheme, _, token = values[0].partition(" ")
+    assert scheme == "Bearer"
+    return token
 
 
 async def test_tenant_stripping_authorization_switches_to_query_once(
