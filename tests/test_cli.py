@@ -1,0 +1,65 @@
+"""The command line in-process: exit codes and one-line errors (subprocess runs are in e2e)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwproxy import __version__
+from fwproxy.cli import EXIT_USAGE, main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fwproxy {__version__}"
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == EXIT_USAGE
+
+
+def test_missing_config_says_where_it_looked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if Path("/etc/fwproxy/config.yaml").exists():
+        pytest.skip("this machine has a system-wide fwproxy config")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"], environ={}) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--config" in err
+    assert "FWPROXY_CONFIG" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("tenant: {urll: https://x}\nauth: {client_id: a, client_secret: b}\n", "tenant.urll"),
+        ("tenant: {url: https://x}\nauth: {client_id: a}\n", "auth.client_secret"),
+        ("tenant: [1, 2\n", "line 2"),
+        ("- just\n- a list\n", "top level"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, key: str
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text(text)
+    assert main(["check", "--config", str(path)], environ={}) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert key in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_config_from_environment_variable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a, bogus: 1}\n")
+    assert main(["token"], environ={"FWPROXY_CONFIG": str(path)}) == EXIT_USAGE
+    assert "auth.bogus" in capsys.readouterr().err
