@@ -10,7 +10,10 @@ import time
 from collections import deque
 from typing import TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 MASK = "********"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 _PATTERNS = [
     # access_token=..., refresh_token=..., in URLs and form bodies
@@ -71,6 +74,24 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a client's malformed request as an error with a traceback; it is neither.
+
+    Such records become one warning line saying what was wrong with the request.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            detail = _CONTROL.sub(" ", exc.message or type(exc).__name__)[:200]
+            record.msg = f"{record.getMessage()}: malformed request, answered {exc.code}: {detail}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for journald, Loki or ELK."""
 
@@ -101,3 +122,6 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # fwproxy writes its own
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())

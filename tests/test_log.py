@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -82,3 +84,17 @@ def test_json_format_is_one_object_per_line(stream: io.StringIO) -> None:
     assert entry["level"] == "info"
     assert entry["logger"] == "fwproxy.test"
     assert "zzz" not in entry["msg"]
+
+
+async def test_malformed_requests_log_one_line_without_traceback(
+    stream: io.StringIO, proxy: Any
+) -> None:
+    setup_logging("info", stream=stream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.0 400")
+    writer.close()
+    output = stream.getvalue()
+    assert "Traceback" not in output
+    assert "malformed request, answered 400" in output
+    assert "ERROR" not in output
