@@ -26,7 +26,7 @@ MAX_FIELD = 16 * 1024
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application. The upstream session lives in `cleanup_ctx`."""
     app = web.Application(
-        middlewares=[_connect_to_proxy],
+        middlewares=[_unrouted_to_proxy],
         handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
     )
     app[SETTINGS] = settings
@@ -42,9 +42,10 @@ async def _forward(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def _connect_to_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CONNECT's authority-form target matches no route; let the proxy refuse it (405)."""
-    if request.method == "CONNECT":
+async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Targets that are not a path (``CONNECT host:443``, ``OPTIONS *``, ``GET http://h``)
+    match no route; the proxy answers them (405, 400, or forwards the absolute form)."""
+    if not request.raw_path.startswith("/"):
         return await _forward(request)
     return await handler(request)
 

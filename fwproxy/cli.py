@@ -21,8 +21,8 @@ from .config import Settings, find_config, load_config, parse_config
 from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from .exceptions import ConfigError, TokenError
 from .log import setup_logging
-from .oauth import ClientCredentialsGrant
-from .upstream import create_session
+from .oauth import ClientCredentialsGrant, read_limited
+from .upstream import create_session, translate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SHUTDOWN_TIMEOUT = 30.0
@@ -162,10 +162,13 @@ async def check(settings: Settings) -> int:
                 url, headers={"Authorization": f"Bearer {value}", "Accept": "application/json"},
                 allow_redirects=False,
             ) as resp:
-                body = await resp.content.read(64 * 1024)
                 status = resp.status
+                body = await read_limited(resp, 1024 * 1024)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            print(f"/fotoweb/me  FAILED: {type(exc).__name__}: {exc}")
+            print(f"/fotoweb/me  FAILED: {translate(exc)}")
+            return EXIT_FAILED
+        except TokenError as exc:  # an answer larger than read_limited allows
+            print(f"/fotoweb/me  FAILED: {exc}")
             return EXIT_FAILED
     if status != 200:
         print(f"/fotoweb/me  FAILED: HTTP {status}")

@@ -75,9 +75,7 @@ async def post_token_request(
             allow_redirects=False,
             timeout=TOKEN_TIMEOUT,
         ) as resp:
-            body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
-            if len(body) > MAX_TOKEN_RESPONSE:
-                raise TokenResponseInvalid("token endpoint answer is larger than 64 KiB")
+            body = await read_limited(resp, MAX_TOKEN_RESPONSE)
             return parse_token_response(
                 resp.status,
                 resp.headers.get("Content-Type", ""),
@@ -92,3 +90,13 @@ async def post_token_request(
         raise TokenEndpointUnreachable(
             f"cannot reach token endpoint {where}: {exc or type(exc).__name__}"
         ) from None
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, however it is split on the wire; refuse one larger than `limit`."""
+    body = bytearray()
+    while chunk := await resp.content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise TokenResponseInvalid(f"token endpoint answer is larger than {limit} bytes")
+    return bytes(body)

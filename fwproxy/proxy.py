@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -38,12 +37,21 @@ from .exceptions import NoTokenAvailable, UpstreamError
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
-from .upstream import error_response, map_upstream_errors, request_headers, response_headers
+from .upstream import (
+    add_param,
+    error_response,
+    has_param,
+    map_upstream_errors,
+    request_headers,
+    response_headers,
+    without_param,
+)
 
 access_log = logging.getLogger("fwproxy.access")
 log = logging.getLogger("fwproxy.proxy")
 
-REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})  # TRACE would echo the token back
+# TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
 STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
 
 
@@ -140,6 +148,7 @@ class Proxy:
             return await self._send(method, path, query, headers, body, None, "header")
         token = await self._tokens.get()
         placement = self.placement
+        note.placement = placement
         resp = await self._send(method, path, query, headers, body, token, placement)
         if resp.status != 401:
             return resp
@@ -157,8 +166,9 @@ class Proxy:
             return resp
         resp.release()
         note.replays += 1
+        note.placement = "query"
         probe = await self._send(method, path, query, headers, body, token, "query")
-        if probe.status != 401:
+        if 200 <= probe.status < 400:  # a 404 or 414 proves nothing about the header
             self._learn_query_placement()
         return probe
 
@@ -202,10 +212,18 @@ class Proxy:
         out = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=response_headers(upstream.headers, self._tenant, proxy_origin(request)),
+            headers=response_headers(
+                upstream.headers, self._tenant, proxy_origin(request),
+                strip_token=note.placement == "query",
+            ),
         )
+        try:
+            await out.prepare(request)
+        except (ValueError, UnicodeError):  # a status line aiohttp cannot send
+            return note.answer(error_response(
+                502, "upstream_protocol_error", "the tenant sent a response that cannot be relayed"
+            ))
         note.status = upstream.status
-        await out.prepare(request)
         try:
             with map_upstream_errors():
                 async for chunk in upstream.content.iter_any():
@@ -215,7 +233,7 @@ class Proxy:
             # Headers are gone: the only honest signal left is to cut the connection
             # without the final chunk, so the client sees an incomplete transfer.
             note.error = exc.error
-            log.warning("%s %s: %s; response aborted", request.method, request.path, exc)
+            log.warning("%s %s: %s; response aborted", request.method, request.raw_path, exc)
             if request.transport is not None:
                 request.transport.close()
             return out
@@ -255,9 +273,10 @@ class Proxy:
 class Note:
     """What the access log line says about one request."""
 
-    __slots__ = ("bytes_in", "bytes_out", "error", "replays", "status")
+    __slots__ = ("bytes_in", "bytes_out", "error", "placement", "replays", "status")
 
     def __init__(self) -> None:
+        self.placement = ""  # where our token went on the final attempt: header or query
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -272,14 +291,19 @@ class Note:
 
 
 def origin_form(raw_target: str) -> str | None:
-    """The path and query to forward; an absolute-form target keeps only those parts."""
-    if raw_target.startswith("/"):
-        return raw_target
-    if raw_target[:7].lower() == "http://" or raw_target[:8].lower() == "https://":
+    """The path and query to forward; an absolute-form target keeps only those parts.
+
+    A fragment is not part of a request target; it is cut off rather than sent upstream.
+    """
+    target = raw_target.partition("#")[0]
+    if target.startswith("/"):
+        return target
+    if target[:7].lower() == "http://" or target[:8].lower() == "https://":
         try:
-            return URL(raw_target, encoded=True).raw_path_qs or "/"
+            url = URL(target, encoded=True)
         except ValueError:
             return None
+        return (url.raw_path or "/") + f"?{url.raw_query_string}" * bool(url.raw_query_string)
     return None
 
 
@@ -289,21 +313,3 @@ def proxy_origin(request: web.Request) -> URL:
         return URL.build(scheme="http", authority=request.host, encoded=True)
     except ValueError:
         return URL("http://127.0.0.1")
-
-
-def has_param(query: str, name: str) -> bool:
-    prefix = name + "="
-    return any(part == name or part.startswith(prefix) for part in query.split("&"))
-
-
-def without_param(query: str, name: str) -> str:
-    """Remove every `name` parameter, leaving the other bytes exactly as they were."""
-    if name not in query:
-        return query
-    prefix = name + "="
-    return "&".join(p for p in query.split("&") if p != name and not p.startswith(prefix))
-
-
-def add_param(query: str, name: str, value: str) -> str:
-    pair = f"{name}={quote(value, safe='')}"
-    return f"{query}&{pair}" if query else pair

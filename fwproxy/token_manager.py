@@ -11,7 +11,7 @@ from typing import Protocol
 
 from cachetools import TLRUCache
 
-from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError
+from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
 from .log import REDACT
 from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds
 
@@ -99,6 +99,18 @@ class TokenManager:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def _fetch_mapped(self) -> Token:
+        """The grant's fetch, with anything unforeseen turned into a `TokenError` (backoff)."""
+        try:
+            return await self._grant.fetch()
+        except (TokenError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.debug("token request raised %r", exc, exc_info=True)
+            raise TokenResponseInvalid(
+                f"token request failed unexpectedly: {type(exc).__name__}"
+            ) from None
+
     def _in_flight(self) -> asyncio.Task[Token] | None:
         return self._task if self._task is not None and not self._task.done() else None
 
@@ -110,7 +122,7 @@ class TokenManager:
     async def _fetch(self, renewal: bool) -> Token:
         self.requests += 1
         try:
-            token = await self._grant.fetch()
+            token = await self._fetch_mapped()
         except TokenError as exc:
             self._failures += 1
             retry_after = exc.retry_after if isinstance(exc, TokenEndpointError) else None

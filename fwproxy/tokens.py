@@ -183,7 +183,7 @@ def _expires_in(document: dict[str, object]) -> float:
 def _json_object(body: bytes) -> dict[str, object] | None:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return document if isinstance(document, dict) else None
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Iterator, Mapping
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +30,7 @@ HOP_BY_HOP = frozenset({
 # Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us).
 REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded"}
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
+MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
@@ -51,6 +54,8 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         ),
         skip_auto_headers=SKIP_AUTO_HEADERS,
         read_bufsize=256 * 1024,
+        max_line_size=MAX_HEADER_LINE,  # tenants send long CSP, Link and Set-Cookie values
+        max_field_size=MAX_HEADER_LINE,
     )
 
 
@@ -85,31 +90,72 @@ def request_headers(
 
 
 def response_headers(
-    incoming: CIMultiDictProxy[str], tenant_origin: URL, proxy_origin: URL
+    incoming: CIMultiDictProxy[str], tenant_origin: URL, proxy_origin: URL, strip_token: bool
 ) -> CIMultiDict[str]:
-    """The tenant's headers, cleaned for the client, with self-references pointed at us."""
+    """The tenant's headers, cleaned for the client, with self-references pointed at us.
+
+    `strip_token`: the token went upstream in the query, so the tenant may echo it in a
+    Location; it must not reach the client (or whatever host that Location names).
+    """
     drop = HOP_BY_HOP | _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in drop:
+        if lower in drop or _UNSENDABLE.search(value):
             continue
         if lower in ("location", "content-location"):
-            value = rewrite_location(value, tenant_origin, proxy_origin)
+            value = rewrite_location(value, tenant_origin, proxy_origin, strip_token)
         out.add(name, value)
     return out
 
 
-def rewrite_location(value: str, tenant_origin: URL, proxy_origin: URL) -> str:
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp would refuse to send these
+
+
+def rewrite_location(value: str, tenant: URL, proxy_origin: URL, strip_token: bool) -> str:
     """Point an absolute URL on the tenant at the proxy; anything else passes as it is."""
     try:
         url = URL(value, encoded=True)
+        on_tenant = bool(url.absolute and url.scheme) and _same_origin(url, tenant)
     except ValueError:
         return value
-    if not url.is_absolute() or url.origin() != tenant_origin:
+    query = without_param(url.raw_query_string, "access_token") if strip_token else (
+        url.raw_query_string
+    )
+    if not on_tenant and query == url.raw_query_string:
         return value
-    origin = str(proxy_origin).rstrip("/")
-    return origin + (url.raw_path_qs or "/") + (f"#{url.raw_fragment}" if url.raw_fragment else "")
+    if on_tenant:
+        head, path = str(proxy_origin).rstrip("/"), url.raw_path or "/"
+    elif url.absolute:
+        head, path = f"{url.scheme}:" * bool(url.scheme) + "//" + url.raw_authority, url.raw_path
+    else:
+        head, path = "", url.raw_path
+    tail = f"?{query}" * bool(query) + f"#{url.raw_fragment}" * bool(url.raw_fragment)
+    return head + path + tail
+
+
+def _same_origin(url: URL, tenant: URL) -> bool:
+    host = (url.host or "").lower().rstrip(".")
+    return (url.scheme.lower(), host, url.port) == (tenant.scheme, tenant.host, tenant.port)
+
+
+def has_param(query: str, name: str) -> bool:
+    """Whether the raw query string carries parameter `name`."""
+    prefix = name + "="
+    return any(part == name or part.startswith(prefix) for part in query.split("&"))
+
+
+def without_param(query: str, name: str) -> str:
+    """Remove every `name` parameter, leaving the other bytes exactly as they were."""
+    if name not in query:
+        return query
+    prefix = name + "="
+    return "&".join(p for p in query.split("&") if p != name and not p.startswith(prefix))
+
+
+def add_param(query: str, name: str, value: str) -> str:
+    pair = f"{name}={quote(value, safe='')}"
+    return f"{query}&{pair}" if query else pair
 
 
 @contextlib.contextmanager
@@ -135,8 +181,8 @@ def translate(exc: BaseException) -> UpstreamError:
         return UpstreamProtocolError("the tenant's response body was cut short or malformed")
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return UpstreamProtocolError("the tenant closed the connection mid-exchange")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamProtocolError(f"the tenant sent a malformed response ({exc.message})")
+    if isinstance(exc, aiohttp.ClientResponseError):  # its message quotes the tenant's bytes
+        return UpstreamProtocolError("the tenant sent a malformed response")
     return UpstreamProtocolError(f"exchange with the tenant failed: {type(exc).__name__}")
 
 

@@ -280,3 +280,14 @@ async def test_unreachable_token_endpoint(
     with pytest.raises(NoTokenAvailable, match="cannot reach token endpoint") as caught:
         await real_manager(token_url=url).get()
     assert caught.value.reason == "token_endpoint_unreachable"
+
+
+async def test_unexpected_grant_failure_is_a_token_error_with_backoff(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
+    grant.fail_with = RuntimeError("Session is closed")
+    with pytest.raises(NoTokenAvailable, match="unexpectedly: RuntimeError"):
+        await manager.get()
+    with pytest.raises(NoTokenAvailable):
+        await manager.get()
+    assert grant.calls == 1  # backed off like any other failure
