@@ -155,11 +155,13 @@ class Proxy:
         self._tokens.invalidate(token)
         if body is not None and not body.replayable:
             return resp  # too large to replay: the client sees the 401
-        resp.release()
-        token = await self._tokens.get()
-        note.replays += 1
-        self.replays += 1
-        resp = await self._send(method, path, query, headers, body, token, placement)
+        fresh = await self._tokens.get()
+        if fresh is not token:  # the same token again (kept by should_drop): no replay
+            resp.release()
+            token = fresh
+            note.replays += 1
+            self.replays += 1
+            resp = await self._send(method, path, query, headers, body, token, placement)
         if resp.status != 401 or not self._probe_query or placement == "query":
             return resp
         if body is not None and not body.replayable:

@@ -13,7 +13,7 @@ from cachetools import TLRUCache
 
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
 from .log import REDACT
-from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds
+from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds, should_drop
 
 log = logging.getLogger("fwproxy.tokens")
 
@@ -53,6 +53,8 @@ class TokenManager:
         self._task: asyncio.Task[Token] | None = None
         self._failures = 0
         self._backoff_until = 0.0
+        self._rejected = False  # a 401 dropped the token; the next one is issued in answer
+        self._answer_to_rejection: Token | None = None
         self.last_error: TokenError | None = None
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
@@ -84,13 +86,15 @@ class TokenManager:
             raise NoTokenAvailable(exc, retry) from None
 
     def invalidate(self, stale: Token) -> bool:
-        """Drop `stale` after a 401, unless a newer token already replaced it."""
-        key = self._grant.cache_key
-        if self._cache.get(key) is stale:
-            del self._cache[key]
-            log.info("token rejected by the tenant (401); renewing")
-            return True
-        return False
+        """Drop `stale` after a 401, unless a newer token already replaced it (see
+        `tokens.should_drop`). True if it was dropped."""
+        after_rejection = stale is self._answer_to_rejection
+        if not should_drop(self.current(), stale, self._clock(), after_rejection):
+            return False
+        self._cache.pop(self._grant.cache_key, None)
+        self._rejected = True
+        log.info("token rejected by the tenant (401); renewing")
+        return True
 
     async def aclose(self) -> None:
         """Cancel a renewal in flight (on shutdown)."""
@@ -135,6 +139,8 @@ class TokenManager:
             )
             raise
         REDACT.add(token.value)
+        self._answer_to_rejection = token if self._rejected else None
+        self._rejected = False
         self._failures = 0
         self._backoff_until = 0.0
         self.last_error = None

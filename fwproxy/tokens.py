@@ -14,8 +14,8 @@ the wall clock changes nothing. Two instants matter before that:
 ``margin = min(refresh_margin, L / 4)`` keeps very short lifetimes usable; ``stale_at`` is
 ``margin`` before expiry and ``renew_at`` one more ``margin`` earlier, so a background renewal
 (Fotoware's approach 3) has a whole margin to succeed, with backoff, before any request has
-to wait. A 401 to our own token (approach 2) is handled by the manager: `decide` sees the
-dropped token as "none" and fetches.
+to wait. A 401 to our own token (approach 2) drops it (`should_drop`), and `decide` then
+sees "none" and fetches.
 
 `decide` is the whole state machine of the manager, as a table:
 
@@ -41,6 +41,7 @@ MAX_LIFETIME = 86400.0  # a token claiming to live longer is renewed daily anywa
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
 MAX_DESCRIPTION = 300
+REJECTION_COOLDOWN = 10.0  # a token issued after a 401 is not dropped again sooner than this
 
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a query
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -99,6 +100,19 @@ def decide(token: Token | None, now: float, renewing: bool, backoff_until: float
     if renewing:
         return Decision.WAIT
     return Decision.FAIL if backing_off else Decision.FETCH
+
+
+def should_drop(
+    current: Token | None, stale: Token, now: float, issued_after_rejection: bool
+) -> bool:
+    """After a 401 to `stale`: drop it if it is still the current token.
+
+    Unless it was itself issued in answer to a 401 moments ago: then the tenant refuses for
+    another reason, and yet another token would only hammer the token endpoint.
+    """
+    if current is not stale:
+        return False
+    return not issued_after_rejection or now - stale.obtained_at >= REJECTION_COOLDOWN
 
 
 def next_backoff(failures: int, rand: float, retry_after: float | None = None) -> float:

@@ -545,3 +545,17 @@ async def test_client_disconnect_cancels_the_upstream_request(
 async def test_proxy_tokens_are_exposed_for_the_app(proxy: Client) -> None:
     await echo(proxy)
     assert proxy_app(proxy)[TOKENS].current() is not None
+
+
+async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
+    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "nope"}, status=401)
+
+    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/refuse", refuse))
+    for _ in range(5):
+        async with client.get("/sim/refuse") as resp:
+            assert resp.status == 401
+    assert tenant_state.token_requests == 2  # the first token, and one renewal: no more
+    assert proxy_app(client)[PROXY].placement == "header"

@@ -291,3 +291,16 @@ async def test_unexpected_grant_failure_is_a_token_error_with_backoff(
     with pytest.raises(NoTokenAvailable):
         await manager.get()
     assert grant.calls == 1  # backed off like any other failure
+
+
+async def test_401_to_a_token_issued_for_a_401_does_not_renew_again_at_once(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    assert manager.invalidate(first)
+    answer = await manager.get()
+    assert not manager.invalidate(answer)  # refused again at once: not the token's fault
+    assert await manager.get() is answer
+    clock.now += 10
+    assert manager.invalidate(answer)
+    assert (await manager.get()).value == "token-3"

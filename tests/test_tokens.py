@@ -11,6 +11,7 @@ from fwproxy.exceptions import TokenEndpointError, TokenResponseInvalid
 from fwproxy.tokens import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
+    REJECTION_COOLDOWN,
     Decision,
     client_credentials_form,
     decide,
@@ -19,6 +20,7 @@ from fwproxy.tokens import (
     parse_retry_after,
     parse_token_response,
     retry_after_seconds,
+    should_drop,
 )
 
 JSON = "application/json; charset=utf-8"
@@ -189,3 +191,19 @@ def test_control_characters_in_an_error_cannot_forge_log_lines() -> None:
         parse_token_response(400, JSON, body, 0.0, 10)
     assert "\n" not in str(caught.value)
     assert "\r" not in str(caught.value)
+
+
+def test_should_drop_only_the_current_token() -> None:
+    old = make_token("old", 3600, now=0.0, refresh_margin=60)
+    new = make_token("new", 3600, now=5.0, refresh_margin=60)
+    assert should_drop(old, old, now=1.0, issued_after_rejection=False)
+    assert not should_drop(new, old, now=6.0, issued_after_rejection=False)  # replaced
+    assert not should_drop(None, old, now=6.0, issued_after_rejection=False)  # already gone
+
+
+def test_a_token_issued_after_a_401_is_not_dropped_again_at_once() -> None:
+    answer = make_token("answer", 3600, now=100.0, refresh_margin=60)
+    assert not should_drop(answer, answer, now=100.0 + REJECTION_COOLDOWN - 0.1,
+                           issued_after_rejection=True)
+    assert should_drop(answer, answer, now=100.0 + REJECTION_COOLDOWN,
+                       issued_after_rejection=True)
