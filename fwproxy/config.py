@@ -19,9 +19,11 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from .access import DEFAULT_ACCEPT_HOSTS
 from .exceptions import ConfigError
 
 __all__ = [
+    "AccessConfig",
     "AuthConfig",
     "ListenConfig",
     "LogConfig",
@@ -91,6 +93,12 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    accept_hosts: tuple[str, ...] = DEFAULT_ACCEPT_HOSTS
+    allow_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -102,6 +110,7 @@ class Settings:
     tenant: TenantConfig
     auth: AuthConfig
     log: LogConfig
+    access: AccessConfig = AccessConfig()
     source: str = "<defaults>"
 
 
@@ -170,6 +179,17 @@ def parse_str(value: object, key: str) -> str:
     return str(value)
 
 
+def parse_names(value: object, key: str) -> tuple[str, ...]:
+    """A YAML list, or a comma-separated string (from the environment); lower-cased."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(key, f"expected a list, got {value!r}")
+    out = tuple(str(item).strip().lower().rstrip("/") for item in items)
+    if any(not item for item in out):
+        raise ConfigError(key, "list items must be non-empty")
+    return out
+
+
 def parse_optional_path(value: object, key: str) -> Path | None:
     if value is None or value == "":
         return None
@@ -208,6 +228,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_authorization": choice("keep", "replace"),
         "replay_max_body": parse_size,
     },
+    "access": {"accept_hosts": parse_names, "allow_origins": parse_names},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }
 
@@ -258,7 +279,18 @@ def parse_config(
     tenant = _tenant(values["tenant"])
     auth = _auth(values["auth"], tenant, environ)
     log = LogConfig(**values["log"])
-    return Settings(listen=listen, tenant=tenant, auth=auth, log=log, source=source)
+    access = _access(values["access"], listen)
+    return Settings(
+        listen=listen, tenant=tenant, auth=auth, log=log, access=access, source=source
+    )
+
+
+def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
+    if "accept_hosts" not in values:
+        own = listen.host.strip("[]").lower()
+        wildcard = own in ("0.0.0.0", "::", "")  # noqa: S104 (comparing, not binding)
+        values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + (() if wildcard else (own,))
+    return AccessConfig(**values)
 
 
 def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -32,6 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .access import refuse_cross_site, refuse_host
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError
 from .replay import BodyTee
@@ -91,6 +92,13 @@ class Proxy:
                 405, "method_not_allowed", f"{request.method} is not forwarded by fwproxy",
                 headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
             ))
+        access = self._settings.access
+        why = refuse_host(request.headers.get("Host"), access.accept_hosts) or refuse_cross_site(
+            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+            access.accept_hosts, access.allow_origins,
+        )
+        if why is not None:
+            return note.answer(error_response(403, "forbidden", why))
         path_qs = origin_form(request.raw_path)
         if path_qs is None:
             return note.answer(error_response(

@@ -19,6 +19,7 @@ from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
 from tests.conftest import ProxyFactory, merge, tenant_config
 
 Client = TestClient[Any, Any]
+CLOSE = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"  # ends a request line
 Routes = Callable[[web.Application], None]
 
 
@@ -96,7 +97,7 @@ async def test_concurrent_cold_start_makes_one_token_request(
 async def test_target_is_forwarded_byte_exact(proxy: Client, tenant_state: TenantState) -> None:
     target = b"/sim/echo?b=%2F&a=1&a=2&q=caf%C3%A9&plus=a+b&empty=&flag"
     response = await raw_exchange(
-        proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        proxy.port, b"GET " + target + CLOSE
     )
     assert response.startswith(b"HTTP/1.1 200")
     assert tenant_state.seen[-1].path_qs == target.decode()
@@ -105,7 +106,7 @@ async def test_target_is_forwarded_byte_exact(proxy: Client, tenant_state: Tenan
 async def test_odd_paths_stay_on_the_tenant(proxy: Client, tenant_state: TenantState) -> None:
     for target in (b"//evil.example/sim/echo", b"/sim/echo/../echo", b"/@evil.example/x"):
         await raw_exchange(
-            proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            proxy.port, b"GET " + target + CLOSE
         )
         assert tenant_state.seen[-1].path_qs == target.decode()
 
@@ -115,7 +116,7 @@ async def test_absolute_form_target_cannot_retarget(
 ) -> None:
     response = await raw_exchange(
         proxy.port,
-        b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
+        b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Connection: close\r\n\r\n",
     )
     assert response.startswith(b"HTTP/1.1 200")
@@ -136,10 +137,56 @@ def proxy_tenant_port(proxy: Client) -> int:
     return port
 
 
-async def test_host_header_cannot_retarget(proxy: Client, tenant_state: TenantState) -> None:
-    seen = await echo(proxy, headers={"Host": "evil.example"})
+async def test_host_header_goes_to_the_tenant_as_its_own(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    seen = await echo(proxy, headers={"Host": f"localhost:{proxy.port}"})
     assert seen["headers"]["host"] == [f"127.0.0.1:{proxy_tenant_port(proxy)}"]
-    assert seen["headers"]["x-forwarded-host"] == ["evil.example"]
+    assert seen["headers"]["x-forwarded-host"] == [f"localhost:{proxy.port}"]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "127.0.0.1.evil.example"])
+async def test_foreign_host_is_refused_dns_rebinding(
+    proxy: Client, tenant_state: TenantState, host: str
+) -> None:
+    async with proxy.get("/fotoweb/me", headers={"Host": host}) as resp:
+        assert resp.status == 403
+        body = await resp.json()
+    assert "access.accept_hosts" in body["detail"]
+    assert not tenant_state.seen
+    assert tenant_state.token_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, False),
+        ({"Origin": "null"}, False),
+        ({"Sec-Fetch-Site": "cross-site"}, False),  # an <img> from another site
+        ({"Sec-Fetch-Site": "none"}, True),  # typed into the address bar
+        ({"Origin": "http://127.0.0.1:8080", "Sec-Fetch-Site": "same-origin"}, True),
+        ({}, True),  # curl and scripts
+    ],
+)
+async def test_cross_site_browser_requests_are_refused(
+    proxy: Client, tenant_state: TenantState, headers: dict[str, str], allowed: bool
+) -> None:
+    async with proxy.post("/sim/echo", data=b"x", headers=headers) as resp:
+        assert resp.status == (200 if allowed else 403)
+    assert len(tenant_state.seen) == (1 if allowed else 0)
+
+
+async def test_allowed_origins_and_hosts_are_configurable(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"accept_hosts": ["fwproxy.internal"],
+                                      "allow_origins": ["https://intranet.example"]})
+    seen = await echo(client, headers={"Host": "fwproxy.internal:8080",
+                                       "Origin": "https://intranet.example",
+                                       "Sec-Fetch-Site": "cross-site"})
+    assert seen["method"] == "GET"
+    async with client.get("/sim/echo", headers={"Host": "localhost"}) as resp:
+        assert resp.status == 403  # the list replaces the default
 
 
 @pytest.mark.parametrize("method", ["CONNECT", "TRACE"])
@@ -149,7 +196,7 @@ async def test_connect_and_trace_are_refused(
     target = b"evil.example:443" if method == "CONNECT" else b"/sim/echo"
     response = await raw_exchange(
         proxy.port,
-        method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        method.encode() + b" " + target + CLOSE,
     )
     assert response.startswith(b"HTTP/1.1 405")
     assert b'"error": "method_not_allowed"' in response
@@ -192,7 +239,7 @@ async def test_forwarded_headers_are_added(proxy: Client) -> None:
 
 async def test_no_headers_are_invented(proxy: Client) -> None:
     response = await raw_exchange(
-        proxy.port, b"GET /sim/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        proxy.port, b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     assert response.startswith(b"HTTP/1.1 200")
     body = response.split(b"\r\n\r\n", 1)[1]
@@ -234,7 +281,7 @@ async def test_request_body_streams_and_arrives_intact(proxy: Client) -> None:
 
 async def test_expect_100_continue(proxy: Client) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(b"PUT /sim/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    writer.write(b"PUT /sim/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
     await writer.drain()
     interim = await reader.readuntil(b"\r\n\r\n")
@@ -534,7 +581,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
 
     client = await proxy_with_routes(lambda app: app.router.add_get("/sim/endless", endless))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(b"GET /sim/endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /sim/endless HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
     await started.wait()
     writer.close()
