@@ -34,7 +34,7 @@ from yarl import URL
 
 from .access import refuse_cross_site, refuse_host
 from .config import Settings
-from .exceptions import NoTokenAvailable, UpstreamError
+from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
@@ -207,14 +207,39 @@ class Proxy:
             query_string=query,
             encoded=True,
         )
+        sending = self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=body.chunks() if body is not None else None,
+            allow_redirects=False,
+        )
         with map_upstream_errors():
-            return await self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=body.chunks() if body is not None else None,
-                allow_redirects=False,
-            )
+            if body is None:
+                return await sending
+            return await self._upload_watchdog(asyncio.ensure_future(sending), body)
+
+    async def _upload_watchdog(
+        self, sending: asyncio.Future[aiohttp.ClientResponse], body: BodyTee
+    ) -> aiohttp.ClientResponse:
+        """aiohttp's read timeout starts once the body is sent; a tenant that stops reading
+        the body midway would hold the request forever. This gives that case a 504 too."""
+        timeout = self._settings.tenant.read_timeout
+        try:
+            while True:
+                left = timeout - body.stalled_for(time.monotonic())
+                if left <= 0:
+                    sending.cancel()
+                    await asyncio.gather(sending, return_exceptions=True)
+                    raise UpstreamTimeout(
+                        f"the tenant took no request body for {timeout:g}s and did not answer"
+                    )
+                done, _ = await asyncio.wait({sending}, timeout=left)
+                if done:
+                    return sending.result()
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from typing import IO, Protocol
 
@@ -40,6 +41,7 @@ class BodyTee:
         if keep:
             self._copy = tempfile.SpooledTemporaryFile(max_size=SPILL_AT)  # noqa: SIM115
         self._max_size = max_size
+        self.upstream_waiting_since: float | None = None  # set while the tenant drains a chunk
 
     @property
     def replayable(self) -> bool:
@@ -50,27 +52,38 @@ class BodyTee:
     def size(self) -> int:
         return self._pulled
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the upload has been waiting for the tenant to take the last chunk."""
+        since = self.upstream_waiting_since
+        return 0.0 if since is None else now - since
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """One attempt's view of the body, from its first byte."""
         pos = 0
+        while data := await self._next(pos):
+            pos += len(data)
+            self.upstream_waiting_since = time.monotonic()
+            try:
+                yield data  # suspended here while aiohttp drains the chunk to the tenant
+            finally:
+                self.upstream_waiting_since = None
+
+    async def _next(self, pos: int) -> bytes:
+        """The bytes at `pos`: from the copy if an earlier attempt pulled them, else new."""
         while True:
             if pos < self._pulled:
-                data = self._read_copy(pos)
-                pos += len(data)
-                yield data
-                continue
+                return self._read_copy(pos)
             if self._eof:
-                return
+                return b""
             async with self._lock:
                 if pos < self._pulled or self._eof:
                     continue  # another attempt pulled meanwhile; take it from the copy
                 data = await self._source.readany()
                 if not data:
                     self._eof = True
-                    return
+                    return b""
                 self._keep(data)
-            pos += len(data)
-            yield data
+                return data
 
     def close(self) -> None:
         if self._copy is not None:

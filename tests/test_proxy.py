@@ -606,3 +606,31 @@ async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
             assert resp.status == 401
     assert tenant_state.token_requests == 2  # the first token, and one renewal: no more
     assert proxy_app(client)[PROXY].placement == "header"
+
+
+async def test_tenant_that_stops_reading_an_upload_is_504(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    released = asyncio.Event()
+
+    async def ignore_body(request: web.Request) -> web.Response:
+        await released.wait()  # never reads the body, never answers
+        return web.Response(text="late")
+
+    client = await proxy_with_routes(
+        lambda app: app.router.add_put("/sim/ignore", ignore_body),
+        tenant={"read_timeout": "300ms"}, auth={"replay_max_body": 0},
+    )
+
+    async def big_body() -> Any:
+        for _ in range(256):  # 64 MiB: far more than the socket buffers hold
+            yield b"u" * 262144
+
+    async def upload() -> tuple[int, dict[str, str]]:
+        async with client.put("/sim/ignore", data=big_body()) as resp:
+            return resp.status, await resp.json()
+
+    status, body = await asyncio.wait_for(upload(), timeout=30)  # a hang is the failure
+    assert status == 504
+    assert "took no request body" in body["detail"]
+    released.set()
