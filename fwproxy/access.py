@@ -1,4 +1,6 @@
-"""Who may use the proxy: pure checks on a request's Host and browser-origin headers.
+"""Who may use the proxy, and for what: pure checks, each a function of the request's parts.
+
+Client address (``allow_from``), Host and browser origin, method and path rules.
 
 A proxy on loopback is still reachable from every web page the user opens: by DNS
 rebinding (the page's own hostname re-pointed at 127.0.0.1, so `Host` names the attacker's
@@ -9,7 +11,11 @@ and a browser request from another site needs its origin in ``access.allow_origi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from urllib.parse import unquote
 
 from yarl import URL
 
@@ -91,3 +97,91 @@ def _origin_allowed(
         return False
     return url.scheme in ("http", "https") and matches(host_name(url.raw_host or ""),
                                                        accept_hosts)
+
+
+# --- rules: which methods and paths may be forwarded -----------------------------------------
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DOUBLE_ENCODED = re.compile(r"%25[0-9a-f]{2}", re.IGNORECASE)
+
+
+class BadPath(ValueError):
+    """A path that is refused (400) rather than guessed at."""
+
+
+def normalize_path(raw_path: str) -> str:
+    """The path rules are matched against: decoded, ``\\`` as ``/``, slashes folded.
+
+    FotoWeb runs on IIS, which treats ``\\`` like ``/`` and paths case-insensitively; rules
+    are therefore matched the same way (see `Rule`). Dot segments and double encoding are
+    refused rather than resolved: what is forwarded is always the client's exact bytes, so
+    the proxy must not judge a path the tenant would read differently.
+    """
+    if _DOUBLE_ENCODED.search(raw_path):
+        raise BadPath("double percent-encoding in the path")
+    path = unquote(raw_path, errors="replace").replace("\\", "/")
+    if "\x00" in path:
+        raise BadPath("NUL in the path")
+    segments = path.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise BadPath("'.' or '..' segments in the path")
+    return "/" + "/".join(segment for segment in segments if segment)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """``*`` within a segment, ``**`` across segments; ``/x/**`` also matches ``/x``."""
+    body, tail = (pattern[:-3], "(?:/.*)?") if pattern.endswith("/**") else (pattern, "")
+    out = []
+    i = 0
+    while i < len(body):
+        if body.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif body[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            out.append(re.escape(body[i]))
+            i += 1
+    return re.compile("".join(out) + tail + "/?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of ``access.rules``: methods (None: any) and path globs, allow or deny."""
+
+    name: str
+    action: str
+    methods: frozenset[str] | None
+    paths: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...] = field(repr=False, compare=False)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return any(pattern.fullmatch(path) for pattern in self.patterns)
+
+
+def decide_access(
+    rules: Sequence[Rule], default: str, read_only: bool, method: str, path: str
+) -> tuple[bool, str]:
+    """(allowed, which rule decided) for a normalized path; first match wins."""
+    if read_only and method not in READ_METHODS:
+        return False, "read_only"
+    for rule in rules:
+        if rule.matches(method, path):
+            return rule.action == "allow", rule.name
+    return default == "allow", "default"
+
+
+def client_allowed(remote: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    """Whether the client address is in ``access.allow_from`` (a Unix socket has none: yes)."""
+    if remote is None or remote == "":
+        return True
+    try:
+        address = ip_address(remote.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

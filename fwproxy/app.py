@@ -18,16 +18,17 @@ SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 
-# Whole-request limits of aiohttp's own parser; bodies are streamed, not limited here.
-MAX_LINE = 16 * 1024
-MAX_FIELD = 16 * 1024
+MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application. The upstream session lives in `cleanup_ctx`."""
     app = web.Application(
         middlewares=[_unrouted_to_proxy],
-        handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
+        handler_args={
+            "max_line_size": MAX_REQUEST_LINE,
+            "max_field_size": settings.limits.max_header_bytes or 1024 * 1024,
+        },
     )
     app[SETTINGS] = settings
     if settings.auth.client_secret is not None:

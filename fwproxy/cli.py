@@ -76,7 +76,8 @@ async def run(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT."""
     app = create_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=settings.limits.client_idle_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.listen.host, settings.listen.port)

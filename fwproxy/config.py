@@ -13,18 +13,20 @@ import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yarl import URL
 
-from .access import DEFAULT_ACCEPT_HOSTS
+from .access import DEFAULT_ACCEPT_HOSTS, Rule, compile_glob
 from .exceptions import ConfigError
 
 __all__ = [
     "AccessConfig",
     "AuthConfig",
+    "LimitsConfig",
     "ListenConfig",
     "LogConfig",
     "Secret",
@@ -92,10 +94,28 @@ class AuthConfig:
     replay_max_body: int = 64 * 1024 * 1024
 
 
+LOOPBACK_NETWORKS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
+
+
 @dataclass(frozen=True)
 class AccessConfig:
     accept_hosts: tuple[str, ...] = DEFAULT_ACCEPT_HOSTS
     allow_origins: tuple[str, ...] = ()
+    allow_from: tuple[IPv4Network | IPv6Network, ...] = LOOPBACK_NETWORKS
+    allow_public: bool = False
+    read_only: bool = False
+    rules: tuple[Rule, ...] = ()
+    default: str = "allow"
+    api_keys_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body: int = 0  # bytes; 0: no limit
+    max_header_bytes: int = 64 * 1024
+    max_concurrent: int = 0  # 0: no limit
+    queue_timeout: float = 0.0  # seconds to wait for a slot before 503
+    client_idle_timeout: float = 75.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,7 @@ class Settings:
     auth: AuthConfig
     log: LogConfig
     access: AccessConfig = AccessConfig()
+    limits: LimitsConfig = LimitsConfig()
     source: str = "<defaults>"
 
 
@@ -190,6 +211,66 @@ def parse_names(value: object, key: str) -> tuple[str, ...]:
     return out
 
 
+def parse_networks(value: object, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """CIDRs (``10.0.0.0/8``) or plain addresses; a list, or comma-separated."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(key, f"expected a list of networks, got {value!r}")
+    try:
+        return tuple(ip_network(str(item).strip(), strict=False) for item in items)
+    except ValueError as exc:
+        raise ConfigError(key, f"not a network: {exc}") from None
+
+
+def parse_count(value: object, key: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(key, f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(key, f"must not be negative, got {number}")
+    return number
+
+
+def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
+    """``[{methods: [GET], paths: ["/fotoweb/archives/**"], action: allow, name: ...}]``."""
+    if isinstance(value, str):  # from the environment: YAML (or JSON) text
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(key, "expected a YAML list of rules") from None
+    if not isinstance(value, list):
+        raise ConfigError(key, "expected a list of rules")
+    rules = []
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(where, "expected a mapping with paths and action")
+        unknown = set(item) - {"name", "methods", "paths", "action"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}",
+                              "unknown key (known: name, methods, paths, action)")
+        action = choice("allow", "deny")(item.get("action"), f"{where}.action")
+        paths = item.get("paths")
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not paths or not all(
+            isinstance(p, str) and p.startswith("/") for p in paths
+        ):
+            raise ConfigError(f"{where}.paths", "expected a list of paths starting with '/'")
+        methods = item.get("methods")
+        if methods is not None:
+            if isinstance(methods, str):
+                methods = [methods]
+            if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+                raise ConfigError(f"{where}.methods", "expected a list of HTTP methods")
+            methods = frozenset(m.upper() for m in methods)
+        name = str(item.get("name") or f"rules[{index}]")
+        rules.append(Rule(name=name, action=action, methods=methods, paths=tuple(paths),
+                          patterns=tuple(compile_glob(p) for p in paths)))
+    return tuple(rules)
+
+
 def parse_optional_path(value: object, key: str) -> Path | None:
     if value is None or value == "":
         return None
@@ -228,7 +309,23 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_authorization": choice("keep", "replace"),
         "replay_max_body": parse_size,
     },
-    "access": {"accept_hosts": parse_names, "allow_origins": parse_names},
+    "access": {
+        "allow_from": parse_networks,
+        "allow_public": parse_bool,
+        "accept_hosts": parse_names,
+        "allow_origins": parse_names,
+        "read_only": parse_bool,
+        "rules": parse_rules,
+        "default": choice("allow", "deny"),
+        "api_keys_file": parse_optional_path,
+    },
+    "limits": {
+        "max_body": parse_size,
+        "max_header_bytes": parse_size,
+        "max_concurrent": parse_count,
+        "queue_timeout": parse_duration,
+        "client_idle_timeout": parse_duration,
+    },
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }
 
@@ -280,9 +377,9 @@ def parse_config(
     auth = _auth(values["auth"], tenant, environ)
     log = LogConfig(**values["log"])
     access = _access(values["access"], listen)
-    return Settings(
-        listen=listen, tenant=tenant, auth=auth, log=log, access=access, source=source
-    )
+    limits = LimitsConfig(**values["limits"])
+    return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
+                    limits=limits, source=source)
 
 
 def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
@@ -290,7 +387,28 @@ def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
         own = listen.host.strip("[]").lower()
         wildcard = own in ("0.0.0.0", "::", "")  # noqa: S104 (comparing, not binding)
         values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + (() if wildcard else (own,))
-    return AccessConfig(**values)
+    access = AccessConfig(**values)
+    exposed = not is_loopback(listen.host)
+    guarded = access.allow_from != LOOPBACK_NETWORKS or access.api_keys_file is not None
+    if exposed and not guarded and not access.allow_public:
+        raise ConfigError(
+            "listen.host",
+            f"{listen.host} is reachable from other machines, and whoever reaches fwproxy "
+            "acts with its token. Allow it deliberately: name the client networks in "
+            "access.allow_from, configure access.api_keys_file, or set "
+            "access.allow_public: true",
+        )
+    return access
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -392,8 +510,8 @@ def _token_url(text: str, tenant: TenantConfig) -> URL:
     return url
 
 
-def read_secret_file(path: Path, key: str) -> str:
-    """Read a secret file, refusing it (like ssh) when group or others may access it."""
+def ensure_private(path: Path, key: str) -> os.stat_result:
+    """Refuse (like ssh) a secret file that group or others may access."""
     try:
         info = path.stat()
     except OSError as exc:
@@ -406,6 +524,12 @@ def read_secret_file(path: Path, key: str) -> str:
             f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open; "
             f"run: chmod 600 {path}",
         )
+    return info
+
+
+def read_secret_file(path: Path, key: str) -> str:
+    """Read a secret file, refusing it when group or others may access it."""
+    ensure_private(path, key)
     try:
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

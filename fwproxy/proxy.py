@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-1. Refuse what must never be forwarded (CONNECT, TRACE, non-origin targets) before reading
-   the body. The upstream URL is the configured tenant origin plus the client's raw target
-   bytes: nothing in the request can change the host the token goes to.
+1. `Guard` refuses what must never be forwarded (methods, clients, hosts, paths, sizes)
+   before reading the body. The upstream URL is the configured tenant origin plus the
+   client's raw target bytes: nothing in the request can change where the token goes.
 2. Headers minus hop-by-hop (and minus every name in ``Connection``), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
@@ -32,9 +32,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .access import refuse_cross_site, refuse_host
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
+from .guard import Admitted, Guard
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
@@ -51,8 +51,6 @@ from .upstream import (
 access_log = logging.getLogger("fwproxy.access")
 log = logging.getLogger("fwproxy.proxy")
 
-# TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
-REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
 STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
 
 
@@ -70,6 +68,10 @@ class Proxy:
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
+        self._guard = Guard(settings)
+        limit = settings.limits.max_concurrent
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._queue_timeout = settings.limits.queue_timeout
         self.replays = 0
         self.query_fallbacks = 0
 
@@ -87,24 +89,32 @@ class Proxy:
         return response
 
     async def _handle(self, request: web.Request, note: Note) -> web.StreamResponse:
-        if request.method in REFUSED_METHODS:
-            return note.answer(error_response(
-                405, "method_not_allowed", f"{request.method} is not forwarded by fwproxy",
-                headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-            ))
-        access = self._settings.access
-        why = refuse_host(request.headers.get("Host"), access.accept_hosts) or refuse_cross_site(
-            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
-            access.accept_hosts, access.allow_origins,
+        admitted = self._guard.admit(request)
+        if isinstance(admitted, web.Response):
+            return note.answer(admitted)
+        if self._slots is None:
+            return await self._forward(request, admitted, note)
+        if self._slots.locked() and self._queue_timeout <= 0:
+            return note.answer(self._busy())
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._queue_timeout or None)
+        except asyncio.TimeoutError:
+            return note.answer(self._busy())
+        try:
+            return await self._forward(request, admitted, note)
+        finally:
+            self._slots.release()
+
+    def _busy(self) -> web.Response:
+        return error_response(
+            503, "busy", "limits.max_concurrent requests are in flight; try again",
+            headers={"Retry-After": "1"},
         )
-        if why is not None:
-            return note.answer(error_response(403, "forbidden", why))
-        path_qs = origin_form(request.raw_path)
-        if path_qs is None:
-            return note.answer(error_response(
-                400, "bad_request_target", "the request target must be a path such as /fotoweb/"
-            ))
-        path, _, query = path_qs.partition("?")
+
+    async def _forward(
+        self, request: web.Request, admitted: Admitted, note: Note
+    ) -> web.StreamResponse:
+        path, query = admitted.path, admitted.query
         headers = request_headers(
             request.headers,
             drop_authorization=self._replace_auth,
@@ -121,6 +131,7 @@ class Proxy:
                 request.content,
                 self._replay_max if own_token else 0,
                 expected=request.content_length,
+                limit=self._settings.limits.max_body,
             )
         try:
             upstream = await self._exchange(request.method, path, query, headers, body, note,
@@ -131,6 +142,10 @@ class Proxy:
                 headers={"Retry-After": str(exc.retry_after)},
             ), reason=exc.reason)
         except UpstreamError as exc:
+            if body is not None and body.too_large:
+                return note.answer(error_response(
+                    413, "body_too_large", f"the body exceeds limits.max_body ({body.limit} bytes)"
+                ))
             return note.answer(error_response(exc.status, exc.error, str(exc)))
         finally:
             if body is not None:
@@ -323,23 +338,6 @@ class Note:
         self.bytes_out = response.content_length or 0
         self.error = reason
         return response
-
-
-def origin_form(raw_target: str) -> str | None:
-    """The path and query to forward; an absolute-form target keeps only those parts.
-
-    A fragment is not part of a request target; it is cut off rather than sent upstream.
-    """
-    target = raw_target.partition("#")[0]
-    if target.startswith("/"):
-        return target
-    if target[:7].lower() == "http://" or target[:8].lower() == "https://":
-        try:
-            url = URL(target, encoded=True)
-        except ValueError:
-            return None
-        return (url.raw_path or "/") + f"?{url.raw_query_string}" * bool(url.raw_query_string)
-    return None
 
 
 def proxy_origin(request: web.Request) -> URL:

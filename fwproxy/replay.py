@@ -24,6 +24,10 @@ class BodySource(Protocol):
     async def readany(self) -> bytes: ...
 
 
+class BodyTooLarge(Exception):
+    """The body passed limits.max_body while streaming (a chunked upload)."""
+
+
 class ReplayUnavailable(Exception):
     """The copy was dropped (body larger than the replay limit)."""
 
@@ -31,8 +35,12 @@ class ReplayUnavailable(Exception):
 class BodyTee:
     """Tee the client's body into a bounded replay copy as it streams."""
 
-    def __init__(self, source: BodySource, max_size: int, expected: int | None = None) -> None:
+    def __init__(
+        self, source: BodySource, max_size: int, expected: int | None = None, limit: int = 0
+    ) -> None:
         self._source = source
+        self.limit = limit  # limits.max_body; 0: none
+        self.too_large = False
         self._lock = asyncio.Lock()
         self._pulled = 0  # bytes read from the client so far
         self._eof = False
@@ -83,6 +91,9 @@ class BodyTee:
                     self._eof = True
                     return b""
                 self._keep(data)
+                if self.limit and self._pulled > self.limit:
+                    self.too_large = True  # abort the upload: a clean end would truncate it
+                    raise BodyTooLarge(f"request body larger than {self.limit} bytes")
                 return data
 
     def close(self) -> None:

@@ -27,8 +27,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
-# Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us).
-REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded"}
+# Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us), and
+# the client's API key is for fwproxy only.
+REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded", "x-fwproxy-key"}
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
 MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})

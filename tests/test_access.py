@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fwproxy.access import (
@@ -65,8 +67,11 @@ def test_refuse_cross_site(
 
 
 def test_specific_listen_address_is_accepted_by_default() -> None:
-    base = {"tenant": {"url": "https://t.example"}, "auth": {"client_id": "a",
-                                                             "client_secret": "b"}}
+    base: dict[str, Any] = {
+        "tenant": {"url": "https://t.example"},
+        "auth": {"client_id": "a", "client_secret": "b"},
+        "access": {"allow_public": True},
+    }
     settings = parse_config({**base, "listen": {"host": "10.1.2.3"}}, environ={})
     assert "10.1.2.3" in settings.access.accept_hosts
     settings = parse_config({**base, "listen": {"host": "0.0.0.0"}}, environ={})  # noqa: S104

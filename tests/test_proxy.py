@@ -104,7 +104,7 @@ async def test_target_is_forwarded_byte_exact(proxy: Client, tenant_state: Tenan
 
 
 async def test_odd_paths_stay_on_the_tenant(proxy: Client, tenant_state: TenantState) -> None:
-    for target in (b"//evil.example/sim/echo", b"/sim/echo/../echo", b"/@evil.example/x"):
+    for target in (b"//evil.example/sim/echo", b"/@evil.example/x", b"/\\evil.example/x"):
         await raw_exchange(
             proxy.port, b"GET " + target + CLOSE
         )
