@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,7 @@ from .app import TOKENS, create_app
 from .config import Settings, find_config, load_config, parse_config
 from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from .exceptions import ConfigError, TokenError
+from .keys import add_key, load_keys, remove_key
 from .log import setup_logging
 from .oauth import ClientCredentialsGrant, read_limited
 from .upstream import create_session, translate
@@ -47,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", parents=[common], help="run the proxy in front of a built-in simulated tenant"
     )
+    key = commands.add_parser(
+        "key", parents=[common], help="manage API keys (access.api_keys_file)"
+    )
+    key.add_argument("action", choices=["add", "list", "remove"])
+    key.add_argument("name", nargs="?", help="the key's name (add, remove)")
+    key.add_argument("--read-only", action="store_true", help="add: GET, HEAD, OPTIONS only")
+    key.add_argument("--file", metavar="PATH", help="keys file (default: from the config)")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--token-lifetime", type=int, default=30, metavar="SECONDS",
                       help="lifetime of the demo tenant's tokens, short so renewals show")
@@ -60,6 +69,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "demo":
             setup_logging(args.log_level or "info")
             return asyncio.run(demo(args.port, args.token_lifetime))
+        if args.command == "key":
+            return manage_keys(args, environ)
         settings = load_config(find_config(args.config, environ), environ)
     except ConfigError as exc:
         print(f"fwproxy: configuration error: {exc}", file=sys.stderr)
@@ -70,6 +81,32 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return asyncio.run(runners[args.command](settings))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``fwproxy key add|list|remove``: the new key is printed once, only its hash is kept."""
+    if args.file:
+        path = Path(args.file)
+    else:
+        settings = load_config(find_config(args.config, environ), environ)
+        if settings.access.api_keys_file is None:
+            raise ConfigError("access.api_keys_file", "is not set; set it or pass --file PATH")
+        path = settings.access.api_keys_file
+    if args.action == "list":
+        for key in load_keys(path) if path.exists() else []:
+            print(key.name + " (read only)" * key.read_only)
+        return EXIT_OK
+    if not args.name:
+        raise ConfigError("NAME", f"`fwproxy key {args.action}` needs the key's name")
+    if args.action == "add":
+        print(add_key(path, args.name, args.read_only))
+        print(f"fwproxy: key {args.name!r} added to {path}; it is shown only this once",
+              file=sys.stderr)
+        return EXIT_OK
+    if not remove_key(path, args.name):
+        print(f"fwproxy: no key named {args.name!r} in {path}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 async def run(settings: Settings) -> int:

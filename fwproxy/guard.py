@@ -66,7 +66,9 @@ class Guard:
             return error_response(403, "forbidden", why)
         why = smuggling_shape(request)
         if why is not None:
-            return error_response(400, "bad_request", why)
+            refusal = error_response(400, "bad_request", why)
+            refusal.force_close()  # where this message ends is in doubt: end the connection
+            return refusal
         size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if limits.max_header_bytes and size > limits.max_header_bytes:
             return error_response(431, "headers_too_large",

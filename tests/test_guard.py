@@ -1,0 +1,370 @@
+"""Who may use the proxy, and for what: rules, keys, limits, smuggling shapes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from multidict import CIMultiDict
+
+from fwproxy import keys
+from fwproxy.app import create_app
+from fwproxy.config import parse_config
+from fwproxy.demo import TenantState, create_tenant_app
+from fwproxy.exceptions import ConfigError
+from fwproxy.guard import smuggling_shape
+from tests.conftest import ProxyFactory, merge, tenant_config
+
+Client = TestClient[Any, Any]
+CLOSE = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+RULES = [
+    {"name": "readers", "methods": ["GET", "HEAD"],
+     "paths": ["/fotoweb/archives/**", "/fotoweb/me"], "action": "allow"},
+    {"name": "no-admin", "paths": ["/fotoweb/admin/**"], "action": "deny"},
+]
+
+
+async def raw(port: int | None, data: bytes) -> bytes:
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+# --- client addresses ------------------------------------------------------------------------
+
+
+async def test_client_outside_allow_from_is_refused(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"allow_from": ["10.0.0.0/8"]})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 403
+        assert "allow_from" in (await resp.json())["detail"]
+    assert not tenant_state.seen
+
+
+async def test_client_inside_allow_from_passes(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(access={"allow_from": ["10.0.0.0/8", "127.0.0.0/8"]})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("access", "ok"),
+    [({}, False), ({"allow_from": ["10.0.0.0/8"]}, True), ({"allow_public": True}, True),
+     ({"api_keys_file": "KEYS"}, True)],
+)
+def test_listening_publicly_needs_a_deliberate_choice(
+    tmp_path: Path, access: dict[str, Any], ok: bool
+) -> None:
+    if access.get("api_keys_file") == "KEYS":
+        keys.add_key(tmp_path / "keys", "k")
+        access = {"api_keys_file": str(tmp_path / "keys")}
+    raw_config = {
+        "listen": {"host": "0.0.0.0"},  # noqa: S104
+        "tenant": {"url": "https://t.example"},
+        "auth": {"client_id": "a", "client_secret": "b"},
+        "access": access,
+    }
+    if ok:
+        parse_config(raw_config, environ={})
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw_config, environ={})
+    assert caught.value.key == "listen.host"
+    for way in ("access.allow_from", "access.api_keys_file", "access.allow_public: true"):
+        assert way in caught.value.message
+
+
+# --- method and path rules ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "expected"),
+    [
+        ("GET", "/fotoweb/archives/5000/", 200),
+        ("GET", "/fotoweb/me", 200),
+        ("POST", "/fotoweb/me", 200),  # no rule matches a POST there: default allow
+        ("GET", "/fotoweb/admin/users", 403),
+        ("GET", "/fotoweb/admin", 403),
+        ("GET", "/fotoweb/%61dmin/users", 403),  # encoded letters
+        ("GET", "/fotoweb/admin%2Fusers", 403),  # encoded slash
+        ("GET", "/fotoweb//admin/users", 403),  # doubled slash
+        ("GET", "/FotoWeb/ADMIN/users", 403),  # IIS: case-insensitive
+        ("GET", "/fotoweb\\admin/users", 403),  # IIS: backslash is a slash
+        ("GET", "/fotoweb/%5cadmin/users", 403),
+        ("GET", "/fotoweb/./admin/users", 400),  # dot segments: refused, not resolved
+        ("GET", "/fotoweb/archives/../admin/users", 400),
+        ("GET", "/fotoweb/%2e%2e/fotoweb/admin", 400),
+        ("GET", "/fotoweb/.%2E/admin", 400),
+        ("GET", "/fotoweb/%2561dmin/users", 400),  # double encoding: refused
+        ("GET", "/fotoweb/administrators", 200),  # not under /fotoweb/admin/
+    ],
+)
+async def test_rules_match_the_path_the_tenant_will_see(
+    make_proxy: ProxyFactory, tenant_state: TenantState, method: str, target: str,
+    expected: int,
+) -> None:
+    client = await make_proxy(access={"rules": RULES})
+    answer = await raw(client.port, f"{method} {target}".encode() + CLOSE)
+    got = status(answer)
+    if expected == 200:
+        assert got != 403
+        assert got != 400
+        assert tenant_state.seen[-1].path_qs == target  # forwarded byte for byte
+    else:
+        assert got == expected
+        assert not tenant_state.seen
+        if expected == 403:
+            assert b"no-admin" in answer  # the body names the rule
+
+
+async def test_default_deny_and_method_rules(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"rules": RULES[:1], "default": "deny"})
+    async with client.get("/fotoweb/archives/") as resp:
+        assert resp.status == 200
+    async with client.delete("/fotoweb/archives/5000/") as resp:
+        assert resp.status == 403
+        assert "'default'" in (await resp.json())["detail"]
+    async with client.get("/sim/echo") as resp:
+        assert resp.status == 403
+
+
+async def test_read_only(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
+    client = await make_proxy(access={"read_only": True})
+    for method in ("GET", "HEAD", "OPTIONS"):
+        async with client.request(method, "/sim/echo") as resp:
+            assert resp.status == 200
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        async with client.request(method, "/sim/echo", data=b"x") as resp:
+            assert resp.status == 403
+            assert "read_only" in (await resp.json())["detail"]
+    assert {seen.method for seen in tenant_state.seen} == {"GET", "HEAD", "OPTIONS"}
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    return tmp_path / "keys"
+
+
+async def test_api_keys(
+    make_proxy: ProxyFactory, tenant_state: TenantState, keys_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = keys.add_key(keys_file, "writer")
+    reader = keys.add_key(keys_file, "reader", read_only=True)
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    assert writer not in keys_file.read_text()  # only the hash is kept
+    client = await make_proxy(access={"api_keys_file": str(keys_file)})
+
+    async with client.get("/sim/echo") as resp:
+        assert resp.status == 401
+    async with client.get("/sim/echo", headers={"X-Fwproxy-Key": writer + "x"}) as resp:
+        assert resp.status == 401
+    assert not tenant_state.seen
+
+    async with client.post("/sim/echo", headers={"X-Fwproxy-Key": writer}) as resp:
+        assert resp.status == 200
+        assert "x-fwproxy-key" not in (await resp.json())["headers"]
+    async with client.post("/sim/echo", headers={"X-Fwproxy-Key": reader}) as resp:
+        assert resp.status == 403  # a read-only key
+    async with client.get("/sim/echo", headers={"X-Fwproxy-Key": reader}) as resp:
+        assert resp.status == 200
+
+    monkeypatch.setattr(keys, "RELOAD_EVERY", 0.0)
+    late = keys.add_key(keys_file, "late")  # added while running: no restart needed
+    async with client.get("/sim/echo", headers={"X-Fwproxy-Key": late}) as resp:
+        assert resp.status == 200
+    assert keys.remove_key(keys_file, "writer")
+    async with client.get("/sim/echo", headers={"X-Fwproxy-Key": writer}) as resp:
+        assert resp.status == 401
+
+
+def test_keys_file_readable_by_others_is_refused(keys_file: Path) -> None:
+    keys.add_key(keys_file, "k")
+    keys_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="too open"):
+        keys.load_keys(keys_file)
+
+
+def test_key_repr_shows_no_hash() -> None:
+    key = keys.ApiKey("n", b"\x01" * 32)
+    assert "01" not in repr(key)
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+async def test_max_body_declared(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
+    client = await make_proxy(limits={"max_body": "1KiB"})
+    async with client.post("/sim/upload", data=b"x" * 2000) as resp:
+        assert resp.status == 413
+    assert not tenant_state.seen
+    async with client.post("/sim/upload", data=b"x" * 1000) as resp:
+        assert resp.status == 200
+
+
+async def test_max_body_chunked_is_cut_not_truncated(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(limits={"max_body": "100KiB"})
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"c" * 10240
+
+    async with client.post("/sim/upload", data=chunks()) as resp:
+        assert resp.status == 413
+    assert all(size <= 100 * 1024 for size in tenant_state.upload_sizes)
+    assert tenant_state.upload_sizes == []  # the tenant never saw a "complete" short body
+
+
+async def test_max_header_bytes(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
+    client = await make_proxy(limits={"max_header_bytes": "4KiB"})
+    headers = {f"X-Pad-{i}": "p" * 500 for i in range(10)}
+    async with client.get("/sim/echo", headers=headers) as resp:
+        assert resp.status in (400, 431)  # aiohttp's own parser may refuse first
+    assert not tenant_state.seen
+
+
+@pytest.fixture
+def stalled_proxy(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tenant_state: TenantState,
+) -> Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]]:
+    async def build(**limits: Any) -> tuple[Client, asyncio.Event, asyncio.Event]:
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(request: web.Request) -> web.Response:
+            entered.set()
+            await release.wait()
+            return web.Response(text="done")
+
+        app = create_tenant_app(tenant_state)
+        app.router.add_get("/sim/slow", slow)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        settings = parse_config(merge(tenant_config(server), {"limits": limits}), environ={})
+        return await aiohttp_client(create_app(settings)), entered, release
+
+    return build
+
+
+async def test_max_concurrent_answers_503_when_full(
+    stalled_proxy: Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]],
+) -> None:
+    client, entered, release = await stalled_proxy(max_concurrent=1)
+    first = asyncio.ensure_future(client.get("/sim/slow"))
+    await entered.wait()
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"] == "busy"
+    release.set()
+    async with await first as resp:
+        assert resp.status == 200
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 200  # the slot came back
+
+
+async def test_max_concurrent_queues_with_a_timeout(
+    stalled_proxy: Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]],
+) -> None:
+    client, entered, release = await stalled_proxy(max_concurrent=1, queue_timeout="30s")
+    first = asyncio.ensure_future(client.get("/sim/slow"))
+    await entered.wait()
+    second = asyncio.ensure_future(client.get("/fotoweb/me"))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # queued, not refused
+    release.set()
+    async with await first as resp:
+        assert resp.status == 200
+    async with await second as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("code", [429, 503])
+async def test_tenant_backpressure_is_passed_back_not_retried(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tenant_state: TenantState,
+    code: int,
+) -> None:
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=code, headers={"Retry-After": "7"}, text="slow down")
+
+    app = create_tenant_app(tenant_state)
+    app.router.add_get("/sim/busy", busy)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await aiohttp_client(create_app(parse_config(tenant_config(server), environ={})))
+    async with client.get("/sim/busy") as resp:
+        assert resp.status == code
+        assert resp.headers["Retry-After"] == "7"
+    assert len(tenant_state.seen) == 1
+
+
+# --- request smuggling shapes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n"
+        b"Content-Length: 4\r\n\r\nabcd",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Folded: a\r\n b\r\n\r\n",  # obs-fold
+        b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Nul: a\x00b\r\n\r\n",
+        b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Cr: a\rb\r\n\r\n",
+        b"GET /sim/echo\r\nx HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/e\x00cho HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n"
+        b"0\r\n\r\n",
+    ],
+)
+async def test_smuggling_shapes_are_refused(
+    proxy: Client, tenant_state: TenantState, head: bytes
+) -> None:
+    answer = await raw(proxy.port, head)
+    assert status(answer) == 400
+    assert not tenant_state.seen
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ([("Content-Length", "3"), ("Transfer-Encoding", "chunked")], True),
+        ([("Content-Length", "3"), ("Content-Length", "3")], True),
+        ([("Content-Length", "-3")], True),
+        ([("Transfer-Encoding", "chunked, chunked")], True),
+        ([("Transfer-Encoding", "chunked")], False),
+        ([("Content-Length", "10")], False),
+        ([("X-Ok", "a b")], False),
+    ],
+)
+def test_smuggling_shape_check_holds_for_any_parser(
+    headers: list[tuple[str, str]], refused: bool
+) -> None:
+    request = make_mocked_request("POST", "/x", headers=CIMultiDict(headers))
+    assert (smuggling_shape(request) is not None) == refused
