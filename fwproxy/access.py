@@ -112,10 +112,11 @@ class BadPath(ValueError):
 def normalize_path(raw_path: str) -> str:
     """The path rules are matched against: decoded, ``\\`` as ``/``, slashes folded.
 
-    FotoWeb runs on IIS, which treats ``\\`` like ``/`` and paths case-insensitively; rules
-    are therefore matched the same way (see `Rule`). Dot segments and double encoding are
-    refused rather than resolved: what is forwarded is always the client's exact bytes, so
-    the proxy must not judge a path the tenant would read differently.
+    FotoWeb runs on IIS, which treats ``\\`` like ``/``, paths case-insensitively and
+    ignores trailing dots and spaces in a name; rules are matched the same way (see `Rule`).
+    Dot segments and double encoding are refused rather than resolved: what is forwarded is
+    always the client's exact bytes, so the proxy must not judge a path the tenant would
+    read differently.
     """
     if _DOUBLE_ENCODED.search(raw_path):
         raise BadPath("double percent-encoding in the path")
@@ -123,9 +124,10 @@ def normalize_path(raw_path: str) -> str:
     if "\x00" in path:
         raise BadPath("NUL in the path")
     segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments):
+    if any(segment and not segment.strip(".") for segment in segments):
         raise BadPath("'.' or '..' segments in the path")
-    return "/" + "/".join(segment for segment in segments if segment)
+    # Windows ignores trailing dots and spaces in a name: "admin." is "admin" there
+    return "/" + "/".join(kept for segment in segments if (kept := segment.rstrip(". ")))
 
 
 def compile_glob(pattern: str) -> re.Pattern[str]:

@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .config import Settings
-from .log import REDACT
+from .log import REDACT, quiet_malformed_requests
 from .oauth import ClientCredentialsGrant
 from .proxy import Proxy
 from .token_manager import TokenManager
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
+    quiet_malformed_requests()
     app.cleanup_ctx.append(_upstream)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
