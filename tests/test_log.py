@@ -98,3 +98,33 @@ async def test_malformed_requests_log_one_line_without_traceback(
     assert "Traceback" not in output
     assert "malformed request, answered 400" in output
     assert "ERROR" not in output
+
+
+async def test_no_secret_in_debug_logs_of_a_busy_run(
+    stream: io.StringIO, make_proxy: Any, tenant_state: Any
+) -> None:
+    from fwproxy.demo import DEMO_CLIENT_SECRET
+
+    setup_logging("debug", stream=stream)
+    proxy = await make_proxy()
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    tenant_state.revoke_all()  # a 401, a renewal and a replay
+    async with proxy.post("/sim/echo?access_token=client-own-secret", data=b"x") as resp:
+        assert resp.status == 401  # the client's own token: forwarded as is, not replayed
+    async with proxy.post("/sim/upload", data=b"body") as resp:
+        assert resp.status == 200
+    wrong = await make_proxy(auth={"client_secret": "wrong-secret-value"})
+    async with wrong.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+        assert "wrong-secret-value" not in await resp.text()
+    query = await make_proxy(auth={"token_placement": "query"})
+    async with query.get("/fotoweb/me?x=1") as resp:
+        assert resp.status == 200
+    output = stream.getvalue()
+    assert "invalid_client" in output
+    assert "renewed" in output or "rejected" in output
+    assert tenant_state.token_requests >= 3
+    for secret in [DEMO_CLIENT_SECRET, "wrong-secret-value", "client-own-secret",
+                   *tenant_state.tokens]:
+        assert secret not in output
