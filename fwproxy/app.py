@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 from .config import Settings
 from .log import REDACT, quiet_malformed_requests
 from .oauth import ClientCredentialsGrant
+from .observe import Observer, StatusInfo
 from .proxy import Proxy
 from .token_manager import TokenManager
 from .upstream import create_session
@@ -17,6 +18,7 @@ from .upstream import create_session
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
+OBSERVER = web.AppKey("observer", Observer)
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -24,7 +26,7 @@ MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 def create_app(settings: Settings) -> web.Application:
     """Build the proxy application. The upstream session lives in `cleanup_ctx`."""
     app = web.Application(
-        middlewares=[_unrouted_to_proxy],
+        middlewares=[_unrouted_to_proxy, _guard_status],
         handler_args={
             "max_line_size": MAX_REQUEST_LINE,
             "max_field_size": settings.limits.max_header_bytes or 1024 * 1024,
@@ -35,6 +37,13 @@ def create_app(settings: Settings) -> web.Application:
         REDACT.pin(settings.auth.client_secret.reveal())
     quiet_malformed_requests()
     app.cleanup_ctx.append(_upstream)
+    observer = Observer(settings.status.prefix, StatusInfo(
+        tenant=str(settings.tenant.url), grant=settings.auth.grant_type,
+        client_id=settings.auth.client_id, acting_as="the application (tenant administrator)",
+    ))
+    app[OBSERVER] = observer
+    if settings.status.enabled:
+        app.router.add_routes(observer.routes())
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -52,6 +61,17 @@ async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
+@web.middleware
+async def _guard_status(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The status pages are for the same clients as the proxy: allow_from and Host apply."""
+    prefix = request.app[SETTINGS].status.prefix
+    if request.path == prefix or request.path.startswith(prefix + "/"):
+        refusal = request.app[PROXY].guard.admit_client(request)
+        if refusal is not None:
+            return refusal
+    return await handler(request)
+
+
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_session(settings.tenant)
@@ -64,7 +84,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         settings.auth.refresh_margin,
     )
     tokens = TokenManager(grant)
-    proxy = Proxy(settings, session, tokens)
+    observer = app[OBSERVER]
+    proxy = Proxy(settings, session, tokens, observer.metrics)
+    observer.attach(tokens, proxy)
     app[TOKENS] = tokens
     app[PROXY] = proxy
     yield

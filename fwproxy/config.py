@@ -31,6 +31,7 @@ __all__ = [
     "LogConfig",
     "Secret",
     "Settings",
+    "StatusConfig",
     "TenantConfig",
     "find_config",
     "load_config",
@@ -69,6 +70,8 @@ class Secret:
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    unix_socket: Path | None = None
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    enabled: bool = True
+    prefix: str = "/_fwproxy"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -132,6 +141,7 @@ class Settings:
     log: LogConfig
     access: AccessConfig = AccessConfig()
     limits: LimitsConfig = LimitsConfig()
+    status: StatusConfig = StatusConfig()
     source: str = "<defaults>"
 
 
@@ -271,6 +281,15 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def parse_prefix(value: object, key: str) -> str:
+    text = parse_str(value, key).rstrip("/")
+    if not re.fullmatch(r"/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", text):
+        raise ConfigError(key, f"expected a path such as /_fwproxy, got {value!r}")
+    if text.lower() == "/fotoweb" or text.lower().startswith("/fotoweb/"):
+        raise ConfigError(key, "must not be under /fotoweb/, which belongs to the tenant")
+    return text
+
+
 def parse_optional_path(value: object, key: str) -> Path | None:
     if value is None or value == "":
         return None
@@ -289,7 +308,12 @@ def choice(*options: str) -> Callable[[object, str], str]:
 
 # (section, key) -> parser. The order here is the order of config.example.yaml.
 SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
-    "listen": {"host": parse_str, "port": parse_port},
+    "listen": {
+        "host": parse_str,
+        "port": parse_port,
+        "unix_socket": parse_optional_path,
+        "shutdown_timeout": parse_duration,
+    },
     "tenant": {
         "url": parse_str,
         "ca_file": parse_optional_path,
@@ -326,6 +350,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "queue_timeout": parse_duration,
         "client_idle_timeout": parse_duration,
     },
+    "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }
 
@@ -378,8 +403,9 @@ def parse_config(
     log = LogConfig(**values["log"])
     access = _access(values["access"], listen)
     limits = LimitsConfig(**values["limits"])
+    status = StatusConfig(**values["status"])
     return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
-                    limits=limits, source=source)
+                    limits=limits, status=status, source=source)
 
 
 def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:

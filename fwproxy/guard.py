@@ -48,12 +48,9 @@ class Guard:
         path = settings.access.api_keys_file
         self._keys = KeyStore(path) if path is not None else None
 
-    def admit(self, request: web.Request) -> Admitted | web.Response:
-        access, limits = self._access, self._limits
-        if request.method in REFUSED_METHODS:
-            return error_response(405, "method_not_allowed",
-                                  f"{request.method} is not forwarded by fwproxy",
-                                  headers={"Allow": ALLOW})
+    def admit_client(self, request: web.Request) -> web.Response | None:
+        """The checks that apply to every path, the status pages included."""
+        access = self._access
         if not client_allowed(request.remote, access.allow_from):
             return error_response(403, "forbidden",
                                   f"client address {request.remote} is not in access.allow_from")
@@ -62,8 +59,19 @@ class Guard:
             headers.get("Origin"), headers.get("Sec-Fetch-Site"),
             access.accept_hosts, access.allow_origins,
         )
-        if why is not None:
-            return error_response(403, "forbidden", why)
+        return error_response(403, "forbidden", why) if why is not None else None
+
+    def admit(self, request: web.Request) -> Admitted | web.Response:
+        """All checks, for a request to be forwarded."""
+        access, limits = self._access, self._limits
+        if request.method in REFUSED_METHODS:
+            return error_response(405, "method_not_allowed",
+                                  f"{request.method} is not forwarded by fwproxy",
+                                  headers={"Allow": ALLOW})
+        refusal = self.admit_client(request)
+        if refusal is not None:
+            return refusal
+        headers = request.headers
         why = smuggling_shape(request)
         if why is not None:
             refusal = error_response(400, "bad_request", why)

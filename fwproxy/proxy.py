@@ -35,6 +35,7 @@ from yarl import URL
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
 from .guard import Admitted, Guard
+from .observe import Metrics
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
@@ -58,8 +59,13 @@ class Proxy:
     """Forwards requests to the tenant with the token; holds the learned token placement."""
 
     def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, tokens: TokenManager
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        tokens: TokenManager,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._session = session
         self._tokens = tokens
@@ -68,7 +74,7 @@ class Proxy:
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
-        self._guard = Guard(settings)
+        self.guard = Guard(settings)
         limit = settings.limits.max_concurrent
         self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
@@ -79,17 +85,19 @@ class Proxy:
         """The aiohttp handler for every path the proxy serves."""
         started = time.monotonic()
         note = Note()
+        self._metrics.in_flight.inc()
         try:
             response = await self._handle(request, note)
         except asyncio.CancelledError:
             note.status = 499  # client went away; its upstream request was cancelled with it
             raise
         finally:
-            self._log_access(request, note, started)
+            self._metrics.in_flight.dec()
+            self._account(request, note, started)
         return response
 
     async def _handle(self, request: web.Request, note: Note) -> web.StreamResponse:
-        admitted = self._guard.admit(request)
+        admitted = self.guard.admit(request)
         if isinstance(admitted, web.Response):
             return note.answer(admitted)
         if self._slots is None:
@@ -172,7 +180,9 @@ class Proxy:
         token = await self._tokens.get()
         placement = self.placement
         note.placement = placement
+        sent = time.monotonic()
         resp = await self._send(method, path, query, headers, body, token, placement)
+        note.upstream_seconds = time.monotonic() - sent
         if resp.status != 401:
             return resp
         self._tokens.invalidate(token)
@@ -282,7 +292,7 @@ class Proxy:
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is to cut the connection
             # without the final chunk, so the client sees an incomplete transfer.
-            note.error = exc.error
+            note.error, note.detail = exc.error, str(exc)
             log.warning("%s %s: %s; response aborted", request.method, request.raw_path, exc)
             if request.transport is not None:
                 request.transport.close()
@@ -305,7 +315,13 @@ class Proxy:
             "(nginx: %s) and restart fwproxy.", STRIP_HINT,
         )
 
-    def _log_access(self, request: web.Request, note: Note, started: float) -> None:
+    def _account(self, request: web.Request, note: Note, started: float) -> None:
+        """The access log line, the request metrics, and the error remembered for the page."""
+        self._metrics.observe(request.method, note.status, note.bytes_in, note.bytes_out,
+                              note.upstream_seconds)
+        if note.status >= 500 or note.error:
+            self._metrics.error(note.error or str(note.status),
+                                note.detail or f"{request.method} {request.raw_path}")
         access_log.info(
             '%s "%s %s" %d in=%d out=%d %.1fms replays=%d%s',
             request.remote or "-",
@@ -323,10 +339,13 @@ class Proxy:
 class Note:
     """What the access log line says about one request."""
 
-    __slots__ = ("bytes_in", "bytes_out", "error", "placement", "replays", "status")
+    __slots__ = ("bytes_in", "bytes_out", "detail", "error", "placement", "replays", "status",
+                 "upstream_seconds")
 
     def __init__(self) -> None:
         self.placement = ""  # where our token went on the final attempt: header or query
+        self.upstream_seconds: float | None = None  # until the first response headers
+        self.detail = ""
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -337,6 +356,8 @@ class Note:
         self.status = response.status
         self.bytes_out = response.content_length or 0
         self.error = reason
+        if response.status >= 500 and isinstance(response.body, bytes):
+            self.detail = response.body.decode("utf-8", "replace")
         return response
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -58,6 +59,7 @@ class TokenManager:
         self.last_error: TokenError | None = None
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
+        self.failures_by_reason: collections.Counter[str] = collections.Counter()
 
     def current(self) -> Token | None:
         """The cached token if it may still be injected."""
@@ -133,6 +135,7 @@ class TokenManager:
             delay = next_backoff(self._failures, self._rand(), retry_after)
             self._backoff_until = self._clock() + delay
             self.last_error = exc
+            self.failures_by_reason[exc.reason] += 1
             log.warning(
                 "token request failed (%s); next attempt in %.1fs: %s",
                 exc.reason, delay, exc,

@@ -1,0 +1,219 @@
+"""What operators see: health, readiness, Prometheus metrics and a status page.
+
+All of it lives under a reserved prefix (``/_fwproxy`` by default; FotoWeb lives under
+``/fotoweb/``, so nothing collides). None of it shows a secret: no token, no client secret.
+Request metrics are updated per request; token and replay figures are read from the live
+objects at scrape time (a custom collector), so they cost nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .exceptions import TokenError
+from .token_manager import TokenManager
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+READY_WAIT = 10.0  # seconds /ready waits for a first token before saying 503
+
+
+@dataclass(frozen=True)
+class Event:
+    """One remembered error, for the status page."""
+
+    at: float  # wall clock, for display only
+    kind: str
+    detail: str
+
+
+class Metrics:
+    """Per-request figures, plus the last errors for the status page."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.started = time.time()
+        self.requests = Counter("fwproxy_requests", "Requests answered, by method and status "
+                                "class", ["method", "status_class"], registry=self.registry)
+        self.in_flight = Gauge("fwproxy_requests_in_flight", "Requests being handled",
+                               registry=self.registry)
+        self.upstream_seconds = Histogram(
+            "fwproxy_upstream_seconds", "Time until the tenant's response headers arrived",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.bytes_in = Counter("fwproxy_request_body_bytes", "Request body bytes forwarded",
+                                registry=self.registry)
+        self.bytes_out = Counter("fwproxy_response_body_bytes", "Response body bytes relayed",
+                                 registry=self.registry)
+        self.errors: deque[Event] = deque(maxlen=20)
+
+    def observe(self, method: str, status: int, bytes_in: int, bytes_out: int,
+                upstream_seconds: float | None) -> None:
+        label = method if method in KNOWN_METHODS else "other"
+        self.requests.labels(label, f"{status // 100}xx" if status else "none").inc()
+        self.bytes_in.inc(bytes_in)
+        self.bytes_out.inc(bytes_out)
+        if upstream_seconds is not None:
+            self.upstream_seconds.observe(upstream_seconds)
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors.appendleft(Event(time.time(), kind, detail))
+
+
+class TokenCollector(Collector):
+    """Token and replay figures, read from the live objects at scrape time."""
+
+    def __init__(self, tokens: TokenManager, replays: ReplayStats) -> None:
+        self._tokens = tokens
+        self._replays = replays
+
+    def collect(self) -> Iterator[Metric]:
+        tokens = self._tokens
+        requests = CounterMetricFamily("fwproxy_token_requests", "Token requests made",
+                                       value=tokens.requests)
+        failures = CounterMetricFamily("fwproxy_token_failures", "Failed token requests, "
+                                       "by reason", labels=["reason"])
+        for reason, count in sorted(tokens.failures_by_reason.items()):
+            failures.add_metric([reason], count)
+        renewals = CounterMetricFamily("fwproxy_token_renewals", "Background renewals ahead "
+                                       "of expiry", value=tokens.renewals)
+        current = tokens.current()
+        left = GaugeMetricFamily("fwproxy_token_seconds_to_expiry", "Seconds until the "
+                                 "current token expires (0: none)",
+                                 value=max(0.0, current.seconds_left(time.monotonic()))
+                                 if current else 0.0)
+        replays = CounterMetricFamily("fwproxy_replays", "Requests sent again after a 401",
+                                      value=self._replays.replays)
+        fallback = GaugeMetricFamily("fwproxy_token_in_query", "1 when the tenant was seen to "
+                                     "strip Authorization and the token goes in the query",
+                                     value=1.0 if self._replays.placement == "query" else 0.0)
+        yield from (requests, failures, renewals, left, replays, fallback)
+
+
+class ReplayStats(Protocol):
+    """What the proxy reports about replays and placement (implemented by `Proxy`)."""
+
+    replays: int
+    placement: str
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    tenant: str
+    grant: str
+    client_id: str
+    acting_as: str
+
+
+class Observer:
+    """The handlers under the status prefix; `tokens` and `proxy` are attached at startup."""
+
+    def __init__(self, prefix: str, info: StatusInfo) -> None:
+        self.prefix = prefix
+        self.info = info
+        self.metrics = Metrics()
+        self.tokens: TokenManager | None = None
+
+    def attach(self, tokens: TokenManager, replays: ReplayStats) -> None:
+        self.tokens = tokens
+        self.metrics.registry.register(TokenCollector(tokens, replays))
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(f"{self.prefix}/health", self.health),
+            web.get(f"{self.prefix}/ready", self.ready),
+            web.get(f"{self.prefix}/metrics", self.metrics_page),
+            web.get(f"{self.prefix}/", self.status_page),
+            web.get(self.prefix, self.status_page),
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "version": __version__})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 while a valid token is held or can be had now; 503 says why not."""
+        assert self.tokens is not None
+        if self.tokens.current() is not None:
+            return web.json_response({"status": "ready"})
+        try:
+            await asyncio.wait_for(self.tokens.get(), READY_WAIT)
+        except TokenError as exc:
+            return web.json_response({"status": "not_ready", "reason": exc.reason,
+                                      "detail": str(exc)}, status=503)
+        except asyncio.TimeoutError:
+            return web.json_response({"status": "not_ready", "reason": "token_pending",
+                                      "detail": "the token endpoint has not answered yet"},
+                                     status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    async def status_page(self, request: web.Request) -> web.Response:
+        assert self.tokens is not None
+        page = render_status(self.metrics, self.tokens, self.info)
+        return web.Response(text=page, content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+
+def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo) -> str:
+    """A small self-refreshing HTML page; every value is escaped, none is a secret."""
+    current = tokens.current()
+    left = int(current.seconds_left(time.monotonic())) if current else -1
+    counts: dict[str, float] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = sample.name[:-6] + "".join(f" {v}" for v in sample.labels.values())
+                counts[key] = counts.get(key, 0) + sample.value
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:g}</td></tr>"
+                   for k, v in sorted(counts.items()))
+    errors = "".join(
+        f"<li><time>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}Z</time> "
+        f"<b>{html.escape(e.kind)}</b> {html.escape(e.detail)}</li>" for e in metrics.errors
+    ) or "<li>none</li>"
+    problem = tokens.last_error
+    token_line = (
+        f'valid, expires in <span id="left" data-left="{left}">{left}</span> s'
+        if current else f"none ({html.escape(str(problem)) if problem else 'not fetched yet'})"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fwproxy status</title>
+<meta http-equiv="refresh" content="30">
+<style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}
+td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
+<body><h1>fwproxy {html.escape(__version__)}</h1>
+<table>
+<tr><td>tenant</td><td id="tenant">{html.escape(info.tenant)}</td></tr>
+<tr><td>grant</td><td>{html.escape(info.grant)} (client {html.escape(info.client_id)})</td></tr>
+<tr><td>acting as</td><td>{html.escape(info.acting_as)}</td></tr>
+<tr><td>token</td><td id="token">{token_line}</td></tr>
+<tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
+</td></tr>
+</table>
+<h2>Counters</h2><table id="counters">{rows}</table>
+<h2>Last errors</h2><ul id="errors">{errors}</ul>
+<script>
+const el = document.getElementById("left");
+if (el) {{
+  let left = Number(el.dataset.left);
+  setInterval(() => {{ left = Math.max(0, left - 1); el.textContent = left; }}, 1000);
+  el.dataset.ticking = "yes";
+}}
+</script>
+</body></html>
+"""
