@@ -19,6 +19,7 @@ SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
+GRANT = web.AppKey("grant", ClientCredentialsGrant)
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -48,6 +49,22 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+RESTART_SECTIONS = ("listen", "tenant", "status")
+
+
+def reconfigure(app: web.Application, settings: Settings) -> list[str]:
+    """Apply a reloaded config to a running app (SIGHUP): auth, access, limits and log take
+    effect at once, the cached token stays unless the client changed. Returns the sections
+    that changed but need a restart (listening sockets, the tenant's TLS pool, routes)."""
+    running = app[SETTINGS]
+    if settings.auth.client_secret is not None:
+        REDACT.pin(settings.auth.client_secret.reveal())
+    app[GRANT].update(settings.auth)
+    app[PROXY].reconfigure(settings)
+    return [name for name in RESTART_SECTIONS
+            if getattr(running, name) != getattr(settings, name)]
+
+
 async def _forward(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
@@ -75,20 +92,14 @@ async def _guard_status(request: web.Request, handler: Handler) -> web.StreamRes
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_session(settings.tenant)
-    assert settings.auth.client_secret is not None
-    grant = ClientCredentialsGrant(
-        session,
-        settings.auth.token_url,
-        settings.auth.client_id,
-        settings.auth.client_secret,
-        settings.auth.refresh_margin,
-    )
+    grant = ClientCredentialsGrant(session, settings.auth)
     tokens = TokenManager(grant)
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics)
     observer.attach(tokens, proxy)
     app[TOKENS] = tokens
     app[PROXY] = proxy
+    app[GRANT] = grant
     yield
     await tokens.aclose()
     await session.close()

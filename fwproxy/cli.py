@@ -1,15 +1,18 @@
-"""Command line: ``fwproxy run|check|token|demo``. Exit 0 ok, 1 failed, 2 config or usage."""
+"""Command line: ``fwproxy run|check|token|health|key|demo``.
+
+Exit 0 ok, 1 failed, 2 configuration or usage error (one line naming the key).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import dataclasses
 import json
-import logging
 import os
-import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,18 +20,16 @@ import aiohttp
 from aiohttp import web
 
 from . import __version__
-from .app import TOKENS, create_app
-from .config import Settings, find_config, load_config, parse_config
+from .config import Settings, describe, find_config, is_loopback, load_config, parse_config
 from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from .exceptions import ConfigError, TokenError
 from .keys import add_key, load_keys, remove_key
 from .log import setup_logging
 from .oauth import ClientCredentialsGrant, read_limited
+from .server import serve
 from .upstream import create_session, translate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SHUTDOWN_TIMEOUT = 30.0
-log = logging.getLogger("fwproxy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[common], help="validate config, get a token, call /fotoweb/me"
     )
     commands.add_parser("token", parents=[common], help="print one valid access token")
+    commands.add_parser(
+        "health", parents=[common], help="exit 0 when the running proxy answers its health check"
+    )
     demo = commands.add_parser(
         "demo", parents=[common], help="run the proxy in front of a built-in simulated tenant"
     )
@@ -71,16 +75,46 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return asyncio.run(demo(args.port, args.token_lifetime))
         if args.command == "key":
             return manage_keys(args, environ)
-        settings = load_config(find_config(args.config, environ), environ)
+        path = find_config(args.config, environ)
+        settings = _with_level(load_config(path, environ), args.log_level)
     except ConfigError as exc:
         print(f"fwproxy: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(args.log_level or settings.log.level, settings.log.format)
-    runners = {"run": run, "check": check, "token": token}
+    if args.command == "health":
+        return health(settings)
+    setup_logging(settings.log.level, settings.log.format)
     try:
-        return asyncio.run(runners[args.command](settings))
+        if args.command == "run":
+            return asyncio.run(serve(
+                settings, reload=lambda: _with_level(load_config(path, environ), args.log_level)
+            ))
+        return asyncio.run(check(settings) if args.command == "check" else token(settings))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _with_level(settings: Settings, level: str | None) -> Settings:
+    """`--log-level` beats the config, on start and on every reload."""
+    if level is None:
+        return settings
+    return dataclasses.replace(settings, log=dataclasses.replace(settings.log, level=level))
+
+
+def health(settings: Settings) -> int:
+    """GET the running proxy's health page (a container HEALTHCHECK: no curl needed)."""
+    host = settings.listen.host
+    if not is_loopback(host) and host not in ("0.0.0.0", "::", ""):  # noqa: S104
+        target = f"[{host}]" if ":" in host else host
+    else:
+        target = "[::1]" if host == "::" else "127.0.0.1"
+    url = f"http://{target}:{settings.listen.port}{settings.status.prefix}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"fwproxy: {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -109,63 +143,8 @@ def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-async def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           keepalive_timeout=settings.limits.client_idle_timeout)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            print(
-                f"fwproxy: cannot listen on {settings.listen.host}:{settings.listen.port}: "
-                f"{exc.strerror}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        for address in runner.addresses:
-            host, port = address[0], address[1]
-            log.info("listening on http://%s:%d -> %s (%s)",
-                     f"[{host}]" if ":" in host else host, port, settings.tenant.url,
-                     settings.source)
-        warmup = asyncio.get_running_loop().create_task(_warm_up(app))
-        await _wait_for_signal()
-        warmup.cancel()
-        log.info("shutting down")
-    finally:
-        await runner.cleanup()
-    return EXIT_OK
-
-
-async def _warm_up(app: web.Application) -> None:
-    """Fetch the first token at once; a failure is logged by the manager and retried later."""
-    with contextlib.suppress(TokenError):
-        await app[TOKENS].get()
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
 async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> str:
-    assert settings.auth.client_secret is not None
-    grant = ClientCredentialsGrant(
-        session, settings.auth.token_url, settings.auth.client_id,
-        settings.auth.client_secret, settings.auth.refresh_margin,
-    )
-    token = await grant.fetch()
+    token = await ClientCredentialsGrant(session, settings.auth).fetch()
     return token.value
 
 
@@ -184,9 +163,8 @@ async def token(settings: Settings) -> int:
 async def check(settings: Settings) -> int:
     """Validate, get a token, call GET /fotoweb/me; print a short report."""
     print(f"config       {settings.source}: ok")
-    print(f"tenant       {settings.tenant.url}")
-    print(f"token url    {settings.auth.token_url}")
-    print(f"client id    {settings.auth.client_id}")
+    for line in describe(settings):
+        print(f"  {line}")
     async with create_session(settings.tenant) as session:
         try:
             value = await _fetch_token(settings, session)
@@ -256,6 +234,6 @@ async def demo(port: int, token_lifetime: int) -> int:
         flush=True,
     )
     try:
-        return await run(settings)
+        return await serve(settings)
     finally:
         await tenant_runner.cleanup()

@@ -7,6 +7,7 @@ from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error name
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import re
@@ -355,8 +356,10 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
 }
 
 
-def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path:
-    """``--config``, else ``$FWPROXY_CONFIG``, else ./fwproxy.yaml, else /etc/fwproxy/."""
+def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """``--config``, else ``$FWPROXY_CONFIG``, else ./fwproxy.yaml, else /etc/fwproxy/;
+    None (configuration from the environment alone) when none exists but
+    ``FWPROXY_TENANT_URL`` is set, as in a container."""
     if explicit:
         return Path(explicit)
     if environ.get("FWPROXY_CONFIG"):
@@ -364,6 +367,8 @@ def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path:
     for candidate in DEFAULT_LOCATIONS:
         if candidate.exists():
             return candidate
+    if environ.get("FWPROXY_TENANT_URL"):
+        return None
     raise ConfigError(
         "",
         "no configuration found: pass --config PATH, set FWPROXY_CONFIG, or create "
@@ -506,6 +511,11 @@ def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, st
         )
     if secret_file is not None:
         secret_text = read_secret_file(secret_file, "auth.client_secret_file")
+    credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / "client_secret"
+    if secret_text is None and environ.get("CREDENTIALS_DIRECTORY") and credential.is_file():
+        # systemd LoadCredential=client_secret:...; systemd itself guards that directory
+        secret_file = credential
+        secret_text = credential.read_text(encoding="utf-8").strip() or None
     if secret_text is None:
         raise ConfigError(
             "auth.client_secret",
@@ -564,3 +574,18 @@ def read_secret_file(path: Path, key: str) -> str:
         raise ConfigError(key, f"{path} is empty")
     return text
 
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective configuration, one ``section.key: value`` a line, secrets masked."""
+    lines = []
+    for section in SCHEMA:
+        values = getattr(settings, section)
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, tuple) and value and isinstance(value[0], Rule):
+                value = [f"{rule.name}: {rule.action}" for rule in value]
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            lines.append(f"{section}.{item.name}: {value}")
+    return lines

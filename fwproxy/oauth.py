@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable
 import aiohttp
 from yarl import URL
 
-from .config import Secret
+from .config import AuthConfig
 from .exceptions import TokenEndpointUnreachable, TokenResponseInvalid
 from .tokens import (
     TOKEN_REQUEST_HEADERS,
@@ -31,30 +31,31 @@ class ClientCredentialsGrant:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        token_url: URL,
-        client_id: str,
-        client_secret: Secret,
-        refresh_margin: float,
+        auth: AuthConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
-        self._token_url = token_url
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._refresh_margin = refresh_margin
         self._clock = clock
+        self._auth = auth
+
+    def update(self, auth: AuthConfig) -> None:
+        """New credentials (a reload): used from the next token request on."""
+        self._auth = auth
 
     def __repr__(self) -> str:
-        return f"ClientCredentialsGrant(token_url={str(self._token_url)!r}, client_id=...)"
+        return f"ClientCredentialsGrant(token_url={str(self._auth.token_url)!r})"
 
     @property
     def cache_key(self) -> Hashable:
-        return (str(self._token_url.origin()), self._client_id)
+        return (str(self._auth.token_url), self._auth.client_id)
 
     async def fetch(self) -> Token:
-        form = client_credentials_form(self._client_id, self._client_secret.reveal())
+        auth = self._auth
+        if auth.client_secret is None:
+            raise TokenResponseInvalid("no client secret is configured")
+        form = client_credentials_form(auth.client_id, auth.client_secret.reveal())
         return await post_token_request(
-            self._session, self._token_url, form, self._refresh_margin, self._clock
+            self._session, auth.token_url, form, auth.refresh_margin, self._clock
         )
 
 

@@ -66,20 +66,30 @@ class Proxy:
         metrics: Metrics,
     ) -> None:
         self._metrics = metrics
-        self._settings = settings
         self._session = session
         self._tokens = tokens
         self._tenant = settings.tenant.url
+        self.replays = 0
+        self.query_fallbacks = 0
+        self.placement = "query" if settings.auth.token_placement == "query" else "header"
+        self._slots: asyncio.Semaphore | None = None
+        self._slot_limit: int | None = None
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take up new settings (on start and on SIGHUP); a learned placement is kept."""
+        self._settings = settings
         self._replace_auth = settings.auth.client_authorization == "replace"
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
-        self.placement = "query" if settings.auth.token_placement == "query" else "header"
+        if settings.auth.token_placement != "auto":
+            self.placement = settings.auth.token_placement
         self.guard = Guard(settings)
         limit = settings.limits.max_concurrent
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        if limit != self._slot_limit:
+            self._slot_limit = limit
+            self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
-        self.replays = 0
-        self.query_fallbacks = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for every path the proxy serves."""

@@ -127,7 +127,8 @@ SEGMENT = st.one_of(
 
 def encode_path(segments: list[str]) -> str:
     path = "/" + "/".join(segments)
-    return "".join(c if c.isascii() else "".join(f"%{b:02X}" for b in c.encode()) for c in path)
+    return "".join(c if c.isascii() and c.isprintable() and c != " "
+                   else "".join(f"%{b:02X}" for b in c.encode()) for c in path)
 
 
 FOTOWEB = st.sampled_from(["fotoweb", "FotoWeb", "%66otoweb", "fotoweb\\", "", "."])

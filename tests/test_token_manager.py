@@ -234,12 +234,7 @@ async def real_manager(
         settings = make_settings(auth=auth)
         session = create_session(settings.tenant)
         sessions.append(session)
-        assert settings.auth.client_secret is not None
-        grant = ClientCredentialsGrant(
-            session, settings.auth.token_url, settings.auth.client_id,
-            settings.auth.client_secret, settings.auth.refresh_margin,
-        )
-        return TokenManager(grant)
+        return TokenManager(ClientCredentialsGrant(session, settings.auth))
 
     yield build
     for session in sessions:

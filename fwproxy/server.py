@@ -1,0 +1,116 @@
+"""Serving: sockets, signals and systemd. ``fwproxy run`` and ``fwproxy demo`` end up here.
+
+SIGTERM/SIGINT stop accepting, let in-flight requests finish for ``listen.shutdown_timeout``
+and exit 0. SIGHUP re-reads the config (and so the secret file) and applies it without
+dropping a connection or the token; a bad new config is refused with a log line and the
+old one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .app import TOKENS, create_app, reconfigure
+from .config import Settings
+from .exceptions import ConfigError, TokenError
+from .log import setup_logging
+from .systemd import Notifier, listen_fds
+
+log = logging.getLogger("fwproxy")
+Reloader = Callable[[], Settings]
+
+
+async def serve(settings: Settings, reload: Reloader | None = None) -> int:
+    """Run until SIGTERM or SIGINT; `reload` re-reads the config on SIGHUP."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=settings.listen.shutdown_timeout,
+        keepalive_timeout=settings.limits.client_idle_timeout,
+    )
+    await runner.setup()
+    notifier = Notifier()
+    try:
+        try:
+            await _start_sites(runner, settings)
+        except OSError as exc:
+            print(f"fwproxy: cannot listen: {exc}", file=sys.stderr)
+            return 1
+        for address in runner.addresses:
+            log.info("listening on %s -> %s (%s)", _describe(address), settings.tenant.url,
+                     settings.source)
+        loop = asyncio.get_running_loop()
+        background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
+        notifier.notify("READY=1\nSTATUS=serving")
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload, app, reload, notifier)
+        await stop.wait()
+        notifier.notify("STOPPING=1")
+        log.info("shutting down: finishing requests in flight (up to %gs)",
+                 settings.listen.shutdown_timeout)
+        for task in background:
+            task.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def _start_sites(runner: web.AppRunner, settings: Settings) -> None:
+    inherited = listen_fds()
+    for sock in inherited:  # socket activation: systemd bound them
+        await web.SockSite(runner, sock).start()
+    if not inherited:
+        await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+    path = settings.listen.unix_socket
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_socket():
+                path.unlink()  # a stale socket from a previous run
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o660)
+
+
+def _describe(address: object) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"unix:{address}"
+
+
+async def _warm_up(app: web.Application) -> None:
+    """Fetch the first token at once; a failure is logged by the manager and retried later."""
+    with contextlib.suppress(TokenError):
+        await app[TOKENS].get()
+
+
+def _reload(app: web.Application, reload: Reloader, notifier: Notifier) -> None:
+    notifier.notify("RELOADING=1")
+    try:
+        settings = reload()
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+    else:
+        setup_logging(settings.log.level, settings.log.format)
+        pending = reconfigure(app, settings)
+        if pending:
+            log.warning("reloaded; these changes take effect only after a restart: %s",
+                        ", ".join(pending))
+        else:
+            log.info("reloaded %s", settings.source)
+    notifier.notify("READY=1")
