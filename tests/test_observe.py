@@ -1,0 +1,251 @@
+"""Health, readiness, metrics, the status page, reload and the systemd protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from fwproxy.app import reconfigure
+from fwproxy.config import parse_config
+from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
+from fwproxy.systemd import Notifier, listen_fds
+from tests.conftest import ProxyFactory, SettingsFactory
+
+Client = TestClient[Any, Any]
+
+
+async def metric(client: Client, name: str, labels: str = "") -> float:
+    async with client.get("/_fwproxy/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" ([0-9.e+-]+)\n"
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_health(proxy: Client, tenant_state: TenantState) -> None:
+    async with proxy.get("/_fwproxy/health") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "alive"
+    assert not tenant_state.seen  # answered by fwproxy, not forwarded
+
+
+async def test_ready_fetches_a_token_when_none_is_held(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/_fwproxy/ready") as resp:
+        assert resp.status == 200
+    assert tenant_state.token_requests == 1
+
+
+async def test_ready_flips_to_503_with_the_reason(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"client_secret": "wrong-secret-value"})
+    async with client.get("/_fwproxy/ready") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["reason"] == "invalid_client"
+    assert "wrong-secret-value" not in str(body)
+
+
+async def test_ready_turns_503_when_the_token_endpoint_dies(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"refresh_margin": 0})
+    tenant_state.token_lifetime = 2  # the token will expire quickly
+    async with client.get("/_fwproxy/ready") as resp:
+        assert resp.status == 200
+    tenant_state.token_endpoint_fault = (503, "text/html", b"<h1>maintenance</h1>")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # poll until the short-lived token has expired
+        async with client.get("/_fwproxy/ready") as resp:
+            if resp.status == 503:
+                body = await resp.json()
+                break
+        assert loop.time() < deadline
+        await asyncio.sleep(0.1)
+    assert body["reason"] == "http_503"
+
+
+async def test_metrics_move_when_traffic_flows(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    assert await metric(proxy, "fwproxy_requests_total", 'method="GET",status_class="2xx"') == 0
+    for _ in range(3):
+        async with proxy.get("/fotoweb/me") as resp:
+            assert resp.status == 200
+    async with proxy.post("/sim/upload", data=b"x" * 1000) as resp:
+        assert resp.status == 200
+    tenant_state.revoke_all()
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    async with proxy.get("/sim/forbidden") as resp:
+        assert resp.status == 403
+    assert await metric(proxy, "fwproxy_requests_total", 'method="GET",status_class="2xx"') == 4
+    assert await metric(proxy, "fwproxy_requests_total", 'method="POST",status_class="2xx"') == 1
+    assert await metric(proxy, "fwproxy_requests_total", 'method="GET",status_class="4xx"') == 1
+    assert await metric(proxy, "fwproxy_request_body_bytes_total") == 1000
+    assert await metric(proxy, "fwproxy_response_body_bytes_total") > 0
+    assert await metric(proxy, "fwproxy_upstream_seconds_count") == 6
+    assert await metric(proxy, "fwproxy_token_requests_total") == 2
+    assert await metric(proxy, "fwproxy_replays_total") == 1
+    assert await metric(proxy, "fwproxy_token_seconds_to_expiry") > 3000
+    assert await metric(proxy, "fwproxy_token_in_query") == 0
+    assert await metric(proxy, "fwproxy_requests_in_flight") == 0
+
+
+async def test_failures_are_counted_by_reason(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(auth={"client_secret": "wrong"})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+    assert await metric(client, "fwproxy_token_failures_total", 'reason="invalid_client"') == 1
+
+
+async def test_status_page_shows_state_but_no_secret(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    async with proxy.get("/_fwproxy/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+    assert "127.0.0.1" in page
+    assert "client_credentials" in page
+    assert 'id="left"' in page  # the expiry countdown
+    for secret in [DEMO_CLIENT_SECRET, *tenant_state.tokens]:
+        assert secret not in page
+
+
+async def test_status_page_lists_recent_errors(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(auth={"client_secret": "wrong"})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 503
+    async with client.get("/_fwproxy/") as resp:
+        page = await resp.text()
+    assert "no_token" in page
+    assert "invalid_client" in page
+
+
+async def test_status_pages_obey_allow_from(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(access={"allow_from": ["10.0.0.0/8"]})
+    for path in ("/_fwproxy/health", "/_fwproxy/metrics", "/_fwproxy/"):
+        async with client.get(path) as resp:
+            assert resp.status == 403, path
+
+
+async def test_status_prefix_is_configurable(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(status={"prefix": "/-/proxy"})
+    async with client.get("/-/proxy/health") as resp:
+        assert resp.status == 200
+    async with client.get("/_fwproxy/health") as resp:
+        assert resp.status == 404  # now just a path forwarded to the tenant
+    assert tenant_state.seen[-1].path_qs == "/_fwproxy/health"
+
+
+async def test_reload_rotates_the_secret_and_keeps_the_token(
+    proxy: Client, make_settings: SettingsFactory, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    tenant_state.clients = {"fwproxy-demo": "rotated-secret"}  # rotated at the tenant
+    assert proxy.app is not None
+    pending = reconfigure(proxy.app, make_settings(auth={"client_secret": "rotated-secret"},
+                                                   access={"read_only": True}))
+    assert pending == []
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    assert tenant_state.token_requests == 1  # the token survived the reload
+    async with proxy.post("/sim/echo") as resp:
+        assert resp.status == 403  # new access rules apply at once
+    tenant_state.revoke_all()
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200  # renewed with the rotated secret
+    assert tenant_state.token_forms[-1]["client_secret"] == "rotated-secret"
+
+
+async def test_reload_reports_what_needs_a_restart(
+    proxy: Client, make_settings: SettingsFactory
+) -> None:
+    assert proxy.app is not None
+    pending = reconfigure(proxy.app, make_settings(listen={"port": 9999}))
+    assert pending == ["listen"]
+
+
+# --- systemd ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Any:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(10)
+    yield sock, str(path)
+    sock.close()
+
+
+def test_notify_sends_datagrams(notify_socket: Any) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.enabled
+    assert notifier.notify("READY=1")
+    assert sock.recv(4096) == b"READY=1"
+
+
+def test_notify_abstract_socket() -> None:
+    name = f"fwproxy-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).notify("STOPPING=1")
+        assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_notify_without_systemd_does_nothing() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert not notifier.notify("READY=1")
+    assert notifier.watchdog_interval is None
+
+
+def test_watchdog_interval_is_half_the_timeout() -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000"})
+    assert notifier.watchdog_interval == 15.0
+    other = Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None  # meant for another process
+
+
+async def test_watchdog_feeds(notify_socket: Any) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
+    task = asyncio.ensure_future(notifier.watchdog())
+    loop = asyncio.get_running_loop()
+    first = await loop.run_in_executor(None, sock.recv, 4096)
+    second = await loop.run_in_executor(None, sock.recv, 4096)
+    task.cancel()
+    assert first == second == b"WATCHDOG=1"
+
+
+def test_listen_fds_only_for_this_process() -> None:
+    assert listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "1"}) == []
+    assert listen_fds({}) == []
+
+
+def test_settings_carry_status_and_listen_defaults() -> None:
+    settings = parse_config({"tenant": {"url": "https://t.example"},
+                             "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
+    assert settings.status.prefix == "/_fwproxy"
+    assert settings.listen.shutdown_timeout == 30
+    assert settings.listen.unix_socket is None
