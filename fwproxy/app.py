@@ -72,8 +72,9 @@ async def _forward(request: web.Request) -> web.StreamResponse:
 @web.middleware
 async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Targets that are not a path (``CONNECT host:443``, ``OPTIONS *``, ``GET http://h``)
-    match no route; the proxy answers them (405, 400, or forwards the absolute form)."""
-    if not request.raw_path.startswith("/"):
+    match no route, and aiohttp routes no CONNECT at all; the proxy answers them (405, 400,
+    or forwards the absolute form)."""
+    if request.method == "CONNECT" or not request.raw_path.startswith("/"):
         return await _forward(request)
     return await handler(request)
 

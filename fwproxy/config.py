@@ -168,7 +168,10 @@ def parse_size(value: object, key: str) -> int:
     match = _SIZE.match(str(value))
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ConfigError(key, f"expected a size such as 64MiB or 1048576, got {value!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not size < 2**63:
+        raise ConfigError(key, f"{value!r} is too large")
+    return int(size)
 
 
 def parse_duration(value: object, key: str) -> float:
@@ -181,7 +184,10 @@ def parse_duration(value: object, key: str) -> float:
     if not match:
         raise ConfigError(key, f"expected a duration such as 30, 500ms or 5m, got {value!r}")
     unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if not seconds < 10**9:
+        raise ConfigError(key, f"{value!r} is too long")
+    return seconds
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -385,6 +391,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                "", f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+            ) from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

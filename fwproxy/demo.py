@@ -204,6 +204,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.content_length = total
     await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
     left = total
     while left > 0:
         chunk = PATTERN[: min(left, len(PATTERN))]

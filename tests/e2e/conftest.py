@@ -29,13 +29,12 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import TOKEN_PATH
 from tests.conftest import merge, tenant_config
 
 CURL = "/usr/bin/curl"
 START_TIMEOUT = 20.0  # for a hang, not a timing assertion
 STOP_TIMEOUT = 30.0
-CURL_TIMEOUT = 120.0
+CURL_TIMEOUT = 60.0  # a hang guard for the small requests
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
 
@@ -96,6 +95,10 @@ class FwproxyProcess:
     def url(self, path: str) -> str:
         return self.base + path
 
+    # `lines` holds what was read so far: a line written just before a response can still be
+    # in the pipe when the client has the response. `stop()` reads to EOF: after it, the
+    # log is complete.
+
     def log_text(self) -> str:
         return "\n".join(self.lines)
 
@@ -120,8 +123,9 @@ class FwproxyProcess:
 
     async def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT
                             ) -> re.Match[str]:
-        """The first log line (already seen or still to come) matching `pattern`."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        """The first log line (already seen or still to come) containing `pattern` (a plain
+        string) or matching it (a compiled regex)."""
+        regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
         found: list[re.Match[str]] = []
 
         def seen() -> bool:
@@ -146,6 +150,15 @@ class FwproxyProcess:
                 f"{regex.pattern!r}; log:\n{self.log_text()}"
             )
         return found[0]
+
+    async def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to exit on its own (after a signal the test sent)."""
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"fwproxy (pid {self.pid}) did not exit within {timeout}s"
+                                 ) from None
+        return await self.stop()
 
     async def stop(self) -> int:
         """SIGTERM by PID, wait, SIGKILL by PID if it hangs; returns the exit status."""
@@ -236,25 +249,25 @@ class CurlResult:
         return self.stdout.decode("utf-8", "replace")
 
 
-async def curl(
-    *args: str,
-    stdin: int | None = asyncio.subprocess.DEVNULL,
-    stdout: int | None = asyncio.subprocess.PIPE,
-    timeout: float = CURL_TIMEOUT,
-) -> CurlResult:
+async def curl(*args: str, timeout: float = CURL_TIMEOUT) -> CurlResult:
     """Run /usr/bin/curl (no .curlrc, no proxy from the environment) and collect its output."""
     process = await asyncio.create_subprocess_exec(
         CURL, "-q", "--silent", "--show-error", *args,
-        stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=clean_env(),
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        _kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise AssertionError(f"curl {' '.join(args)} hung for {timeout}s") from None
     except BaseException:
         _kill(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     assert process.returncode is not None
-    return CurlResult(process.returncode, out or b"", err)
+    return CurlResult(process.returncode, out, err)
 
 
 async def curl_many(urls: Iterable[str], parallel: int, *args: str) -> list[str]:
@@ -281,62 +294,6 @@ def established_connections(port: int) -> int:
     return count
 
 
-# --- a gate in front of the token endpoint ---------------------------------------------
-
-
-class TokenGate:
-    """Relays token requests to the tenant, holding them while the gate is closed.
-
-    A closed gate keeps a token request in flight for as long as a test needs to pile up
-    concurrent requests behind it, which makes single-flight observable. Every relayed
-    request still reaches the tenant's token endpoint and is counted there.
-    """
-
-    def __init__(self, tenant: TestServer) -> None:
-        self.target = f"http://127.0.0.1:{tenant.port}{TOKEN_PATH}"
-        self.hits = 0
-        self.opened = asyncio.Event()
-        self.opened.set()
-        self.url = ""
-
-    def close(self) -> None:
-        self.opened.clear()
-
-    def open(self) -> None:
-        self.opened.set()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        body = await request.read()
-        await self.opened.wait()
-        headers = {"Content-Type": request.headers.get("Content-Type", "")}
-        async with aiohttp.ClientSession() as session, session.post(
-            self.target, data=body, headers=headers
-        ) as resp:
-            answer = await resp.read()
-            return web.Response(
-                status=resp.status,
-                body=answer,
-                headers={"Content-Type": resp.headers.get("Content-Type", ""),
-                         "Cache-Control": "no-store"},
-            )
-
-
-@pytest.fixture
-async def token_gate(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], tenant: TestServer
-) -> AsyncIterator[TokenGate]:
-    gate = TokenGate(tenant)
-    app = web.Application()
-    app.router.add_post("/token", gate.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    gate.url = f"http://127.0.0.1:{server.port}/token"
-    try:
-        yield gate
-    finally:
-        gate.open()  # release anything still held so the servers can shut down
-
-
 # --- the other commands -----------------------------------------------------------------
 
 
@@ -348,7 +305,7 @@ class CommandResult:
 
 
 async def run_fwproxy(*args: str, timeout: float = 60.0) -> CommandResult:
-    """`python -m fwproxy ARGS` to completion (for `token` and `check`)."""
+    """`python -m fwproxy ARGS` to completion (for `token`, `check`, a failing `run`)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fwproxy", *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -358,9 +315,90 @@ async def run_fwproxy(*args: str, timeout: float = 60.0) -> CommandResult:
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        _kill(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise AssertionError(f"fwproxy {' '.join(args)} hung for {timeout}s") from None
     except BaseException:
         _kill(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     assert process.returncode is not None
     return CommandResult(process.returncode, out.decode(), err.decode())
+
+
+# --- relays that can hold requests -------------------------------------------------------
+
+
+class Relay:
+    """An HTTP relay to the tenant (same path, method, headers, body) that can hold requests.
+
+    While held, requests are counted as they arrive and wait; `release` lets them all go at
+    once. In front of the token endpoint it keeps one token request in flight for as long as
+    a test needs to pile requests up behind it; in front of the API it lets a crowd leave the
+    proxy with the same token before any is answered. Whatever is relayed still reaches the
+    tenant and is counted there.
+    """
+
+    _DROP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+    def __init__(self, tenant: TestServer) -> None:
+        self.target = f"http://127.0.0.1:{tenant.port}"
+        self.arrived = 0
+        self.url = ""
+        self._released = asyncio.Event()
+        self._released.set()
+
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived += 1
+        body = await request.read()
+        await self._released.wait()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in self._DROP]
+        async with aiohttp.ClientSession(auto_decompress=False) as session, session.request(
+            request.method, self.target + request.raw_path, headers=headers,
+            data=body or None, allow_redirects=False,
+        ) as resp:
+            answer = await resp.read()
+            keep = [(k, v) for k, v in resp.headers.items() if k.lower() not in self._DROP]
+            return web.Response(status=resp.status, body=answer, headers=keep)
+
+
+async def _relay(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tenant: TestServer
+) -> Relay:
+    relay = Relay(tenant)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", relay.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    relay.url = f"http://127.0.0.1:{server.port}"
+    return relay
+
+
+@pytest.fixture
+async def token_gate(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tenant: TestServer
+) -> AsyncIterator[Relay]:
+    """A relay for the token endpoint: configure ``auth.token_url: gate.url + TOKEN_PATH``."""
+    relay = await _relay(aiohttp_server, tenant)
+    try:
+        yield relay
+    finally:
+        relay.release()  # nothing stays held while the servers shut down
+
+
+@pytest.fixture
+async def tenant_relay(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tenant: TestServer
+) -> AsyncIterator[Relay]:
+    """A relay for the API: configure ``tenant.url: relay.url``."""
+    relay = await _relay(aiohttp_server, tenant)
+    try:
+        yield relay
+    finally:
+        relay.release()

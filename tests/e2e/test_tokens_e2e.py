@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import TenantState
+from fwproxy.demo import TOKEN_PATH, TenantState
 from fwproxy.proxy import STRIP_HINT
 from tests.conftest import merge, tenant_config
 
 from .conftest import (
     FwproxyProcess,
+    Relay,
     StartProxy,
-    TokenGate,
     curl,
     curl_many,
     established_connections,
@@ -50,13 +49,13 @@ async def storm(proxy: FwproxyProcess, path: str) -> list[str]:
 
 
 async def test_cold_start_fetches_one_token_for_a_crowd(
-    start_proxy: StartProxy, token_gate: TokenGate, tenant_state: TenantState
+    start_proxy: StartProxy, token_gate: Relay, tenant_state: TenantState
 ) -> None:
     # The gate holds the start-up token request, so the proxy is cold when the crowd
     # arrives: every request must wait for that one request instead of starting its own.
-    token_gate.close()
-    proxy = await start_proxy({"auth": {"token_url": token_gate.url}})
-    await wait_until(lambda: token_gate.hits == 1, "the warm-up token request")
+    token_gate.hold()
+    proxy = await start_proxy({"auth": {"token_url": token_gate.url + TOKEN_PATH}})
+    await wait_until(lambda: token_gate.arrived == 1, "the warm-up token request")
     crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
     try:
         await wait_until(
@@ -66,48 +65,82 @@ async def test_cold_start_fetches_one_token_for_a_crowd(
         assert tenant_state.token_requests == 0
         assert not crowd.done()  # nobody was answered without a token
     finally:
-        token_gate.open()
+        token_gate.release()
     codes = await crowd
     assert codes == ["200"] * CONCURRENT
-    assert token_gate.hits == 1
+    assert token_gate.arrived == 1
     assert tenant_state.token_requests == 1
     assert len(tenant_state.seen) == CONCURRENT  # no request needed a replay
 
 
+@pytest.mark.parametrize(
+    "hold",
+    ["nothing", "renewal", "requests"],
+    ids=["natural-timing", "renewal-held-until-all-arrived", "all-sent-with-the-old-token"],
+)
 async def test_401_storm_renews_once(
-    start_proxy: StartProxy, token_gate: TokenGate, tenant_state: TenantState
+    start_proxy: StartProxy,
+    token_gate: Relay,
+    tenant_relay: Relay,
+    tenant_state: TenantState,
+    hold: str,
 ) -> None:
-    proxy = await start_proxy({"auth": {"token_url": token_gate.url}})
+    proxy = await start_proxy(
+        {"tenant": {"url": tenant_relay.url}, "auth": {"token_url": token_gate.url + TOKEN_PATH}}
+    )
     first = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
     assert first.text == "200"
     assert tenant_state.token_requests == 1
-    # Revoke, and hold the renewal until the whole storm is inside the proxy: requests that
-    # carried the old token got their 401, the later ones wait for the renewal in flight.
     old_tokens = set(tenant_state.tokens)
     seen_before = len(tenant_state.seen)
-    token_gate.close()
-    tenant_state.revoke_all()
-    crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
-    try:
-        await wait_until(lambda: token_gate.hits == 2 or crowd.done(), "the renewal")
-        await wait_until(
-            lambda: established_connections(proxy.port) >= CONCURRENT or crowd.done(),
-            f"{CONCURRENT} connections to the proxy",
-        )
-        assert not crowd.done()
-    finally:
-        token_gate.open()
+    relayed_before = tenant_relay.arrived
+    if hold == "requests":
+        # Every request of the storm leaves the proxy with the old token before the tenant
+        # answers any: then all are refused at once, and the later 401s arrive while the
+        # renewal runs or after it finished. None of them may drop the new token.
+        tenant_relay.hold()
+        crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
+        try:
+            await wait_until(
+                lambda: tenant_relay.arrived - relayed_before >= CONCURRENT or crowd.done(),
+                f"{CONCURRENT} requests on their way to the tenant",
+            )
+            assert not crowd.done()
+            tenant_state.revoke_all()
+        finally:
+            tenant_relay.release()
+    elif hold == "renewal":
+        # The renewal waits until the whole storm is inside the proxy: the requests that
+        # carried the old token got their 401, the later ones wait for the renewal.
+        token_gate.hold()
+        tenant_state.revoke_all()
+        crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
+        try:
+            await wait_until(lambda: token_gate.arrived == 2 or crowd.done(), "the renewal")
+            await wait_until(
+                lambda: established_connections(proxy.port) >= CONCURRENT or crowd.done(),
+                f"{CONCURRENT} connections to the proxy",
+            )
+            assert not crowd.done()
+        finally:
+            token_gate.release()
+    else:
+        tenant_state.revoke_all()
+        crowd = asyncio.ensure_future(storm(proxy, "/fotoweb/me"))
     codes = await crowd
     assert codes == ["200"] * CONCURRENT
     assert tenant_state.token_requests == 2
-    assert token_gate.hits == 2
+    assert token_gate.arrived == 2
     storm_seen = list(tenant_state.seen)[seen_before:]
     rejected = [r for r in storm_seen if bearer(r.headers) in old_tokens]
     accepted = [r for r in storm_seen if bearer(r.headers) in tenant_state.tokens]
+    if hold == "requests":
+        assert len(rejected) == CONCURRENT
     assert len(rejected) >= 1
     assert len(accepted) == CONCURRENT  # every request reached the tenant with the new token
     assert len(rejected) + len(accepted) == len(storm_seen)
     assert len(tenant_state.tokens) == 1
+    await proxy.stop()  # the whole log, up to EOF
     assert proxy.log_count("token rejected by the tenant (401); renewing") == 1
 
 
@@ -135,12 +168,15 @@ async def test_tenant_stripping_authorization_switches_to_query_once(
 
     second = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
     assert second.text == "200"
-    # The second request went straight to the query placement: one attempt, no replay.
-    assert tenant_state.seen[-1].path_qs.startswith("/fotoweb/me?access_token=")
-    assert tenant_state.seen[-2].path_qs.startswith("/fotoweb/me?access_token=")
-    assert tenant_state.seen[-3].path_qs == "/fotoweb/me"
+    # First request: header (401), header with a fresh token (401), query probe (200).
+    # Second request: straight to the query placement, one attempt.
+    in_query = [r.path_qs.startswith("/fotoweb/me?access_token=") for r in tenant_state.seen]
+    assert in_query == [False, False, True, True]
+    await proxy.stop()  # the whole log, up to EOF
     assert proxy.log_count(STRIP_HINT) == 1
     assert tenant_state.token_requests == 2  # the warm-up token and the one renewal
+    for token in tenant_state.tokens:  # now in URLs: they must not reach the log with them
+        assert token not in proxy.log_text()
 
 
 async def test_token_command_prints_one_valid_token(

@@ -1,0 +1,200 @@
+"""Nothing a client sends can point the token somewhere else, and no secret reaches the log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from fwproxy.config import SCHEMA
+from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
+
+from .conftest import FwproxyProcess, StartProxy, curl
+
+pytestmark = pytest.mark.e2e
+
+
+def answer(result_text: str) -> tuple[int, Any]:
+    """Split `curl -w '\\n%{http_code}'` output into the status and the JSON body."""
+    body, _, status = result_text.rpartition("\n")
+    return int(status), json.loads(body) if body else None
+
+
+# `access.accept_hosts` (a Host allowlist against DNS rebinding) may refuse a foreign Host
+# before anything is forwarded; accept it explicitly to show that even an accepted name
+# does not choose where the request goes.
+HAS_HOST_ALLOWLIST = "access" in SCHEMA and "accept_hosts" in SCHEMA["access"]
+ACCEPT_EVIL: dict[str, dict[str, Any]] = (
+    {"access": {"accept_hosts": ["127.0.0.1", "evil.example"]}} if HAS_HOST_ALLOWLIST else {}
+)
+
+
+async def test_host_header_does_not_choose_the_upstream(
+    start_proxy: StartProxy, tenant: TestServer
+) -> None:
+    proxy = await start_proxy(ACCEPT_EVIL)
+    result = await curl("-H", "Host: evil.example", "-w", "\n%{http_code}",
+                        proxy.url("/sim/echo"))
+    status, echo = answer(result.text)
+    assert status == 200
+    assert echo["headers"]["host"] == [f"127.0.0.1:{tenant.port}"]
+    assert echo["headers"]["x-forwarded-host"] == ["evil.example"]
+    assert echo["path_qs"] == "/sim/echo"
+
+
+@pytest.mark.skipif(not HAS_HOST_ALLOWLIST, reason="no access.accept_hosts in this version")
+async def test_foreign_host_is_refused_by_default(
+    fwproxy: FwproxyProcess, tenant_state: TenantState
+) -> None:
+    result = await curl("-H", "Host: evil.example", "-w", "\n%{http_code}",
+                        fwproxy.url("/sim/echo"))
+    status, document = answer(result.text)
+    assert status == 403
+    assert document["error"] == "forbidden"
+    assert "evil.example" in document["detail"]
+    assert not tenant_state.seen
+
+
+async def test_absolute_form_target_keeps_only_the_path(
+    fwproxy: FwproxyProcess, tenant: TestServer
+) -> None:
+    result = await curl("--request-target", "http://evil.example/sim/echo?a=1",
+                        "-w", "\n%{http_code}", fwproxy.url("/"))
+    status, echo = answer(result.text)
+    assert status == 200
+    assert echo["path_qs"] == "/sim/echo?a=1"
+    assert echo["headers"]["host"] == [f"127.0.0.1:{tenant.port}"]
+
+
+async def test_double_slash_path_stays_on_the_tenant(
+    fwproxy: FwproxyProcess, tenant_state: TenantState
+) -> None:
+    result = await curl("--path-as-is", "-o", "/dev/null", "-w", "%{http_code}",
+                        fwproxy.url("//evil.example/x"))
+    assert result.text == "404"  # the tenant's own answer: it has no such resource
+    assert [(r.method, r.path_qs) for r in tenant_state.seen] == [("GET", "//evil.example/x")]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "CONNECT",  # `CONNECT /path`: aiohttp routes no CONNECT; once a plain 404
+        "TRACE",
+    ],
+)
+async def test_connect_and_trace_are_refused(
+    fwproxy: FwproxyProcess, tenant_state: TenantState, method: str
+) -> None:
+    result = await curl("-X", method, "-i", fwproxy.url("/sim/echo"))
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.decode("latin-1")
+    assert head.startswith("HTTP/1.1 405"), head
+    assert "allow: " in head.lower()
+    assert "method_not_allowed" in head
+    assert not tenant_state.seen
+    await fwproxy.stop()
+    assert fwproxy.log_count(f'"{method} /sim/echo" 405') == 1
+
+
+@pytest.mark.parametrize("method", ["TRACK", "DEBUG"])
+async def test_echoing_methods_are_never_forwarded(
+    fwproxy: FwproxyProcess, tenant_state: TenantState, method: str
+) -> None:
+    # IIS's TRACK and DEBUG would echo the token too. aiohttp's parser may reject them
+    # before fwproxy sees them (400) or fwproxy refuses them (405): either way, not sent.
+    result = await curl("-X", method, "-o", "/dev/null", "-w", "%{http_code}",
+                        fwproxy.url("/sim/echo"))
+    assert result.text in ("400", "405")
+    assert not tenant_state.seen
+
+
+async def test_real_connect_tunnel_is_refused(
+    fwproxy: FwproxyProcess, tenant_state: TenantState
+) -> None:
+    # curl asks the proxy for a tunnel: "CONNECT example.org:443". Nothing leaves loopback:
+    # curl only talks to the proxy, which must refuse rather than connect anywhere.
+    result = await curl("-v", "-p", "-x", fwproxy.base, "--max-time", "30",
+                        "https://example.org/")
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 56, stderr  # CURLE_RECV_ERROR: the CONNECT was refused
+    assert "CONNECT example.org:443" in stderr
+    assert "< HTTP/1.1 405" in stderr
+    assert not tenant_state.seen
+
+
+async def test_client_credentials_are_replaced_when_configured(
+    start_proxy: StartProxy, tenant_state: TenantState
+) -> None:
+    proxy = await start_proxy({"auth": {"client_authorization": "replace"}})
+    result = await curl(
+        "-H", "Authorization: Bearer client-header-value", "-w", "\n%{http_code}",
+        proxy.url("/sim/echo?access_token=client-query-value&b=2"),
+    )
+    status, echo = answer(result.text)
+    assert status == 200
+    assert echo["path_qs"] == "/sim/echo?b=2"
+    [authorization] = echo["headers"]["authorization"]
+    assert authorization.removeprefix("Bearer ") in tenant_state.tokens
+    await proxy.stop()
+    assert "client-header-value" not in proxy.log_text()
+    assert "client-query-value" not in proxy.log_text()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_no_secret_reaches_the_log(
+    start_proxy: StartProxy, tenant_state: TenantState, log_format: str
+) -> None:
+    proxy = await start_proxy({"log": {"format": log_format}}, args=["--log-level", "debug"])
+    tokens: set[str] = set()
+
+    async def get(path: str, *args: str) -> int:
+        result = await curl(*args, "-o", "/dev/null", "-w", "%{http_code}", proxy.url(path))
+        tokens.update(tenant_state.tokens)
+        return int(result.text)
+
+    assert await get("/fotoweb/me") == 200
+    tenant_state.revoke_all()
+    post = await curl("--data-binary", "x" * 5000, "-o", "/dev/null", "-w", "%{http_code}",
+                      proxy.url("/sim/upload"))
+    assert post.text == "200"  # 401, renewal, replay of the body
+    tokens.update(tenant_state.tokens)
+    assert await get("/fotoweb/archives/") == 200
+    # A client's own token is its business: passed on as it is (and refused by the tenant).
+    assert await get("/fotoweb/me?access_token=client-supplied-secret-value") == 401
+    assert await get("/fotoweb/me", "-H", "Authorization: Bearer client-header-secret-value"
+                     ) == 401
+    await proxy.stop()
+
+    log = proxy.log_text()
+    assert len(tokens) == 2
+    assert tenant_state.token_requests == 2
+    assert "replays=1" in log
+    assert log.count("fwproxy.access") == 5
+    assert DEMO_CLIENT_SECRET not in log
+    for token in tokens:
+        assert token not in log
+    assert "client-supplied-secret-value" not in log
+    assert "access_token=********" in log  # the request was logged, masked
+    assert "client-header-secret-value" not in log
+
+
+async def test_wrong_secret_gives_503_without_the_secret(
+    start_proxy: StartProxy, tenant_state: TenantState
+) -> None:
+    wrong = "wrong-secret-value-4b1d"
+    proxy = await start_proxy({"auth": {"client_secret": wrong}}, args=["--log-level", "debug"])
+    result = await curl("-i", proxy.url("/fotoweb/me"))
+    assert result.returncode == 0, result.stderr
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"\r\nRetry-After: " in head
+    document = json.loads(body)
+    assert document["error"] == "no_token"
+    assert "invalid_client" in document["detail"]
+    assert not tenant_state.seen  # nothing was sent to the API without a token
+    await proxy.stop()
+    assert wrong.encode() not in result.stdout
+    assert wrong not in proxy.log_text()
+    assert "invalid_client" in proxy.log_text()
