@@ -74,7 +74,7 @@ async def wait_until(
 class FwproxyProcess:
     """One `python -m fwproxy run` subprocess, its port and its captured stderr."""
 
-    def __init__(self, process: asyncio.subprocess.Process, config_path: Path) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, config_path: Path | None) -> None:
         self.process = process
         self.config_path = config_path
         self.lines: list[str] = []
@@ -182,15 +182,25 @@ def _status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"/proc/{pid}/status has no {field}")
 
 
-async def launch_fwproxy(config_path: Path, args: Sequence[str] = ()) -> FwproxyProcess:
-    """Start `fwproxy run --config PATH` and wait for its "listening on" line."""
+async def launch_fwproxy(
+    config_path: Path | None,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
+    cwd: Path | None = None,
+) -> FwproxyProcess:
+    """Start `fwproxy run [--config PATH]` (behind `wrapper`, with `env` added) and wait for
+    its "listening on" line."""
+    config = ["--config", str(config_path)] if config_path is not None else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fwproxy", "run", "--config", str(config_path), *args,
+        *wrapper, sys.executable, "-m", "fwproxy", "run", *config, *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-        cwd=config_path.parent,
+        env=clean_env(env),
+        cwd=cwd or (config_path.parent if config_path is not None else None),
+        pass_fds=tuple(pass_fds),
     )
     proxy = FwproxyProcess(process, config_path)
     try:
@@ -304,14 +314,20 @@ class CommandResult:
     stderr: str
 
 
-async def run_fwproxy(*args: str, timeout: float = 60.0) -> CommandResult:
+async def run_fwproxy(
+    *args: str,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> CommandResult:
     """`python -m fwproxy ARGS` to completion (for `token`, `check`, a failing `run`)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fwproxy", *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
+        env=clean_env(env),
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
