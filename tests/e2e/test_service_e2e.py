@@ -11,7 +11,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,7 @@ class Datagrams:
 
 
 @pytest.fixture
-def notify_dir() -> AsyncIterator[Path]:
+def notify_dir() -> Iterator[Path]:
     # AF_UNIX paths are short: pytest's tmp_path can be too long for one
     with tempfile.TemporaryDirectory(prefix="fwp") as name:
         yield Path(name)
