@@ -96,6 +96,14 @@ class AuthConfig:
     token_placement: str = "auto"
     client_authorization: str = "keep"
     replay_max_body: int = 64 * 1024 * 1024
+    # user context (grant_type: authorization_code, seed 003)
+    redirect_uri: str | None = None
+    authorize_url: URL | None = None
+    token_store: Path | None = None
+
+    @property
+    def user_context(self) -> bool:
+        return self.grant_type == "authorization_code"
 
 
 LOOPBACK_NETWORKS = (ip_network("127.0.0.1/32"), ip_network("::1/128"))
@@ -330,7 +338,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "read_timeout": parse_duration,
     },
     "auth": {
-        "grant_type": choice("client_credentials"),
+        "grant_type": choice("client_credentials", "authorization_code"),
         "client_id": parse_str,
         "client_secret": parse_str,
         "client_secret_file": parse_optional_path,
@@ -339,6 +347,9 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "token_placement": choice("auto", "header", "query"),
         "client_authorization": choice("keep", "replace"),
         "replay_max_body": parse_size,
+        "redirect_uri": parse_str,
+        "authorize_url": parse_str,
+        "token_store": parse_optional_path,
     },
     "access": {
         "allow_from": parse_networks,
@@ -508,7 +519,8 @@ def _tenant(values: dict[str, Any]) -> TenantConfig:
 def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, str]) -> AuthConfig:
     if "client_id" not in values:
         raise ConfigError("auth.client_id", "is required (Site Configuration > Applications)")
-    token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant)
+    token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant,
+                           "auth.token_url")
     secret_text = values.pop("client_secret", None)
     secret_file = values.pop("client_secret_file", None)
     if environ.get("FWPROXY_CLIENT_SECRET"):
@@ -526,33 +538,69 @@ def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, st
         # systemd LoadCredential=client_secret:...; systemd itself guards that directory
         secret_file = credential
         secret_text = credential.read_text(encoding="utf-8").strip() or None
-    if secret_text is None:
+    user_context = values.get("grant_type") == "authorization_code"
+    if secret_text is None and not user_context:  # a public (native) client has none
         raise ConfigError(
             "auth.client_secret",
             "is required: set auth.client_secret, auth.client_secret_file or "
             "FWPROXY_CLIENT_SECRET",
         )
+    if user_context:
+        values["redirect_uri"] = _redirect_uri(values.get("redirect_uri"))
+        values["authorize_url"] = _token_url(
+            values.pop("authorize_url", "/fotoweb/oauth2/authorize"), tenant, "auth.authorize_url"
+        )
+        values["token_store"] = values.get("token_store") or default_store_path(environ)
+    else:
+        values.pop("authorize_url", None)
     return AuthConfig(
         token_url=token_url,
-        client_secret=Secret(secret_text),
+        client_secret=Secret(secret_text) if secret_text is not None else None,
         client_secret_file=secret_file,
         **values,
     )
 
 
-def _token_url(text: str, tenant: TenantConfig) -> URL:
+def _redirect_uri(text: str | None) -> str:
+    """A loopback http URI registered for the app, where `fwproxy login` takes the code."""
+    key = "auth.redirect_uri"
+    if text is None:
+        raise ConfigError(key, "is required for authorization_code: a loopback URI such as "
+                          "http://127.0.0.1:8765/callback, registered for the application")
+    try:
+        url = URL(text)
+    except ValueError:
+        raise ConfigError(key, f"not a URL: {text!r}") from None
+    if url.scheme != "http" or not url.host or not is_loopback(url.host) or not url.port:
+        raise ConfigError(key, f"must be http://127.0.0.1:PORT/path (loopback), got {text!r}")
+    return text
+
+
+def default_store_path(environ: Mapping[str, str]) -> Path:
+    """``$STATE_DIRECTORY/tokens.json`` under systemd, else ``$XDG_STATE_HOME/fwproxy/``."""
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0]) / "tokens.json"
+    home = Path(environ.get("HOME") or Path.home())
+    base = Path(environ["XDG_STATE_HOME"]) if environ.get("XDG_STATE_HOME") else (
+        home / ".local" / "state"
+    )
+    return base / "fwproxy" / "tokens.json"
+
+
+def _token_url(text: str, tenant: TenantConfig, key: str) -> URL:
+    """An endpoint URL: relative to tenant.url, or absolute."""
     try:
         url = URL(text)
     except ValueError as exc:
-        raise ConfigError("auth.token_url", f"not a URL: {exc}") from None
+        raise ConfigError(key, f"not a URL: {exc}") from None
     if not url.is_absolute():
         if not text.startswith("/"):
-            raise ConfigError("auth.token_url", f"a relative URL must start with '/': {text!r}")
+            raise ConfigError(key, f"a relative URL must start with '/': {text!r}")
         return tenant.url.join(url)
     if url.scheme == "http" and not tenant.allow_insecure_http:
-        raise ConfigError("auth.token_url", "http:// would send the client secret in clear text")
+        raise ConfigError(key, "http:// would send credentials in clear text")
     if url.scheme not in ("http", "https"):
-        raise ConfigError("auth.token_url", f"expected an http(s) URL, got {text!r}")
+        raise ConfigError(key, f"expected an http(s) URL, got {text!r}")
     return url
 
 

@@ -56,6 +56,7 @@ class Token:
     expires_at: float
     renew_at: float
     stale_at: float
+    refresh_token: str | None = field(default=None, repr=False)  # user context (seed 003)
 
     @property
     def lifetime(self) -> float:
@@ -68,7 +69,13 @@ class Token:
         return self.expires_at - now
 
 
-def make_token(value: str, expires_in: float, now: float, refresh_margin: float) -> Token:
+def make_token(
+    value: str,
+    expires_in: float,
+    now: float,
+    refresh_margin: float,
+    refresh_token: str | None = None,
+) -> Token:
     """Lay out a token's timetable (see the module docstring)."""
     lifetime = min(float(expires_in), MAX_LIFETIME)
     margin = min(refresh_margin, lifetime / 4)
@@ -79,6 +86,7 @@ def make_token(value: str, expires_in: float, now: float, refresh_margin: float)
         expires_at=expires_at,
         renew_at=expires_at - 2 * margin,
         stale_at=expires_at - margin,
+        refresh_token=refresh_token,
     )
 
 
@@ -140,6 +148,31 @@ def client_credentials_form(client_id: str, client_secret: str) -> bytes:
     return urlencode(fields).encode("ascii")
 
 
+def authorization_code_form(
+    client_id: str, client_secret: str | None, code: str, redirect_uri: str | None,
+    code_verifier: str,
+) -> bytes:
+    """Seed 003's code exchange. The secret only for a confidential client; `redirect_uri`
+    if and only if the authorize request carried it."""
+    fields = {"grant_type": "authorization_code", "client_id": client_id}
+    if client_secret is not None:
+        fields["client_secret"] = client_secret
+    fields["code"] = code
+    if redirect_uri is not None:
+        fields["redirect_uri"] = redirect_uri
+    fields["code_verifier"] = code_verifier
+    return urlencode(fields).encode("ascii")
+
+
+def refresh_token_form(client_id: str, client_secret: str | None, refresh_token: str) -> bytes:
+    """A refresh (RFC 6749 section 6); the secret only for a confidential client."""
+    fields = {"grant_type": "refresh_token", "client_id": client_id}
+    if client_secret is not None:
+        fields["client_secret"] = client_secret
+    fields["refresh_token"] = refresh_token
+    return urlencode(fields).encode("ascii")
+
+
 TOKEN_REQUEST_HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "Accept": "application/json",
@@ -178,7 +211,12 @@ def parse_token_response(
         raise TokenResponseInvalid(
             f"token_type is {_clean(str(token_type))!r}; only bearer tokens are supported"
         )
-    return make_token(access_token, _expires_in(document), now, refresh_margin)
+    refresh_token = document.get("refresh_token")
+    if refresh_token is not None and (
+        not isinstance(refresh_token, str) or not _TOKEN_CHARS.match(refresh_token)
+    ):
+        raise TokenResponseInvalid("token response has an unusable refresh_token")
+    return make_token(access_token, _expires_in(document), now, refresh_margin, refresh_token)
 
 
 def _expires_in(document: dict[str, object]) -> float:

@@ -1,0 +1,103 @@
+"""The token store of user-context mode: refresh token, access token, expiry, user.
+
+One JSON file, mode 0600 in a 0700 directory, replaced atomically (write a temp file,
+fsync, rename, fsync the directory), so a crash never leaves half a refresh token. A lock
+file serializes refreshes across processes (`fwproxy run`, `fwproxy token`, workers): a
+rotated refresh token is never lost to a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import ensure_private
+from .exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """What `fwproxy login` leaves behind. Secrets never show in a repr."""
+
+    refresh_token: str = field(repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # wall clock (epoch seconds): it must survive restarts
+    user: str | None = None
+
+
+class TokenStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r})"
+
+    def mtime(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def load(self) -> StoredSession | None:
+        """The stored session, or None when there is none (never logged in, logged out)."""
+        if not self.path.exists():
+            return None
+        ensure_private(self.path, "auth.token_store")
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return StoredSession(
+                refresh_token=str(data["refresh_token"]),
+                access_token=data.get("access_token"),
+                expires_at=data.get("expires_at"),
+                user=data.get("user"),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError("auth.token_store",
+                              f"{self.path} is damaged; run fwproxy login") from None
+
+    def save(self, session: StoredSession) -> None:
+        """Replace the file atomically, 0600 in a 0700 directory."""
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".tokens.")  # created 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(asdict(session), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the store's lock file (across processes) without blocking the event loop."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
