@@ -6,6 +6,7 @@
      │    ├── TokenEndpointError      the token endpoint answered with an OAuth error
      │    ├── TokenEndpointUnreachable  connect failure or timeout talking to it
      │    ├── TokenResponseInvalid    it answered 2xx, but not with a usable bearer token
+     │    ├── LoginRequired           user context: no session, or the refresh token refused
      │    └── NoTokenAvailable        no valid token now; carries the cause and a retry delay
      └── UpstreamError                the tenant could not be reached or misbehaved
           ├── UpstreamConnectError    502
@@ -75,6 +76,17 @@ class TokenResponseInvalid(TokenError):
     @property
     def reason(self) -> str:
         return "token_response_invalid"
+
+
+class LoginRequired(TokenError):
+    """User context: there is no stored session, or the tenant refused the refresh token."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"login required: run fwproxy login ({why})")
+
+    @property
+    def reason(self) -> str:
+        return "login_required"
 
 
 class NoTokenAvailable(TokenError):

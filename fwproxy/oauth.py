@@ -10,13 +10,22 @@ import aiohttp
 from yarl import URL
 
 from .config import AuthConfig
-from .exceptions import TokenEndpointUnreachable, TokenResponseInvalid
+from .exceptions import (
+    ConfigError,
+    LoginRequired,
+    TokenEndpointError,
+    TokenEndpointUnreachable,
+    TokenResponseInvalid,
+)
+from .store import StoredSession, TokenStore
 from .tokens import (
     TOKEN_REQUEST_HEADERS,
     Token,
     client_credentials_form,
+    make_token,
     parse_retry_after,
     parse_token_response,
+    refresh_token_form,
 )
 
 MAX_TOKEN_RESPONSE = 64 * 1024  # a token answer is a few hundred bytes; refuse a flood
@@ -49,6 +58,12 @@ class ClientCredentialsGrant:
     def cache_key(self) -> Hashable:
         return (str(self._auth.token_url), self._auth.client_id)
 
+    def stored(self) -> Token | None:
+        return None
+
+    def has_news(self) -> bool:
+        return False
+
     async def fetch(self) -> Token:
         auth = self._auth
         if auth.client_secret is None:
@@ -57,6 +72,103 @@ class ClientCredentialsGrant:
         return await post_token_request(
             self._session, auth.token_url, form, auth.refresh_margin, self._clock
         )
+
+
+class RefreshTokenGrant:
+    """User context (seed 003): renew with the stored refresh token.
+
+    FotoWeb may rotate refresh tokens, so a new one is written to the store (atomically)
+    before the new access token is handed out, under the store's lock, which also makes
+    any other process that shares the store wait and then use what this one obtained.
+    """
+
+    name = "refresh_token"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        auth: AuthConfig,
+        store: TokenStore,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._auth = auth
+        self._store = store
+        self._clock = clock
+        self._wall = wall
+        self._failed_at: int | None = None  # the store's mtime when a refresh was refused
+        self._handed_out: str | None = None  # the access token this process last used
+
+    def update(self, auth: AuthConfig) -> None:
+        self._auth = auth
+
+    def __repr__(self) -> str:
+        return f"RefreshTokenGrant(token_url={str(self._auth.token_url)!r}, store={self._store})"
+
+    @property
+    def cache_key(self) -> Hashable:
+        return (str(self._auth.token_url), self._auth.client_id, "user")
+
+    def stored(self) -> Token | None:
+        """The access token a previous run (or `fwproxy login`) left, if still good."""
+        try:
+            token = self._usable(self._store.load())
+        except ConfigError:
+            return None
+        self._handed_out = token.value if token is not None else None
+        return token
+
+    def has_news(self) -> bool:
+        """The store changed since a refusal: a new `fwproxy login` may have fixed it."""
+        return self._failed_at is not None and self._store.mtime() != self._failed_at
+
+    async def fetch(self) -> Token:
+        async with self._store.locked():
+            try:
+                saved = self._store.load()
+            except ConfigError as exc:
+                raise self._refused(str(exc)) from None
+            if saved is None:
+                raise self._refused("no stored session")
+            theirs = self._usable(saved)
+            if theirs is not None and theirs.value != self._handed_out:
+                self._handed_out = theirs.value
+                return theirs  # another process renewed while we waited for the lock
+            auth = self._auth
+            secret = auth.client_secret.reveal() if auth.client_secret is not None else None
+            form = refresh_token_form(auth.client_id, secret, saved.refresh_token)
+            try:
+                token = await post_token_request(
+                    self._session, auth.token_url, form, auth.refresh_margin, self._clock
+                )
+            except TokenEndpointError as exc:
+                if exc.error in ("invalid_grant", "invalid_token"):
+                    raise self._refused(f"the tenant refused the refresh token: {exc.error}"
+                                        ) from None
+                raise
+            self._store.save(StoredSession(
+                refresh_token=token.refresh_token or saved.refresh_token,
+                access_token=token.value,
+                expires_at=self._wall() + token.lifetime,
+                user=saved.user,
+            ))
+            self._failed_at = None
+            self._handed_out = token.value
+            return token
+
+    def _usable(self, saved: StoredSession | None) -> Token | None:
+        if saved is None or saved.access_token is None or saved.expires_at is None:
+            return None
+        left = saved.expires_at - self._wall()
+        if left <= 0:
+            return None
+        token = make_token(saved.access_token, left, self._clock(), self._auth.refresh_margin)
+        return token if token.usable(self._clock()) else None
+
+    def _refused(self, why: str) -> LoginRequired:
+        self._failed_at = self._store.mtime()
+        return LoginRequired(why)
 
 
 async def post_token_request(

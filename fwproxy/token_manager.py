@@ -28,6 +28,12 @@ class Grant(Protocol):
     @property
     def name(self) -> str: ...
 
+    def stored(self) -> Token | None:
+        """A token persisted by an earlier run, to start with."""
+
+    def has_news(self) -> bool:
+        """Something changed that may fix the last failure (a new login): retry now."""
+
     async def fetch(self) -> Token: ...
 
 
@@ -60,6 +66,9 @@ class TokenManager:
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
         self.failures_by_reason: collections.Counter[str] = collections.Counter()
+        seed = grant.stored()
+        if seed is not None:
+            self._cache[grant.cache_key] = seed
 
     def current(self) -> Token | None:
         """The cached token if it may still be injected."""
@@ -70,6 +79,8 @@ class TokenManager:
         now = self._clock()
         token = self.current()
         task = self._in_flight()
+        if self._backoff_until > now and self._grant.has_news():
+            self._backoff_until = 0.0  # e.g. a new `fwproxy login`: no need to wait it out
         decision = decide(token, now, task is not None, self._backoff_until)
         if decision is Decision.USE_AND_RENEW:
             self._start(renewal=True)

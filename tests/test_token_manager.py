@@ -39,6 +39,12 @@ class FakeGrant:
         self.gate: asyncio.Event | None = None
         self.fail_with: Exception | None = None
 
+    def stored(self) -> Token | None:
+        return None
+
+    def has_news(self) -> bool:
+        return False
+
     async def fetch(self) -> Token:
         self.calls += 1
         if self.gate is not None:
