@@ -24,3 +24,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# Build the Dockerfile with buildah (no Docker engine needed) and check the image. Root.
+.PHONY: image-test
+image-test:
+	bash scripts/image-test.sh

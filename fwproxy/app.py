@@ -81,10 +81,11 @@ async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def _guard_status(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The status pages are for the same clients as the proxy: allow_from and Host apply."""
+    """The status pages are for the same clients as the proxy, and for the machine itself:
+    allow_from (loopback always passes) and Host apply."""
     prefix = request.app[SETTINGS].status.prefix
     if request.path == prefix or request.path.startswith(prefix + "/"):
-        refusal = request.app[PROXY].guard.admit_client(request)
+        refusal = request.app[PROXY].guard.admit_client(request, loopback=True)
         if refusal is not None:
             return refusal
     return await handler(request)

@@ -20,7 +20,7 @@ from .access import (
     refuse_cross_site,
     refuse_host,
 )
-from .config import Settings
+from .config import LOOPBACK_NETWORKS, Settings
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
 from .upstream import error_response
@@ -48,10 +48,15 @@ class Guard:
         path = settings.access.api_keys_file
         self._keys = KeyStore(path) if path is not None else None
 
-    def admit_client(self, request: web.Request) -> web.Response | None:
-        """The checks that apply to every path, the status pages included."""
+    def admit_client(
+        self, request: web.Request, loopback: bool = False
+    ) -> web.Response | None:
+        """The checks that apply to every path, the status pages included. `loopback`: the
+        machine itself is always allowed (a container's HEALTHCHECK, a local scraper)."""
         access = self._access
-        if not client_allowed(request.remote, access.allow_from):
+        if loopback and client_allowed(request.remote, LOOPBACK_NETWORKS):
+            pass
+        elif not client_allowed(request.remote, access.allow_from):
             return error_response(403, "forbidden",
                                   f"client address {request.remote} is not in access.allow_from")
         headers = request.headers

@@ -136,11 +136,17 @@ async def test_status_page_lists_recent_errors(make_proxy: ProxyFactory) -> None
     assert "invalid_client" in page
 
 
-async def test_status_pages_obey_allow_from(make_proxy: ProxyFactory) -> None:
+async def test_status_pages_obey_allow_from_but_serve_the_machine_itself(
+    make_proxy: ProxyFactory,
+) -> None:
     client = await make_proxy(access={"allow_from": ["10.0.0.0/8"]})
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 403  # the proxy itself: loopback is not in allow_from
     for path in ("/_fwproxy/health", "/_fwproxy/metrics", "/_fwproxy/"):
         async with client.get(path) as resp:
-            assert resp.status == 403, path
+            assert resp.status == 200, path  # a container HEALTHCHECK comes from loopback
+        async with client.get(path, headers={"Host": "evil.example"}) as resp:
+            assert resp.status == 403, path  # Host still applies
 
 
 async def test_status_prefix_is_configurable(
