@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .config import Settings
+from .exceptions import ConfigError
 from .log import REDACT, quiet_malformed_requests
-from .oauth import ClientCredentialsGrant
+from .oauth import make_grant
 from .observe import Observer, StatusInfo
 from .proxy import Proxy
-from .token_manager import TokenManager
+from .store import TokenStore
+from .token_manager import Grant, TokenManager
 from .upstream import create_session
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
-GRANT = web.AppKey("grant", ClientCredentialsGrant)
+GRANT = web.AppKey("grant", Grant)
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -40,7 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_upstream)
     observer = Observer(settings.status.prefix, StatusInfo(
         tenant=str(settings.tenant.url), grant=settings.auth.grant_type,
-        client_id=settings.auth.client_id, acting_as="the application (tenant administrator)",
+        client_id=settings.auth.client_id, acting_as=_acting_as(settings),
     ))
     app[OBSERVER] = observer
     if settings.status.enabled:
@@ -50,6 +52,25 @@ def create_app(settings: Settings) -> web.Application:
 
 
 RESTART_SECTIONS = ("listen", "tenant", "status")
+
+
+def _acting_as(settings: Settings) -> Callable[[], str]:
+    """Who the proxy acts as, for the status page (read when the page is shown)."""
+    if not settings.auth.user_context:
+        return lambda: "the application itself (client credentials: tenant administrator)"
+    assert settings.auth.token_store is not None
+    store = TokenStore(settings.auth.token_store)
+
+    def user() -> str:
+        try:
+            saved = store.load()
+        except ConfigError as exc:
+            return f"nobody: {exc}"
+        if saved is None:
+            return "nobody yet: run fwproxy login"
+        return f"{saved.user or 'an unknown user'} (fwproxy login)"
+
+    return user
 
 
 def reconfigure(app: web.Application, settings: Settings) -> list[str]:
@@ -94,7 +115,7 @@ async def _guard_status(request: web.Request, handler: Handler) -> web.StreamRes
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_session(settings.tenant)
-    grant = ClientCredentialsGrant(session, settings.auth)
+    grant = make_grant(session, settings.auth)
     tokens = TokenManager(grant)
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics)

@@ -1,4 +1,4 @@
-"""Command line: ``fwproxy run|check|token|health|key|demo``.
+"""Command line: ``fwproxy run|check|token|health|login|logout|key|demo``.
 
 Exit 0 ok, 1 failed, 2 configuration or usage error (one line naming the key).
 """
@@ -25,8 +25,10 @@ from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant
 from .exceptions import ConfigError, TokenError
 from .keys import add_key, load_keys, remove_key
 from .log import setup_logging
-from .oauth import ClientCredentialsGrant, read_limited
+from .login import login
+from .oauth import make_grant, read_limited
 from .server import serve
+from .store import TokenStore
 from .upstream import create_session, translate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -50,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "health", parents=[common], help="exit 0 when the running proxy answers its health check"
     )
+    login = commands.add_parser(
+        "login", parents=[common], help="log in as a FotoWeb user (grant_type: authorization_code)"
+    )
+    login.add_argument("--no-browser", action="store_true",
+                       help="only print the URL (for SSH sessions)")
+    login.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="give up when no login comes back within this long (default 300)")
+    commands.add_parser("logout", parents=[common], help="remove the stored user session")
     demo = commands.add_parser(
         "demo", parents=[common], help="run the proxy in front of a built-in simulated tenant"
     )
@@ -82,7 +92,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     if args.command == "health":
         return health(settings)
+    if args.command in ("login", "logout") and not settings.auth.user_context:
+        print("fwproxy: configuration error: auth.grant_type: login needs "
+              "authorization_code (a client-credentials app has no user)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "logout":
+        assert settings.auth.token_store is not None
+        removed = TokenStore(settings.auth.token_store).remove()
+        print("logged out" if removed else "there was no stored session")
+        return EXIT_OK
     setup_logging(settings.log.level, settings.log.format)
+    if args.command == "login":
+        outcome = asyncio.run(login(settings, open_browser=not args.no_browser,
+                                    timeout=args.timeout,
+                                    say=lambda line: print(line, flush=True)))
+        print(outcome.message if outcome.ok else f"fwproxy: {outcome.message}",
+              file=sys.stdout if outcome.ok else sys.stderr)
+        return EXIT_OK if outcome.ok else EXIT_FAILED
     try:
         if args.command == "run":
             return asyncio.run(serve(
@@ -144,7 +170,9 @@ def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> str:
-    token = await ClientCredentialsGrant(session, settings.auth).fetch()
+    """A valid token: a stored one if the grant keeps any (user context), else a new one."""
+    grant = make_grant(session, settings.auth)
+    token = grant.stored() or await grant.fetch()
     return token.value
 
 
@@ -189,7 +217,7 @@ async def check(settings: Settings) -> int:
     if status != 200:
         print(f"/fotoweb/me  FAILED: HTTP {status}")
         return EXIT_FAILED
-    print(f"/fotoweb/me  ok: {_user_name(body)}")
+    print(f"/fotoweb/me  ok: acting as {_user_name(body)}")
     return EXIT_OK
 
 

@@ -20,6 +20,19 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .demo_login import (
+    DEMO_PASSWORD,
+    DEMO_USER,
+    LOGIN_PATHS,
+    InteractiveApp,
+    PendingCode,
+    add_login_routes,
+    default_apps,
+    exchange_code,
+    oauth_error,
+    refresh,
+)
+
 TOKEN_PATH = "/fotoweb/oauth2/token"
 DEMO_CLIENT_ID = "fwproxy-demo"
 DEMO_CLIENT_SECRET = "demo-secret-not-for-production"
@@ -50,14 +63,29 @@ class TenantState:
     token_headers: list[dict[str, str]] = field(default_factory=list)
     seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=1000))
     upload_sizes: list[int] = field(default_factory=list)
+    # the interactive side (seed 003): see demo_login.py
+    users: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: {DEMO_USER: (DEMO_PASSWORD, "Alice Liddell")}
+    )
+    apps: dict[str, InteractiveApp] = field(default_factory=default_apps)
+    token_users: dict[str, str] = field(default_factory=dict)  # access token -> user
+    refresh_tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> client, user
+    rotate_refresh_tokens: bool = True
+    codes: dict[str, PendingCode] = field(default_factory=dict)
+    pending: dict[str, dict[str, str]] = field(default_factory=dict)  # login in progress
 
-    def issue(self) -> tuple[str, float]:
+    def issue(self, user: str | None = None) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)
         self.tokens[token] = time.monotonic() + self.token_lifetime
+        if user is not None:
+            self.token_users[token] = user
         return token, self.token_lifetime
 
     def revoke_all(self) -> None:
         self.tokens.clear()
+
+    def revoke_refresh_tokens(self) -> None:
+        self.refresh_tokens.clear()
 
     def valid(self, token: str | None) -> bool:
         expiry = self.tokens.get(token or "")
@@ -72,6 +100,7 @@ def create_tenant_app(state: TenantState | None = None) -> web.Application:
     app = web.Application(middlewares=[_record, _authenticate])
     app[TENANT] = state or TenantState()
     app.router.add_post(TOKEN_PATH, token_endpoint)
+    add_login_routes(app, app[TENANT])
     app.router.add_get("/fotoweb/", api_descriptor)
     app.router.add_get("/fotoweb/me", me)
     app.router.add_get("/fotoweb/archives/", archives)
@@ -85,14 +114,6 @@ def create_tenant_app(state: TenantState | None = None) -> web.Application:
     return app
 
 
-def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    return web.json_response(
-        {"error": error, "error_description": description},
-        status=status,
-        headers={"Cache-Control": "no-store"},
-    )
-
-
 async def token_endpoint(request: web.Request) -> web.Response:
     """POST /fotoweb/oauth2/token as seed 002 describes it."""
     state = request.app[TENANT]
@@ -102,16 +123,21 @@ async def token_endpoint(request: web.Request) -> web.Response:
         status, content_type, body = state.token_endpoint_fault
         return web.Response(status=status, body=body, content_type=content_type)
     if request.content_type != "application/x-www-form-urlencoded":
-        return _oauth_error(400, "invalid_request", "expected application/x-www-form-urlencoded")
+        return oauth_error(400, "invalid_request", "expected application/x-www-form-urlencoded")
     form = {key: str(value) for key, value in (await request.post()).items()}
     state.token_forms.append(form)
-    if form.get("grant_type") != "client_credentials":
-        return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+    grant = form.get("grant_type")
+    if grant == "authorization_code":
+        return exchange_code(state, form)
+    if grant == "refresh_token":
+        return refresh(state, form)
+    if grant != "client_credentials":
+        return oauth_error(400, "unsupported_grant_type", f"unknown grant_type {grant!r}")
     expected = state.clients.get(form.get("client_id", ""))
     if expected is None or not hmac.compare_digest(
         expected.encode(), form.get("client_secret", "").encode()
     ):
-        return _oauth_error(401, "invalid_client", "Client authentication failed")
+        return oauth_error(401, "invalid_client", "Client authentication failed")
     token, lifetime = state.issue()
     return web.json_response(
         {"access_token": token, "token_type": "bearer", "expires_in": int(lifetime)},
@@ -134,7 +160,7 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every API resource wants a valid bearer token, in the header or the query."""
-    if request.path == TOKEN_PATH:
+    if request.path == TOKEN_PATH or request.path in LOGIN_PATHS:
         return await handler(request)
     state = request.app[TENANT]
     token = request.query.get("access_token")
@@ -159,6 +185,15 @@ async def api_descriptor(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
+    state = request.app[TENANT]
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else (
+        request.query.get("access_token", "")
+    )
+    user = state.token_users.get(token)
+    if user is not None:
+        return web.json_response({"userName": user, "fullName": state.users[user][1],
+                                  "isGuest": False})
     return web.json_response({
         "userName": "demo-app",
         "fullName": "fwproxy demo application (client credentials)",

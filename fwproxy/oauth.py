@@ -18,6 +18,7 @@ from .exceptions import (
     TokenResponseInvalid,
 )
 from .store import StoredSession, TokenStore
+from .token_manager import Grant
 from .tokens import (
     TOKEN_REQUEST_HEADERS,
     Token,
@@ -30,6 +31,14 @@ from .tokens import (
 
 MAX_TOKEN_RESPONSE = 64 * 1024  # a token answer is a few hundred bytes; refuse a flood
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+def make_grant(session: aiohttp.ClientSession, auth: AuthConfig) -> Grant:
+    """The grant the configuration asks for."""
+    if auth.user_context:
+        assert auth.token_store is not None
+        return RefreshTokenGrant(session, auth, TokenStore(auth.token_store))
+    return ClientCredentialsGrant(session, auth)
 
 
 class ClientCredentialsGrant:

@@ -12,7 +12,7 @@ import asyncio
 import html
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -122,7 +122,7 @@ class StatusInfo:
     tenant: str
     grant: str
     client_id: str
-    acting_as: str
+    acting_as: Callable[[], str]
 
 
 class Observer:
@@ -208,7 +208,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <table>
 <tr><td>tenant</td><td id="tenant">{html.escape(info.tenant)}</td></tr>
 <tr><td>grant</td><td>{html.escape(info.grant)} (client {html.escape(info.client_id)})</td></tr>
-<tr><td>acting as</td><td>{html.escape(info.acting_as)}</td></tr>
+<tr><td>acting as</td><td id="acting">{html.escape(info.acting_as())}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>

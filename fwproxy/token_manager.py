@@ -12,6 +12,7 @@ from typing import Protocol
 
 from cachetools import TLRUCache
 
+from .config import AuthConfig
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
 from .log import REDACT
 from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds, should_drop
@@ -33,6 +34,9 @@ class Grant(Protocol):
 
     def has_news(self) -> bool:
         """Something changed that may fix the last failure (a new login): retry now."""
+
+    def update(self, auth: AuthConfig) -> None:
+        """New settings from a reload."""
 
     async def fetch(self) -> Token: ...
 
