@@ -571,7 +571,7 @@ def _redirect_uri(text: str | None) -> str:
         url = URL(text)
     except ValueError:
         raise ConfigError(key, f"not a URL: {text!r}") from None
-    if url.scheme != "http" or not url.host or not is_loopback(url.host) or not url.port:
+    if url.scheme != "http" or not url.host or not is_loopback(url.host) or not url.explicit_port:
         raise ConfigError(key, f"must be http://127.0.0.1:PORT/path (loopback), got {text!r}")
     return text
 
