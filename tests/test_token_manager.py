@@ -45,6 +45,9 @@ class FakeGrant:
     def has_news(self) -> bool:
         return False
 
+    def update(self, auth: Any) -> None:
+        raise AssertionError("not reloaded in these tests")
+
     async def fetch(self) -> Token:
         self.calls += 1
         if self.gate is not None:
