@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -28,8 +29,20 @@ log = logging.getLogger("fwproxy")
 Reloader = Callable[[], Settings]
 
 
+def raise_fd_limit() -> int:
+    """A proxy holds two fds per proxied connection: take all the fds we are allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            return wanted
+    return soft
+
+
 async def serve(settings: Settings, reload: Reloader | None = None) -> int:
     """Run until SIGTERM or SIGINT; `reload` re-reads the config on SIGHUP."""
+    raise_fd_limit()
     app = create_app(settings)
     runner = web.AppRunner(
         app,
