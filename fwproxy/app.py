@@ -33,6 +33,9 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={
             "max_line_size": MAX_REQUEST_LINE,
             "max_field_size": settings.limits.max_header_bytes or 1024 * 1024,
+            # idle keep-alive connections, and requests whose headers never finish
+            # (slowloris), are closed after this long
+            "keepalive_timeout": settings.limits.client_idle_timeout,
         },
     )
     app[SETTINGS] = settings

@@ -8,6 +8,7 @@ Authorization header like a badly configured NGINX (seed 001), revoke tokens, re
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import hmac
@@ -57,6 +58,7 @@ class TenantState:
     token_lifetime: float = 3600
     strip_authorization: bool = False  # play the NGINX of seed 001
     token_endpoint_fault: tuple[int, str, bytes] | None = None  # (status, type, body)
+    token_endpoint_gate: asyncio.Event | None = None  # while set and not open: a slow endpoint
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     token_requests: int = 0
     token_forms: list[dict[str, str]] = field(default_factory=list)
@@ -117,6 +119,8 @@ def create_tenant_app(state: TenantState | None = None) -> web.Application:
 async def token_endpoint(request: web.Request) -> web.Response:
     """POST /fotoweb/oauth2/token as seed 002 describes it."""
     state = request.app[TENANT]
+    if state.token_endpoint_gate is not None:
+        await state.token_endpoint_gate.wait()
     state.token_requests += 1
     state.token_headers.append(dict(request.headers))
     if state.token_endpoint_fault is not None:

@@ -11,8 +11,9 @@ Theory of operation
    (``client_authorization: keep``) and gets no token and no replay.
 3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
-   renews once), get a fresh one, replay from the copy. If the fresh token is refused too
-   and placement is ``auto``, probe once with the query placement and remember what worked.
+   renews once; and not when it was itself issued for a 401 moments ago), get the current
+   one, replay from the copy. If a freshly issued token is refused too and placement is
+   ``auto``, probe once with the query placement and remember it if the probe succeeds.
    403 never renews. A body too large to keep gets its 401 passed back.
 5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
@@ -199,12 +200,13 @@ class Proxy:
         if body is not None and not body.replayable:
             return resp  # too large to replay: the client sees the 401
         fresh = await self._tokens.get()
-        if fresh is not token:  # the same token again (kept by should_drop): no replay
-            resp.release()
-            token = fresh
-            note.replays += 1
-            self.replays += 1
-            resp = await self._send(method, path, query, headers, body, token, placement)
+        resp.release()
+        note.replays += 1
+        self.replays += 1
+        resp = await self._send(method, path, query, headers, body, fresh, placement)
+        if fresh is token:  # kept by should_drop: a flaky 401, not a header-stripping proxy
+            return resp
+        token = fresh
         if resp.status != 401 or not self._probe_query or placement == "query":
             return resp
         if body is not None and not body.replayable:

@@ -49,7 +49,6 @@ async def serve(settings: Settings, reload: Reloader | None = None) -> int:
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=settings.listen.shutdown_timeout,
-        keepalive_timeout=settings.limits.client_idle_timeout,
     )
     await runner.setup()
     notifier = Notifier()
