@@ -19,7 +19,7 @@ def fds_of(pid: int) -> int:
 
 
 async def test_ten_thousand_idle_keepalive_connections(fwproxy: FwproxyProcess) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < CONNECTIONS + 1000:
         pytest.skip(f"this machine allows {hard} open files; the test needs {CONNECTIONS}+")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
