@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -10,7 +11,7 @@ from aiohttp.typedefs import Handler
 from .config import Settings
 from .exceptions import ConfigError
 from .log import REDACT, quiet_malformed_requests
-from .oauth import make_grant
+from .oauth import SharedGrant, make_grant
 from .observe import Observer, StatusInfo
 from .proxy import Proxy
 from .store import TokenStore
@@ -22,12 +23,16 @@ TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
 GRANT = web.AppKey("grant", Grant)
+SHARED_TOKEN = web.AppKey("shared_token", Path)
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the proxy application. The upstream session lives in `cleanup_ctx`."""
+def create_app(settings: Settings, shared_token: Path | None = None) -> web.Application:
+    """Build the proxy application. The upstream session lives in `cleanup_ctx`.
+
+    `shared_token`: a file through which worker processes share one token (workers.py).
+    """
     app = web.Application(
         middlewares=[_unrouted_to_proxy, _guard_status],
         handler_args={
@@ -39,6 +44,8 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    if shared_token is not None:
+        app[SHARED_TOKEN] = shared_token
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     quiet_malformed_requests()
@@ -119,6 +126,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_session(settings.tenant)
     grant = make_grant(session, settings.auth)
+    shared = app.get(SHARED_TOKEN)
+    if shared is not None and not settings.auth.user_context:  # a user's store is shared
+        grant = SharedGrant(grant, shared, settings.auth.refresh_margin)
     tokens = TokenManager(grant)
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics)

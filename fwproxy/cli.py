@@ -30,6 +30,7 @@ from .oauth import make_grant, read_limited
 from .server import serve
 from .store import TokenStore
 from .upstream import create_session, translate
+from .workers import run_workers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -111,9 +112,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_OK if outcome.ok else EXIT_FAILED
     try:
         if args.command == "run":
-            return asyncio.run(serve(
-                settings, reload=lambda: _with_level(load_config(path, environ), args.log_level)
-            ))
+            def reload() -> Settings:
+                return _with_level(load_config(path, environ), args.log_level)
+
+            if settings.listen.workers > 1:
+                return run_workers(settings, reload)
+            return asyncio.run(serve(settings, reload=reload))
         return asyncio.run(check(settings) if args.command == "check" else token(settings))
     except KeyboardInterrupt:
         return EXIT_OK

@@ -73,6 +73,7 @@ class ListenConfig:
     port: int = 8080
     unix_socket: Path | None = None
     shutdown_timeout: float = 30.0
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,16 @@ def parse_networks(value: object, key: str) -> tuple[IPv4Network | IPv6Network, 
         raise ConfigError(key, f"not a network: {exc}") from None
 
 
+def parse_workers(value: object, key: str) -> int:
+    """A number of processes, or ``auto``: one per CPU."""
+    if str(value).strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    count = parse_count(value, key)
+    if not 1 <= count <= 256:
+        raise ConfigError(key, f"expected 1 to 256 or auto, got {value!r}")
+    return count
+
+
 def parse_count(value: object, key: str) -> int:
     try:
         number = int(str(value))
@@ -328,6 +339,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "port": parse_port,
         "unix_socket": parse_optional_path,
         "shutdown_timeout": parse_duration,
+        "workers": parse_workers,
     },
     "tenant": {
         "url": parse_str,
@@ -424,6 +436,8 @@ def parse_config(
     """Validate an already-parsed mapping; `environ` supplies the overrides."""
     values = _merge(raw, environ)
     listen = ListenConfig(**values["listen"])
+    if listen.workers > 1 and listen.unix_socket is not None:
+        raise ConfigError("listen.unix_socket", "cannot be combined with listen.workers > 1")
     tenant = _tenant(values["tenant"])
     auth = _auth(values["auth"], tenant, environ)
     log = LogConfig(**values["log"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
 
 import aiohttp
 from yarl import URL
@@ -178,6 +179,74 @@ class RefreshTokenGrant:
     def _refused(self, why: str) -> LoginRequired:
         self._failed_at = self._store.mtime()
         return LoginRequired(why)
+
+
+class SharedGrant:
+    """One token for several worker processes: whoever needs a new token first fetches it,
+    under a lock, and leaves it in a file (0600, in a private 0700 directory the supervisor
+    made and removes) where the other workers pick it up instead of asking again."""
+
+    def __init__(
+        self,
+        inner: Grant,
+        path: Path,
+        refresh_margin: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._inner = inner
+        self._path = path
+        self._clock = clock
+        self._wall = wall
+        self._handed_out: str | None = None
+        self._margin = refresh_margin
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def cache_key(self) -> Hashable:
+        return self._inner.cache_key
+
+    def update(self, auth: AuthConfig) -> None:
+        self._margin = auth.refresh_margin
+        self._inner.update(auth)
+
+    def has_news(self) -> bool:
+        return self._inner.has_news()
+
+    def stored(self) -> Token | None:
+        token = self._read() or self._inner.stored()
+        self._handed_out = token.value if token is not None else None
+        return token
+
+    async def fetch(self) -> Token:
+        async with TokenStore(self._path).locked():
+            theirs = self._read()
+            if theirs is not None and theirs.value != self._handed_out:
+                self._handed_out = theirs.value
+                return theirs  # another worker renewed while we waited for the lock
+            token = await self._inner.fetch()
+            TokenStore(self._path).save(StoredSession(
+                refresh_token="", access_token=token.value,
+                expires_at=self._wall() + token.lifetime,
+            ))
+            self._handed_out = token.value
+            return token
+
+    def _read(self) -> Token | None:
+        try:
+            saved = TokenStore(self._path).load()
+        except ConfigError:
+            return None
+        if saved is None or saved.access_token is None or saved.expires_at is None:
+            return None
+        left = saved.expires_at - self._wall()
+        if left <= 0:
+            return None
+        token = make_token(saved.access_token, left, self._clock(), self._margin)
+        return token if token.usable(self._clock()) else None
 
 
 async def post_token_request(

@@ -14,8 +14,11 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -40,10 +43,22 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(settings: Settings, reload: Reloader | None = None) -> int:
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker process (workers.py) gets from its supervisor."""
+
+    index: int
+    sock: socket.socket  # its listening socket, in the port's SO_REUSEPORT group
+    shared_token: Path
+    ready_fd: int  # one byte written here once listening
+
+
+async def serve(
+    settings: Settings, reload: Reloader | None = None, worker: WorkerRole | None = None
+) -> int:
     """Run until SIGTERM or SIGINT; `reload` re-reads the config on SIGHUP."""
     raise_fd_limit()
-    app = create_app(settings)
+    app = create_app(settings, worker.shared_token if worker else None)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -51,16 +66,20 @@ async def serve(settings: Settings, reload: Reloader | None = None) -> int:
         shutdown_timeout=settings.listen.shutdown_timeout,
     )
     await runner.setup()
-    notifier = Notifier()
+    notifier = Notifier({} if worker else None)  # a worker's supervisor talks to systemd
     try:
         try:
-            await _start_sites(runner, settings)
+            await _start_sites(runner, settings, worker)
         except OSError as exc:
             print(f"fwproxy: cannot listen: {exc}", file=sys.stderr)
             return 1
-        for address in runner.addresses:
-            log.info("listening on %s -> %s (%s)", _describe(address), settings.tenant.url,
-                     settings.source)
+        if worker is None:
+            for address in runner.addresses:
+                log.info("listening on %s -> %s (%s)", _describe(address),
+                         settings.tenant.url, settings.source)
+        else:
+            log.info("worker %d serving", worker.index)
+            os.write(worker.ready_fd, b"r")
         loop = asyncio.get_running_loop()
         background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
         notifier.notify("READY=1\nSTATUS=serving")
@@ -83,7 +102,12 @@ async def serve(settings: Settings, reload: Reloader | None = None) -> int:
     return 0
 
 
-async def _start_sites(runner: web.AppRunner, settings: Settings) -> None:
+async def _start_sites(
+    runner: web.AppRunner, settings: Settings, worker: WorkerRole | None
+) -> None:
+    if worker is not None:  # the supervisor bound the port
+        await web.SockSite(runner, worker.sock).start()
+        return
     inherited = listen_fds()
     for sock in inherited:  # socket activation: systemd bound them
         await web.SockSite(runner, sock).start()

@@ -1,0 +1,51 @@
+"""`listen.workers: 2`: two processes on one port, one token between them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fwproxy.demo import TenantState
+
+from .conftest import StartProxy, curl, curl_many, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
+    return [int(part) for part in text.split()]
+
+
+async def test_workers_share_one_token_and_survive_a_lost_worker(
+    start_proxy: StartProxy, tenant_state: TenantState
+) -> None:
+    proxy = await start_proxy({"listen": {"workers": 2}})
+    await wait_until(lambda: len(children(proxy.pid)) == 2, "two workers")
+    statuses = await curl_many([proxy.url("/fotoweb/me")] * 200, 50)
+    assert statuses == ["200"] * 200
+    assert tenant_state.token_requests == 1  # one token for both workers
+
+    tenant_state.revoke_all()  # a 401 storm reaches both workers
+    statuses = await curl_many([proxy.url("/fotoweb/me")] * 200, 50)
+    assert statuses == ["200"] * 200
+    assert tenant_state.token_requests == 2  # one renewal for the whole proxy
+
+    seen_by = {seen.headers["x-forwarded-for"][0] for seen in tenant_state.seen}
+    assert seen_by == {"127.0.0.1"}
+    victim = children(proxy.pid)[0]
+    os.kill(victim, signal.SIGKILL)  # a worker dies ...
+    await proxy.wait_for_line(f"worker 0 (pid {victim}) died")
+    await wait_until(lambda: len(children(proxy.pid)) == 2 and victim not in
+                     children(proxy.pid), "a replacement worker")
+    for _ in range(20):  # ... and the port keeps answering
+        assert '"demo-app"' in (await curl(proxy.url("/fotoweb/me"))).text
+
+    os.kill(proxy.pid, signal.SIGHUP)  # reload reaches every worker
+    await wait_until(lambda: proxy.log_count("reloaded") >= 2, "both workers reloaded")
+    assert await asyncio.wait_for(proxy.stop(), 60) == 0
+    assert "stopped" in proxy.log_text()
