@@ -24,10 +24,10 @@ from .tokens import (
     TOKEN_REQUEST_HEADERS,
     Token,
     client_credentials_form,
-    make_token,
     parse_retry_after,
     parse_token_response,
     refresh_token_form,
+    stored_token,
 )
 
 MAX_TOKEN_RESPONSE = 64 * 1024  # a token answer is a few hundred bytes; refuse a flood
@@ -168,13 +168,7 @@ class RefreshTokenGrant:
             return token
 
     def _usable(self, saved: StoredSession | None) -> Token | None:
-        if saved is None or saved.access_token is None or saved.expires_at is None:
-            return None
-        left = saved.expires_at - self._wall()
-        if left <= 0:
-            return None
-        token = make_token(saved.access_token, left, self._clock(), self._auth.refresh_margin)
-        return token if token.usable(self._clock()) else None
+        return stored_token(saved, self._wall(), self._clock(), self._auth.refresh_margin)
 
     def _refused(self, why: str) -> LoginRequired:
         self._failed_at = self._store.mtime()
@@ -240,13 +234,7 @@ class SharedGrant:
             saved = TokenStore(self._path).load()
         except ConfigError:
             return None
-        if saved is None or saved.access_token is None or saved.expires_at is None:
-            return None
-        left = saved.expires_at - self._wall()
-        if left <= 0:
-            return None
-        token = make_token(saved.access_token, left, self._clock(), self._margin)
-        return token if token.usable(self._clock()) else None
+        return stored_token(saved, self._wall(), self._clock(), self._margin)
 
 
 async def post_token_request(

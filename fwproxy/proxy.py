@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -153,8 +154,8 @@ class Proxy:
                 limit=self._settings.limits.max_body,
             )
         try:
-            upstream = await self._exchange(request.method, path, query, headers, body, note,
-                                            own_token)
+            out = Outgoing(request.method, path, query, headers, body)
+            upstream = await self._exchange(out, note, own_token)
         except NoTokenAvailable as exc:
             return note.answer(error_response(
                 503, "no_token", str(exc),
@@ -175,60 +176,44 @@ class Proxy:
         finally:
             upstream.release()
 
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: CIMultiDict[str],
-        body: BodyTee | None,
-        note: Note,
-        own_token: bool,
-    ) -> aiohttp.ClientResponse:
+    async def _exchange(self, out: Outgoing, note: Note, own_token: bool
+                        ) -> aiohttp.ClientResponse:
         """Send, and on a 401 to our own token renew and replay (theory, step 4)."""
         if not own_token:
-            return await self._send(method, path, query, headers, body, None, "header")
+            return await self._send(out, None, "header")
         token = await self._tokens.get()
         placement = self.placement
         note.placement = placement
         sent = time.monotonic()
-        resp = await self._send(method, path, query, headers, body, token, placement)
+        resp = await self._send(out, token, placement)
         note.upstream_seconds = time.monotonic() - sent
         if resp.status != 401:
             return resp
         self._tokens.invalidate(token)
-        if body is not None and not body.replayable:
+        if not out.replayable:
             return resp  # too large to replay: the client sees the 401
         fresh = await self._tokens.get()
         resp.release()
         note.replays += 1
         self.replays += 1
-        resp = await self._send(method, path, query, headers, body, fresh, placement)
+        resp = await self._send(out, fresh, placement)
         if fresh is token:  # kept by should_drop: a flaky 401, not a header-stripping proxy
             return resp
-        token = fresh
         if resp.status != 401 or not self._probe_query or placement == "query":
             return resp
-        if body is not None and not body.replayable:
+        if not out.replayable:
             return resp
         resp.release()
         note.replays += 1
         note.placement = "query"
-        probe = await self._send(method, path, query, headers, body, token, "query")
+        probe = await self._send(out, fresh, "query")
         if 200 <= probe.status < 400:  # a 404 or 414 proves nothing about the header
             self._learn_query_placement()
         return probe
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: CIMultiDict[str],
-        body: BodyTee | None,
-        token: Token | None,
-        placement: str,
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, out: Outgoing, token: Token | None, placement: str
+                    ) -> aiohttp.ClientResponse:
+        query, headers = out.query, out.headers
         if token is not None and placement == "query":
             query = add_param(without_param(query, "access_token"), "access_token", token.value)
             headers = headers.copy()
@@ -240,21 +225,21 @@ class Proxy:
             scheme=self._tenant.scheme,
             host=self._tenant.raw_host or "",
             port=self._tenant.explicit_port,
-            path=path,
+            path=out.path,
             query_string=query,
             encoded=True,
         )
         sending = self._session.request(
-            method,
+            out.method,
             url,
             headers=headers,
-            data=body.chunks() if body is not None else None,
+            data=out.body.chunks() if out.body is not None else None,
             allow_redirects=False,
         )
         with map_upstream_errors():
-            if body is None:
+            if out.body is None:
                 return await sending
-            return await self._upload_watchdog(asyncio.ensure_future(sending), body)
+            return await self._upload_watchdog(asyncio.ensure_future(sending), out.body)
 
     async def _upload_watchdog(
         self, sending: asyncio.Future[aiohttp.ClientResponse], body: BodyTee
@@ -346,6 +331,21 @@ class Proxy:
             note.replays,
             f" error={note.error}" if note.error else "",
         )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The request as it goes upstream, before the token is added."""
+
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body: BodyTee | None
+
+    @property
+    def replayable(self) -> bool:
+        return self.body is None or self.body.replayable
 
 
 class Note:

@@ -32,9 +32,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from .exceptions import TokenEndpointError, TokenError, TokenResponseInvalid
+
+if TYPE_CHECKING:
+    from .store import StoredSession
 
 DEFAULT_LIFETIME = 300.0  # when the endpoint omits expires_in: assume short, rely on 401 replay
 MAX_LIFETIME = 86400.0  # a token claiming to live longer is renewed daily anyway
@@ -88,6 +92,20 @@ def make_token(
         stale_at=expires_at - margin,
         refresh_token=refresh_token,
     )
+
+
+def stored_token(
+    saved: StoredSession | None, wall_now: float, now: float, refresh_margin: float
+) -> Token | None:
+    """A persisted access token (expiry on the wall clock) back on the monotonic clock,
+    if it may still be used."""
+    if saved is None or saved.access_token is None or saved.expires_at is None:
+        return None
+    left = saved.expires_at - wall_now
+    if left <= 0:
+        return None
+    token = make_token(saved.access_token, left, now, refresh_margin)
+    return token if token.usable(now) else None
 
 
 class Decision(enum.Enum):

@@ -207,3 +207,17 @@ def test_a_token_issued_after_a_401_is_not_dropped_again_at_once() -> None:
                            issued_after_rejection=True)
     assert should_drop(answer, answer, now=100.0 + REJECTION_COOLDOWN,
                        issued_after_rejection=True)
+
+
+def test_stored_token_moves_from_wall_clock_to_monotonic() -> None:
+    from fwproxy.store import StoredSession
+    from fwproxy.tokens import stored_token
+
+    saved = StoredSession("rt", "at", expires_at=1_000_100.0)
+    token = stored_token(saved, wall_now=1_000_000.0, now=5.0, refresh_margin=10)
+    assert token is not None
+    assert token.value == "at"
+    assert token.expires_at == 105.0
+    assert stored_token(saved, wall_now=1_000_095.0, now=5.0, refresh_margin=10) is None
+    assert stored_token(StoredSession("rt"), 0.0, 0.0, 10) is None
+    assert stored_token(None, 0.0, 0.0, 10) is None
