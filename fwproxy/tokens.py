@@ -97,15 +97,17 @@ def make_token(
 def stored_token(
     saved: StoredSession | None, wall_now: float, now: float, refresh_margin: float
 ) -> Token | None:
-    """A persisted access token (expiry on the wall clock) back on the monotonic clock,
-    if it may still be used."""
+    """A persisted access token (expiry on the wall clock) back on the monotonic clock, if
+    it is not yet inside its last `refresh_margin` seconds (its lifetime is unknown here,
+    so the margin is not shortened for short lifetimes: such a token is simply renewed)."""
     if saved is None or saved.access_token is None or saved.expires_at is None:
         return None
     left = saved.expires_at - wall_now
-    if left <= 0:
+    if left <= refresh_margin:
         return None
-    token = make_token(saved.access_token, left, now, refresh_margin)
-    return token if token.usable(now) else None
+    expires_at = now + left
+    return Token(value=saved.access_token, obtained_at=now, expires_at=expires_at,
+                 renew_at=expires_at - 2 * refresh_margin, stale_at=expires_at - refresh_margin)
 
 
 class Decision(enum.Enum):

@@ -218,6 +218,8 @@ def test_stored_token_moves_from_wall_clock_to_monotonic() -> None:
     assert token is not None
     assert token.value == "at"
     assert token.expires_at == 105.0
-    assert stored_token(saved, wall_now=1_000_095.0, now=5.0, refresh_margin=10) is None
+    assert token.stale_at == 95.0
+    # inside its last refresh_margin seconds: not used, renewed instead
+    assert stored_token(saved, wall_now=1_000_090.0, now=5.0, refresh_margin=10) is None
     assert stored_token(StoredSession("rt"), 0.0, 0.0, 10) is None
     assert stored_token(None, 0.0, 0.0, 10) is None
