@@ -266,18 +266,25 @@ async def curl(*args: str, timeout: float = CURL_TIMEOUT) -> CurlResult:
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=clean_env(),
     )
+    out, err = await complete(process, timeout, f"curl {' '.join(args)}")
+    assert process.returncode is not None
+    return CurlResult(process.returncode, out, err)
+
+
+async def complete(
+    process: asyncio.subprocess.Process, timeout: float, what: str
+) -> tuple[bytes, bytes]:
+    """Wait for a subprocess's output; a hang is a failure, and the process is killed."""
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        return await asyncio.wait_for(process.communicate(), timeout)
     except asyncio.TimeoutError:
         _kill(process.pid, signal.SIGKILL)
         await process.wait()
-        raise AssertionError(f"curl {' '.join(args)} hung for {timeout}s") from None
+        raise AssertionError(f"{what} hung for {timeout}s") from None
     except BaseException:
         _kill(process.pid, signal.SIGKILL)
         await process.wait()
         raise
-    assert process.returncode is not None
-    return CurlResult(process.returncode, out, err)
 
 
 async def curl_many(urls: Iterable[str], parallel: int, *args: str) -> list[str]:
@@ -329,16 +336,7 @@ async def run_fwproxy(
         env=clean_env(env),
         cwd=cwd,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        _kill(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise AssertionError(f"fwproxy {' '.join(args)} hung for {timeout}s") from None
-    except BaseException:
-        _kill(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
+    out, err = await complete(process, timeout, f"fwproxy {' '.join(args)}")
     assert process.returncode is not None
     return CommandResult(process.returncode, out.decode(), err.decode())
 
