@@ -34,7 +34,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     `shared_token`: a file through which worker processes share one token (workers.py).
     """
     app = web.Application(
-        middlewares=[_unrouted_to_proxy, _guard_status],
+        middlewares=[_unrouted_to_proxy],
         handler_args={
             "max_line_size": MAX_REQUEST_LINE,
             "max_field_size": settings.limits.max_header_bytes or 1024 * 1024,
@@ -56,7 +56,8 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     ))
     app[OBSERVER] = observer
     if settings.status.enabled:
-        app.router.add_routes(observer.routes())
+        for route in observer.routes():
+            app.router.add_get(route.path, _guarded(route.handler))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -110,16 +111,15 @@ async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-@web.middleware
-async def _guard_status(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The status pages are for the same clients as the proxy, and for the machine itself:
+def _guarded(handler: Handler) -> Handler:
+    """A status page is for the same clients as the proxy, and for the machine itself:
     allow_from (loopback always passes) and Host apply."""
-    prefix = request.app[SETTINGS].status.prefix
-    if request.path == prefix or request.path.startswith(prefix + "/"):
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
         refusal = request.app[PROXY].guard.admit_client(request, loopback=True)
-        if refusal is not None:
-            return refusal
-    return await handler(request)
+        return refusal if refusal is not None else await handler(request)
+
+    return guarded
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:

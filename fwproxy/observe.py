@@ -66,11 +66,16 @@ class Metrics:
         self.bytes_out = Counter("fwproxy_response_body_bytes", "Response body bytes relayed",
                                  registry=self.registry)
         self.errors: deque[Event] = deque(maxlen=20)
+        self._children: dict[tuple[str, int], Counter] = {}
 
     def observe(self, method: str, status: int, bytes_in: int, bytes_out: int,
                 upstream_seconds: float | None) -> None:
-        label = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(label, f"{status // 100}xx" if status else "none").inc()
+        key = (method if method in KNOWN_METHODS else "other", status // 100)
+        child = self._children.get(key)
+        if child is None:  # labels() costs a lock and a lookup: once per pair is enough
+            child = self._children[key] = self.requests.labels(
+                key[0], f"{key[1]}xx" if status else "none")
+        child.inc()
         self.bytes_in.inc(bytes_in)
         self.bytes_out.inc(bytes_out)
         if upstream_seconds is not None:
