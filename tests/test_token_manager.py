@@ -32,7 +32,7 @@ class FakeGrant:
     name = "fake"
     cache_key: Hashable = ("tenant", "client")
 
-    def __init__(self, clock: Clock, lifetime: float = 3600) -> None:
+    def __init__(self, clock: Callable[[], float], lifetime: float = 3600) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.calls = 0
@@ -209,10 +209,11 @@ async def test_stale_token_is_never_handed_out(
 
 
 async def test_monotonic_expiry_ignores_wall_clock_jumps(
-    monkeypatch: pytest.MonkeyPatch, grant: FakeGrant
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import time
 
+    grant = FakeGrant(time.monotonic)
     manager = TokenManager(grant)  # default clocks
     first = await manager.get()
     monkeypatch.setattr(time, "time", lambda: 10**10)  # the wall clock jumps a century
