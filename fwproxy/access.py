@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from urllib.parse import unquote
 
-from yarl import URL
-
 DEFAULT_ACCEPT_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CROSS = frozenset({"cross-site", "same-site"})
 
@@ -63,17 +61,18 @@ def refuse_host(host_header: str | None, accept_hosts: Sequence[str]) -> str | N
 def refuse_cross_site(
     origin: str | None,
     fetch_site: str | None,
-    accept_hosts: Sequence[str],
+    host_header: str | None,
     allow_origins: Sequence[str],
 ) -> str | None:
     """Why a browser request from another site is refused, or None to accept it.
 
     Non-browser clients send neither header and pass. A browser's own navigation
-    (``Sec-Fetch-Site: none``) passes too.
+    (``Sec-Fetch-Site: none``) passes too, and so does a page of the proxy's own origin
+    (scheme, host and port: another port on localhost is another site).
     """
     if origin is None and (fetch_site or "").lower() not in _CROSS:
         return None
-    if origin is not None and _origin_allowed(origin, accept_hosts, allow_origins):
+    if origin is not None and _origin_allowed(origin, host_header, allow_origins):
         return None
     if origin is None and "*" in allow_origins:
         return None
@@ -83,20 +82,12 @@ def refuse_cross_site(
     )
 
 
-def _origin_allowed(
-    origin: str, accept_hosts: Sequence[str], allow_origins: Sequence[str]
-) -> bool:
+def _origin_allowed(origin: str, host_header: str | None, allow_origins: Sequence[str]
+                    ) -> bool:
     text = origin.strip().lower().rstrip("/")
     if "*" in allow_origins or text in allow_origins:
         return True
-    if text == "null":
-        return False
-    try:
-        url = URL(text)
-    except ValueError:
-        return False
-    return url.scheme in ("http", "https") and matches(host_name(url.raw_host or ""),
-                                                       accept_hosts)
+    return host_header is not None and text == f"http://{host_header.strip().lower()}"
 
 
 # --- rules: which methods and paths may be forwarded -----------------------------------------

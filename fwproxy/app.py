@@ -89,10 +89,10 @@ def reconfigure(app: web.Application, settings: Settings) -> list[str]:
     effect at once, the cached token stays unless the client changed. Returns the sections
     that changed but need a restart (listening sockets, the tenant's TLS pool, routes)."""
     running = app[SETTINGS]
+    app[PROXY].reconfigure(settings)  # first: it refuses (ConfigError) before any change
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     app[GRANT].update(settings.auth)
-    app[PROXY].reconfigure(settings)
     return [name for name in RESTART_SECTIONS
             if getattr(running, name) != getattr(settings, name)]
 

@@ -454,6 +454,10 @@ def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
         wildcard = own in ("0.0.0.0", "::", "")  # noqa: S104 (comparing, not binding)
         values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + (() if wildcard else (own,))
     access = AccessConfig(**values)
+    if access.api_keys_file is not None:
+        from .keys import load_keys  # keys.py builds on this module
+
+        load_keys(access.api_keys_file)  # missing, too open or malformed: a config error
     exposed = not is_loopback(listen.host)
     guarded = access.allow_from != LOOPBACK_NETWORKS or access.api_keys_file is not None
     if exposed and not guarded and not access.allow_public:

@@ -61,8 +61,8 @@ class Guard:
                                   f"client address {request.remote} is not in access.allow_from")
         headers = request.headers
         why = refuse_host(headers.get("Host"), access.accept_hosts) or refuse_cross_site(
-            headers.get("Origin"), headers.get("Sec-Fetch-Site"),
-            access.accept_hosts, access.allow_origins,
+            headers.get("Origin"), headers.get("Sec-Fetch-Site"), headers.get("Host"),
+            access.allow_origins,
         )
         return error_response(403, "forbidden", why) if why is not None else None
 

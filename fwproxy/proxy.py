@@ -37,6 +37,7 @@ from yarl import URL
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
 from .guard import Admitted, Guard
+from .log import REDACT
 from .observe import Metrics
 from .replay import BodyTee
 from .token_manager import TokenManager
@@ -80,13 +81,14 @@ class Proxy:
 
     def reconfigure(self, settings: Settings) -> None:
         """Take up new settings (on start and on SIGHUP); a learned placement is kept."""
+        guard = Guard(settings)  # the one part that can fail (the keys file): first
         self._settings = settings
         self._replace_auth = settings.auth.client_authorization == "replace"
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
         if settings.auth.token_placement != "auto":
             self.placement = settings.auth.token_placement
-        self.guard = Guard(settings)
+        self.guard = guard
         limit = settings.limits.max_concurrent
         if limit != self._slot_limit:
             self._slot_limit = limit
@@ -112,18 +114,19 @@ class Proxy:
         admitted = self.guard.admit(request)
         if isinstance(admitted, web.Response):
             return note.answer(admitted)
-        if self._slots is None:
+        slots = self._slots  # the one acquired is the one released, even across a reload
+        if slots is None:
             return await self._forward(request, admitted, note)
-        if self._slots.locked() and self._queue_timeout <= 0:
+        if slots.locked() and self._queue_timeout <= 0:
             return note.answer(self._busy())
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._queue_timeout or None)
+            await asyncio.wait_for(slots.acquire(), self._queue_timeout or None)
         except asyncio.TimeoutError:
             return note.answer(self._busy())
         try:
             return await self._forward(request, admitted, note)
         finally:
-            self._slots.release()
+            slots.release()
 
     def _busy(self) -> web.Response:
         return error_response(
@@ -317,8 +320,8 @@ class Proxy:
         self._metrics.observe(request.method, note.status, note.bytes_in, note.bytes_out,
                               note.upstream_seconds)
         if note.status >= 500 or note.error:
-            self._metrics.error(note.error or str(note.status),
-                                note.detail or f"{request.method} {request.raw_path}")
+            self._metrics.error(note.error or str(note.status), REDACT(
+                note.detail or f"{request.method} {request.raw_path}"))
         access_log.info(
             '%s "%s %s" %d in=%d out=%d %.1fms replays=%d%s',
             request.remote or "-",

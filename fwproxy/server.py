@@ -139,14 +139,17 @@ def _reload(app: web.Application, reload: Reloader, notifier: Notifier) -> None:
     notifier.notify("RELOADING=1")
     try:
         settings = reload()
+        pending = reconfigure(app, settings)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
+    except Exception:  # a bug must not leave systemd waiting for READY
+        log.exception("reload failed, keeping the running configuration")
     else:
         setup_logging(settings.log.level, settings.log.format)
-        pending = reconfigure(app, settings)
         if pending:
             log.warning("reloaded; these changes take effect only after a restart: %s",
                         ", ".join(pending))
         else:
             log.info("reloaded %s", settings.source)
-    notifier.notify("READY=1")
+    finally:
+        notifier.notify("READY=1")

@@ -56,13 +56,15 @@ def test_refuse_host() -> None:
         ("https://evil.example", "cross-site", ("*",), False),
         (None, "cross-site", ("*",), False),
         ("null", "cross-site", (), True),
-        ("http://localhost:8080", "same-origin", (), False),
+        ("http://localhost:8080", "same-origin", (), False),  # the proxy's own pages
+        ("http://localhost:3000", "same-site", (), True),  # another port: another site
+        ("https://localhost:8080", "same-site", (), True),
     ],
 )
 def test_refuse_cross_site(
     origin: str | None, site: str | None, allow: tuple[str, ...], refused: bool
 ) -> None:
-    reason = refuse_cross_site(origin, site, DEFAULT_ACCEPT_HOSTS, allow)
+    reason = refuse_cross_site(origin, site, "localhost:8080", allow)
     assert (reason is not None) == refused
 
 

@@ -164,13 +164,15 @@ async def test_foreign_host_is_refused_dns_rebinding(
         ({"Origin": "null"}, False),
         ({"Sec-Fetch-Site": "cross-site"}, False),  # an <img> from another site
         ({"Sec-Fetch-Site": "none"}, True),  # typed into the address bar
-        ({"Origin": "http://127.0.0.1:8080", "Sec-Fetch-Site": "same-origin"}, True),
+        ({"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}, True),
+        ({"Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "same-site"}, False),
         ({}, True),  # curl and scripts
     ],
 )
 async def test_cross_site_browser_requests_are_refused(
     proxy: Client, tenant_state: TenantState, headers: dict[str, str], allowed: bool
 ) -> None:
+    headers = {name: value.replace("{port}", str(proxy.port)) for name, value in headers.items()}
     async with proxy.post("/sim/echo", data=b"x", headers=headers) as resp:
         assert resp.status == (200 if allowed else 403)
     assert len(tenant_state.seen) == (1 if allowed else 0)
