@@ -134,6 +134,11 @@ class RefreshTokenGrant:
         return self._failed_at is not None and self._store.mtime() != self._failed_at
 
     async def fetch(self) -> Token:
+        # Shielded: once the tenant has taken the old refresh token, the new one must reach
+        # the store even if the request that asked for it is cancelled (or we shut down).
+        return await asyncio.shield(self._refresh())
+
+    async def _refresh(self) -> Token:
         async with self._store.locked():
             try:
                 saved = self._store.load()

@@ -14,12 +14,15 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import ensure_private
-from .exceptions import ConfigError
+from .exceptions import ConfigError, TokenEndpointUnreachable
+
+LOCK_TIMEOUT = 45.0  # longer than one token request may take (oauth.TOKEN_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,40 @@ class TokenStore:
         return True
 
     @contextlib.asynccontextmanager
-    async def locked(self) -> AsyncIterator[None]:
-        """Hold the store's lock file (across processes) without blocking the event loop."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                     os.O_RDWR | os.O_CREAT, 0o600)
+    async def locked(self, timeout: float = LOCK_TIMEOUT) -> AsyncIterator[None]:
+        """Hold the store's lock file (across processes) without blocking the event loop;
+        give up with a `TokenError` after `timeout` (a stuck process must not stall us)."""
+        fd = self._open_lock()
         try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise TokenEndpointUnreachable(
+                        f"{self.path}.lock is held by another process for over {timeout:g}s")
+                await asyncio.sleep(0.02)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
+    def locked_sync(self) -> Iterator[None]:
+        """The same lock, for the command line (`fwproxy logout`)."""
+        fd = self._open_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _open_lock(self) -> int:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return os.open(self.path.with_name(self.path.name + ".lock"),
+                       os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

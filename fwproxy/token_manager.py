@@ -113,10 +113,12 @@ class TokenManager:
         log.info("token rejected by the tenant (401); renewing")
         return True
 
-    async def aclose(self) -> None:
-        """Cancel a renewal in flight (on shutdown)."""
+    async def aclose(self, grace: float = 35.0) -> None:
+        """On shutdown: let a renewal in flight finish (a rotated refresh token must be
+        stored), up to `grace` seconds, then cancel it."""
         task = self._in_flight()
         if task is not None:
+            await asyncio.wait({task}, timeout=grace)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 

@@ -399,3 +399,22 @@ async def test_status_page_names_the_user(
     async with proxy.get("/_fwproxy/") as resp:
         page = await resp.text()
     assert "Alice Liddell (fwproxy login)" in page
+
+
+async def test_store_lock_gives_up_instead_of_hanging(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from fwproxy.exceptions import TokenError
+
+    store = TokenStore(tmp_path / "tokens.json")
+    other = os.open(tmp_path / "tokens.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other, fcntl.LOCK_EX)  # "another process" holds it
+    try:
+        with pytest.raises(TokenError, match="held by another process"):
+            async with store.locked(timeout=0.1):
+                pass
+    finally:
+        os.close(other)
+    async with store.locked(timeout=1):  # free again
+        pass

@@ -221,13 +221,28 @@ async def test_monotonic_expiry_ignores_wall_clock_jumps(
     assert grant.calls == 1
 
 
-async def test_aclose_cancels_a_renewal_in_flight(manager: TokenManager, grant: FakeGrant) -> None:
+async def test_aclose_cancels_a_renewal_that_outlasts_the_grace(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
     grant.gate = asyncio.Event()
     waiter = asyncio.ensure_future(manager.get())
     await asyncio.sleep(0)
-    await manager.aclose()
+    await manager.aclose(grace=0.01)
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_aclose_lets_a_renewal_in_flight_finish(
+    manager: TokenManager, grant: FakeGrant
+) -> None:
+    grant.gate = asyncio.Event()
+    waiter = asyncio.ensure_future(manager.get())
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(manager.aclose())
+    await asyncio.sleep(0)
+    grant.gate.set()  # the token arrives while shutting down: it is not thrown away
+    await closing
+    assert (await waiter).value == "token-1"
 
 
 # --- against the simulated tenant: the real grant over a real socket ----------------------
