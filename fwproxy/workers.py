@@ -18,18 +18,33 @@ import select
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from .config import Settings
+from .exceptions import ConfigError
 from .server import Reloader, WorkerRole, serve
 from .systemd import Notifier
 
 log = logging.getLogger("fwproxy")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 READY_TIMEOUT = 60.0
-RESPAWN_PAUSE = 1.0
+RESPAWN_PAUSE = 1.0  # doubled for each death within DEATH_WINDOW
+DEATH_WINDOW = 60.0
+MAX_DEATHS = 5
+GIVE_UP = -1
+
+
+def _free_port(host: str, port: int) -> int:
+    """Bind once without SO_REUSEPORT: fails if anything (another fwproxy too) holds the
+    port; the port chosen for 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
+        chosen: int = probe.getsockname()[1]
+    return chosen
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -50,29 +65,36 @@ class Supervisor:
         self.reload = reload
         self.count = settings.listen.workers
         self.notifier = Notifier()
-        self.shared = Path(tempfile.mkdtemp(prefix="fwproxy-", dir=_runtime_dir()))
-        self.token_file = self.shared / "token.json"
-        self.ready_r, self.ready_w = os.pipe()
         self.children: dict[int, int] = {}  # pid -> worker index
+        self.pending: list[tuple[float, int]] = []  # (when, index) of restarts to make
+        self.deaths: list[float] = []
         self.stopping = False
         self.port = settings.listen.port
 
     def run(self) -> int:
-        first = reuseport_socket(self.settings.listen.host, self.settings.listen.port)
-        self.port = first.getsockname()[1]
-        sockets = [first] + [reuseport_socket(self.settings.listen.host, self.port)
-                             for _ in range(self.count - 1)]
         host = self.settings.listen.host
+        try:
+            self.port = _free_port(host, self.settings.listen.port)
+            sockets = [reuseport_socket(host, self.port) for _ in range(self.count)]
+        except OSError as exc:
+            print(f"fwproxy: cannot listen on {host}:{self.settings.listen.port}: {exc}",
+                  file=sys.stderr)
+            return 1
+        self.shared = Path(tempfile.mkdtemp(prefix="fwproxy-", dir=_runtime_dir()))
+        self.token_file = self.shared / "token.json"
+        self.ready_r, self.ready_w = os.pipe()
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # from here on: sigtimedwait
         log.info("listening on http://%s:%d -> %s (%s, %d workers)",
                  f"[{host}]" if ":" in host else host, self.port, self.settings.tenant.url,
                  self.settings.source, self.count)
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             for index, sock in enumerate(sockets):
                 self._spawn(index, sock, sockets)
             for sock in sockets:
                 sock.close()  # each worker holds its own now
-            self._await_ready()
+            if not self._await_ready():
+                self._stop_all()
+                return 1
             self.notifier.notify(f"READY=1\nSTATUS=serving with {self.count} workers")
             return self._supervise()
         finally:
@@ -85,6 +107,7 @@ class Supervisor:
             return
         code = 1
         try:  # the worker: its own signals, its own socket, its own event loop
+            os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor, which drains us
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             for other in others:
                 if other is not sock:
@@ -98,58 +121,107 @@ class Supervisor:
         finally:
             os._exit(code)
 
-    def _await_ready(self) -> None:
+    def _await_ready(self) -> bool:
+        """Wait for every worker's ready byte; False if one dies first or we are stopped."""
         deadline = time.monotonic() + READY_TIMEOUT
         ready = 0
-        while ready < self.count and time.monotonic() < deadline:
-            readable, _, _ = select.select([self.ready_r], [], [], 0.5)
+        while ready < self.count:
+            readable, _, _ = select.select([self.ready_r], [], [], 0)
             if readable:
                 ready += len(os.read(self.ready_r, self.count))
-        if ready < self.count:
-            log.warning("only %d of %d workers reported ready", ready, self.count)
+                continue
+            info = signal.sigtimedwait(SIGNALS, 0.1)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                return False
+            if self._reap(during_start=True):
+                log.error("a worker failed while starting; stopping")
+                return False
+            if time.monotonic() > deadline:
+                log.error("workers did not start within %gs; stopping", READY_TIMEOUT)
+                return False
+        return True
 
     def _supervise(self) -> int:
         interval = self.notifier.watchdog_interval
-        while self.children:
-            info = signal.sigtimedwait(SIGNALS, interval or 3600.0)
+        while self.children or self.pending:
+            now = time.monotonic()
+            waits = [interval or 3600.0] + [max(0.0, when - now) for when, _ in self.pending]
+            info = signal.sigtimedwait(SIGNALS, min(waits))
             if interval:
                 self.notifier.notify("WATCHDOG=1")
-            if info is None:
-                continue
-            if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
-                self.stopping = True
-                self.notifier.notify("STOPPING=1")
-                log.info("stopping %d workers", len(self.children))
-                self._tell_all(signal.SIGTERM)
-            elif info.si_signo == signal.SIGHUP:
-                self._tell_all(signal.SIGHUP)
-            self._reap()
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    self.notifier.notify("STOPPING=1")
+                    log.info("stopping %d workers", len(self.children))
+                    self._stop_all()
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._reload()
+            if self._reap(during_start=False) == GIVE_UP:
+                self._stop_all()
+                return 1
+            self._restart_due()
         log.info("stopped")
         return 0
+
+    def _reload(self) -> None:
+        """Workers reload themselves; the supervisor keeps the new settings for the
+        workers it may have to start later."""
+        if self.reload is not None:
+            with contextlib.suppress(ConfigError):  # each worker logs the refusal
+                self.settings = self.reload()
+        self._tell_all(signal.SIGHUP)
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        self.pending.clear()
+        self._tell_all(signal.SIGTERM)
 
     def _tell_all(self, sig: signal.Signals) -> None:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    def _reap(self) -> None:
+    def _reap(self, during_start: bool) -> int:
+        """Collect exited workers and plan their replacement; returns how many died, or
+        GIVE_UP when they die too often to keep trying."""
+        died = 0
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
-                return
+                break
             if pid == 0:
-                return
+                break
             index = self.children.pop(pid, None)
             if index is None or self.stopping:
                 continue
-            log.error("worker %d (pid %d) died (%s); starting a new one", index, pid,
-                      _describe_status(status))
-            time.sleep(RESPAWN_PAUSE)  # a worker that dies at once must not spin the CPU
-            sock = reuseport_socket(self.settings.listen.host, self.port)
+            died += 1
+            log.error("worker %d (pid %d) died (%s)", index, pid, _describe_status(status))
+            if during_start:
+                continue
+            now = time.monotonic()
+            self.deaths = [t for t in self.deaths if now - t < DEATH_WINDOW] + [now]
+            if len(self.deaths) > MAX_DEATHS:
+                log.error("workers died %d times within %gs; giving up", len(self.deaths),
+                          DEATH_WINDOW)
+                return GIVE_UP
+            pause = RESPAWN_PAUSE * 2 ** (len(self.deaths) - 1)
+            self.pending.append((now + pause, index))
+        return died
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for when, index in [p for p in self.pending if p[0] <= now]:
+            self.pending.remove((when, index))
+            try:
+                sock = reuseport_socket(self.settings.listen.host, self.port)
+            except OSError as exc:
+                log.error("cannot rebind worker %d: %s", index, exc)
+                continue
             self._spawn(index, sock, [sock])
             sock.close()
+            log.info("worker %d restarted", index)
 
 
 def run_workers(settings: Settings, reload: Reloader | None) -> int:

@@ -39,7 +39,7 @@ async def test_workers_share_one_token_and_survive_a_lost_worker(
     assert seen_by == {"127.0.0.1"}
     victim = children(proxy.pid)[0]
     os.kill(victim, signal.SIGKILL)  # a worker dies ...
-    await proxy.wait_for_line(f"worker 0 (pid {victim}) died")
+    await proxy.wait_for_line(f"(pid {victim}) died")
     await wait_until(lambda: len(children(proxy.pid)) == 2 and victim not in
                      children(proxy.pid), "a replacement worker")
     for _ in range(20):  # ... and the port keeps answering
@@ -49,3 +49,37 @@ async def test_workers_share_one_token_and_survive_a_lost_worker(
     await wait_until(lambda: proxy.log_count("reloaded") >= 2, "both workers reloaded")
     assert await asyncio.wait_for(proxy.stop(), 60) == 0
     assert "stopped" in proxy.log_text()
+
+
+async def test_sigterm_while_workers_start_is_answered(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    from .conftest import launch_fwproxy, write_config
+
+    del start_proxy
+    path = write_config(tmp_path / "bad.yaml", {
+        "listen": {"port": 0, "workers": 2},
+        "tenant": {"url": "http://127.0.0.1:1", "allow_insecure_http": True},
+        "auth": {"client_id": "a", "client_secret": "b", "token_url": "http://127.0.0.1:1/t"},
+        "status": {"prefix": "/_x"},
+    })
+    proxy = await launch_fwproxy(path)
+    os.kill(proxy.pid, signal.SIGTERM)  # answered at once, even while workers start
+    assert await asyncio.wait_for(proxy.wait_exit(), 30) in (0, 1)
+
+
+async def test_a_second_proxy_cannot_join_the_port(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    from .conftest import run_fwproxy, write_config
+
+    first = await start_proxy({"listen": {"workers": 2}})
+    path = write_config(tmp_path / "second.yaml", {
+        "listen": {"port": first.port, "workers": 2},
+        "tenant": {"url": "http://127.0.0.1:1", "allow_insecure_http": True},
+        "auth": {"client_id": "a", "client_secret": "b"},
+    })
+    second = await run_fwproxy("run", "--config", str(path))
+    assert second.returncode == 1
+    assert "cannot listen" in second.stderr
+    assert "Traceback" not in second.stderr
