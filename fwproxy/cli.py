@@ -99,7 +99,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     if args.command == "logout":
         assert settings.auth.token_store is not None
-        removed = TokenStore(settings.auth.token_store).remove()
+        store = TokenStore(settings.auth.token_store)
+        with store.locked_sync():
+            removed = store.remove()
         print("logged out" if removed else "there was no stored session")
         return EXIT_OK
     setup_logging(settings.log.level, settings.log.format)

@@ -61,11 +61,18 @@ async def login(
 
     async with create_session(settings.tenant) as session:
 
+        busy = asyncio.Lock()
+
         async def callback(request: web.Request) -> web.Response:
-            if done.done():
-                return _page("Already done", "This login has finished; start a new one.", 410)
-            outcome = await _finish(request, state, verifier, settings, session)
-            done.set_result(outcome)
+            async with busy:  # one callback at a time; the first one decides
+                if done.done():
+                    return _page("Already done", "This login has finished; start a new one.",
+                                 410)
+                try:
+                    outcome = await _finish(request, state, verifier, settings, session)
+                except Exception as exc:  # the CLI must say why, not wait for the timeout
+                    outcome = Outcome(False, f"the login failed: {type(exc).__name__}: {exc}")
+                done.set_result(outcome)
             title = "Logged in" if outcome.ok else "Login failed"
             return _page(title, outcome.message + (
                 " You can close this window." if outcome.ok else ""),
@@ -122,12 +129,14 @@ async def _finish(request: web.Request, state: str, verifier: str, settings: Set
         return Outcome(False, "the tenant issued no refresh token; nothing was stored")
     user = await _who(session, settings, token)
     assert auth.token_store is not None
-    TokenStore(auth.token_store).save(StoredSession(
-        refresh_token=token.refresh_token,
-        access_token=token.value,
-        expires_at=time.time() + token.lifetime,
-        user=user,
-    ))
+    store = TokenStore(auth.token_store)
+    async with store.locked():  # not in the middle of a running proxy's refresh
+        store.save(StoredSession(
+            refresh_token=token.refresh_token,
+            access_token=token.value,
+            expires_at=time.time() + token.lifetime,
+            user=user,
+        ))
     return Outcome(True, f"Logged in as {user or 'an unknown user'}; the session is stored "
                          f"in {auth.token_store}.")
 

@@ -418,3 +418,16 @@ async def test_store_lock_gives_up_instead_of_hanging(tmp_path: Path) -> None:
         os.close(other)
     async with store.locked(timeout=1):  # free again
         pass
+
+
+async def test_a_failing_callback_is_reported_at_once(
+    user_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    settings = user_settings(token_store=str(blocker / "tokens.json"))  # cannot be created
+    async with aiohttp.ClientSession() as session:
+        outcome, (status, _) = await do_login(settings, Browser(session).run)
+    assert not outcome.ok
+    assert "the login failed" in outcome.message  # not "no login came back" after 30 s
+    assert status == 400
