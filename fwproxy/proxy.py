@@ -191,6 +191,7 @@ class Proxy:
         resp = await self._send(out, token, placement)
         note.upstream_seconds = time.monotonic() - sent
         if resp.status != 401:
+            self._tokens.accepted(token)
             return resp
         self._tokens.invalidate(token)
         if not out.replayable:
@@ -200,6 +201,8 @@ class Proxy:
         note.replays += 1
         self.replays += 1
         resp = await self._send(out, fresh, placement)
+        if resp.status != 401:
+            self._tokens.accepted(fresh)
         if fresh is token:  # kept by should_drop: a flaky 401, not a header-stripping proxy
             return resp
         if resp.status != 401 or not self._probe_query or placement == "query":
@@ -285,10 +288,9 @@ class Proxy:
             ))
         note.status = upstream.status
         try:
-            with map_upstream_errors():
-                async for chunk in upstream.content.iter_any():
-                    await out.write(chunk)
-                    note.bytes_out += len(chunk)
+            while chunk := await _read_upstream(upstream):
+                await out.write(chunk)  # a client gone mid-way: ConnectionError, below
+                note.bytes_out += len(chunk)
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is to cut the connection
             # without the final chunk, so the client sees an incomplete transfer.
@@ -374,6 +376,13 @@ class Note:
         if response.status >= 500 and isinstance(response.body, bytes):
             self.detail = response.body.decode("utf-8", "replace")
         return response
+
+
+async def _read_upstream(upstream: aiohttp.ClientResponse) -> bytes:
+    """The next chunk of the tenant's body (b"" at the end); its faults become
+    `UpstreamError`, and only its faults: a client's are not the tenant's."""
+    with map_upstream_errors():
+        return await upstream.content.readany()
 
 
 def proxy_origin(request: web.Request) -> URL:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Hashable
@@ -66,6 +67,7 @@ class TokenManager:
         self._backoff_until = 0.0
         self._rejected = False  # a 401 dropped the token; the next one is issued in answer
         self._answer_to_rejection: Token | None = None
+        self._last_drop = -math.inf
         self.last_error: TokenError | None = None
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
@@ -102,12 +104,20 @@ class TokenManager:
             retry = retry_after_seconds(self._backoff_until, self._clock())
             raise NoTokenAvailable(exc, retry) from None
 
+    def accepted(self, token: Token) -> None:
+        """The tenant took `token`: a later 401 for it is news, not a refusal of this
+        client (the cooldown of `tokens.should_drop` is only for tokens never accepted)."""
+        if token is self._answer_to_rejection:
+            self._answer_to_rejection = None
+
     def invalidate(self, stale: Token) -> bool:
         """Drop `stale` after a 401, unless a newer token already replaced it (see
         `tokens.should_drop`). True if it was dropped."""
         after_rejection = stale is self._answer_to_rejection
-        if not should_drop(self.current(), stale, self._clock(), after_rejection):
+        now = self._clock()
+        if not should_drop(self.current(), stale, now, after_rejection, self._last_drop):
             return False
+        self._last_drop = now
         self._cache.pop(self._grant.cache_key, None)
         self._rejected = True
         log.info("token rejected by the tenant (401); renewing")

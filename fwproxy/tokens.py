@@ -46,6 +46,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
 MAX_DESCRIPTION = 300
 REJECTION_COOLDOWN = 10.0  # a token issued after a 401 is not dropped again sooner than this
+MIN_DROP_INTERVAL = 1.0  # at most one 401-triggered renewal a second
 
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a query
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -131,16 +132,24 @@ def decide(token: Token | None, now: float, renewing: bool, backoff_until: float
 
 
 def should_drop(
-    current: Token | None, stale: Token, now: float, issued_after_rejection: bool
+    current: Token | None,
+    stale: Token,
+    now: float,
+    issued_after_rejection: bool,
+    last_drop: float = -math.inf,
 ) -> bool:
-    """After a 401 to `stale`: drop it if it is still the current token.
+    """After a 401 to `stale`: drop it if it is still the current token, except
 
-    Unless it was itself issued in answer to a 401 moments ago: then the tenant refuses for
-    another reason, and yet another token would only hammer the token endpoint.
+    - when it was itself issued in answer to a 401 moments ago and never accepted since:
+      the tenant refuses for another reason, and another token would fare no better;
+    - more than once a second: a tenant that refuses at random must not turn every
+      request into a token request.
     """
     if current is not stale:
         return False
-    return not issued_after_rejection or now - stale.obtained_at >= REJECTION_COOLDOWN
+    if issued_after_rejection and now - stale.obtained_at < REJECTION_COOLDOWN:
+        return False
+    return now - last_drop >= MIN_DROP_INTERVAL
 
 
 def next_backoff(failures: int, rand: float, retry_after: float | None = None) -> float:

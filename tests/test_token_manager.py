@@ -324,3 +324,16 @@ async def test_401_to_a_token_issued_for_a_401_does_not_renew_again_at_once(
     clock.now += 10
     assert manager.invalidate(answer)
     assert (await manager.get()).value == "token-3"
+
+
+async def test_a_token_the_tenant_accepted_is_dropped_on_a_later_401(
+    manager: TokenManager, grant: FakeGrant, clock: Clock
+) -> None:
+    first = await manager.get()
+    assert manager.invalidate(first)
+    answer = await manager.get()
+    manager.accepted(answer)  # it worked: a new revocation later is a real one ...
+    assert not manager.invalidate(answer)  # ... though not within the same second
+    clock.now += 1
+    assert manager.invalidate(answer)
+    assert (await manager.get()).value == "token-3"

@@ -223,3 +223,10 @@ def test_stored_token_moves_from_wall_clock_to_monotonic() -> None:
     assert stored_token(saved, wall_now=1_000_090.0, now=5.0, refresh_margin=10) is None
     assert stored_token(StoredSession("rt"), 0.0, 0.0, 10) is None
     assert stored_token(None, 0.0, 0.0, 10) is None
+
+
+def test_at_most_one_drop_a_second() -> None:
+    token = make_token("t", 3600, now=0.0, refresh_margin=60)
+    assert not should_drop(token, token, now=100.5, issued_after_rejection=False,
+                           last_drop=100.0)
+    assert should_drop(token, token, now=101.0, issued_after_rejection=False, last_drop=100.0)
