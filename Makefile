@@ -29,3 +29,27 @@ clean:
 .PHONY: image-test
 image-test:
 	bash scripts/image-test.sh
+
+# Soak: mixed traffic and injected faults through a real `fwproxy run` (bench/soak.py).
+# Fails on a lost request, RSS growth over 20 % or fd growth. `make soak MINUTES=30`.
+MINUTES ?= 30
+.PHONY: soak soak-ci
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes $(MINUTES)
+
+soak-ci: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 2
+
+# Benchmark (bench/bench.py): fwproxy against nginx, mitmproxy and a bare aiohttp proxy on a
+# real nginx tenant over TLS. Installs nginx, wrk, openssl, curl (apt, as root) and mitmproxy,
+# py-spy (their own venvs under bench/). Prints one table, writes bench/results/latest.json.
+.PHONY: bench bench-smoke
+bench: $(STAMP)
+	bash bench/setup.sh full
+	$(BIN)/python bench/bench.py
+
+# The same harness in seconds (CI): tiny durations, 16 MiB transfers, no targets, mitmproxy
+# only if bench/.venv-mitm exists. Fails only when a contender does not work at all.
+bench-smoke: $(STAMP)
+	bash bench/setup.sh smoke
+	$(BIN)/python bench/bench.py --smoke
