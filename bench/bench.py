@@ -1051,7 +1051,7 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"target": name, "result": "PASS" if ok else "FAIL", "value": value,
                      "shown": fmt.format(value)})
 
-    add("(e) req/s >= 0.9x (d) bare aiohttp", ratio("e", "d", "rps"), 0.9, True, "{:.2f}x",
+    add("(e) req/s >= 0.9x (d) bare aiohttp", ratio("e", "d", "rps"), 0.9, True, "{:.3f}x",
         ("e", "d"))
     add("(e) req/s >= 7x (c) mitmproxy", ratio("e", "c", "rps"), 7, True, "{:.1f}x", ("e", "c"))
     add("(f) req/s >= 1.7x (e)", ratio("f", "e", "rps"), 1.7, True, "{:.2f}x", ("f", "e"))
@@ -1059,8 +1059,8 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     add("(e) added p99 at fixed rate <= 1 ms over (a)", s["e"]["fixed_added_p99_ms"], 1.0,
         False, "{:+.2f} ms", ("e", "a"))
     add("(e) download >= 0.6x (a) MB/s", ratio("e", "a", "download_mb_s"), 0.6, True,
-        "{:.2f}x", ("e", "a"))
-    add("(e) upload >= 0.6x (a) MB/s", ratio("e", "a", "upload_mb_s"), 0.6, True, "{:.2f}x",
+        "{:.3f}x", ("e", "a"))
+    add("(e) upload >= 0.6x (a) MB/s", ratio("e", "a", "upload_mb_s"), 0.6, True, "{:.3f}x",
         ("e", "a"))
     add("(e) peak RSS download <= 80 MiB", s["e"]["download_rss_mib"], 80, False,
         "{:.1f} MiB", ("e",))
