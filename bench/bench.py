@@ -731,7 +731,7 @@ class Bench:
         try:
             subprocess.run([  # noqa: S603
                 str(spy), "record", "--pid", str(c.proc.pid), "--duration", str(duration),
-                "--rate", "250", "--format", "raw", "--function", "--nonblocking",
+                "--rate", "200", "--format", "raw", "--function",
                 "--output", str(raw)], capture_output=True, timeout=duration + 60)
             load.wait(duration + 60)
         finally:
@@ -914,7 +914,7 @@ def frame_area(frame: str) -> str:
 
 def write_profile(summary: dict[str, Any], label: str, path: Path) -> None:
     lines = [f"# {label} under wrk ({summary['wrk_rps_while_profiling']:.0f} req/s): py-spy, "
-             f"{summary['samples']} samples in {summary['seconds']} s at 250 Hz "
+             f"{summary['samples']} samples in {summary['seconds']} s at 200 Hz "
              "(idle samples left out)", ""]
     for title, key in (("By package, own time (the innermost frame's package)", "areas"),
                        ("By package, total time (the package anywhere on the stack)",
@@ -1156,9 +1156,6 @@ def main() -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="fwproxy-bench-"))
-    os.chmod(work, 0o755)
-    bench = Bench(opts, work)
     deadline = time.monotonic() + opts.wait_idle
     quiet = 0
     while opts.wait_idle > 0 and time.monotonic() < deadline and quiet < 5:
@@ -1169,6 +1166,9 @@ def main() -> int:
                   f"(up to {deadline - time.monotonic():.0f}s more)", flush=True)
             time.sleep(10)
     meta = machine()
+    work = Path(tempfile.mkdtemp(prefix="fwproxy-bench-"))
+    os.chmod(work, 0o755)
+    bench = Bench(opts, work)
     print(f"fwproxy benchmark{' (smoke)' if opts.smoke else ''}: scratch {work}", flush=True)
     if meta["cpu_busy_at_start"] > 0.2:
         bench.notes.append(f"the CPUs were {meta['cpu_busy_at_start']:.0%} busy before the run: "
