@@ -73,7 +73,6 @@ class Proxy:
         self._tokens = tokens
         self._tenant = settings.tenant.url
         self.replays = 0
-        self.query_fallbacks = 0
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
         self._slots: asyncio.Semaphore | None = None
         self._slot_limit: int | None = None
@@ -309,7 +308,6 @@ class Proxy:
         if self.placement == "query":
             return
         self.placement = "query"
-        self.query_fallbacks += 1
         log.warning(
             "the tenant refused a fresh token in the Authorization header but accepted it as "
             "the access_token query parameter: a reverse proxy in front of the tenant strips "

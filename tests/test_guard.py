@@ -18,25 +18,14 @@ from fwproxy.config import parse_config
 from fwproxy.demo import TenantState, create_tenant_app
 from fwproxy.exceptions import ConfigError
 from fwproxy.guard import smuggling_shape
-from tests.conftest import ProxyFactory, merge, tenant_config
+from tests.conftest import CLOSE, ProxyFactory, merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]
-CLOSE = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 RULES = [
     {"name": "readers", "methods": ["GET", "HEAD"],
      "paths": ["/fotoweb/archives/**", "/fotoweb/me"], "action": "allow"},
     {"name": "no-admin", "paths": ["/fotoweb/admin/**"], "action": "deny"},
 ]
-
-
-async def raw(port: int | None, data: bytes) -> bytes:
-    assert port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
-    return answer
 
 
 def status(answer: bytes) -> int:
@@ -119,7 +108,7 @@ async def test_rules_match_the_path_the_tenant_will_see(
     expected: int,
 ) -> None:
     client = await make_proxy(access={"rules": RULES})
-    answer = await raw(client.port, f"{method} {target}".encode() + CLOSE)
+    answer = await raw_exchange(client.port, f"{method} {target}".encode() + CLOSE)
     got = status(answer)
     if expected == 200:
         assert got != 403
@@ -346,7 +335,7 @@ async def test_tenant_backpressure_is_passed_back_not_retried(
 async def test_smuggling_shapes_are_refused(
     proxy: Client, tenant_state: TenantState, head: bytes
 ) -> None:
-    answer = await raw(proxy.port, head)
+    answer = await raw_exchange(proxy.port, head)
     assert status(answer) == 400
     assert not tenant_state.seen
 

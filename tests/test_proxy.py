@@ -16,10 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from fwproxy.app import PROXY, TOKENS, create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
-from tests.conftest import ProxyFactory, merge, tenant_config
+from tests.conftest import CLOSE, ProxyFactory, merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]
-CLOSE = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"  # ends a request line
 Routes = Callable[[web.Application], None]
 
 
@@ -47,18 +46,6 @@ async def echo(client: Client, path: str = "/sim/echo", method: str = "GET",
         assert resp.status == 200, await resp.text()
         result: dict[str, Any] = await resp.json()
         return result
-
-
-async def raw_exchange(port: int | None, request: bytes) -> bytes:
-    """Send exact bytes to the proxy; read until it closes the connection."""
-    assert port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    return data
 
 
 # --- the token goes in ---------------------------------------------------------------------
