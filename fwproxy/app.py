@@ -15,14 +15,13 @@ from .oauth import SharedGrant, make_grant
 from .observe import Observer, StatusInfo
 from .proxy import Proxy
 from .store import TokenStore
-from .token_manager import Grant, TokenManager
+from .token_manager import TokenManager
 from .upstream import create_session
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
-GRANT = web.AppKey("grant", Grant)
 SHARED_TOKEN = web.AppKey("shared_token", Path)
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
@@ -92,7 +91,7 @@ def reconfigure(app: web.Application, settings: Settings) -> list[str]:
     app[PROXY].reconfigure(settings)  # first: it refuses (ConfigError) before any change
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
-    app[GRANT].update(settings.auth)
+    app[TOKENS].update(settings.auth)
     return [name for name in RESTART_SECTIONS
             if getattr(running, name) != getattr(settings, name)]
 
@@ -135,7 +134,6 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     observer.attach(tokens, proxy)
     app[TOKENS] = tokens
     app[PROXY] = proxy
-    app[GRANT] = grant
     yield
     await tokens.aclose()
     await session.close()

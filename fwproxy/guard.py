@@ -7,7 +7,9 @@ bytes; the checks only ever look at a normalized copy of the path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from functools import lru_cache
+from typing import NamedTuple
 
 from aiohttp import web
 from yarl import URL
@@ -30,8 +32,7 @@ REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
 ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
-@dataclass(frozen=True)
-class Admitted:
+class Admitted(NamedTuple):
     """A request that may go upstream: its target split for forwarding."""
 
     path: str
@@ -47,6 +48,10 @@ class Guard:
         self._limits = settings.limits
         path = settings.access.api_keys_file
         self._keys = KeyStore(path) if path is not None else None
+        # Verdicts on client addresses and Host values seen before (a Guard lives until the
+        # next reload, so the settings they were made under cannot change underneath).
+        self._clients: dict[str | None, bool] = {}
+        self._hosts: dict[str | None, str | None] = {}
 
     def admit_client(
         self, request: web.Request, loopback: bool = False
@@ -54,17 +59,36 @@ class Guard:
         """The checks that apply to every path, the status pages included. `loopback`: the
         machine itself is always allowed (a container's HEALTHCHECK, a local scraper)."""
         access = self._access
-        if loopback and client_allowed(request.remote, LOOPBACK_NETWORKS):
+        remote = request.remote
+        if loopback and client_allowed(remote, LOOPBACK_NETWORKS):
             pass
-        elif not client_allowed(request.remote, access.allow_from):
+        elif not self._client_allowed(remote):
             return error_response(403, "forbidden",
-                                  f"client address {request.remote} is not in access.allow_from")
+                                  f"client address {remote} is not in access.allow_from")
         headers = request.headers
-        why = refuse_host(headers.get("Host"), access.accept_hosts) or refuse_cross_site(
-            headers.get("Origin"), headers.get("Sec-Fetch-Site"), headers.get("Host"),
-            access.allow_origins,
-        )
+        host = headers.get("Host")
+        why = self._refuse_host(host)
+        if why is None and ("Origin" in headers or "Sec-Fetch-Site" in headers):
+            why = refuse_cross_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), host,
+                                    access.allow_origins)
         return error_response(403, "forbidden", why) if why is not None else None
+
+    def _client_allowed(self, remote: str | None) -> bool:
+        verdict = self._clients.get(remote)
+        if verdict is None:
+            if len(self._clients) >= MEMO_SIZE:
+                self._clients.clear()
+            verdict = self._clients[remote] = client_allowed(remote, self._access.allow_from)
+        return verdict
+
+    def _refuse_host(self, host: str | None) -> str | None:
+        try:
+            return self._hosts[host]
+        except KeyError:
+            if len(self._hosts) >= MEMO_SIZE:
+                self._hosts.clear()
+            why = self._hosts[host] = refuse_host(host, self._access.accept_hosts)
+            return why
 
     def admit(self, request: web.Request) -> Admitted | web.Response:
         """All checks, for a request to be forwarded."""
@@ -82,8 +106,7 @@ class Guard:
             refusal = error_response(400, "bad_request", why)
             refusal.force_close()  # where this message ends is in doubt: end the connection
             return refusal
-        size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
-        if limits.max_header_bytes and size > limits.max_header_bytes:
+        if limits.max_header_bytes and header_bytes(request) > limits.max_header_bytes:
             return error_response(431, "headers_too_large",
                                   f"request headers exceed limits.max_header_bytes "
                                   f"({limits.max_header_bytes} bytes)")
@@ -99,7 +122,7 @@ class Guard:
                                   "the request target must be a path such as /fotoweb/")
         path, _, query = target.partition("?")
         try:
-            normalized = normalize_path(path)
+            normalized = _normalized(path)
         except BadPath as exc:
             return error_response(400, "bad_path", f"refused: {exc}")
         read_only = access.read_only or (key is not None and key.read_only)
@@ -116,11 +139,31 @@ class Guard:
         return Admitted(path, query, key)
 
 
+MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered
+_normalized = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # pure; a BadPath is not kept
+
+
+def header_bytes(request: web.Request) -> int:
+    """The size of the request's header block, near enough (names, values, separators)."""
+    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+
+
+_FRAMING = ("Content-Length", "Transfer-Encoding")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_BAD_NAME = re.compile(rb"[\r\n\x00 \t]")
+
+
 def smuggling_shape(request: web.Request) -> str | None:
     """Framing a chain of HTTP parsers could read two ways. aiohttp's C parser refuses most
     of these itself; this holds whichever parser is in use."""
-    lengths = request.headers.getall("Content-Length", [])
-    codings = request.headers.getall("Transfer-Encoding", [])
+    headers = request.headers
+    for name, value in request.raw_headers:
+        if _BAD_VALUE.search(value) or _BAD_NAME.search(name):
+            return "CR, LF or NUL in a header"
+    if _FRAMING[0] not in headers and _FRAMING[1] not in headers:
+        return None
+    lengths = headers.getall("Content-Length", [])
+    codings = headers.getall("Transfer-Encoding", [])
     if lengths and codings:
         return "both Content-Length and Transfer-Encoding"
     if len(lengths) > 1:
@@ -129,9 +172,6 @@ def smuggling_shape(request: web.Request) -> str | None:
         return "Content-Length is not a non-negative number"
     if codings and [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
         return "Transfer-Encoding other than chunked"
-    for name, value in request.raw_headers:
-        if any(c in value for c in b"\r\n\x00") or any(c in name for c in b"\r\n\x00 \t"):
-            return "CR, LF or NUL in a header"
     return None
 
 

@@ -37,7 +37,7 @@ from yarl import URL
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
 from .guard import Admitted, Guard
-from .log import REDACT
+from .log import REDACT, AccessLog
 from .observe import Metrics
 from .replay import BodyTee
 from .token_manager import TokenManager
@@ -52,7 +52,7 @@ from .upstream import (
     without_param,
 )
 
-access_log = logging.getLogger("fwproxy.access")
+access_log = AccessLog()
 log = logging.getLogger("fwproxy.proxy")
 
 STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
@@ -98,14 +98,14 @@ class Proxy:
         """The aiohttp handler for every path the proxy serves."""
         started = time.monotonic()
         note = Note()
-        self._metrics.in_flight.inc()
+        self._metrics.in_flight += 1
         try:
             response = await self._handle(request, note)
         except asyncio.CancelledError:
             note.status = 499  # client went away; its upstream request was cancelled with it
             raise
         finally:
-            self._metrics.in_flight.dec()
+            self._metrics.in_flight -= 1
             self._account(request, note, started)
         return response
 
@@ -271,14 +271,11 @@ class Proxy:
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note
     ) -> web.StreamResponse:
-        out = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=response_headers(
-                upstream.headers, self._tenant, proxy_origin(request),
-                strip_token=note.placement == "query",
-            ),
-        )
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out.headers.extend(response_headers(
+            upstream.headers, self._tenant, lambda: proxy_origin(request),
+            strip_token=note.placement == "query",
+        ))
         try:
             await out.prepare(request)
         except (ValueError, UnicodeError):  # a status line aiohttp cannot send
@@ -323,16 +320,10 @@ class Proxy:
             self._metrics.error(note.error or str(note.status), REDACT(
                 note.detail or f"{request.method} {request.raw_path}"))
         access_log.info(
-            '%s "%s %s" %d in=%d out=%d %.1fms replays=%d%s',
-            request.remote or "-",
-            request.method,
-            request.raw_path,
-            note.status,
-            note.bytes_in,
-            note.bytes_out,
-            (time.monotonic() - started) * 1000,
-            note.replays,
-            f" error={note.error}" if note.error else "",
+            f'{request.remote or "-"} "{request.method} {request.raw_path}" {note.status} '
+            f"in={note.bytes_in} out={note.bytes_out} "
+            f"{(time.monotonic() - started) * 1000:.1f}ms replays={note.replays}"
+            + (f" error={note.error}" if note.error else "")
         )
 
 

@@ -72,9 +72,11 @@ class TokenManager:
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
         self.failures_by_reason: collections.Counter[str] = collections.Counter()
+        # The cached token while it needs no renewal: `get`'s fast path, one comparison.
+        self._fresh: Token | None = None
         seed = grant.stored()
         if seed is not None:
-            self._cache[grant.cache_key] = seed
+            self._keep(seed)
 
     def current(self) -> Token | None:
         """The cached token if it may still be injected."""
@@ -83,6 +85,9 @@ class TokenManager:
     async def get(self) -> Token:
         """A token to inject now; waits only when there is no usable one."""
         now = self._clock()
+        fresh = self._fresh
+        if fresh is not None and now < fresh.renew_at:
+            return fresh  # what `decide` says for it too, whatever else is going on
         token = self.current()
         task = self._in_flight()
         if self._backoff_until > now and self._grant.has_news():
@@ -91,6 +96,7 @@ class TokenManager:
         if decision is Decision.USE_AND_RENEW:
             self._start(renewal=True)
         if token is not None and decision in (Decision.USE, Decision.USE_AND_RENEW):
+            self._fresh = token
             return token
         if decision is Decision.FAIL:
             assert self.last_error is not None
@@ -103,6 +109,12 @@ class TokenManager:
         except TokenError as exc:
             retry = retry_after_seconds(self._backoff_until, self._clock())
             raise NoTokenAvailable(exc, retry) from None
+
+    def update(self, auth: AuthConfig) -> None:
+        """New settings from a reload, for the grant. A token cached for other credentials
+        (another client_id or token endpoint) is not used for these."""
+        self._grant.update(auth)
+        self._fresh = None
 
     def accepted(self, token: Token) -> None:
         """The tenant took `token`: a later 401 for it is news, not a refusal of this
@@ -119,6 +131,7 @@ class TokenManager:
             return False
         self._last_drop = now
         self._cache.pop(self._grant.cache_key, None)
+        self._fresh = None
         self._rejected = True
         log.info("token rejected by the tenant (401); renewing")
         return True
@@ -143,6 +156,10 @@ class TokenManager:
             raise TokenResponseInvalid(
                 f"token request failed unexpectedly: {type(exc).__name__}"
             ) from None
+
+    def _keep(self, token: Token) -> None:
+        self._cache[self._grant.cache_key] = token
+        self._fresh = token
 
     def _in_flight(self) -> asyncio.Task[Token] | None:
         return self._task if self._task is not None and not self._task.done() else None
@@ -174,7 +191,7 @@ class TokenManager:
         self._failures = 0
         self._backoff_until = 0.0
         self.last_error = None
-        self._cache[self._grant.cache_key] = token
+        self._keep(token)
         if renewal:
             self.renewals += 1
         log.info(

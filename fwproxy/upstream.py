@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -30,6 +30,8 @@ HOP_BY_HOP = frozenset({
 # Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us), and
 # the client's API key is for fwproxy only.
 REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded", "x-fwproxy-key"}
+_REQUEST_DROP_AUTH = REQUEST_DROP | {"authorization"}
+_LOCATIONS = frozenset({"location", "content-location"})
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
 MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
@@ -76,37 +78,43 @@ def request_headers(
     proxy_host: str,
 ) -> CIMultiDict[str]:
     """The client's headers, cleaned for the tenant; the token is added after this."""
-    drop = REQUEST_DROP | _connection_named(incoming)
-    if drop_authorization:
-        drop = drop | {"authorization"}
+    drop = _REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP
+    if "Connection" in incoming:
+        drop = drop | _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in incoming.items() if name.lower() not in drop
+        [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     )
     if client_ip:
-        previous = out.popall("X-Forwarded-For", [])
-        out["X-Forwarded-For"] = ", ".join([*previous, client_ip])
+        previous = out.popall("X-Forwarded-For", None)
+        out["X-Forwarded-For"] = ", ".join([*previous, client_ip]) if previous else client_ip
     out["X-Forwarded-Proto"] = "http"
     out["X-Forwarded-Host"] = proxy_host
     return out
 
 
 def response_headers(
-    incoming: CIMultiDictProxy[str], tenant_origin: URL, proxy_origin: URL, strip_token: bool
-) -> CIMultiDict[str]:
-    """The tenant's headers, cleaned for the client, with self-references pointed at us.
+    incoming: CIMultiDictProxy[str],
+    tenant_origin: URL,
+    proxy_origin: Callable[[], URL],
+    strip_token: bool,
+) -> list[tuple[str, str]]:
+    """The tenant's headers, cleaned for the client, with self-references pointed at us
+    (`proxy_origin` is asked only when there is a Location to rewrite).
 
     `strip_token`: the token went upstream in the query, so the tenant may echo it in a
     Location; it must not reach the client (or whatever host that Location names).
     """
-    drop = HOP_BY_HOP | _connection_named(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = HOP_BY_HOP
+    if "Connection" in incoming:
+        drop = drop | _connection_named(incoming)
+    out: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in drop or _UNSENDABLE.search(value):
+        if lower in drop or (not value.isprintable() and _UNSENDABLE.search(value)):
             continue
-        if lower in ("location", "content-location"):
-            value = rewrite_location(value, tenant_origin, proxy_origin, strip_token)
-        out.add(name, value)
+        if lower in _LOCATIONS:
+            value = rewrite_location(value, tenant_origin, proxy_origin(), strip_token)
+        out.append((name, value))
     return out
 
 
@@ -142,6 +150,8 @@ def _same_origin(url: URL, tenant: URL) -> bool:
 
 def has_param(query: str, name: str) -> bool:
     """Whether the raw query string carries parameter `name`."""
+    if name not in query:
+        return False
     prefix = name + "="
     return any(part == name or part.startswith(prefix) for part in query.split("&"))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fwproxy.log import MASK, Redactor, setup_logging
+from fwproxy.log import MASK, AccessLog, Redactor, setup_logging
 
 
 @pytest.fixture
@@ -52,9 +52,26 @@ def test_only_recent_tokens_are_remembered() -> None:
     assert redact("t-one t-two t-three") == f"t-one {MASK} {MASK}"
 
 
+class Recording(io.StringIO):
+    """stderr for the handler: counts the writes, and `getvalue` sees queued lines too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def getvalue(self) -> str:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        return super().getvalue()
+
+
 @pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
+def stream() -> Iterator[Recording]:
+    buffer = Recording()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     yield buffer
@@ -62,7 +79,7 @@ def stream() -> Iterator[io.StringIO]:
     root.setLevel(saved[1])
 
 
-def test_handler_redacts_args_and_tracebacks(stream: io.StringIO) -> None:
+def test_handler_redacts_args_and_tracebacks(stream: Recording) -> None:
     setup_logging("debug", stream=stream)
     log = logging.getLogger("fwproxy.test")
     log.debug("sending %s", "Authorization: Bearer very-secret-token")
@@ -76,7 +93,7 @@ def test_handler_redacts_args_and_tracebacks(stream: io.StringIO) -> None:
     assert "Traceback" in output  # the traceback itself is kept, only masked
 
 
-def test_json_format_is_one_object_per_line(stream: io.StringIO) -> None:
+def test_json_format_is_one_object_per_line(stream: Recording) -> None:
     setup_logging("info", "json", stream=stream)
     logging.getLogger("fwproxy.test").info("hello access_token=zzz")
     line = stream.getvalue().strip()
@@ -87,7 +104,7 @@ def test_json_format_is_one_object_per_line(stream: io.StringIO) -> None:
 
 
 async def test_malformed_requests_log_one_line_without_traceback(
-    stream: io.StringIO, proxy: Any
+    stream: Recording, proxy: Any
 ) -> None:
     setup_logging("info", stream=stream)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -101,7 +118,7 @@ async def test_malformed_requests_log_one_line_without_traceback(
 
 
 async def test_no_secret_in_debug_logs_of_a_busy_run(
-    stream: io.StringIO, make_proxy: Any, tenant_state: Any
+    stream: Recording, make_proxy: Any, tenant_state: Any
 ) -> None:
     from fwproxy.demo import DEMO_CLIENT_SECRET
 
@@ -128,3 +145,52 @@ async def test_no_secret_in_debug_logs_of_a_busy_run(
     for secret in [DEMO_CLIENT_SECRET, "wrong-secret-value", "client-own-secret",
                    *tenant_state.tokens]:
         assert secret not in output
+
+
+async def test_access_lines_of_one_loop_turn_are_written_together(stream: Recording) -> None:
+    setup_logging("info", stream=stream)
+    access = AccessLog("fwproxy.access")
+    for n in range(5):
+        access.info(f'127.0.0.1 "GET /x?access_token=leak{n}" 200')
+    assert stream.writes == 0  # queued until the loop turn ends
+    await asyncio.sleep(0)  # the flush scheduled with call_soon runs
+    assert stream.writes == 1
+    lines = super(Recording, stream).getvalue().splitlines()
+    assert len(lines) == 5
+    assert all(" INFO    fwproxy.access: 127.0.0.1 " in line for line in lines)
+    assert "leak" not in "".join(lines)
+
+
+async def test_other_records_keep_their_place_after_queued_access_lines(
+    stream: Recording,
+) -> None:
+    setup_logging("info", stream=stream)
+    AccessLog("fwproxy.access").info("first")
+    logging.getLogger("fwproxy.proxy").warning("second")
+    AccessLog("fwproxy.access").info("third")
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["first", "second", "third"]
+    assert "WARNING fwproxy.proxy: second" in lines[1]
+
+
+def test_access_line_outside_a_loop_is_written_at_once(stream: Recording) -> None:
+    setup_logging("info", "json", stream=stream)
+    AccessLog("fwproxy.access").info("GET Bearer abc.def")
+    entry = json.loads(super(Recording, stream).getvalue())
+    assert (entry["level"], entry["logger"]) == ("info", "fwproxy.access")
+    assert entry["msg"] == f"GET Bearer {MASK}"
+    assert entry["ts"].endswith("Z")
+
+
+def test_access_lines_respect_the_level(stream: Recording) -> None:
+    setup_logging("warning", stream=stream)
+    AccessLog("fwproxy.access").info("not shown")
+    assert stream.getvalue() == ""
+
+
+def test_access_lines_reach_other_handlers_the_ordinary_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fwproxy.access"):
+        AccessLog("fwproxy.access").info("via the logger")
+    assert [r.getMessage() for r in caplog.records] == ["via the logger"]

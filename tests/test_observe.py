@@ -181,6 +181,22 @@ async def test_reload_rotates_the_secret_and_keeps_the_token(
     assert tenant_state.token_forms[-1]["client_secret"] == "rotated-secret"
 
 
+async def test_reload_to_another_client_does_not_use_the_old_clients_token(
+    proxy: Client, make_settings: SettingsFactory, tenant_state: TenantState
+) -> None:
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    old = tenant_state.token_forms[-1]["client_id"]
+    tenant_state.clients = {**tenant_state.clients, "second-client": "second-secret"}
+    assert proxy.app is not None
+    reconfigure(proxy.app, make_settings(auth={"client_id": "second-client",
+                                               "client_secret": "second-secret"}))
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    assert tenant_state.token_requests == 2
+    assert (old, tenant_state.token_forms[-1]["client_id"]) == ("fwproxy-demo", "second-client")
+
+
 async def test_reload_reports_what_needs_a_restart(
     proxy: Client, make_settings: SettingsFactory
 ) -> None:
@@ -255,3 +271,32 @@ def test_settings_carry_status_and_listen_defaults() -> None:
     assert settings.status.prefix == "/_fwproxy"
     assert settings.listen.shutdown_timeout == 30
     assert settings.listen.unix_socket is None
+
+
+def test_request_metrics_render_as_prometheus_families() -> None:
+    from prometheus_client import generate_latest
+
+    from fwproxy.observe import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.005, 0.02, 100.0):  # on a bound (le is inclusive), inside, past the last
+        metrics.observe("GET", 200, 3, 5, seconds)
+    metrics.observe("BREW", 0, 0, 0, None)  # an unknown method, no answer at all
+    metrics.in_flight += 2
+    text = generate_latest(metrics.registry).decode()
+    for line in (
+        'fwproxy_upstream_seconds_bucket{le="0.005"} 1.0',
+        'fwproxy_upstream_seconds_bucket{le="0.01"} 1.0',
+        'fwproxy_upstream_seconds_bucket{le="0.025"} 2.0',
+        'fwproxy_upstream_seconds_bucket{le="60.0"} 2.0',
+        'fwproxy_upstream_seconds_bucket{le="+Inf"} 3.0',
+        "fwproxy_upstream_seconds_count 3.0",
+        "fwproxy_upstream_seconds_sum 100.025",
+        'fwproxy_requests_total{method="GET",status_class="2xx"} 3.0',
+        'fwproxy_requests_total{method="other",status_class="none"} 1.0',
+        "fwproxy_request_body_bytes_total 9.0",
+        "fwproxy_response_body_bytes_total 15.0",
+        "fwproxy_requests_in_flight 2.0",
+        "# TYPE fwproxy_upstream_seconds histogram",
+    ):
+        assert line in text.splitlines(), line
