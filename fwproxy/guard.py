@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from itertools import chain
 from typing import NamedTuple
 
 from aiohttp import web
@@ -132,8 +133,8 @@ class Guard:
             return error_response(403, "forbidden",
                                   f"{request.method} {normalized} is denied by access rule "
                                   f"{rule!r}")
-        length = request.content_length
-        if limits.max_body and length is not None and length > limits.max_body:
+        length = request.content_length if limits.max_body and request.body_exists else None
+        if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
         return Admitted(path, query, key)
@@ -145,7 +146,8 @@ _normalized = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # pure; a BadPath is
 
 def header_bytes(request: web.Request) -> int:
     """The size of the request's header block, near enough (names, values, separators)."""
-    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    raw = request.raw_headers
+    return sum(map(len, chain.from_iterable(raw))) + 4 * len(raw)
 
 
 _FRAMING = ("Content-Length", "Transfer-Encoding")

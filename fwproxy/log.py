@@ -36,7 +36,14 @@ _PATTERNS = [
 ]
 
 
-_TRIGGER = re.compile(r"token|secret|verifier|bearer", re.I)
+_TRIGGERS = ("token", "secret", "verifier", "bearer")  # every pattern needs one of these
+
+
+def _may_match(text: str) -> bool:
+    """A cheap pre-check (most lines carry none of the patterns); casefold is what re.I
+    matches by, so nothing a pattern would find is skipped."""
+    folded = text.casefold()
+    return any(word in folded for word in _TRIGGERS)
 
 
 class Redactor:
@@ -45,22 +52,25 @@ class Redactor:
     def __init__(self, remember: int = 32) -> None:
         self._secrets: deque[str] = deque(maxlen=remember)
         self._pinned: set[str] = set()
+        self._known: tuple[str, ...] = ()
 
     def pin(self, secret: str) -> None:
         """A secret to mask for the life of the process (the client secret)."""
         if len(secret) >= 4:
             self._pinned.add(secret)
+            self._known = (*self._pinned, *self._secrets)
 
     def add(self, secret: str) -> None:
         """A short-lived secret (an access token); the last few are remembered."""
         if len(secret) >= 4 and secret not in self._secrets:
             self._secrets.append(secret)
+            self._known = (*self._pinned, *self._secrets)
 
     def __call__(self, text: str) -> str:
-        for secret in (*self._pinned, *self._secrets):
+        for secret in self._known:
             if secret in text:
                 text = text.replace(secret, MASK)
-        if _TRIGGER.search(text):  # most lines carry none of the patterns: skip them fast
+        if _may_match(text):
             for pattern, replacement in _PATTERNS:
                 text = pattern.sub(replacement, text)
         return text

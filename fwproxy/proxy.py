@@ -111,7 +111,7 @@ class Proxy:
 
     async def _handle(self, request: web.Request, note: Note) -> web.StreamResponse:
         admitted = self.guard.admit(request)
-        if isinstance(admitted, web.Response):
+        if not isinstance(admitted, Admitted):  # (Admitted is a tuple: a cheap check)
             return note.answer(admitted)
         slots = self._slots  # the one acquired is the one released, even across a reload
         if slots is None:
@@ -218,13 +218,13 @@ class Proxy:
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
                     ) -> aiohttp.ClientResponse:
+        # aiohttp copies the headers it is given: the same dict serves every attempt, its
+        # Authorization set (or removed) afresh for each
         query, headers = out.query, out.headers
         if token is not None and placement == "query":
             query = add_param(without_param(query, "access_token"), "access_token", token.value)
-            headers = headers.copy()
             headers.popall("Authorization", None)
         elif token is not None:
-            headers = headers.copy()
             headers["Authorization"] = f"Bearer {token.value}"
         url = URL.build(
             scheme=self._tenant.scheme,

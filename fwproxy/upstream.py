@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from types import TracebackType
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +32,7 @@ HOP_BY_HOP = frozenset({
 REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded", "x-fwproxy-key"}
 _REQUEST_DROP_AUTH = REQUEST_DROP | {"authorization"}
 _LOCATIONS = frozenset({"location", "content-location"})
+_NOT_NEW = HOP_BY_HOP | {"close"}  # Connection tokens that name no further header
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
 MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
@@ -66,8 +67,19 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     """Header names listed in Connection: they are hop-by-hop for this message too."""
     named: set[str] = set()
     for value in headers.getall("Connection", ()):
-        named.update(part.strip().lower() for part in value.split(",") if part.strip())
+        for part in value.split(","):
+            name = part.strip().lower()
+            if name:
+                named.add(name)
     return named
+
+
+def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """`base` plus what Connection names (usually nothing new: ``keep-alive``, ``close``)."""
+    if "Connection" not in headers:
+        return base
+    named = _connection_named(headers)
+    return base if named <= _NOT_NEW else base | named
 
 
 def request_headers(
@@ -78,9 +90,7 @@ def request_headers(
     proxy_host: str,
 ) -> CIMultiDict[str]:
     """The client's headers, cleaned for the tenant; the token is added after this."""
-    drop = _REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP
-    if "Connection" in incoming:
-        drop = drop | _connection_named(incoming)
+    drop = _drop_set(_REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP, incoming)
     out: CIMultiDict[str] = CIMultiDict(
         [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     )
@@ -104,9 +114,7 @@ def response_headers(
     `strip_token`: the token went upstream in the query, so the tenant may echo it in a
     Location; it must not reach the client (or whatever host that Location names).
     """
-    drop = HOP_BY_HOP
-    if "Connection" in incoming:
-        drop = drop | _connection_named(incoming)
+    drop = _drop_set(HOP_BY_HOP, incoming)
     out: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
@@ -169,15 +177,21 @@ def add_param(query: str, name: str, value: str) -> str:
     return f"{query}&{pair}" if query else pair
 
 
-@contextlib.contextmanager
-def map_upstream_errors() -> Iterator[None]:
-    """Translate aiohttp's exceptions about the tenant into `UpstreamError` (the one boundary)."""
-    try:
-        yield
-    except UpstreamError:
-        raise
-    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-        raise translate(exc) from exc
+class map_upstream_errors:  # a context manager, named and used like a function
+    """Translate aiohttp's exceptions about the tenant into `UpstreamError` (the one boundary).
+
+    A class rather than a `contextlib.contextmanager`: it is entered for every read.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, UpstreamError) and isinstance(
+            exc, (asyncio.TimeoutError, aiohttp.ClientError)
+        ):
+            raise translate(exc) from exc
 
 
 def translate(exc: BaseException) -> UpstreamError:

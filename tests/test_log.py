@@ -29,6 +29,9 @@ def redact() -> Redactor:
         ("Authorization: Bearer eyJhbGciOi.payload.sig", "eyJhbGciOi.payload.sig"),
         ("refresh_token=rt-2&grant_type=refresh_token", "rt-2"),
         ("code_verifier=v3rifier", "v3rifier"),
+        ("GET /x?ACCESS_TOKEN=Upper1", "Upper1"),  # the cheap pre-check ignores case too
+        ("authorization: BEARER Upper2", "Upper2"),
+        ("Client_Secret=Upper3", "Upper3"),
     ],
 )
 def test_patterns(redact: Redactor, text: str, leak: str) -> None:
