@@ -135,5 +135,6 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     app[TOKENS] = tokens
     app[PROXY] = proxy
     yield
+    proxy.close()
     await tokens.aclose()
     await session.close()

@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Settings
-from .exceptions import NoTokenAvailable, UpstreamError, UpstreamTimeout
+from .exceptions import NoTokenAvailable, UpstreamError
 from .guard import Admitted, Guard
 from .log import REDACT, AccessLog
 from .observe import Metrics
@@ -51,6 +51,7 @@ from .upstream import (
     response_headers,
     without_param,
 )
+from .watchdog import Stall, Watchdog
 
 access_log = AccessLog()
 log = logging.getLogger("fwproxy.proxy")
@@ -72,6 +73,7 @@ class Proxy:
         self._session = session
         self._tokens = tokens
         self._tenant = settings.tenant.url
+        self._watchdog = Watchdog(settings.tenant.read_timeout)
         self.replays = 0
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
         self._slots: asyncio.Semaphore | None = None
@@ -93,6 +95,9 @@ class Proxy:
             self._slot_limit = limit
             self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
+
+    def close(self) -> None:
+        self._watchdog.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for every path the proxy serves."""
@@ -155,28 +160,33 @@ class Proxy:
                 expected=request.content_length,
                 limit=self._settings.limits.max_body,
             )
+        stall = self._watchdog.start()
         try:
-            out = Outgoing(request.method, path, query, headers, body)
-            upstream = await self._exchange(out, note, own_token)
-        except NoTokenAvailable as exc:
-            return note.answer(error_response(
-                503, "no_token", str(exc),
-                headers={"Retry-After": str(exc.retry_after)},
-            ), reason=exc.reason)
-        except UpstreamError as exc:
-            if body is not None and body.too_large:
+            try:
+                out = Outgoing(request.method, path, query, headers, body, stall)
+                upstream = await self._exchange(out, note, own_token)
+            except NoTokenAvailable as exc:
                 return note.answer(error_response(
-                    413, "body_too_large", f"the body exceeds limits.max_body ({body.limit} bytes)"
-                ))
-            return note.answer(error_response(exc.status, exc.error, str(exc)))
+                    503, "no_token", str(exc),
+                    headers={"Retry-After": str(exc.retry_after)},
+                ), reason=exc.reason)
+            except UpstreamError as exc:
+                if body is not None and body.too_large:
+                    return note.answer(error_response(
+                        413, "body_too_large",
+                        f"the body exceeds limits.max_body ({body.limit} bytes)",
+                    ))
+                return note.answer(error_response(exc.status, exc.error, str(exc)))
+            finally:
+                if body is not None:
+                    note.bytes_in = body.size
+                    body.close()
+            try:
+                return await self._stream_back(request, upstream, note, stall)
+            finally:
+                upstream.release()
         finally:
-            if body is not None:
-                note.bytes_in = body.size
-                body.close()
-        try:
-            return await self._stream_back(request, upstream, note)
-        finally:
-            upstream.release()
+            self._watchdog.stop(stall)
 
     async def _exchange(self, out: Outgoing, note: Note, own_token: bool
                         ) -> aiohttp.ClientResponse:
@@ -234,42 +244,31 @@ class Proxy:
             query_string=query,
             encoded=True,
         )
-        sending = self._session.request(
-            out.method,
-            url,
-            headers=headers,
-            data=out.body.chunks() if out.body is not None else None,
-            allow_redirects=False,
-        )
-        with map_upstream_errors():
-            if out.body is None:
-                return await sending
-            return await self._upload_watchdog(asyncio.ensure_future(sending), out.body)
-
-    async def _upload_watchdog(
-        self, sending: asyncio.Future[aiohttp.ClientResponse], body: BodyTee
-    ) -> aiohttp.ClientResponse:
-        """aiohttp's read timeout starts once the body is sent; a tenant that stops reading
-        the body midway would hold the request forever. This gives that case a 504 too."""
-        timeout = self._settings.tenant.read_timeout
+        stall, body = out.stall, out.body
+        if body is None:
+            stall.waiting()  # with a body, the body's chunks say when (replay.py)
         try:
-            while True:
-                left = timeout - body.stalled_for(time.monotonic())
-                if left <= 0:
-                    sending.cancel()
-                    await asyncio.gather(sending, return_exceptions=True)
-                    raise UpstreamTimeout(
-                        f"the tenant took no request body for {timeout:g}s and did not answer"
-                    )
-                done, _ = await asyncio.wait({sending}, timeout=left)
-                if done:
-                    return sending.result()
+            with map_upstream_errors():
+                return await self._session.request(
+                    out.method,
+                    url,
+                    headers=headers,
+                    data=body.chunks(stall) if body is not None else None,
+                    allow_redirects=False,
+                )
         except asyncio.CancelledError:
-            sending.cancel()
-            raise
+            timeout = stall.timed_out(
+                f"the tenant took no request body for {self._watchdog.timeout:g}s "
+                "and did not answer" if body is not None and not body.sent else
+                "the tenant did not answer within the configured timeout")
+            if timeout is None:
+                raise
+            raise timeout from None
+        finally:
+            stall.idle()
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note
+        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out.headers.extend(response_headers(
@@ -284,7 +283,7 @@ class Proxy:
             ))
         note.status = upstream.status
         try:
-            while chunk := await _read_upstream(upstream):
+            while chunk := await _read_upstream(upstream, stall):
                 await out.write(chunk)  # a client gone mid-way: ConnectionError, below
                 note.bytes_out += len(chunk)
         except UpstreamError as exc:
@@ -336,6 +335,7 @@ class Outgoing:
     query: str
     headers: CIMultiDict[str]
     body: BodyTee | None
+    stall: Stall  # waiting for the tenant, for `tenant.read_timeout` (watchdog.py)
 
     @property
     def replayable(self) -> bool:
@@ -367,11 +367,20 @@ class Note:
         return response
 
 
-async def _read_upstream(upstream: aiohttp.ClientResponse) -> bytes:
+async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
     """The next chunk of the tenant's body (b"" at the end); its faults become
     `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    with map_upstream_errors():
-        return await upstream.content.readany()
+    stall.waiting()
+    try:
+        with map_upstream_errors():
+            return await upstream.content.readany()
+    except asyncio.CancelledError:
+        timeout = stall.timed_out("the tenant stopped sending the response body")
+        if timeout is None:
+            raise
+        raise timeout from None
+    finally:
+        stall.idle()
 
 
 def proxy_origin(request: web.Request) -> URL:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from typing import IO, Protocol
+
+from .watchdog import Stall
 
 SPILL_AT = 1024 * 1024
 CHUNK = 256 * 1024
@@ -49,7 +50,7 @@ class BodyTee:
         if keep:
             self._copy = tempfile.SpooledTemporaryFile(max_size=SPILL_AT)  # noqa: SIM115
         self._max_size = max_size
-        self.upstream_waiting_since: float | None = None  # set while the tenant drains a chunk
+        self.sent = False  # an attempt has handed the tenant the whole body
 
     @property
     def replayable(self) -> bool:
@@ -60,21 +61,24 @@ class BodyTee:
     def size(self) -> int:
         return self._pulled
 
-    def stalled_for(self, now: float) -> float:
-        """Seconds the upload has been waiting for the tenant to take the last chunk."""
-        since = self.upstream_waiting_since
-        return 0.0 if since is None else now - since
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """One attempt's view of the body, from its first byte."""
+    async def chunks(self, stall: Stall | None = None) -> AsyncIterator[bytes]:
+        """One attempt's view of the body, from its first byte. `stall` is told when the
+        tenant is the one being waited for: while it takes a chunk, and once the body is
+        all sent (the client's own pace does not count)."""
         pos = 0
+        self.sent = False
         while data := await self._next(pos):
             pos += len(data)
-            self.upstream_waiting_since = time.monotonic()
+            if stall is not None:
+                stall.waiting()
             try:
                 yield data  # suspended here while aiohttp drains the chunk to the tenant
             finally:
-                self.upstream_waiting_since = None
+                if stall is not None:
+                    stall.idle()
+        self.sent = True
+        if stall is not None:
+            stall.waiting()  # for the answer
 
     async def _next(self, pos: int) -> bytes:
         """The bytes at `pos`: from the copy if an earlier attempt pulled them, else new."""

@@ -53,9 +53,8 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must not reach another
         auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=tenant.connect_timeout, sock_read=tenant.read_timeout
-        ),
+        # tenant.read_timeout is kept by the proxy's watchdog (watchdog.py), on one timer
+        timeout=aiohttp.ClientTimeout(total=None, connect=tenant.connect_timeout),
         skip_auto_headers=SKIP_AUTO_HEADERS,
         read_bufsize=256 * 1024,
         max_line_size=MAX_HEADER_LINE,  # tenants send long CSP, Link and Set-Cookie values

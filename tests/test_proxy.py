@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -485,6 +486,83 @@ async def test_stalled_tenant_is_504(
         assert resp.status == 504
         assert (await resp.json())["error"] == "upstream_timeout"
     released.set()
+
+
+async def test_tenant_that_stalls_mid_body_is_cut_off(
+    proxy_with_routes: Callable[..., Awaitable[Client]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fwproxy.access")
+    released = asyncio.Event()
+
+    async def half(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "2000"})
+        await resp.prepare(request)
+        await resp.write(b"h" * 1000)
+        await released.wait()  # the second half never comes
+        return resp
+
+    client = await proxy_with_routes(
+        lambda app: app.router.add_get("/sim/half", half), tenant={"read_timeout": "200ms"}
+    )
+
+    async def fetch() -> bytes:
+        async with client.get("/sim/half") as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    with pytest.raises(aiohttp.ClientPayloadError):  # an incomplete body, never a whole one
+        await asyncio.wait_for(fetch(), timeout=30)
+    released.set()
+
+    def access() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "fwproxy.access"]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not access():  # the line is written as the handler returns, just after the cut
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert "error=upstream_timeout" in access()[-1]
+    await echo(client)  # and the proxy is fine afterwards
+
+
+async def test_a_slow_client_is_not_a_stalled_tenant(
+    proxy_with_routes: Callable[..., Awaitable[Client]],
+) -> None:
+    """Only waiting for the tenant counts against tenant.read_timeout: not a client that
+    uploads slowly, nor one that reads the answer slowly."""
+    big = b"d" * (16 << 20)  # more than the socket buffers hold: the proxy has to wait
+
+    async def download(request: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    async def upload(request: web.Request) -> web.Response:
+        return web.json_response({"size": len(await request.read())})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/sim/big", download)
+        app.router.add_post("/sim/slow-upload", upload)
+
+    client = await proxy_with_routes(routes, tenant={"read_timeout": "200ms"})
+    pause = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def slow_body() -> Any:
+        for _ in range(3):
+            yield b"u" * 1000
+            loop.call_later(0.6, pause.set)  # three times the timeout, between chunks
+            await pause.wait()
+            pause.clear()
+
+    async with client.post("/sim/slow-upload", data=slow_body()) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["size"] == 3000
+    async with client.get("/sim/big") as resp:
+        assert resp.status == 200
+        first = await resp.content.readexactly(65536)
+        loop.call_later(0.6, pause.set)  # the proxy is held up writing to us meanwhile
+        await pause.wait()
+        rest = await resp.read()
+    assert len(first) + len(rest) == len(big)
 
 
 async def test_invalid_client_is_503_naming_it(

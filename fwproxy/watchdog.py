@@ -1,0 +1,95 @@
+"""``tenant.read_timeout`` for every exchange, on one timer.
+
+aiohttp's own read timeout re-arms an event-loop timer on every read from the tenant; at a
+few thousand requests a second that timer work costs more than all of fwproxy's access
+checks. Here each exchange only notes when it starts and stops waiting for the tenant (two
+clock reads), and one timer, armed while anything is in flight, sweeps a few times per
+timeout period: an exchange that has waited longer than the timeout has its task cancelled,
+and `Stall.timed_out` turns that cancellation into `UpstreamTimeout` at the await it
+interrupted (the way `asyncio.timeout` does it). A timeout fires between `timeout` and
+`timeout + tick` after the wait began.
+
+Only waiting for the tenant counts: not a slow client's upload, not a slow client reading
+the response (the proxy stops reading the tenant while the client catches up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from .exceptions import UpstreamTimeout
+
+
+class Stall:
+    """One exchange's waiting state, for `Watchdog`."""
+
+    __slots__ = ("fired", "since", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.since = math.inf  # when it began waiting for the tenant; inf: not waiting
+        self.fired = False
+
+    def waiting(self) -> None:
+        self.since = time.monotonic()
+
+    def idle(self) -> None:
+        self.since = math.inf
+
+    def timed_out(self, what: str) -> UpstreamTimeout | None:
+        """Called with a `CancelledError` in hand: the timeout to raise instead, or None when
+        the cancellation is someone else's (shutdown) and must go on."""
+        if not self.fired:
+            return None
+        self.fired = False
+        self.since = math.inf
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; on 3.10 a shutdown
+        if uncancel is not None and uncancel() > 0:  # racing the timeout ends as a 504
+            return None
+        return UpstreamTimeout(what)
+
+
+class Watchdog:
+    """Cancels exchanges that have waited for the tenant longer than `timeout` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(1.0, max(0.01, timeout / 8))
+        self._stalls: set[Stall] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def armed(self) -> bool:
+        """Whether the sweep timer is set (only while something is in flight)."""
+        return self._timer is not None
+
+    def start(self) -> Stall:
+        """Watch the current task from now until `stop`."""
+        task = asyncio.current_task()
+        assert task is not None
+        stall = Stall(task)
+        self._stalls.add(stall)
+        if self._timer is None:
+            self._timer = task.get_loop().call_later(self.tick, self._sweep)
+        return stall
+
+    def stop(self, stall: Stall) -> None:
+        self._stalls.discard(stall)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self._timer = None
+        if not self._stalls:
+            return
+        deadline = time.monotonic() - self.timeout
+        for stall in self._stalls:
+            if stall.since < deadline and not stall.fired:
+                stall.fired = True
+                stall.task.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
