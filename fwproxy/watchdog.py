@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 from .exceptions import UpstreamTimeout
 
@@ -27,7 +28,7 @@ class Stall:
 
     __slots__ = ("fired", "since", "task")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.since = math.inf  # when it began waiting for the tenant; inf: not waiting
         self.fired = False
@@ -59,6 +60,7 @@ class Watchdog:
         self.tick = min(1.0, max(0.01, timeout / 8))
         self._stalls: set[Stall] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def armed(self) -> bool:
@@ -67,12 +69,16 @@ class Watchdog:
 
     def start(self) -> Stall:
         """Watch the current task from now until `stop`."""
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        # with the loop given, current_task() skips get_running_loop(): a getpid() on 3.11
+        task = asyncio.current_task(loop)
         assert task is not None
         stall = Stall(task)
         self._stalls.add(stall)
         if self._timer is None:
-            self._timer = task.get_loop().call_later(self.tick, self._sweep)
+            self._timer = loop.call_later(self.tick, self._sweep)
         return stall
 
     def stop(self, stall: Stall) -> None:
@@ -92,4 +98,5 @@ class Watchdog:
             if stall.since < deadline and not stall.fired:
                 stall.fired = True
                 stall.task.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.tick, self._sweep)
