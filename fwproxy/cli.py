@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import __version__
+from . import __version__, eventloop
 from .config import Settings, describe, find_config, is_loopback, load_config, parse_config
 from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from .exceptions import ConfigError, TokenError
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "demo":
             setup_logging(args.log_level or "info")
-            return asyncio.run(demo(args.port, args.token_lifetime))
+            return eventloop.run(demo(args.port, args.token_lifetime), "auto")
         if args.command == "key":
             return manage_keys(args, environ)
         path = find_config(args.config, environ)
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
             if settings.listen.workers > 1:
                 return run_workers(settings, reload)
-            return asyncio.run(serve(settings, reload=reload))
+            return eventloop.run(serve(settings, reload=reload), settings.listen.event_loop)
         return asyncio.run(check(settings) if args.command == "check" else token(settings))
     except KeyboardInterrupt:
         return EXIT_OK

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from . import eventloop
 from .access import DEFAULT_ACCEPT_HOSTS, Rule, compile_glob
 from .exceptions import ConfigError
 
@@ -74,6 +75,7 @@ class ListenConfig:
     unix_socket: Path | None = None
     shutdown_timeout: float = 30.0
     workers: int = 1
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,15 @@ def parse_workers(value: object, key: str) -> int:
     return count
 
 
+def parse_event_loop(value: object, key: str) -> str:
+    """auto, asyncio or uvloop; uvloop only if it is installed (eventloop.py)."""
+    text = choice(*eventloop.CHOICES)(value, key)
+    if text == "uvloop" and not eventloop.uvloop_installed():
+        raise ConfigError(key, "uvloop is not installed (pip install 'fwproxy[uvloop]'); "
+                               "use auto or asyncio")
+    return text
+
+
 def parse_count(value: object, key: str) -> int:
     try:
         number = int(str(value))
@@ -340,6 +351,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "unix_socket": parse_optional_path,
         "shutdown_timeout": parse_duration,
         "workers": parse_workers,
+        "event_loop": parse_event_loop,
     },
     "tenant": {
         "url": parse_str,

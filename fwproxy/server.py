@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import eventloop
 from .app import TOKENS, create_app, reconfigure
 from .config import Settings
 from .exceptions import ConfigError, TokenError
@@ -73,14 +74,14 @@ async def serve(
         except OSError as exc:
             print(f"fwproxy: cannot listen: {exc}", file=sys.stderr)
             return 1
+        loop = asyncio.get_running_loop()
         if worker is None:
             for address in runner.addresses:
-                log.info("listening on %s -> %s (%s)", _describe(address),
-                         settings.tenant.url, settings.source)
+                log.info("listening on %s -> %s (%s; %s)", _describe(address),
+                         settings.tenant.url, settings.source, eventloop.describe(loop))
         else:
-            log.info("worker %d serving", worker.index)
+            log.info("worker %d serving (%s)", worker.index, eventloop.describe(loop))
             os.write(worker.ready_fd, b"r")
-        loop = asyncio.get_running_loop()
         background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
         notifier.notify("READY=1\nSTATUS=serving")
         stop = asyncio.Event()

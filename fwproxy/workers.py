@@ -10,7 +10,6 @@ a renewal is one token request for the whole proxy.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import eventloop
 from .config import Settings
 from .exceptions import ConfigError
 from .server import Reloader, WorkerRole, serve
@@ -115,7 +115,8 @@ class Supervisor:
             os.close(self.ready_r)
             os.environ.pop("NOTIFY_SOCKET", None)
             role = WorkerRole(index, sock, self.token_file, self.ready_w)
-            code = asyncio.run(serve(self.settings, self.reload, worker=role))
+            code = eventloop.run(serve(self.settings, self.reload, worker=role),
+                                 self.settings.listen.event_loop)
         except BaseException:
             log.exception("worker %d failed", index)
         finally:

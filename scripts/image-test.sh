@@ -275,9 +275,9 @@ grep -q -- '--config' <<<"$out" || die "fwproxy check --help does not mention --
 ok "mentions --config"
 
 step "runtime imports (aiohttp and the C extensions, as the image user)"
-out=$(in_image python3 -c 'import aiohttp, yarl, multidict, yaml, cachetools, fwproxy.app, fwproxy.cli; print(aiohttp.__version__)' 2>&1) \
-  || die "importing fwproxy's runtime failed in the image: $out"
-ok "aiohttp $out"
+out=$(in_image python3 -c 'import aiohttp, yarl, multidict, yaml, cachetools, uvloop, fwproxy.app, fwproxy.cli; print(aiohttp.__version__, uvloop.__version__)' 2>&1) \
+  || die "importing fwproxy's runtime (uvloop included) failed in the image: $out"
+ok "aiohttp, uvloop: $out"
 
 step "fwproxy run refuses 0.0.0.0 until the operator chooses who may connect"
 # The tenant is a closed loopback port: nothing leaves the machine even if it started.

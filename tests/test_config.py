@@ -47,6 +47,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.auth.token_placement == "auto"
     assert settings.auth.client_authorization == "keep"
     assert settings.auth.replay_max_body == 64 * 2**20
+    assert settings.listen.event_loop == "auto"
 
 
 def test_example_config_parses_and_lists_every_key() -> None:
@@ -205,3 +206,17 @@ def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert find_config(None, {"FWPROXY_CONFIG": "env.yaml"}) == Path("env.yaml")
     (tmp_path / "fwproxy.yaml").write_text("")
     assert find_config(None, {}) == Path("fwproxy.yaml")
+
+
+def test_event_loop_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fwproxy import eventloop
+
+    assert parse_config(config(listen={"event_loop": "AsyncIO"}), environ={}
+                        ).listen.event_loop == "asyncio"
+    with pytest.raises(ConfigError, match=r"listen\.event_loop.*auto, asyncio, uvloop"):
+        parse_config(config(listen={"event_loop": "tokio"}), environ={})
+    monkeypatch.setattr(eventloop, "uvloop_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"listen\.event_loop.*uvloop is not installed"):
+        parse_config(config(listen={"event_loop": "uvloop"}), environ={})
+    settings = parse_config(config(), environ={"FWPROXY_LISTEN_EVENT_LOOP": "asyncio"})
+    assert settings.listen.event_loop == "asyncio"

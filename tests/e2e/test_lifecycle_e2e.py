@@ -64,3 +64,20 @@ async def test_port_already_taken_is_one_line_and_exit_1(
     assert lines[0].startswith("fwproxy: cannot listen")
     assert str(first.port) in lines[0]
     assert "address already in use" in lines[0].lower()
+
+
+async def test_the_startup_line_names_the_event_loop(start_proxy: StartProxy) -> None:
+    from fwproxy import eventloop
+
+    auto = await start_proxy()
+    want = "uvloop" if eventloop.uvloop_installed() else "asyncio"
+    assert any("listening on" in line and f"; {want}" in line for line in auto.lines)
+    await curl_ok(auto.url("/fotoweb/me"))
+    plain = await start_proxy({"listen": {"event_loop": "asyncio"}})
+    assert any("listening on" in line and line.endswith("; asyncio)") for line in plain.lines)
+    await curl_ok(plain.url("/fotoweb/me"))
+
+
+async def curl_ok(url: str) -> None:
+    result = await curl("-w", "%{stderr}%{http_code}", url)
+    assert result.stderr.decode() == "200", result.stderr
