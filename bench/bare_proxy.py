@@ -3,9 +3,12 @@ keep-alive), bodies streamed both ways, hop-by-hop headers dropped, the token ad
 token handling, no guard, no logging, no metrics.
 
     python bench/bare_proxy.py --port 8081 --upstream https://127.0.0.1:8443 --ca ca.crt
+
+--uvloop runs it on uvloop: (g), the same floor on the loop fwproxy uses when it can.
 """
 
 import argparse
+import asyncio
 import ssl
 
 import aiohttp
@@ -54,6 +57,10 @@ if __name__ == "__main__":
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--token", default="bench-token")
+    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(build(args.upstream, args.ca, args.token), host="127.0.0.1", port=args.port,
                 access_log=None, print=None)

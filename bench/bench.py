@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import datetime
 import http.client
+import importlib.metadata
 import json
 import os
 import platform
@@ -67,9 +68,20 @@ LABELS = {
     "b": "nginx reverse proxy",
     "c": "mitmproxy reverse",
     "d": "bare aiohttp proxy",
+    "g": "bare aiohttp, uvloop",
     "e": "fwproxy",
     "f": "fwproxy workers=2",
 }
+
+
+def _uvloop_version() -> str | None:
+    try:
+        return importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+UVLOOP = _uvloop_version()  # in the project venv: fwproxy (e, f) and (g) run on it
 
 
 class Failed(Exception):
@@ -110,7 +122,7 @@ def settings(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtt-ms", type=float, default=float(default("RTT_MS", "10", "10")),
                    help="delay each way in the RTT scenario")
     p.add_argument("--calls", type=int, default=int(default("CALLS", "200", "20")))
-    p.add_argument("--only", default=env("BENCH_ONLY", "abcdef"), help="contenders, e.g. ade")
+    p.add_argument("--only", default=env("BENCH_ONLY", "abcdgef"), help="contenders, e.g. ade")
     p.add_argument("--profile", type=int, default=int(default("PROFILE", "1", "0")))
     p.add_argument("--wait-idle", type=float, default=float(default("WAIT_IDLE", "600", "0")),
                    help="wait up to this many seconds for the CPUs to be under 20%% busy")
@@ -529,6 +541,9 @@ class Bench:
             return [PY, str(BENCH / "bare_proxy.py"), "--port", str(port), "--upstream",
                     f"https://127.0.0.1:{self.tenant_port}", "--ca", ca]
 
+        def bare_uvloop(port: int) -> list[str]:
+            return [*bare(port), "--uvloop"]
+
         def fw(workers: int) -> Callable[[int], list[str]]:
             def argv(port: int) -> list[str]:
                 conf = fwproxy_config(work, f"fwproxy-{port}", port, self.tenant_port, workers)
@@ -536,7 +551,8 @@ class Bench:
             return argv
 
         launchers: dict[str, Callable[[int], list[str]] | None] = {
-            "a": None, "b": nginx_proxy, "c": mitm, "d": bare, "e": fw(0), "f": fw(2)}
+            "a": None, "b": nginx_proxy, "c": mitm, "d": bare, "g": bare_uvloop, "e": fw(0),
+            "f": fw(2)}
         for key, launch in launchers.items():
             c = Contender(key, LABELS[key], launch)
             self.contenders[key] = c
@@ -546,6 +562,9 @@ class Bench:
                 c.url = f"https://127.0.0.1:{self.tenant_port}"
                 c.headers = {"Authorization": f"Bearer {TOKEN}"}
                 c.cafile = ca
+        g = self.contenders["g"]
+        if g.active and UVLOOP is None:
+            g.status, g.reason = "skipped", "uvloop not installed (make installs it)"
         c = self.contenders["c"]
         if c.active and not mitmdump.exists():
             c.status = "skipped"
@@ -980,6 +999,8 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
+        # listen.event_loop: auto, as fwproxy runs in (e) and (f)
+        "fwproxy_loop": f"uvloop {UVLOOP}" if UVLOOP else "asyncio",
         "fwproxy": version([FWPROXY, "--version"], r"fwproxy (\S+)"),
         "nginx": version(["nginx", "-v"], r"nginx/(\S+)"),
         "wrk": version(["wrk", "-v"], r"wrk (\S+)"),
@@ -1053,6 +1074,9 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     add("(e) req/s >= 0.9x (d) bare aiohttp", ratio("e", "d", "rps"), 0.9, True, "{:.3f}x",
         ("e", "d"))
+    value = ratio("e", "g", "rps")
+    rows.append({"target": "(e) req/s vs (g), the floor on uvloop too", "result": "info",
+                 "value": value, "shown": f"{value:.3f}x" if value else why_missing("e", "g")})
     add("(e) req/s >= 7x (c) mitmproxy", ratio("e", "c", "rps"), 7, True, "{:.1f}x", ("e", "c"))
     add("(f) req/s >= 1.7x (e)", ratio("f", "e", "rps"), 1.7, True, "{:.2f}x", ("f", "e"))
     add("(f) req/s >= 0.2x (b) nginx", ratio("f", "b", "rps"), 0.2, True, "{:.2f}x", ("f", "b"))
@@ -1091,7 +1115,8 @@ def table(meta: dict[str, Any], opts: argparse.Namespace, summary: dict[str, Any
         f"Linux {meta['kernel']}, CPU {meta['cpu_busy_at_start']:.0%} busy before the run",
         f"  other processes used {others['mean_cores']:.2f} cores on average while measuring "
         f"(most: {others['max_cores']:.2f} during {others['max_during'] or '-'})",
-        f"  Python {meta['python']}, aiohttp {meta['aiohttp']}, fwproxy {meta['fwproxy']}, "
+        f"  Python {meta['python']}, aiohttp {meta['aiohttp']}, fwproxy {meta['fwproxy']} on "
+        f"{meta.get('fwproxy_loop', 'asyncio')} ((d) on asyncio, (g) on uvloop), "
         f"nginx {meta['nginx']}, wrk {meta['wrk']}, mitmproxy {meta['mitmproxy']}, "
         f"OpenSSL {meta['openssl']}",
         f"  1 KB GET: wrk -t{opts.threads} -c{opts.connections}, median of {opts.runs} x "
