@@ -193,7 +193,7 @@ class Proxy:
         """Send, and on a 401 to our own token renew and replay (theory, step 4)."""
         if not own_token:
             return await self._send(out, None, "header")
-        token = await self._tokens.get()
+        token = self._tokens.fresh() or await self._tokens.get()
         placement = self.placement
         note.placement = placement
         sent = time.monotonic()
@@ -282,8 +282,13 @@ class Proxy:
                 502, "upstream_protocol_error", "the tenant sent a response that cannot be relayed"
             ))
         note.status = upstream.status
+        content = upstream.content
+        last = b""
         try:
             while chunk := await _read_upstream(upstream, stall):
+                if content.at_eof():  # the tenant is done: this chunk goes with the end
+                    last = chunk
+                    break
                 await out.write(chunk)  # a client gone mid-way: ConnectionError, below
                 note.bytes_out += len(chunk)
         except UpstreamError as exc:
@@ -297,7 +302,12 @@ class Proxy:
         except ConnectionError:
             note.error = "client_disconnected"
             return out
-        await out.write_eof()
+        try:
+            await out.write_eof(last)  # a small answer: headers, body and end in one write
+        except ConnectionError:
+            note.error = "client_disconnected"
+            return out
+        note.bytes_out += len(last)
         return out
 
     def _learn_query_placement(self) -> None:

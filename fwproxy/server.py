@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -83,6 +84,11 @@ async def serve(
             log.info("worker %d serving (%s)", worker.index, eventloop.describe(loop))
             os.write(worker.ready_fd, b"r")
         background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
+        # Everything made at startup (modules, config, the app) lives until exit: out of the
+        # collector's way, so a full collection scans what requests made, not 40,000 objects
+        # it scanned at every previous one (about 6 ms each time, a pause every client sees).
+        gc.collect()
+        gc.freeze()
         notifier.notify("READY=1\nSTATUS=serving")
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -82,6 +82,13 @@ class TokenManager:
         """The cached token if it may still be injected."""
         return self._cache.get(self._grant.cache_key)
 
+    def fresh(self) -> Token | None:
+        """The cached token if it needs no renewal yet: `get` without a coroutine."""
+        fresh = self._fresh
+        if fresh is not None and self._clock() < fresh.renew_at:
+            return fresh
+        return None
+
     async def get(self) -> Token:
         """A token to inject now; waits only when there is no usable one."""
         now = self._clock()

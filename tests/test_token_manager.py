@@ -337,3 +337,17 @@ async def test_a_token_the_tenant_accepted_is_dropped_on_a_later_401(
     clock.now += 1
     assert manager.invalidate(answer)
     assert (await manager.get()).value == "token-3"
+
+
+async def test_fresh_is_the_token_only_until_it_wants_renewing(
+    manager: TokenManager, clock: Clock
+) -> None:
+    assert manager.fresh() is None  # nothing fetched yet
+    token = await manager.get()
+    assert manager.fresh() is token
+    clock.now = token.renew_at  # from here on get() renews in the background: not fresh
+    assert manager.fresh() is None
+    assert await manager.get() is token  # still usable meanwhile
+    clock.now = token.obtained_at
+    manager.invalidate(token)  # a 401 dropped it
+    assert manager.fresh() is None
