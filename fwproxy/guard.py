@@ -141,7 +141,12 @@ class Guard:
 
 
 MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered
-_normalized = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # pure; a BadPath is not kept
+_normalize_memo = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # a BadPath is not kept
+MEMO_PATH = 512  # longer paths are normalized every time: the memo stays under 1 MiB
+
+
+def _normalized(path: str) -> str:
+    return _normalize_memo(path) if len(path) <= MEMO_PATH else normalize_path(path)
 
 
 def header_bytes(request: web.Request) -> int:

@@ -40,8 +40,11 @@ _TRIGGERS = ("token", "secret", "verifier", "bearer")  # every pattern needs one
 
 
 def _may_match(text: str) -> bool:
-    """A cheap pre-check (most lines carry none of the patterns); casefold is what re.I
-    matches by, so nothing a pattern would find is skipped."""
+    """A cheap pre-check: most lines carry none of the patterns. For ASCII text, casefold
+    finds every word `re.I` would; other text (re.I also lets ``i`` match the dotless i,
+    U+0131) always goes through the patterns."""
+    if not text.isascii():
+        return True
     folded = text.casefold()
     return any(word in folded for word in _TRIGGERS)
 
@@ -170,10 +173,10 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []
-        if pending:
-            with contextlib.suppress(OSError, ValueError):  # stderr gone: never fail a request
+        with contextlib.suppress(OSError, ValueError):  # stderr gone: never fail a request
+            if pending:
                 self.stream.write("".join(pending))
-        super().flush()
+            super().flush()
 
     def _asctime(self, now: float) -> str:
         """`logging.Formatter`'s default time format, the date part made once a second."""

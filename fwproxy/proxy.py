@@ -245,15 +245,14 @@ class Proxy:
             encoded=True,
         )
         stall, body = out.stall, out.body
-        if body is None:
-            stall.waiting()  # with a body, the body's chunks say when (replay.py)
+        attempt = stall.guard(waiting=body is None)  # with a body, its writer says when
         try:
             with map_upstream_errors():
                 return await self._session.request(
                     out.method,
                     url,
                     headers=headers,
-                    data=body.chunks(stall) if body is not None else None,
+                    data=body.chunks(stall, attempt) if body is not None else None,
                     allow_redirects=False,
                 )
         except asyncio.CancelledError:
@@ -265,7 +264,7 @@ class Proxy:
                 raise
             raise timeout from None
         finally:
-            stall.idle()
+            stall.unguard()
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
@@ -380,7 +379,7 @@ class Note:
 async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
     """The next chunk of the tenant's body (b"" at the end); its faults become
     `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    stall.waiting()
+    stall.guard(waiting=True)
     try:
         with map_upstream_errors():
             return await upstream.content.readany()
@@ -390,7 +389,7 @@ async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> byte
             raise
         raise timeout from None
     finally:
-        stall.idle()
+        stall.unguard()
 
 
 def proxy_origin(request: web.Request) -> URL:

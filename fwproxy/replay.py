@@ -61,7 +61,8 @@ class BodyTee:
     def size(self) -> int:
         return self._pulled
 
-    async def chunks(self, stall: Stall | None = None) -> AsyncIterator[bytes]:
+    async def chunks(self, stall: Stall | None = None, attempt: int = 0
+                     ) -> AsyncIterator[bytes]:
         """One attempt's view of the body, from its first byte. `stall` is told when the
         tenant is the one being waited for: while it takes a chunk, and once the body is
         all sent (the client's own pace does not count)."""
@@ -70,15 +71,15 @@ class BodyTee:
         while data := await self._next(pos):
             pos += len(data)
             if stall is not None:
-                stall.waiting()
+                stall.waiting(attempt)
             try:
                 yield data  # suspended here while aiohttp drains the chunk to the tenant
             finally:
                 if stall is not None:
-                    stall.idle()
+                    stall.idle(attempt)
         self.sent = True
         if stall is not None:
-            stall.waiting()  # for the answer
+            stall.waiting(attempt)  # for the answer
 
     async def _next(self, pos: int) -> bytes:
         """The bytes at `pos`: from the copy if an earlier attempt pulled them, else new."""

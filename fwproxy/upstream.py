@@ -32,7 +32,7 @@ HOP_BY_HOP = frozenset({
 REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded", "x-fwproxy-key"}
 _REQUEST_DROP_AUTH = REQUEST_DROP | {"authorization"}
 _LOCATIONS = frozenset({"location", "content-location"})
-_NOT_NEW = HOP_BY_HOP | {"close"}  # Connection tokens that name no further header
+_NOT_NEW = HOP_BY_HOP  # Connection tokens that name no further header (keep-alive, ...)
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
 MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})

@@ -6,7 +6,8 @@ checks. Here each exchange only notes when it starts and stops waiting for the t
 clock reads), and one timer, armed while anything is in flight, sweeps a few times per
 timeout period: an exchange that has waited longer than the timeout has its task cancelled,
 and `Stall.timed_out` turns that cancellation into `UpstreamTimeout` at the await it
-interrupted (the way `asyncio.timeout` does it). A timeout fires between `timeout` and
+interrupted (the way `asyncio.timeout` does it). Only an exchange inside one of those
+awaits (`Stall.guard`) is ever cancelled. A timeout fires between `timeout` and
 `timeout + tick` after the wait began.
 
 Only waiting for the tenant counts: not a slow client's upload, not a slow client reading
@@ -24,20 +25,45 @@ from .exceptions import UpstreamTimeout
 
 
 class Stall:
-    """One exchange's waiting state, for `Watchdog`."""
+    """One exchange's waiting state, for `Watchdog`.
 
-    __slots__ = ("fired", "since", "task")
+    The handler *guards* the awaits that turn a cancellation into a timeout (`guard` ...
+    `unguard`), and only then can the watchdog fire. Within a guard the wait counts from
+    `since`: at once for a request without a body and for the next piece of the answer; for
+    an upload, from when the body's writer (aiohttp runs it in a task of its own) hands the
+    tenant a chunk, and once the whole body is sent. The writer names the attempt it belongs
+    to, so a writer of an earlier attempt, still finishing, cannot move the clock.
+    """
+
+    __slots__ = ("attempt", "fired", "guarded", "since", "task")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
+        self.attempt = 0
+        self.guarded = False
         self.since = math.inf  # when it began waiting for the tenant; inf: not waiting
         self.fired = False
 
-    def waiting(self) -> None:
-        self.since = time.monotonic()
+    def guard(self, waiting: bool) -> int:
+        """The handler enters a converting await; the attempt number, for the writer."""
+        self.attempt += 1
+        self.guarded = True
+        self.since = time.monotonic() if waiting else math.inf
+        return self.attempt
 
-    def idle(self) -> None:
+    def unguard(self) -> None:
+        self.guarded = False
         self.since = math.inf
+
+    def waiting(self, attempt: int) -> None:
+        """From the body's writer: the tenant has a chunk to take, or the whole body."""
+        if attempt == self.attempt and self.guarded:
+            self.since = time.monotonic()
+
+    def idle(self, attempt: int) -> None:
+        """From the body's writer: waiting for the client's next bytes, not the tenant."""
+        if attempt == self.attempt and self.guarded:
+            self.since = math.inf
 
     def timed_out(self, what: str) -> UpstreamTimeout | None:
         """Called with a `CancelledError` in hand: the timeout to raise instead, or None when
@@ -45,7 +71,6 @@ class Stall:
         if not self.fired:
             return None
         self.fired = False
-        self.since = math.inf
         uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; on 3.10 a shutdown
         if uncancel is not None and uncancel() > 0:  # racing the timeout ends as a 504
             return None
@@ -53,7 +78,8 @@ class Stall:
 
 
 class Watchdog:
-    """Cancels exchanges that have waited for the tenant longer than `timeout` seconds."""
+    """Cancels exchanges that have waited for the tenant longer than `timeout` seconds
+    (0: no limit, nothing is watched)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -76,6 +102,8 @@ class Watchdog:
         task = asyncio.current_task(loop)
         assert task is not None
         stall = Stall(task)
+        if self.timeout <= 0:
+            return stall
         self._stalls.add(stall)
         if self._timer is None:
             self._timer = loop.call_later(self.tick, self._sweep)
@@ -95,7 +123,7 @@ class Watchdog:
             return
         deadline = time.monotonic() - self.timeout
         for stall in self._stalls:
-            if stall.since < deadline and not stall.fired:
+            if stall.guarded and stall.since < deadline and not stall.fired:
                 stall.fired = True
                 stall.task.cancel()
         assert self._loop is not None

@@ -197,3 +197,30 @@ def test_access_lines_reach_other_handlers_the_ordinary_way(
     with caplog.at_level(logging.INFO, logger="fwproxy.access"):
         AccessLog("fwproxy.access").info("via the logger")
     assert [r.getMessage() for r in caplog.records] == ["via the logger"]
+
+
+class Broken(io.StringIO):
+    """stderr after journald went away: every write and flush fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_broken_stderr_never_fails_a_request(stream: Recording) -> None:
+    setup_logging("info", stream=Broken())
+    AccessLog("fwproxy.access").info("queued while stderr is gone")
+    logging.getLogger("fwproxy.tokens").warning("flushes the queue first")  # must not raise
+    AccessLog("fwproxy.access").info("queued again")
+    await asyncio.sleep(0)  # the loop's flush must not raise either
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def test_non_ascii_text_is_always_checked_against_the_patterns() -> None:
+    redact = Redactor()
+    # re.IGNORECASE lets "i" match the dotless i (U+0131): the pattern would mask this, so
+    # the cheap pre-check must not skip it
+    assert "v3rifier" not in redact("code_ver\u0131f\u0131er=v3rifier")

@@ -13,8 +13,7 @@ from fwproxy.watchdog import Watchdog
 async def wait_for_tenant(dog: Watchdog, forever: asyncio.Event, waiting: bool = True) -> str:
     """What an exchange does: wait (for the tenant, or not), converting a timeout."""
     stall = dog.start()
-    if waiting:
-        stall.waiting()
+    stall.guard(waiting=waiting)
     try:
         await forever.wait()
     except asyncio.CancelledError:
@@ -23,7 +22,7 @@ async def wait_for_tenant(dog: Watchdog, forever: asyncio.Event, waiting: bool =
             raise
         raise timeout from None
     finally:
-        stall.idle()
+        stall.unguard()
         dog.stop(stall)
     return "answered"
 
@@ -60,3 +59,41 @@ def test_tick_is_a_fraction_of_the_timeout_within_bounds() -> None:
     assert Watchdog(300).tick == 1.0
     assert Watchdog(0.4).tick == 0.05
     assert Watchdog(0.001).tick == 0.01
+
+
+async def test_no_cancellation_outside_a_guarded_wait() -> None:
+    """A body writer can outlive its attempt (aiohttp runs it in its own task): what it says
+    after the handler left the guarded await must not start the clock."""
+    dog = Watchdog(0.05)
+    stall = dog.start()
+    attempt = stall.guard(waiting=False)
+    stall.unguard()  # the answer came; the handler now streams it to a slow client
+    stall.waiting(attempt)  # the writer, finishing late: "the whole body is sent"
+    for _ in range(20):  # unguarded time, however long, never fires
+        await asyncio.sleep(dog.tick)
+    assert not stall.fired
+    dog.stop(stall)
+
+
+async def test_a_writer_of_an_earlier_attempt_cannot_move_the_clock() -> None:
+    dog = Watchdog(60)
+    stall = dog.start()
+    first = stall.guard(waiting=False)
+    stall.unguard()
+    second = stall.guard(waiting=True)  # a replay, waiting for the tenant
+    since = stall.since
+    stall.idle(first)  # the first attempt's writer, finalized late
+    assert stall.since == since
+    stall.idle(second)
+    assert stall.since == float("inf")
+    stall.unguard()
+    dog.stop(stall)
+
+
+async def test_zero_means_no_read_timeout() -> None:
+    dog = Watchdog(0)
+    stall = dog.start()
+    stall.guard(waiting=True)
+    assert not dog.armed  # nothing is watched
+    stall.unguard()
+    dog.stop(stall)
