@@ -245,26 +245,22 @@ class Proxy:
             encoded=True,
         )
         stall, body = out.stall, out.body
-        attempt = stall.guard(waiting=body is None)  # with a body, its writer says when
-        try:
-            with map_upstream_errors():
-                return await self._session.request(
-                    out.method,
-                    url,
-                    headers=headers,
-                    data=body.chunks(stall, attempt) if body is not None else None,
-                    allow_redirects=False,
-                )
-        except asyncio.CancelledError:
-            timeout = stall.timed_out(
-                f"the tenant took no request body for {self._watchdog.timeout:g}s "
-                "and did not answer" if body is not None and not body.sent else
-                "the tenant did not answer within the configured timeout")
-            if timeout is None:
-                raise
-            raise timeout from None
-        finally:
-            stall.unguard()
+
+        def what() -> str:
+            if body is not None and not body.sent:
+                return (f"the tenant took no request body for {self._watchdog.timeout:g}s "
+                        "and did not answer")
+            return "the tenant did not answer within the configured timeout"
+
+        # with a body, its writer says when the tenant is the one being waited for
+        with stall.guard(waiting=body is None, what=what) as attempt, map_upstream_errors():
+            return await self._session.request(
+                out.method,
+                url,
+                headers=headers,
+                data=body.chunks(stall, attempt) if body is not None else None,
+                allow_redirects=False,
+            )
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
@@ -379,17 +375,13 @@ class Note:
 async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
     """The next chunk of the tenant's body (b"" at the end); its faults become
     `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    stall.guard(waiting=True)
-    try:
-        with map_upstream_errors():
-            return await upstream.content.readany()
-    except asyncio.CancelledError:
-        timeout = stall.timed_out("the tenant stopped sending the response body")
-        if timeout is None:
-            raise
-        raise timeout from None
-    finally:
-        stall.unguard()
+    with stall.guard(waiting=True, what=_stopped), map_upstream_errors():
+        return await upstream.content.readany()
+
+
+def _stopped() -> str:
+    return "the tenant stopped sending the response body"
+
 
 
 def proxy_origin(request: web.Request) -> URL:

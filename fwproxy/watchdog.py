@@ -5,9 +5,9 @@ few thousand requests a second that timer work costs more than all of fwproxy's 
 checks. Here each exchange only notes when it starts and stops waiting for the tenant (two
 clock reads), and one timer, armed while anything is in flight, sweeps a few times per
 timeout period: an exchange that has waited longer than the timeout has its task cancelled,
-and `Stall.timed_out` turns that cancellation into `UpstreamTimeout` at the await it
+and leaving `Stall.guard` turns that cancellation into `UpstreamTimeout` at the await it
 interrupted (the way `asyncio.timeout` does it). Only an exchange inside one of those
-awaits (`Stall.guard`) is ever cancelled. A timeout fires between `timeout` and
+awaits (``with Stall.guard(...)``) is ever cancelled. A timeout fires between `timeout` and
 `timeout + tick` after the wait began.
 
 Only waiting for the tenant counts: not a slow client's upload, not a slow client reading
@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from .exceptions import UpstreamTimeout
@@ -27,33 +29,49 @@ from .exceptions import UpstreamTimeout
 class Stall:
     """One exchange's waiting state, for `Watchdog`.
 
-    The handler *guards* the awaits that turn a cancellation into a timeout (`guard` ...
-    `unguard`), and only then can the watchdog fire. Within a guard the wait counts from
-    `since`: at once for a request without a body and for the next piece of the answer; for
-    an upload, from when the body's writer (aiohttp runs it in a task of its own) hands the
-    tenant a chunk, and once the whole body is sent. The writer names the attempt it belongs
-    to, so a writer of an earlier attempt, still finishing, cannot move the clock.
+    The handler *guards* the awaits that turn a cancellation into a timeout
+    (``with stall.guard(...)``), and only then can the watchdog fire. Within a guard the
+    wait counts from `since`: at once for a request without a body and for the next piece
+    of the answer; for an upload, from when the body's writer (aiohttp runs it in a task of
+    its own) hands the tenant a chunk, and once the whole body is sent. The writer names
+    the attempt it belongs to, so a writer of an earlier attempt, still finishing, cannot
+    move the clock.
     """
 
-    __slots__ = ("attempt", "fired", "guarded", "since", "task")
+    __slots__ = ("_what", "attempt", "fired", "guarded", "since", "task")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
+        self._what: Callable[[], str] = str
         self.attempt = 0
         self.guarded = False
         self.since = math.inf  # when it began waiting for the tenant; inf: not waiting
         self.fired = False
 
-    def guard(self, waiting: bool) -> int:
-        """The handler enters a converting await; the attempt number, for the writer."""
+    def guard(self, waiting: bool, what: Callable[[], str]) -> Stall:
+        """Use as ``with stall.guard(...) as attempt:`` around one await on the tenant. In
+        it the watchdog may fire; its cancellation leaves the block as `UpstreamTimeout`
+        saying `what()`. `attempt` is for the body's writer (`waiting`, `idle`)."""
         self.attempt += 1
         self.guarded = True
         self.since = time.monotonic() if waiting else math.inf
+        self._what = what
+        return self
+
+    def __enter__(self) -> int:
         return self.attempt
 
-    def unguard(self) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.guarded = False
         self.since = math.inf
+        if not self.fired or not isinstance(exc, asyncio.CancelledError):
+            return
+        self.fired = False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; on 3.10 a shutdown
+        if uncancel is not None and uncancel() > 0:  # racing the timeout ends as a 504
+            return  # someone else's cancellation too (shutdown): it goes on
+        raise UpstreamTimeout(self._what()) from None
 
     def waiting(self, attempt: int) -> None:
         """From the body's writer: the tenant has a chunk to take, or the whole body."""
@@ -64,17 +82,6 @@ class Stall:
         """From the body's writer: waiting for the client's next bytes, not the tenant."""
         if attempt == self.attempt and self.guarded:
             self.since = math.inf
-
-    def timed_out(self, what: str) -> UpstreamTimeout | None:
-        """Called with a `CancelledError` in hand: the timeout to raise instead, or None when
-        the cancellation is someone else's (shutdown) and must go on."""
-        if not self.fired:
-            return None
-        self.fired = False
-        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; on 3.10 a shutdown
-        if uncancel is not None and uncancel() > 0:  # racing the timeout ends as a 504
-            return None
-        return UpstreamTimeout(what)
 
 
 class Watchdog:

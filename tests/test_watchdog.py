@@ -10,19 +10,17 @@ from fwproxy.exceptions import UpstreamTimeout
 from fwproxy.watchdog import Watchdog
 
 
+def no_answer() -> str:
+    return "the tenant did not answer"
+
+
 async def wait_for_tenant(dog: Watchdog, forever: asyncio.Event, waiting: bool = True) -> str:
-    """What an exchange does: wait (for the tenant, or not), converting a timeout."""
+    """What an exchange does: one guarded wait (for the tenant, or not)."""
     stall = dog.start()
-    stall.guard(waiting=waiting)
     try:
-        await forever.wait()
-    except asyncio.CancelledError:
-        timeout = stall.timed_out("the tenant did not answer")
-        if timeout is None:
-            raise
-        raise timeout from None
+        with stall.guard(waiting=waiting, what=no_answer):
+            await forever.wait()
     finally:
-        stall.unguard()
         dog.stop(stall)
     return "answered"
 
@@ -66,8 +64,8 @@ async def test_no_cancellation_outside_a_guarded_wait() -> None:
     after the handler left the guarded await must not start the clock."""
     dog = Watchdog(0.05)
     stall = dog.start()
-    attempt = stall.guard(waiting=False)
-    stall.unguard()  # the answer came; the handler now streams it to a slow client
+    with stall.guard(waiting=False, what=no_answer) as attempt:
+        pass  # the answer came; the handler now streams it to a slow client
     stall.waiting(attempt)  # the writer, finishing late: "the whole body is sent"
     for _ in range(20):  # unguarded time, however long, never fires
         await asyncio.sleep(dog.tick)
@@ -78,22 +76,20 @@ async def test_no_cancellation_outside_a_guarded_wait() -> None:
 async def test_a_writer_of_an_earlier_attempt_cannot_move_the_clock() -> None:
     dog = Watchdog(60)
     stall = dog.start()
-    first = stall.guard(waiting=False)
-    stall.unguard()
-    second = stall.guard(waiting=True)  # a replay, waiting for the tenant
-    since = stall.since
-    stall.idle(first)  # the first attempt's writer, finalized late
-    assert stall.since == since
-    stall.idle(second)
-    assert stall.since == float("inf")
-    stall.unguard()
+    with stall.guard(waiting=False, what=no_answer) as first:
+        pass
+    with stall.guard(waiting=True, what=no_answer) as second:  # a replay, waiting
+        since = stall.since
+        stall.idle(first)  # the first attempt's writer, finalized late
+        assert stall.since == since
+        stall.idle(second)
+        assert stall.since == float("inf")
     dog.stop(stall)
 
 
 async def test_zero_means_no_read_timeout() -> None:
     dog = Watchdog(0)
     stall = dog.start()
-    stall.guard(waiting=True)
-    assert not dog.armed  # nothing is watched
-    stall.unguard()
+    with stall.guard(waiting=True, what=no_answer):
+        assert not dog.armed  # nothing is watched
     dog.stop(stall)
