@@ -91,10 +91,10 @@ class TokenManager:
 
     async def get(self) -> Token:
         """A token to inject now; waits only when there is no usable one."""
-        now = self._clock()
-        fresh = self._fresh
-        if fresh is not None and now < fresh.renew_at:
+        fresh = self.fresh()
+        if fresh is not None:
             return fresh  # what `decide` says for it too, whatever else is going on
+        now = self._clock()
         token = self.current()
         task = self._in_flight()
         if self._backoff_until > now and self._grant.has_news():
