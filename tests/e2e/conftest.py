@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +57,6 @@ def write_config(path: Path, config: Mapping[str, Any]) -> Path:
 def _kill(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-async def wait_until(
-    predicate: Callable[[], bool], what: str, timeout: float = START_TIMEOUT
-) -> None:
-    """Poll a condition with a bounded deadline (a hang guard, never a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class FwproxyProcess:

@@ -9,9 +9,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from fwproxy.demo import PATTERN, TOKEN_PATH
-from tests.conftest import merge, tenant_config
+from tests.conftest import merge, tenant_config, wait_until
 
-from .conftest import Relay, StartProxy, curl, run_fwproxy, wait_until, write_config
+from .conftest import Relay, StartProxy, curl, run_fwproxy, write_config
 
 pytestmark = pytest.mark.e2e
 

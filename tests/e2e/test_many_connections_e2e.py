@@ -8,7 +8,9 @@ import resource
 
 import pytest
 
-from .conftest import FwproxyProcess, curl, wait_until
+from tests.conftest import wait_until
+
+from .conftest import FwproxyProcess, curl
 
 pytestmark = pytest.mark.e2e
 CONNECTIONS = 10_000

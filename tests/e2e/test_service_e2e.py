@@ -18,14 +18,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
-from tests.conftest import merge, tenant_config
+from tests.conftest import merge, tenant_config, wait_until
 
 from .conftest import (
     FwproxyProcess,
     curl,
     launch_fwproxy,
     run_fwproxy,
-    wait_until,
     write_config,
 )
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from fwproxy.demo import TOKEN_PATH, TenantState
 from fwproxy.proxy import STRIP_HINT
-from tests.conftest import merge, tenant_config
+from tests.conftest import merge, tenant_config, wait_until
 
 from .conftest import (
     FwproxyProcess,
@@ -22,7 +22,6 @@ from .conftest import (
     curl_many,
     established_connections,
     run_fwproxy,
-    wait_until,
     write_config,
 )
 

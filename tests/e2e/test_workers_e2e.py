@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from fwproxy.demo import TenantState
+from tests.conftest import wait_until
 
-from .conftest import StartProxy, curl, curl_many, wait_until
+from .conftest import StartProxy, curl, curl_many
 
 pytestmark = pytest.mark.e2e
 
