@@ -55,8 +55,10 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     ))
     app[OBSERVER] = observer
     if settings.status.enabled:
-        for route in observer.routes():
-            app.router.add_get(route.path, _guarded(route.handler))
+        for route in observer.probe_routes():
+            app.router.add_get(route.path, _guarded(route.handler, keyed=False))
+        for route in observer.page_routes():
+            app.router.add_get(route.path, _guarded(route.handler, keyed=True))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -110,12 +112,17 @@ async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-def _guarded(handler: Handler) -> Handler:
+def _guarded(handler: Handler, keyed: bool) -> Handler:
     """A status page is for the same clients as the proxy, and for the machine itself:
-    allow_from (loopback always passes) and Host apply."""
+    allow_from (loopback always passes) and Host apply. `keyed` (metrics, the status page):
+    with API keys configured, a valid one too, from loopback as well; health and readiness
+    stay open to probes, which carry no key."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        refusal = request.app[PROXY].guard.admit_client(request, loopback=True)
+        guard = request.app[PROXY].guard
+        refusal = guard.admit_client(request, loopback=True)
+        if refusal is None and keyed:
+            refusal = guard.admit_key(request)
         return refusal if refusal is not None else await handler(request)
 
     return guarded

@@ -19,6 +19,27 @@ tokens and refresh tokens are not passed into any of these.
 
 from __future__ import annotations
 
+# What a token endpoint may say in "error" (RFC 6749 5.2, RFC 6750 3.1, RFC 8628 3.5, OpenID
+# Connect Core 3.1.2.6): the only values that become a reason (a metrics label, the
+# readiness answer); any other text the endpoint sends is "other".
+OAUTH_ERRORS = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+    "unsupported_grant_type", "invalid_scope", "invalid_token", "insufficient_scope",
+    "access_denied", "unsupported_response_type", "server_error", "temporarily_unavailable",
+    "authorization_pending", "slow_down", "expired_token", "interaction_required",
+    "login_required", "consent_required",
+})
+
+
+def oauth_reason(error: str, status: int) -> str:
+    """A closed set: a known OAuth error code, ``http_NNN`` when the endpoint sent no OAuth
+    JSON, else ``other``."""
+    if error in OAUTH_ERRORS:
+        return error
+    if error == f"http_{status}" and 100 <= status <= 599:
+        return error
+    return "other"
+
 
 class FwproxyError(Exception):
     """Base class of fwproxy's own errors."""
@@ -43,7 +64,8 @@ class TokenError(FwproxyError):
 
 
 class TokenEndpointError(TokenError):
-    """The token endpoint refused: `error` and `description` are what it said, verbatim."""
+    """The token endpoint refused: `error` and `description` are what it said, with control
+    characters removed, secrets masked and the length bounded (`tokens._error_from`)."""
 
     def __init__(
         self, status: int, error: str, description: str | None, retry_after: float | None = None
@@ -59,7 +81,7 @@ class TokenEndpointError(TokenError):
 
     @property
     def reason(self) -> str:
-        return self.error
+        return oauth_reason(self.error, self.status)
 
 
 class TokenEndpointUnreachable(TokenError):

@@ -74,6 +74,12 @@ class Guard:
                                     access.allow_origins)
         return error_response(403, "forbidden", why) if why is not None else None
 
+    def admit_key(self, request: web.Request) -> web.Response | None:
+        """With API keys configured, a valid one (read-only will do), or a 401."""
+        if self._keys is None or self._keys.find(request.headers.get(KEY_HEADER)) is not None:
+            return None
+        return _key_required()
+
     def _client_allowed(self, remote: str | None) -> bool:
         verdict = self._clients.get(remote)
         if verdict is None:
@@ -115,8 +121,7 @@ class Guard:
         if self._keys is not None:
             key = self._keys.find(headers.get(KEY_HEADER))
             if key is None:
-                return error_response(401, "api_key_required",
-                                      f"send a valid API key in the {KEY_HEADER} header")
+                return _key_required()
         target = origin_form(request.raw_path)
         if target is None:
             return error_response(400, "bad_request_target",
@@ -138,6 +143,11 @@ class Guard:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
         return Admitted(path, query, key)
+
+
+def _key_required() -> web.Response:
+    return error_response(401, "api_key_required",
+                          f"send a valid API key in the {KEY_HEADER} header")
 
 
 MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered

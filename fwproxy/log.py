@@ -10,21 +10,25 @@ fast lane still holds, so the order of lines is kept.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import html
 import json
 import logging
 import re
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
+from urllib.parse import quote, quote_plus
 
 from aiohttp.http_exceptions import HttpProcessingError
 
 MASK = "********"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
-_PATTERNS = [
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     # access_token=..., refresh_token=..., in URLs and form bodies
     (re.compile(r"((?:access|refresh)_token|client_secret|code_verifier)=[^&\s\"'#]+", re.I),
      rf"\1={MASK}"),
@@ -36,7 +40,47 @@ _PATTERNS = [
 ]
 
 
-_TRIGGERS = ("token", "secret", "verifier", "bearer")  # every pattern needs one of these
+def _basic(match: re.Match[str]) -> str:
+    """``Basic base64(user:password)`` masked; ``Basic authentication`` is left alone."""
+    try:
+        decoded = base64.b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4))
+    except ValueError:
+        return match.group()
+    return f"{match.group(1)} {MASK}" if b":" in decoded else match.group()
+
+
+# Authorization: Basic base64(client_id:client_secret), echoed
+_PATTERNS.append((re.compile(r"(Basic)\s+([A-Za-z0-9+/]{4,}=*)", re.I), _basic))
+
+
+_TRIGGERS = ("token", "secret", "verifier", "bearer", "basic")  # every pattern needs one
+MAX_SHOWN = 400  # characters of one text shown to a client or a scraper
+
+
+def encodings(secret: str) -> set[str]:
+    """The shapes a secret takes when a token endpoint or tenant echoes it back: as it is,
+    form-encoded (``+`` for space, ``%XX`` in either case), percent-encoded, JSON-escaped
+    (with or without ``\\/``, ASCII or not), backslash-escaped as a Python ``repr`` shows
+    it, and HTML-escaped."""
+    forms = {secret, quote_plus(secret, safe=""), quote(secret, safe=""), quote(secret),
+             html.escape(secret), repr(secret)[1:-1], ascii(secret)[1:-1]}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in forms}
+    return {form for form in forms if len(form) >= 4}
+
+
+def basic_credentials(user: str, password: str) -> set[str]:
+    """``base64(user:password)`` as an ``Authorization: Basic`` header carries it, raw and
+    with both parts form-encoded first (RFC 6749 section 2.3.1)."""
+    pairs = {f"{user}:{password}", f"{quote_plus(user)}:{quote_plus(password)}"}
+    return {base64.b64encode(pair.encode("utf-8", "surrogateescape")).decode("ascii")
+            for pair in pairs}
+
+
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # C0, DEL, C1, line breaks
 
 
 def _may_match(text: str) -> bool:
@@ -50,24 +94,43 @@ def _may_match(text: str) -> bool:
 
 
 class Redactor:
-    """Masks known secret values and every token-shaped pattern in a piece of text."""
+    """Masks known secret values, in every encoding they may be echoed in (`encodings`),
+    and every token-shaped pattern in a piece of text."""
 
     def __init__(self, remember: int = 32) -> None:
         self._secrets: deque[str] = deque(maxlen=remember)
         self._pinned: set[str] = set()
+        self._forms: dict[str, set[str]] = {}
         self._known: tuple[str, ...] = ()
 
-    def pin(self, secret: str) -> None:
-        """A secret to mask for the life of the process (the client secret)."""
-        if len(secret) >= 4:
+    def pin(self, secret: str, client_id: str | None = None) -> None:
+        """A secret to mask for the life of the process (the client secret); with
+        `client_id`, also the Basic credentials the two make."""
+        if len(secret) >= 4 and secret not in self._pinned:
             self._pinned.add(secret)
-            self._known = (*self._pinned, *self._secrets)
+            self._forms[secret] = encodings(secret)
+            self._update()
+        if client_id is not None and len(secret) >= 4:
+            basic = basic_credentials(client_id, secret)
+            if not basic <= self._forms[secret]:
+                self._forms[secret] |= basic
+                self._update()
 
     def add(self, secret: str) -> None:
-        """A short-lived secret (an access token); the last few are remembered."""
+        """A short-lived secret (an access or refresh token); the last few are remembered."""
         if len(secret) >= 4 and secret not in self._secrets:
+            if len(self._secrets) == self._secrets.maxlen and self._secrets[0] not in self._pinned:
+                self._forms.pop(self._secrets[0], None)
             self._secrets.append(secret)
-            self._known = (*self._pinned, *self._secrets)
+            self._forms.setdefault(secret, encodings(secret))
+            self._update()
+
+    def _update(self) -> None:
+        forms: set[str] = set()
+        for secret in (*self._pinned, *self._secrets):
+            forms |= self._forms[secret]
+        # longest first: a form that contains another is masked whole
+        self._known = tuple(sorted(forms, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
         for secret in self._known:
@@ -80,6 +143,15 @@ class Redactor:
 
 
 REDACT = Redactor()
+
+
+def outward(text: str, limit: int = MAX_SHOWN) -> str:
+    """The one way text leaves the process for a client or a scraper (error bodies, the
+    readiness answer, the status page): control characters become spaces, every secret
+    is masked (`REDACT`), and the result is cut to `limit` characters, in that order, so
+    a cut never leaves part of a secret unmasked."""
+    text = REDACT(_UNPRINTABLE.sub(" ", text))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class RedactingFilter(logging.Filter):

@@ -18,6 +18,7 @@ from .exceptions import (
     TokenEndpointUnreachable,
     TokenResponseInvalid,
 )
+from .log import REDACT, outward
 from .store import StoredSession, TokenStore
 from .token_manager import Grant
 from .tokens import (
@@ -78,7 +79,9 @@ class ClientCredentialsGrant:
         auth = self._auth
         if auth.client_secret is None:
             raise TokenResponseInvalid("no client secret is configured")
-        form = client_credentials_form(auth.client_id, auth.client_secret.reveal())
+        secret = auth.client_secret.reveal()
+        REDACT.pin(secret, auth.client_id)  # masked wherever the endpoint may echo it
+        form = client_credentials_form(auth.client_id, secret)
         return await post_token_request(
             self._session, auth.token_url, form, auth.refresh_margin, self._clock
         )
@@ -152,6 +155,9 @@ class RefreshTokenGrant:
                 return theirs  # another process renewed while we waited for the lock
             auth = self._auth
             secret = auth.client_secret.reveal() if auth.client_secret is not None else None
+            if secret is not None:
+                REDACT.pin(secret, auth.client_id)  # masked wherever the endpoint may echo it
+            REDACT.add(saved.refresh_token)
             form = refresh_token_form(auth.client_id, secret, saved.refresh_token)
             try:
                 token = await post_token_request(
@@ -272,7 +278,7 @@ async def post_token_request(
         raise TokenEndpointUnreachable(f"token endpoint {where} did not answer in time") from None
     except aiohttp.ClientError as exc:
         raise TokenEndpointUnreachable(
-            f"cannot reach token endpoint {where}: {exc or type(exc).__name__}"
+            f"cannot reach token endpoint {where}: {outward(str(exc) or type(exc).__name__, 200)}"
         ) from None
 
 

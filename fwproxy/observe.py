@@ -2,6 +2,8 @@
 
 All of it lives under a reserved prefix (``/_fwproxy`` by default; FotoWeb lives under
 ``/fotoweb/``, so nothing collides). None of it shows a secret: no token, no client secret.
+Every text that did not come from fwproxy itself (what the token endpoint said, an error's
+message) goes out through `log.outward`; metric labels are closed sets.
 Request figures are plain numbers updated per request; they, and the token and replay
 figures read from the live objects, become Prometheus metrics only at scrape time (custom
 collectors), so a request costs a few additions.
@@ -32,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .exceptions import TokenError
+from .log import outward
 from .token_manager import TokenManager
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series: noise
@@ -42,9 +45,12 @@ READY_WAIT = 10.0  # seconds /ready waits for a first token before saying 503
 
 @dataclass(frozen=True)
 class Event:
-    """One remembered error, for the status page."""
+    """One remembered error, for the status page: when, the method, what kind, and what
+    fwproxy answered. Never the path or query: they are another client's business (and a
+    query may carry a token)."""
 
     at: float  # wall clock, for display only
+    method: str
     kind: str
     detail: str
 
@@ -78,8 +84,9 @@ class Metrics:
             self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
             self.latency_sum += upstream_seconds
 
-    def error(self, kind: str, detail: str) -> None:
-        self.errors.appendleft(Event(time.time(), kind, detail))
+    def error(self, method: str, kind: str, detail: str = "") -> None:
+        method = method if method in KNOWN_METHODS else "other"
+        self.errors.appendleft(Event(time.time(), method, kind, outward(detail)))
 
 
 class RequestCollector(Collector):
@@ -171,9 +178,18 @@ class Observer:
         self.metrics.registry.register(TokenCollector(tokens, replays))
 
     def routes(self) -> list[web.RouteDef]:
+        return self.probe_routes() + self.page_routes()
+
+    def probe_routes(self) -> list[web.RouteDef]:
+        """Liveness and readiness: for probes, which carry no API key."""
         return [
             web.get(f"{self.prefix}/health", self.health),
             web.get(f"{self.prefix}/ready", self.ready),
+        ]
+
+    def page_routes(self) -> list[web.RouteDef]:
+        """Metrics and the status page: they need an API key when keys are configured."""
+        return [
             web.get(f"{self.prefix}/metrics", self.metrics_page),
             web.get(f"{self.prefix}/", self.status_page),
             web.get(self.prefix, self.status_page),
@@ -191,7 +207,7 @@ class Observer:
             await asyncio.wait_for(self.tokens.get(), READY_WAIT)
         except TokenError as exc:
             return web.json_response({"status": "not_ready", "reason": exc.reason,
-                                      "detail": str(exc)}, status=503)
+                                      "detail": outward(str(exc))}, status=503)
         except asyncio.TimeoutError:
             return web.json_response({"status": "not_ready", "reason": "token_pending",
                                       "detail": "the token endpoint has not answered yet"},
@@ -211,7 +227,8 @@ class Observer:
 
 
 def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo) -> str:
-    """A small self-refreshing HTML page; every value is escaped, none is a secret."""
+    """A small self-refreshing HTML page; every value is escaped, and every text from
+    outside fwproxy goes through `outward` first, so none is a secret."""
     current = tokens.current()
     left = int(current.seconds_left(time.monotonic())) if current else -1
     counts: dict[str, float] = {}
@@ -224,12 +241,14 @@ def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo) -> s
                    for k, v in sorted(counts.items()))
     errors = "".join(
         f"<li><time>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.at))}Z</time> "
-        f"<b>{html.escape(e.kind)}</b> {html.escape(e.detail)}</li>" for e in metrics.errors
+        f"<b>{html.escape(e.kind)}</b> {e.method} {html.escape(outward(e.detail))}</li>"
+        for e in metrics.errors
     ) or "<li>none</li>"
     problem = tokens.last_error
     token_line = (
         f'valid, expires in <span id="left" data-left="{left}">{left}</span> s'
-        if current else f"none ({html.escape(str(problem)) if problem else 'not fetched yet'})"
+        if current else
+        f"none ({html.escape(outward(str(problem))) if problem else 'not fetched yet'})"
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fwproxy status</title>
@@ -240,7 +259,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <table>
 <tr><td>tenant</td><td id="tenant">{html.escape(info.tenant)}</td></tr>
 <tr><td>grant</td><td>{html.escape(info.grant)} (client {html.escape(info.client_id)})</td></tr>
-<tr><td>acting as</td><td id="acting">{html.escape(info.acting_as())}</td></tr>
+<tr><td>acting as</td><td id="acting">{html.escape(outward(info.acting_as()))}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>

@@ -37,7 +37,7 @@ from yarl import URL
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError
 from .guard import Admitted, Guard
-from .log import REDACT, AccessLog
+from .log import AccessLog
 from .observe import Metrics
 from .replay import BodyTee
 from .token_manager import TokenManager
@@ -317,12 +317,12 @@ class Proxy:
         )
 
     def _account(self, request: web.Request, note: Note, started: float) -> None:
-        """The access log line, the request metrics, and the error remembered for the page."""
+        """The access log line, the request metrics, and the error remembered for the page
+        (without the path and query: the page is no place for another client's request)."""
         self._metrics.observe(request.method, note.status, note.bytes_in, note.bytes_out,
                               note.upstream_seconds)
         if note.status >= 500 or note.error:
-            self._metrics.error(note.error or str(note.status), REDACT(
-                note.detail or f"{request.method} {request.raw_path}"))
+            self._metrics.error(request.method, note.error or str(note.status), note.detail)
         access_log.info(
             f'{request.remote or "-"} "{request.method} {request.raw_path}" {note.status} '
             f"in={note.bytes_in} out={note.bytes_out} "

@@ -165,6 +165,9 @@ class TokenManager:
             ) from None
 
     def _keep(self, token: Token) -> None:
+        REDACT.add(token.value)  # fetched, or seeded from a store: masked wherever echoed
+        if token.refresh_token is not None:
+            REDACT.add(token.refresh_token)
         self._cache[self._grant.cache_key] = token
         self._fresh = token
 
@@ -192,7 +195,6 @@ class TokenManager:
                 exc.reason, delay, exc,
             )
             raise
-        REDACT.add(token.value)
         self._answer_to_rejection = token if self._rejected else None
         self._rejected = False
         self._failures = 0

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from .exceptions import TokenEndpointError, TokenError, TokenResponseInvalid
+from .log import outward
 
 if TYPE_CHECKING:
     from .store import StoredSession
@@ -44,12 +45,12 @@ DEFAULT_LIFETIME = 300.0  # when the endpoint omits expires_in: assume short, re
 MAX_LIFETIME = 86400.0  # a token claiming to live longer is renewed daily anyway
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
-MAX_DESCRIPTION = 300
+MAX_DESCRIPTION = 200  # characters of an endpoint's own text kept (after masking)
+MAX_ECHO = 64  # of a short value it sent (an error code, a content type, a number)
 REJECTION_COOLDOWN = 10.0  # a token issued after a 401 is not dropped again sooner than this
 MIN_DROP_INTERVAL = 1.0  # at most one 401-triggered renewal a second
 
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a query
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def parse_token_response(
         raise _error_from(status, content_type, document, retry_after)
     if document is None:
         raise TokenResponseInvalid(
-            f"token endpoint answered HTTP 200 with {content_type or 'no content type'}, "
+            f"token endpoint answered HTTP 200 with {_clean(content_type) or 'no content type'}, "
             "not a JSON token response"
         )
     access_token = document.get("access_token")
@@ -276,16 +277,17 @@ def _error_from(
         description = document.get("error_description")
         return TokenEndpointError(
             status,
-            _clean(str(document["error"]))[:64],
-            _clean(str(description))[:MAX_DESCRIPTION] if description is not None else None,
+            _clean(str(document["error"])),
+            _clean(str(description), MAX_DESCRIPTION) if description is not None else None,
             retry_after,
         )
-    kind = content_type.split(";")[0].strip() or "no content type"
+    kind = _clean(content_type.split(";")[0]) or "no content type"
     return TokenEndpointError(
         status, f"http_{status}", f"answered {kind}, not OAuth JSON", retry_after
     )
 
 
-def _clean(text: str) -> str:
-    """Remove control characters (no log injection through an endpoint's text)."""
-    return _CONTROL.sub(" ", text).strip()
+def _clean(text: str, limit: int = MAX_ECHO) -> str:
+    """An endpoint's text, fit to keep in an exception: control characters removed (no log
+    injection), every secret masked (it may echo the request), then cut to `limit`."""
+    return outward(text, limit).strip()

@@ -21,6 +21,7 @@ from .exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from .log import outward
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus the de-facto ones. Never forwarded either way.
 HOP_BY_HOP = frozenset({
@@ -213,5 +214,8 @@ def translate(exc: BaseException) -> UpstreamError:
 def error_response(
     status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    """Every error fwproxy itself answers: JSON ``{"error", "detail"}``."""
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+    """Every error fwproxy itself answers: JSON ``{"error", "detail"}``. The detail goes
+    out through `outward` (no secret, no control character, bounded length) like every
+    other text a client or a scraper sees."""
+    return web.json_response({"error": error, "detail": outward(detail)}, status=status,
+                             headers=headers)

@@ -1,0 +1,278 @@
+"""What leaves the process for clients and scrapers: error bodies, readiness, the status
+page and metrics show no secret in any encoding, no other client's request, and (with API
+keys) only to key holders."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from fwproxy import keys
+from fwproxy.app import create_app
+from fwproxy.config import parse_config
+from fwproxy.demo import TENANT, TenantState, token_endpoint
+from fwproxy.exceptions import TokenEndpointError, oauth_reason
+from fwproxy.log import MASK, basic_credentials, encodings, outward, setup_logging
+from fwproxy.store import StoredSession, TokenStore
+from fwproxy.tokens import parse_token_response
+from tests.conftest import ProxyFactory, merge, tenant_config
+from tests.test_log import Recording
+
+Client = TestClient[Any, Any]
+TOKEN_PATH = "/fotoweb/oauth2/token"
+CLIENT_ID = "echo-client"
+# every character that changes under form, percent, JSON or HTML encoding
+SECRET = 'S3cr3t-k3y p+ss/w"rd\\\u00fc&x=1%<y>'
+REFRESH = "R3fr3sh-t0k3n/with+odd=chars"
+
+
+def shapes(value: str, user: str = CLIENT_ID) -> set[str]:
+    """`value` in every shape an echo may carry it in, and a prefix a cut could leave."""
+    return encodings(value) | basic_credentials(user, value) | {value[:10]}
+
+
+def echo(shape: str, form: dict[str, str], body: str, authorization: str) -> str:
+    """The request, echoed into error_description the way a careless endpoint might."""
+    secret = form.get("client_secret", "")
+    pair = f"{form['client_id']}:{secret}".encode()
+    slashed = json.dumps(form).replace("/", "\\/")
+    return {
+        "form": f"bad credentials: {body}",
+        "plain": f"bad credentials: {secret}",
+        "repr": f"bad credentials: {form}",
+        "json": f"bad request {json.dumps(form)}",
+        "json-slash": f"bad request {slashed}",
+        "percent-lower": "bad credentials: " + quote(secret, safe="").lower(),
+        "basic": f"expected Authorization: Basic {base64.b64encode(pair).decode()}",
+        "basic-bare": f"credentials {base64.b64encode(pair).decode()} refused",
+        "header": f"you sent Authorization: {authorization}",
+        "long": "x" * 190 + f" {body}",  # the secret straddles the length bound
+    }[shape]
+
+
+def echoing_tenant(shape: str) -> web.Application:
+    """A token endpoint that refuses and echoes the request back in every field it has."""
+
+    async def token(request: web.Request) -> web.Response:
+        body = await request.text()
+        form = dict(parse_qsl(body))
+        secret = form.get("client_secret", form.get("refresh_token", ""))
+        authorization = request.headers.get(
+            "Authorization",
+            "Basic " + base64.b64encode(f"{CLIENT_ID}:{secret}".encode()).decode())
+        return web.json_response({
+            "error": f"invalid_client {secret}",
+            "error_description": echo(shape, form, body, authorization),
+            "error_uri": f"https://idp.example/help?{body}",
+        }, status=401)
+
+    app = web.Application()
+    app.router.add_post(TOKEN_PATH, token)
+    return app
+
+
+@pytest.fixture
+def logs() -> Iterator[Recording]:
+    """stderr as fwproxy writes it (redacting handler) at debug level."""
+    buffer = Recording()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    setup_logging("debug", stream=buffer)
+    yield buffer
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+async def everything_shown(client: Client) -> dict[str, str]:
+    """What a client and a scraper can see, after a request that needed a token."""
+    shown = {}
+    async with client.get("/fotoweb/me?q=1") as resp:
+        assert resp.status == 503
+        shown["503 body"] = await resp.text()
+    async with client.get("/_fwproxy/ready") as resp:
+        assert resp.status == 503
+        shown["ready"] = await resp.text()
+    async with client.get("/_fwproxy/") as resp:
+        assert resp.status == 200
+        shown["status page"] = await resp.text()
+    async with client.get("/_fwproxy/metrics") as resp:
+        assert resp.status == 200
+        shown["metrics"] = await resp.text()
+    return shown
+
+
+SHAPES = ["form", "plain", "repr", "json", "json-slash", "percent-lower", "basic", "basic-bare",
+          "header", "long"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_an_echoed_client_secret_is_shown_nowhere(
+    shape: str, aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]], logs: Recording,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await aiohttp_server(echoing_tenant(shape), host="127.0.0.1")
+    config = merge(tenant_config(server), {"auth": {"client_id": CLIENT_ID,
+                                                    "client_secret": SECRET}})
+    client = await aiohttp_client(create_app(parse_config(config, environ={})))
+    shown = await everything_shown(client)
+    assert "token endpoint refused (HTTP 401)" in shown["503 body"]  # it still says why
+    assert json.loads(shown["ready"])["reason"] == "other"  # the "error" was not a code
+    assert 'fwproxy_token_failures_total{reason="other"}' in shown["metrics"]
+    shown["log"] = logs.getvalue()
+    shown["log records"] = "\n".join(r.getMessage() for r in caplog.records)
+    assert "token request failed" in shown["log"]
+    for where, text in shown.items():
+        for form in shapes(SECRET):
+            assert form not in text, f"{form!r} in the {where}"
+        assert "\x1b" not in text
+
+
+async def test_an_echoed_refresh_token_is_shown_nowhere(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]], logs: Recording, tmp_path: Path,
+) -> None:
+    server = await aiohttp_server(echoing_tenant("form"), host="127.0.0.1")
+    store = tmp_path / "state" / "tokens.json"
+    TokenStore(store).save(StoredSession(refresh_token=REFRESH))
+    config = merge(tenant_config(server), {"auth": {
+        "grant_type": "authorization_code", "client_id": CLIENT_ID,
+        "redirect_uri": "http://127.0.0.1:8765/callback", "token_store": str(store)}})
+    del config["auth"]["client_secret"]  # a public (native) client: only the refresh token
+    client = await aiohttp_client(create_app(parse_config(config, environ={})))
+    shown = await everything_shown(client)
+    shown["log"] = logs.getvalue()
+    assert "refresh_token" in shown["503 body"]  # the echo is there, masked
+    for where, text in shown.items():
+        for form in shapes(REFRESH):
+            assert form not in text, f"{form!r} in the {where}"
+
+
+def test_the_token_endpoints_text_is_masked_cleaned_and_bounded_in_the_exception() -> None:
+    from fwproxy.log import REDACT
+
+    REDACT.pin(SECRET, CLIENT_ID)
+    body = json.dumps({"error": "invalid_client\x1b[31m",
+                       "error_description": "\r\nforged line " + SECRET + "y" * 500})
+    with pytest.raises(TokenEndpointError) as caught:
+        parse_token_response(401, "application/json", body.encode(), 0.0, 60.0)
+    text = str(caught.value)
+    assert SECRET not in text
+    assert MASK in text
+    assert not any(c in text for c in "\r\n\x1b")
+    assert len(caught.value.description or "") <= 200
+    assert caught.value.reason == "other"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "reason"),
+    [
+        ("invalid_client", 401, "invalid_client"),
+        ("invalid_grant", 400, "invalid_grant"),
+        ("temporarily_unavailable", 503, "temporarily_unavailable"),
+        ("http_503", 503, "http_503"),  # no OAuth JSON: fwproxy's own name for the status
+        ("http_503", 401, "other"),  # an endpoint that says "http_503" itself
+        ("Invalid_Client", 401, "other"),
+        (f"invalid_client {SECRET}", 401, "other"),
+        ('x"} 1\nfwproxy_up 0', 400, "other"),
+        ("", 400, "other"),
+    ],
+)
+def test_failure_reasons_are_a_closed_set(error: str, status: int, reason: str) -> None:
+    assert oauth_reason(error, status) == reason
+    assert TokenEndpointError(status, error, None).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text", "plain text"),
+        ("line\r\nforged: yes", "line forged: yes"),
+        ("esc\x1b[2Jbell\x07c1\x85ls\u2028", "esc [2Jbell c1 ls "),
+        ("y" * 500, "y" * 399 + "\u2026"),
+        ("GET /x?access_token=abc", f"GET /x?access_token={MASK}"),
+    ],
+)
+def test_outward_text_is_clean_and_bounded(text: str, shown: str) -> None:
+    assert outward(text) == shown
+
+
+def test_outward_masks_before_it_cuts() -> None:
+    from fwproxy.log import REDACT
+
+    REDACT.pin(SECRET)
+    out = outward("z" * 395 + SECRET, limit=400)
+    assert SECRET[:4] not in out
+
+
+async def test_last_errors_show_no_path_or_query(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    app = web.Application()  # the demo's token endpoint, and a resource that fails
+    app[TENANT] = TenantState()
+    app.router.add_post(TOKEN_PATH, token_endpoint)
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="oops")
+
+    app.router.add_get("/fotoweb/broken/{tail:.*}", broken)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await aiohttp_client(create_app(parse_config(tenant_config(server), environ={})))
+    async with client.get("/fotoweb/broken/alice-private-album?access_token=own-t0ken"
+                          "&q=confidential-query") as resp:
+        assert resp.status == 500
+    async with client.get("/_fwproxy/") as resp:
+        page = await resp.text()
+    errors = page.split('<ul id="errors">')[1].split("</ul>")[0]
+    assert "<b>500</b> GET" in errors  # when, what kind, which method
+    for private in ("alice-private-album", "own-t0ken", "confidential-query", "/fotoweb"):
+        assert private not in page
+
+
+@pytest.fixture
+def api_keys(tmp_path: Path) -> tuple[Path, str, str]:
+    path = tmp_path / "keys"
+    return path, keys.add_key(path, "writer"), keys.add_key(path, "reader", read_only=True)
+
+
+@pytest.mark.parametrize("path", ["/_fwproxy/", "/_fwproxy", "/_fwproxy/metrics"])
+async def test_status_page_and_metrics_need_a_key_even_from_loopback(
+    make_proxy: ProxyFactory, api_keys: tuple[Path, str, str], path: str,
+) -> None:
+    file, writer, reader = api_keys
+    client = await make_proxy(access={"api_keys_file": str(file)})
+    async with client.get(path) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "api_key_required"
+    async with client.get(path, headers={"X-Fwproxy-Key": writer + "x"}) as resp:
+        assert resp.status == 401
+    for key in (writer, reader):  # any valid key, a read-only one too
+        async with client.get(path, headers={"X-Fwproxy-Key": key}) as resp:
+            assert resp.status == 200
+
+
+@pytest.mark.parametrize("path", ["/_fwproxy/health", "/_fwproxy/ready"])
+async def test_probes_stay_open_to_loopback_with_keys(
+    make_proxy: ProxyFactory, api_keys: tuple[Path, str, str], path: str,
+) -> None:
+    client = await make_proxy(access={"api_keys_file": str(api_keys[0])})
+    async with client.get(path) as resp:
+        assert resp.status == 200
+
+
+async def test_without_keys_the_status_page_needs_none(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy()
+    for path in ("/_fwproxy/", "/_fwproxy/metrics"):
+        async with client.get(path) as resp:
+            assert resp.status == 200
