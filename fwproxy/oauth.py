@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import aiohttp
 from yarl import URL
@@ -79,9 +80,7 @@ class ClientCredentialsGrant:
         auth = self._auth
         if auth.client_secret is None:
             raise TokenResponseInvalid("no client secret is configured")
-        secret = auth.client_secret.reveal()
-        REDACT.pin(secret, auth.client_id)  # masked wherever the endpoint may echo it
-        form = client_credentials_form(auth.client_id, secret)
+        form = client_credentials_form(auth.client_id, auth.client_secret.reveal())
         return await post_token_request(
             self._session, auth.token_url, form, auth.refresh_margin, self._clock
         )
@@ -155,9 +154,6 @@ class RefreshTokenGrant:
                 return theirs  # another process renewed while we waited for the lock
             auth = self._auth
             secret = auth.client_secret.reveal() if auth.client_secret is not None else None
-            if secret is not None:
-                REDACT.pin(secret, auth.client_id)  # masked wherever the endpoint may echo it
-            REDACT.add(saved.refresh_token)
             form = refresh_token_form(auth.client_id, secret, saved.refresh_token)
             try:
                 token = await post_token_request(
@@ -255,7 +251,11 @@ async def post_token_request(
     refresh_margin: float,
     clock: Callable[[], float],
 ) -> Token:
-    """POST `form` to the token endpoint and parse the answer; network faults are mapped."""
+    """POST `form` to the token endpoint and parse the answer; network faults are mapped.
+
+    Every secret the form carries is known to `REDACT` first: the endpoint may echo it
+    back, in any encoding, in what it answers."""
+    remember_secrets(form)
     where = str(token_url.origin())
     try:
         async with session.post(
@@ -280,6 +280,18 @@ async def post_token_request(
         raise TokenEndpointUnreachable(
             f"cannot reach token endpoint {where}: {outward(str(exc) or type(exc).__name__, 200)}"
         ) from None
+
+
+def remember_secrets(form: bytes) -> None:
+    """Teach `REDACT` the secrets in a token request: the client secret for the life of
+    the process (with the client id, for a Basic credential), the rest while recent."""
+    fields = dict(parse_qsl(form.decode("ascii")))
+    secret = fields.get("client_secret")
+    if secret is not None:
+        REDACT.pin(secret, fields.get("client_id"))
+    for name in ("refresh_token", "code", "code_verifier"):
+        if name in fields:
+            REDACT.add(fields[name])
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:

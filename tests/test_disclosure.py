@@ -20,10 +20,11 @@ from fwproxy import keys
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import TENANT, TenantState, token_endpoint
-from fwproxy.exceptions import TokenEndpointError, oauth_reason
-from fwproxy.log import MASK, basic_credentials, encodings, outward, setup_logging
+from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
+from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response
+from fwproxy.upstream import error_response
 from tests.conftest import ProxyFactory, merge, tenant_config
 from tests.test_log import Recording
 
@@ -71,7 +72,7 @@ def echoing_tenant(shape: str) -> web.Application:
             "Basic " + base64.b64encode(f"{CLIENT_ID}:{secret}".encode()).decode())
         return web.json_response({
             "error": f"invalid_client {secret}",
-            "error_description": echo(shape, form, body, authorization),
+            "error_description": "\x1b[2J\r\n" + echo(shape, form, body, authorization),
             "error_uri": f"https://idp.example/help?{body}",
         }, status=401)
 
@@ -172,6 +173,31 @@ def test_the_token_endpoints_text_is_masked_cleaned_and_bounded_in_the_exception
     assert not any(c in text for c in "\r\n\x1b")
     assert len(caught.value.description or "") <= 200
     assert caught.value.reason == "other"
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_an_endpoints_content_type_is_masked_cleaned_and_bounded(status: int) -> None:
+    from fwproxy.log import REDACT
+
+    REDACT.pin(SECRET)
+    content_type = f"text/x-{SECRET}\x7f" + "z" * 500 + f"; charset={SECRET}"
+    with pytest.raises(TokenError) as caught:
+        parse_token_response(status, content_type, b"<html>", 0.0, 60.0)
+    text = str(caught.value)
+    assert SECRET not in text
+    assert "\x7f" not in text
+    assert len(text) < 200
+
+
+def test_error_bodies_go_out_masked_cleaned_and_bounded() -> None:
+    response = error_response(502, "upstream_unreachable", "cannot connect: http://h/x?"
+                              "access_token=t0k3n-in-url\r\nX-Forged: 1 " + "y" * 1000)
+    assert isinstance(response.body, bytes)
+    detail = json.loads(response.body)["detail"]
+    assert "t0k3n-in-url" not in detail
+    assert "\r" not in detail
+    assert "\n" not in detail
+    assert len(detail) <= 400
 
 
 @pytest.mark.parametrize(
@@ -276,3 +302,57 @@ async def test_without_keys_the_status_page_needs_none(make_proxy: ProxyFactory)
     for path in ("/_fwproxy/", "/_fwproxy/metrics"):
         async with client.get(path) as resp:
             assert resp.status == 200
+
+
+TOKEN = "aT0k/en+v=al"  # an access token with the characters that encode differently
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "aT0k/en+v=al",  # raw
+        "aT0k%2Fen%2Bv%3Dal",  # form- or percent-encoded
+        "aT0k%2fen%2bv%3dal",  # lower-case hex
+        "aT0k/en%2Bv%3Dal",  # percent-encoded, "/" kept
+        "aT0k\\/en+v=al",  # JSON with "\/"
+    ],
+)
+def test_a_remembered_token_is_masked_in_each_encoding(echoed: str) -> None:
+    redact = Redactor()
+    redact.add(TOKEN)
+    out = redact(f"the tenant said: {echoed}!")
+    assert out == f"the tenant said: {MASK}!"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("Authorization: Basic " + base64.b64encode(b"someone:else").decode(), True),
+        ("authorization: basic " + base64.b64encode(b"x:y-z").decode(), True),
+        ("HTTP Basic authentication failed", False),  # prose stays readable
+    ],
+)
+def test_any_basic_credential_is_masked(text: str, masked: bool) -> None:
+    assert (MASK in Redactor()(text)) is masked
+
+
+def test_the_client_secret_is_masked_inside_basic_credentials() -> None:
+    redact = Redactor()
+    redact.pin("s3cret+/", "my client")
+    raw = base64.b64encode(b"my client:s3cret+/").decode()
+    encoded = base64.b64encode(b"my+client:s3cret%2B%2F").decode()
+    assert redact(f"[{raw}] [{encoded}]") == f"[{MASK}] [{MASK}]"
+
+
+def test_every_secret_a_token_request_carries_is_masked_from_then_on() -> None:
+    from fwproxy.log import REDACT
+    from fwproxy.oauth import remember_secrets
+    from fwproxy.tokens import authorization_code_form, refresh_token_form
+
+    remember_secrets(authorization_code_form("web app", "cl1ent/secret", "the-c0de",
+                                             "http://127.0.0.1:8765/cb", "v3rifier-value"))
+    remember_secrets(refresh_token_form("web app", None, "rt+rotated/1"))
+    for leak in ("cl1ent/secret", "cl1ent%2Fsecret", "the-c0de", "v3rifier-value",
+                 "rt+rotated/1", "rt%2Brotated%2F1",
+                 base64.b64encode(b"web app:cl1ent/secret").decode()):
+        assert REDACT(f"echo: {leak}.") == f"echo: {MASK}.", leak
