@@ -177,9 +177,6 @@ class Observer:
         self.tokens = tokens
         self.metrics.registry.register(TokenCollector(tokens, replays))
 
-    def routes(self) -> list[web.RouteDef]:
-        return self.probe_routes() + self.page_routes()
-
     def probe_routes(self) -> list[web.RouteDef]:
         """Liveness and readiness: for probes, which carry no API key."""
         return [
