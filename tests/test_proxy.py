@@ -418,10 +418,15 @@ async def test_stripped_authorization_falls_back_to_query(
     proxy: Client, tenant_state: TenantState, caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant_state.strip_authorization = True
-    seen = await echo(proxy)
-    assert "access_token=" in seen["path_qs"]
+    for path in ("/sim/echo", "/sim/echo?again=1"):  # one path: the probe answers, no more
+        seen = await echo(proxy, path=path)
+        assert "access_token=" in seen["path_qs"]
+        assert proxy_app(proxy)[PROXY].placement == "header"
+    assert len(tenant_state.seen) == 6  # original, replay, query probe, twice: never more
+    assert tenant_state.token_requests == 2  # the first token and one renewal
+    async with proxy.get("/fotoweb/me") as resp:  # a second path: learned
+        assert resp.status == 200
     assert proxy_app(proxy)[PROXY].placement == "query"
-    assert len(tenant_state.seen) == 3  # original, replay, query probe: never more
     before = len(tenant_state.seen)
     seen = await echo(proxy, path="/sim/echo?x=1")
     assert len(tenant_state.seen) == before + 1  # learned: straight to the query
@@ -429,6 +434,8 @@ async def test_stripped_authorization_falls_back_to_query(
     assert "authorization" not in seen["headers"]
     warnings = [r for r in caplog.records if "proxy_set_header Authorization" in r.getMessage()]
     assert len(warnings) == 1
+    assert "on 2 paths (/sim/echo: 401 with the header, 200 in the query; /fotoweb/me: " in (
+        warnings[0].getMessage())
 
 
 async def test_query_placement_can_be_forced(
