@@ -53,6 +53,7 @@ from .upstream import (
     map_upstream_errors,
     request_headers,
     response_headers,
+    response_reason,
     without_param,
 )
 from .watchdog import Stall, Watchdog
@@ -290,10 +291,13 @@ class Proxy:
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
     ) -> web.StreamResponse:
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        query_token = None if note.query_token is None else note.query_token.value
+        reason = upstream.reason
+        if query_token is not None:
+            reason = response_reason(reason, query_token)
+        out = web.StreamResponse(status=upstream.status, reason=reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(request),
-            None if note.query_token is None else note.query_token.value,
+            upstream.headers, self._tenant, lambda: proxy_origin(request), query_token
         ))
         try:
             await out.prepare(request)

@@ -143,6 +143,15 @@ def _without_token(headers: list[tuple[str, str]], token: str) -> list[tuple[str
     return kept
 
 
+def response_reason(reason: str | None, query_token: str) -> str | None:
+    """The tenant's reason phrase, or None (the standard one) when it echoes the token."""
+    if reason and carries(reason, query_token):
+        log.warning("the tenant echoed the access token (sent in the query) in the reason "
+                    "phrase of its status line: replaced")
+        return None
+    return reason
+
+
 DECODE_ROUNDS = 4  # percent-decodings looked through: raw, once, twice, ... nested
 
 

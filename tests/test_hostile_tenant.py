@@ -296,6 +296,18 @@ async def test_query_token_echoed_in_a_response_header_is_dropped(
     assert not any(shows_token(r.getMessage().encode()) for r in caplog.records)
 
 
+async def test_query_token_echoed_in_the_reason_phrase_is_replaced(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw_tenant.reply = lambda head: response(status=f"302 Moved to {target_of(head)}")
+    client = await make_client(token_url=odd_token_url, token_placement="query")
+    answer = await raw_exchange(client.port, b"GET /fotoweb/me" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 302 Found\r\n")
+    assert not shows_token(answer)
+    assert any("reason phrase" in r.getMessage() for r in caplog.records)
+
+
 def strips_authorization(head: bytes) -> bytes:
     """A tenant behind an NGINX that strips Authorization: every header request is 401;
     with the token in the query it answers 200, and links to where it was asked."""
