@@ -13,10 +13,12 @@ Theory of operation
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
    renews once; and not when it was itself issued for a 401 moments ago), get the current
    one, replay from the copy. If a freshly issued token is refused too and placement is
-   ``auto``, probe once with the query placement and remember it if the probe succeeds.
+   ``auto``, probe once with the query placement: only a 2xx is passed back (else the 401),
+   and only 2xx probes on two different paths switch to the query (placement.py).
    403 never renews. A body too large to keep gets its 401 passed back.
 5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
+   With the token in the query, a header that echoes it is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
    Retry-After when no token can be had. A failure after the response has started aborts
    the connection, so the client never mistakes a cut-short body for a whole one.
@@ -34,11 +36,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .access import BadPath, normalize_path
 from .config import Settings
 from .exceptions import NoTokenAvailable, UpstreamError
 from .guard import Admitted, Guard
 from .log import AccessLog
 from .observe import Metrics
+from .placement import Probe, weigh
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
@@ -49,6 +53,7 @@ from .upstream import (
     map_upstream_errors,
     request_headers,
     response_headers,
+    response_reason,
     without_param,
 )
 from .watchdog import Stall, Watchdog
@@ -76,6 +81,8 @@ class Proxy:
         self._watchdog = Watchdog(settings.tenant.read_timeout)
         self.replays = 0
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
+        self._evidence: tuple[Probe, ...] = ()  # probes that proved the query, one a path
+        self._query_took: Token | None = None  # the last token a probe saw accepted
         self._slots: asyncio.Semaphore | None = None
         self._slot_limit: int | None = None
         self.reconfigure(settings)
@@ -195,7 +202,7 @@ class Proxy:
             return await self._send(out, None, "header")
         token = self._tokens.fresh() or await self._tokens.get()
         placement = self.placement
-        note.placement = placement
+        note.query_token = token if placement == "query" else None
         sent = time.monotonic()
         resp = await self._send(out, token, placement)
         note.upstream_seconds = time.monotonic() - sent
@@ -209,21 +216,40 @@ class Proxy:
         resp.release()
         note.replays += 1
         self.replays += 1
+        note.query_token = fresh if placement == "query" else None
         resp = await self._send(out, fresh, placement)
         if resp.status != 401:
             self._tokens.accepted(fresh)
-        if fresh is token:  # kept by should_drop: a flaky 401, not a header-stripping proxy
-            return resp
         if resp.status != 401 or not self._probe_query or placement == "query":
             return resp
+        if fresh is token and fresh is not self._query_took:
+            return resp  # kept by should_drop: a flaky 401, not a header-stripping proxy
         if not out.replayable:
             return resp
-        resp.release()
+        return await self._probe(out, note, fresh, resp)
+
+    async def _probe(self, out: Outgoing, note: Note, token: Token,
+                     refused: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        """Try `token`, refused in the header, as the access_token query parameter. Only a
+        2xx is an answer the client gets (with the token scrubbed from its headers); any
+        other is dropped unread, a login redirect carrying the token in its ``ReturnUrl``
+        for one, and the client gets the tenant's 401 to the header (`refused`)."""
         note.replays += 1
-        note.placement = "query"
-        probe = await self._send(out, fresh, "query")
-        if 200 <= probe.status < 400:  # a 404 or 414 proves nothing about the header
-            self._learn_query_placement()
+        try:
+            probe = await self._send(out, token, "query")
+        except BaseException:
+            refused.release()
+            raise
+        seen = Probe(_path_key(out.path), refused.status, probe.status)
+        self._evidence, proven = weigh(self._evidence, seen)
+        if proven:
+            self._learn_query_placement(self._evidence)
+        if not seen.proves:
+            probe.release()
+            return refused
+        refused.release()
+        self._query_took = token  # a later header 401 to it is the header's fault: probe
+        note.query_token = token
         return probe
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
@@ -265,10 +291,13 @@ class Proxy:
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
     ) -> web.StreamResponse:
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        query_token = None if note.query_token is None else note.query_token.value
+        reason = upstream.reason
+        if query_token is not None:
+            reason = response_reason(reason, query_token)
+        out = web.StreamResponse(status=upstream.status, reason=reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(request),
-            strip_token=note.placement == "query",
+            upstream.headers, self._tenant, lambda: proxy_origin(request), query_token
         ))
         try:
             await out.prepare(request)
@@ -305,15 +334,16 @@ class Proxy:
         note.bytes_out += len(last)
         return out
 
-    def _learn_query_placement(self) -> None:
+    def _learn_query_placement(self, evidence: tuple[Probe, ...]) -> None:
         if self.placement == "query":
             return
         self.placement = "query"
         log.warning(
             "the tenant refused a fresh token in the Authorization header but accepted it as "
-            "the access_token query parameter: a reverse proxy in front of the tenant strips "
-            "Authorization. fwproxy now sends the token in the query. Fix the reverse proxy "
-            "(nginx: %s) and restart fwproxy.", STRIP_HINT,
+            "the access_token query parameter, on %d paths (%s): a reverse proxy in front of "
+            "the tenant strips Authorization. fwproxy now sends the token in the query. Fix "
+            "the reverse proxy (nginx: %s) and restart fwproxy.",
+            len(evidence), "; ".join(map(str, evidence)), STRIP_HINT,
         )
 
     def _account(self, request: web.Request, note: Note, started: float) -> None:
@@ -350,11 +380,13 @@ class Outgoing:
 class Note:
     """What the access log line says about one request."""
 
-    __slots__ = ("bytes_in", "bytes_out", "detail", "error", "placement", "replays", "status",
-                 "upstream_seconds")
+    __slots__ = ("bytes_in", "bytes_out", "detail", "error", "query_token", "replays",
+                 "status", "upstream_seconds")
 
     def __init__(self) -> None:
-        self.placement = ""  # where our token went on the final attempt: header or query
+        # the token the final attempt carried in the query (its echo must not reach the
+        # client); None when it went in the header, or no token of ours went at all
+        self.query_token: Token | None = None
         self.upstream_seconds: float | None = None  # until the first response headers
         self.detail = ""
         self.status = 0
@@ -382,6 +414,14 @@ async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> byte
 def _stopped() -> str:
     return "the tenant stopped sending the response body"
 
+
+
+def _path_key(path: str) -> str:
+    """The path as the tenant (IIS) reads it: ``/a``, ``/A/`` and ``/%61`` are one path."""
+    try:
+        return normalize_path(path).lower()
+    except BadPath:  # admitted paths are normalizable; the raw bytes otherwise
+        return path
 
 
 def proxy_origin(request: web.Request) -> URL:

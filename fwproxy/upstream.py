@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +23,8 @@ from .exceptions import (
     UpstreamTimeout,
 )
 from .log import outward
+
+log = logging.getLogger("fwproxy.upstream")
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus the de-facto ones. Never forwarded either way.
 HOP_BY_HOP = frozenset({
@@ -106,15 +109,19 @@ def response_headers(
     incoming: CIMultiDictProxy[str],
     tenant_origin: URL,
     proxy_origin: Callable[[], URL],
-    strip_token: bool,
+    query_token: str | None,
 ) -> list[tuple[str, str]]:
     """The tenant's headers, cleaned for the client, with self-references pointed at us
     (`proxy_origin` is asked only when there is a Location to rewrite).
 
-    `strip_token`: the token went upstream in the query, so the tenant may echo it in a
-    Location; it must not reach the client (or whatever host that Location names).
+    `query_token`: the token went upstream in the query (None: in the header), so the
+    tenant may echo it back (a Location to where it was, a login redirect's ``ReturnUrl``,
+    a ``Link``); it must not reach the client (or whatever host such a URL names). A
+    ``Location`` loses its ``access_token`` parameter; any header that still carries the
+    token (`carries`) is dropped, with a warning that names it.
     """
     drop = _drop_set(HOP_BY_HOP, incoming)
+    strip_token = query_token is not None
     out: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
@@ -123,7 +130,47 @@ def response_headers(
         if lower in _LOCATIONS:
             value = rewrite_location(value, tenant_origin, proxy_origin(), strip_token)
         out.append((name, value))
+    if query_token is not None:
+        return _without_token(out, query_token)
     return out
+
+
+def _without_token(headers: list[tuple[str, str]], token: str) -> list[tuple[str, str]]:
+    kept = [(name, value) for name, value in headers if not carries(value, token)]
+    if len(kept) < len(headers):
+        dropped = sorted({name for name, value in headers if carries(value, token)})
+        log.warning("the tenant echoed the access token (sent in the query) in the %s "
+                    "response header%s: dropped", ", ".join(dropped), "s" * (len(dropped) > 1))
+    return kept
+
+
+def response_reason(reason: str | None, query_token: str) -> str | None:
+    """The tenant's reason phrase, or None (the standard one) when it echoes the token."""
+    if reason and carries(reason, query_token):
+        log.warning("the tenant echoed the access token (sent in the query) in the reason "
+                    "phrase of its status line: replaced")
+        return None
+    return reason
+
+
+DECODE_ROUNDS = 4  # percent-decodings looked through: raw, once, twice, ... nested
+
+
+def carries(value: str, token: str) -> bool:
+    """Whether `token` shows in `value`: raw, or percent-encoded (hex in either case) up to
+    `DECODE_ROUNDS` times, as a parameter of a URL that is itself a parameter does. A value
+    that still decodes further after that many rounds is taken to carry it: it hides
+    something, and a header that hides something is not worth the risk."""
+    for _ in range(DECODE_ROUNDS + 1):
+        if token in value:
+            return True
+        if "%" not in value:
+            return False
+        decoded = unquote(value, errors="replace")
+        if decoded == value:
+            return False
+        value = decoded
+    return True
 
 
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp would refuse to send these

@@ -7,8 +7,10 @@ would refuse to send most of them); tokens still come from the simulated tenant.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 from aiohttp import web
@@ -17,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fwproxy.app import PROXY, create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from tests.conftest import CLOSE, raw_exchange
 
 Client = TestClient[Any, Any]
 Reply = Callable[[bytes], bytes]  # request head -> response bytes
@@ -169,21 +172,216 @@ async def test_token_in_query_is_never_echoed_back_in_a_location(
         assert resp.headers["Content-Location"] == "https://cdn.example/a?x=1"
 
 
-@pytest.mark.parametrize("status", ["404 Not Found", "414 URI Too Long", "500 Oops"])
+@pytest.mark.parametrize("status", [
+    "301 Moved Permanently", "302 Found", "303 See Other", "307 Temporary Redirect",
+    "404 Not Found", "414 URI Too Long", "500 Oops",
+])
 async def test_query_placement_is_learned_only_from_success(
     raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], status: str
 ) -> None:
     def header_refused(head: bytes) -> bytes:
         if b"access_token=" in head:
-            return response(status=status)
+            return response("Location: /elsewhere", status=status, body=b"probe")
+        return response(status="401 Unauthorized", body=b"header refused")
+
+    raw_tenant.reply = header_refused
+    client = await make_client()
+    for path in ("/x", "/y"):
+        async with client.get(path, allow_redirects=False) as resp:
+            # the probe's answer proves nothing and is not passed on: the tenant's 401 is
+            assert resp.status == 401
+            assert await resp.read() == b"header refused"
+            assert "Location" not in resp.headers
+    assert b"access_token=" in raw_tenant.heads[2]  # the first request's probe did go
+    assert client.app is not None
+    assert client.app[PROXY].placement == "header"
+
+
+# --- the token in the query must not come back (issue 11, item 2) -------------------------
+
+TOKEN = "Tk/+=%&?~x9"  # visible ASCII with what a URL encodes, so encodings differ from it
+
+
+def shows_token(data: bytes) -> bool:
+    """Whether the token is in `data`, raw or percent-encoded up to three times."""
+    text = data.decode("latin-1")
+    for _ in range(4):
+        if TOKEN in text:
+            return True
+        text = unquote(text)
+    return False
+
+
+@pytest.fixture
+async def odd_token_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+    """A token endpoint that issues `TOKEN` (a new Token each time, the same value)."""
+    async def issue(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600})
+
+    app = web.Application()
+    app.router.add_post("/token", issue)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return f"http://127.0.0.1:{server.port}/token"
+
+
+def target_of(head: bytes) -> str:
+    return head.split(b" ")[1].decode()
+
+
+def forms_auth(head: bytes) -> bytes:
+    """ASP.NET forms authentication: 401 to a bearer header it rejects, and without one a
+    302 to the login page whose ReturnUrl (and "Object moved" page) holds the target."""
+    if b"\r\nauthorization:" in head.lower():
+        return response("WWW-Authenticate: Bearer", status="401 Unauthorized",
+                        body=b'{"error": "invalid_token"}')
+    location = "/fotoweb/views/login?ReturnUrl=" + quote(target_of(head), safe="").lower()
+    page = f'<html><body><h2>Object moved to <a href="{location}">here</a>.</h2></body></html>'
+    return response(f"Location: {location}", "Content-Type: text/html", status="302 Found",
+                    body=page.encode())
+
+
+async def test_forms_auth_redirect_neither_switches_placement_nor_leaks_the_token(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+) -> None:
+    raw_tenant.reply = forms_auth
+    client = await make_client(token_url=odd_token_url)
+    for path in (b"/fotoweb/me", b"/fotoweb/archives/?q=1", b"/fotoweb/me"):
+        answer = await raw_exchange(client.port, b"GET " + path + CLOSE)
+        assert shows_token(raw_tenant.heads[-1])  # the probe sent it in the query
+        assert answer.startswith(b"HTTP/1.1 401 ")  # the tenant's answer to the header
+        assert b"invalid_token" in answer
+        assert not shows_token(answer)
+    assert client.app is not None
+    assert client.app[PROXY].placement == "header"
+
+
+@pytest.mark.parametrize("echo", [
+    "Location: /fotoweb/views/login?ReturnUrl={once}",
+    "Location: /fotoweb/views/login?ReturnUrl={once_lower}",
+    "Location: http://127.0.0.1:{port}/sso?next=http%3A%2F%2Fidp%2F%3Fr%3D{once}",
+    "location: http://127.0.0.1:{port}/sso#r={once}",
+    "Content-Location: https://cdn.example/x?r={token}",
+    "CONTENT-LOCATION: https://cdn.example/x?r={once}",
+    "Refresh: 0; url=/fotoweb/views/login?ReturnUrl={once}",
+    "refresh: 0; URL={target}",
+    'Link: <http://127.0.0.1:{port}{target}>; rel="canonical"',
+    'LINK: </login?ReturnUrl={once}>; rel="next"',
+    "X-Original-Url: {target}",
+])
+async def test_query_token_echoed_in_a_response_header_is_dropped(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture, echo: str,
+) -> None:
+    def echoing(head: bytes) -> bytes:
+        target = target_of(head)  # the token in it once percent-encoded, as fwproxy sent it
+        once = quote(target, safe="")
+        line = echo.format(port=raw_tenant.port, target=target, once=once, token=TOKEN,
+                           once_lower=re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), once))
+        return response(line, "X-Good: fine", status="302 Found")
+
+    raw_tenant.reply = echoing
+    client = await make_client(token_url=odd_token_url, token_placement="query")
+    answer = await raw_exchange(client.port, b"GET /fotoweb/me?x=1" + CLOSE)
+    assert shows_token(raw_tenant.heads[-1])
+    assert answer.startswith(b"HTTP/1.1 302 ")
+    assert b"\r\nX-Good: fine\r\n" in answer
+    assert not shows_token(answer)
+    name = echo.partition(":")[0]
+    assert b"\r\n" + name.lower().encode() + b":" not in answer.lower()
+    warnings = [r.getMessage() for r in caplog.records if "echoed the access token" in
+                r.getMessage()]
+    assert len(warnings) == 1
+    assert name.lower() in warnings[0].lower()
+    assert not any(shows_token(r.getMessage().encode()) for r in caplog.records)
+
+
+async def test_query_token_echoed_in_the_reason_phrase_is_replaced(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw_tenant.reply = lambda head: response(status=f"302 Moved to {target_of(head)}")
+    client = await make_client(token_url=odd_token_url, token_placement="query")
+    answer = await raw_exchange(client.port, b"GET /fotoweb/me" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 302 Found\r\n")
+    assert not shows_token(answer)
+    assert any("reason phrase" in r.getMessage() for r in caplog.records)
+
+
+def strips_authorization(head: bytes) -> bytes:
+    """A tenant behind an NGINX that strips Authorization: every header request is 401;
+    with the token in the query it answers 200, and links to where it was asked."""
+    target = target_of(head)
+    if "access_token=" not in target:
+        return response(status="401 Unauthorized", body=b"no token")
+    return response(f'Link: <{target}>; rel="self"', "X-Good: fine", body=b"ok")
+
+
+async def test_query_placement_is_learned_from_two_paths_and_says_what_it_saw(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw_tenant.reply = strips_authorization
+    client = await make_client(token_url=odd_token_url)
+    assert client.app is not None
+    proxy = client.app[PROXY]
+    # one path, however spelled and however often, proves nothing for every client
+    for path in (b"/fotoweb/me?secret=q1", b"/FotoWeb/ME/", b"/fotoweb/%6De"):
+        sent = len(raw_tenant.heads)
+        answer = await raw_exchange(client.port, b"GET " + path + CLOSE)
+        assert answer.startswith(b"HTTP/1.1 200 ")  # the probe's 2xx is the client's answer
+        assert answer.endswith(b"\r\n\r\nok")
+        assert b"\r\nX-Good: fine\r\n" in answer
+        assert not shows_token(answer)  # its Link echoed the token: dropped
+        assert len(raw_tenant.heads) - sent == 3  # original, replay, probe: never more
+        assert proxy.placement == "header"
+    assert not [r for r in caplog.records if "proxy_set_header" in r.getMessage()]
+    # the same evidence on a second path does
+    answer = await raw_exchange(client.port, b"GET /fotoweb/archives/?secret=q2" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert proxy.placement == "query"
+    warnings = [r.getMessage() for r in caplog.records if "proxy_set_header" in r.getMessage()]
+    assert len(warnings) == 1
+    assert ("/fotoweb/me: 401 with the header, 200 in the query; "
+            "/fotoweb/archives: 401 with the header, 200 in the query") in warnings[0]
+    assert "secret" not in warnings[0]
+    assert "access_token=" not in warnings[0]
+    assert not shows_token(warnings[0].encode())
+    # learned: straight to the query, still scrubbed
+    sent = len(raw_tenant.heads)
+    answer = await raw_exchange(client.port, b"GET /fotoweb/other" + CLOSE)
+    assert len(raw_tenant.heads) - sent == 1
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert not shows_token(answer)
+
+
+async def test_a_body_that_reflects_the_url_still_carries_the_token(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+) -> None:
+    """What README says plainly: headers are scrubbed, bodies are not."""
+    raw_tenant.reply = lambda head: response(
+        f"Link: <{target_of(head)}>", body=b"you asked for " + target_of(head).encode())
+    client = await make_client(token_url=odd_token_url, token_placement="query")
+    answer = await raw_exchange(client.port, b"GET /fotoweb/me" + CLOSE)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert not shows_token(head)
+    assert shows_token(body)
+
+
+async def test_probe_that_fails_is_a_clean_502(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    def header_refused(head: bytes) -> bytes:
+        if b"access_token=" in head:
+            return b""  # the connection closes with no answer
         return response(status="401 Unauthorized")
 
     raw_tenant.reply = header_refused
     client = await make_client()
     async with client.get("/x") as resp:
-        assert resp.status == int(status[:3])
-    assert client.app is not None
-    assert client.app[PROXY].placement == "header"
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_protocol_error"
+    assert b"access_token=" in raw_tenant.heads[-1]
 
 
 async def test_target_fragment_is_not_sent_upstream(

@@ -8,6 +8,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -418,10 +419,15 @@ async def test_stripped_authorization_falls_back_to_query(
     proxy: Client, tenant_state: TenantState, caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant_state.strip_authorization = True
-    seen = await echo(proxy)
-    assert "access_token=" in seen["path_qs"]
+    for path in ("/sim/echo", "/sim/echo?again=1"):  # one path: the probe answers, no more
+        seen = await echo(proxy, path=path)
+        assert "access_token=" in seen["path_qs"]
+        assert proxy_app(proxy)[PROXY].placement == "header"
+    assert len(tenant_state.seen) == 6  # original, replay, query probe, twice: never more
+    assert tenant_state.token_requests == 2  # the first token and one renewal
+    async with proxy.get("/fotoweb/me") as resp:  # a second path: learned
+        assert resp.status == 200
     assert proxy_app(proxy)[PROXY].placement == "query"
-    assert len(tenant_state.seen) == 3  # original, replay, query probe: never more
     before = len(tenant_state.seen)
     seen = await echo(proxy, path="/sim/echo?x=1")
     assert len(tenant_state.seen) == before + 1  # learned: straight to the query
@@ -429,6 +435,37 @@ async def test_stripped_authorization_falls_back_to_query(
     assert "authorization" not in seen["headers"]
     warnings = [r for r in caplog.records if "proxy_set_header Authorization" in r.getMessage()]
     assert len(warnings) == 1
+    assert "on 2 paths (/sim/echo: 401 with the header, 200 in the query; /fotoweb/me: " in (
+        warnings[0].getMessage())
+
+
+async def test_query_probe_sends_the_whole_body_again(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    tenant_state.strip_authorization = True
+    body = bytes(range(256)) * 1200  # 300 KiB: the tenant answers 401 before reading it
+    seen = await echo(proxy, method="POST", data=body)
+    assert "access_token=" in seen["path_qs"]
+    assert seen["body_size"] == len(body)
+    assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_probe_with_a_body_that_proves_nothing_passes_the_401_back(
+    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+) -> None:
+    async def forms_auth(request: web.Request) -> web.Response:
+        if "Authorization" in request.headers:  # never reads the body
+            return web.json_response({"error": "invalid_token"}, status=401)
+        await request.read()
+        raise web.HTTPFound("/fotoweb/views/login?ReturnUrl=" + quote(request.raw_path, safe=""))
+
+    client = await proxy_with_routes(lambda app: app.router.add_post("/sim/forms", forms_auth))
+    async with client.post("/sim/forms", data=b"b" * 300_000, allow_redirects=False) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "invalid_token"
+    assert "access_token=" in tenant_state.seen[-1].path_qs  # the probe went, with the body
+    assert tenant_state.seen[-1].body_size == 300_000
+    assert proxy_app(client)[PROXY].placement == "header"
 
 
 async def test_query_placement_can_be_forced(

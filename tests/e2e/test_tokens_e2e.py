@@ -151,26 +151,32 @@ def bearer(headers: dict[str, list[str]]) -> str:
     return token
 
 
-async def test_tenant_stripping_authorization_switches_to_query_once(
+async def test_tenant_stripping_authorization_switches_to_query_after_two_paths(
     start_proxy: StartProxy, tenant_state: TenantState
 ) -> None:
     tenant_state.strip_authorization = True
     proxy = await start_proxy()  # token_placement: auto (the default)
     first = await curl("-w", "\\n%{http_code}", proxy.url("/fotoweb/me"))
     body, _, status = first.text.rpartition("\n")
-    assert status == "200"
+    assert status == "200"  # the query probe's answer
     assert json.loads(body)["userName"] == "demo-app"
-    await proxy.wait_for_line(STRIP_HINT)
+    assert proxy.log_count(STRIP_HINT) == 0  # one path proves nothing for every client
+    second = await curl("-o", "/dev/null", "-w", "%{http_code}",
+                        proxy.url("/fotoweb/archives/"))
+    assert second.text == "200"
+    await proxy.wait_for_line(STRIP_HINT)  # a second path does
     assert proxy.log_count(STRIP_HINT) == 1
     hint_line = next(line for line in proxy.lines if STRIP_HINT in line)
     assert "WARNING" in hint_line
+    assert "/fotoweb/me: 401 with the header, 200 in the query" in hint_line
+    assert "/fotoweb/archives: 401 with the header, 200 in the query" in hint_line
 
-    second = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
-    assert second.text == "200"
-    # First request: header (401), header with a fresh token (401), query probe (200).
-    # Second request: straight to the query placement, one attempt.
-    in_query = [r.path_qs.startswith("/fotoweb/me?access_token=") for r in tenant_state.seen]
-    assert in_query == [False, False, True, True]
+    third = await curl("-o", "/dev/null", "-w", "%{http_code}", proxy.url("/fotoweb/me"))
+    assert third.text == "200"
+    # Each of the first two: header (401), header again (401), query probe (200).
+    # The third: straight to the query placement, one attempt.
+    in_query = ["access_token=" in r.path_qs for r in tenant_state.seen]
+    assert in_query == [False, False, True] * 2 + [True]
     await proxy.stop()  # the whole log, up to EOF
     assert proxy.log_count(STRIP_HINT) == 1
     assert tenant_state.token_requests == 2  # the warm-up token and the one renewal
