@@ -146,7 +146,8 @@ class Proxy:
             request.headers,
             drop_authorization=self._replace_auth,
             client_ip=request.remote,
-            proxy_host=request.host,
+            proxy_host=admitted.host,  # validated: never aiohttp's request.host (see guard)
+            trusted=admitted.trusted,
         )
         if self._replace_auth:
             query = without_param(query, "access_token")
@@ -182,7 +183,7 @@ class Proxy:
                     note.bytes_in = body.size
                     body.close()
             try:
-                return await self._stream_back(request, upstream, note, stall)
+                return await self._stream_back(request, upstream, note, stall, admitted.host)
             finally:
                 upstream.release()
         finally:
@@ -263,11 +264,12 @@ class Proxy:
             )
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
+        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall,
+        host: str,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(request),
+            upstream.headers, self._tenant, lambda: proxy_origin(host),
             strip_token=note.placement == "query",
         ))
         try:
@@ -384,9 +386,11 @@ def _stopped() -> str:
 
 
 
-def proxy_origin(request: web.Request) -> URL:
-    """Where the client reached us: the origin Location headers are rewritten to."""
+def proxy_origin(host: str) -> URL:
+    """Where the client reached us (the validated ``host[:port]``, never aiohttp's
+    `request.host`, which an absolute-form target sets): the origin Location headers are
+    rewritten to."""
     try:
-        return URL.build(scheme="http", authority=request.host, encoded=True)
+        return URL.build(scheme="http", authority=host, encoded=True)
     except ValueError:
         return URL("http://127.0.0.1")
