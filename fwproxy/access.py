@@ -7,6 +7,8 @@ rebinding (the page's own hostname re-pointed at 127.0.0.1, so `Host` names the 
 domain) and by cross-site requests a browser sends without asking (a form POST, an image).
 Both would act with the proxy's token. `Host` must name the proxy (``access.accept_hosts``),
 and a browser request from another site needs its origin in ``access.allow_origins``.
+`Host` is read strictly (`parse_host`): what passes is the only host fwproxy ever repeats
+(X-Forwarded-Host, a rewritten Location), so a lenient reading would let a client choose it.
 """
 
 from __future__ import annotations

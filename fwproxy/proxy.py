@@ -5,7 +5,8 @@ Theory of operation
 1. `Guard` refuses what must never be forwarded (methods, clients, hosts, paths, sizes)
    before reading the body. The upstream URL is the configured tenant origin plus the
    client's raw target bytes: nothing in the request can change where the token goes.
-2. Headers minus hop-by-hop (and minus every name in ``Connection``), then the token:
+2. Headers minus hop-by-hop (and minus every name in ``Connection``), the client's
+   forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
    (``client_authorization: keep``) and gets no token and no replay.
