@@ -7,6 +7,8 @@ rebinding (the page's own hostname re-pointed at 127.0.0.1, so `Host` names the 
 domain) and by cross-site requests a browser sends without asking (a form POST, an image).
 Both would act with the proxy's token. `Host` must name the proxy (``access.accept_hosts``),
 and a browser request from another site needs its origin in ``access.allow_origins``.
+`Host` is read strictly (`parse_host`): what passes is the only host fwproxy ever repeats
+(X-Forwarded-Host, a rewritten Location), so a lenient reading would let a client choose it.
 """
 
 from __future__ import annotations
@@ -15,21 +17,71 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import NamedTuple
 from urllib.parse import unquote
 
 DEFAULT_ACCEPT_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CROSS = frozenset({"cross-site", "same-site"})
 
 
-def host_name(host_header: str) -> str:
-    """``[::1]:8080`` -> ``::1``; ``Example.COM.:80`` -> ``example.com``."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        host = name
-    return host.rstrip(".")
+# RFC 3986 host, held to what real names use: a reg-name of unreserved characters only (no
+# percent-escapes, no sub-delims such as "," that would split X-Forwarded-Host, no "@"
+# userinfo), dot-separated labels of 1-63 characters; or an IPv6 literal in brackets. An
+# IPv4 address is a reg-name lexically. Then an optional ":port", 1-65535.
+_HOST = re.compile(
+    r"(?:(?P<name>[a-z0-9_~-]{1,63}(?:\.[a-z0-9_~-]{1,63})*\.?)|\[(?P<ip6>[0-9a-f:.]{2,45})\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+MAX_HOST = 253 + 1 + 6  # a DNS name, its trailing dot, ":65535"
+
+
+def parse_host(value: str) -> tuple[str, int | None] | None:
+    """A Host value (or an absolute-form target's authority) -> (host, port), or None.
+
+    Strict: nothing but ``name``, ``IPv4`` or ``[IPv6]``, then an optional ``:port``.
+    The host comes back lower-cased, a trailing dot removed, an IPv6 address unbracketed in
+    its compressed form (``[0::1]`` -> ``::1``), so it compares with ``access.accept_hosts``.
+    """
+    if len(value) > MAX_HOST or not value.isascii():  # (and "\u212a".lower() is "k")
+        return None
+    match = _HOST.fullmatch(value.lower())
+    if match is None:
+        return None
+    name, ip6, digits = match.group("name", "ip6", "port")
+    port = int(digits) if digits is not None else None
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    if ip6 is not None:
+        try:
+            return str(IPv6Address(ip6)), port
+        except ValueError:
+            return None
+    host = name.rstrip(".")
+    return (host, port) if len(host) <= 253 else None
+
+
+def authority(host: str, port: int | None) -> str:
+    """The canonical ``host[:port]`` of a parsed Host: what is forwarded as X-Forwarded-Host
+    and what ``Location`` headers are pointed at."""
+    text = f"[{host}]" if ":" in host else host
+    return text if port is None else f"{text}:{port}"
+
+
+def target_authority(raw_target: str) -> tuple[str, str] | None:
+    """(scheme, authority) of an absolute-form target (``HTTP://h:1/x`` -> ``http``,
+    ``h:1``); None for any other form."""
+    if raw_target[:1] == "/":
+        return None
+    scheme, sep, rest = raw_target.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        return None
+    end = len(rest)
+    for stop in "/?#":
+        index = rest.find(stop)
+        if index != -1 and index < end:
+            end = index
+    return scheme, rest[:end]
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -42,20 +94,65 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def refuse_host(host_header: str | None, accept_hosts: Sequence[str]) -> str | None:
-    """Why this Host is refused, or None to accept it.
+class HostRefused(NamedTuple):
+    """Why a request's host is refused: 400 malformed or disagreeing, 403 not accepted."""
 
-    No Host at all (HTTP/1.0 tools) is accepted: every browser sends one.
+    status: int
+    error: str
+    detail: str
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:80] + "...")
+
+
+def judge_host(
+    host_header: str | None,
+    target: tuple[str, str] | None,
+    accept_hosts: Sequence[str],
+) -> tuple[str, int | None] | HostRefused | None:
+    """The request's validated (host, port), or why it is refused.
+
+    `target` is (scheme, authority) of an absolute-form request target, if there is one. RFC 9112
+    3.2.2 makes it, not Host, name the target; fwproxy goes further and refuses (400) a Host
+    that does not name the same host and port, so that no part of the request disagrees
+    with what was checked. None: no Host and no absolute-form target (HTTP/1.0); the caller
+    takes the address the connection arrived on.
     """
-    if host_header is None:
+    parsed = None
+    if host_header is not None:
+        parsed = parse_host(host_header)
+        if parsed is None:
+            return HostRefused(400, "bad_host",
+                               f"Host {_shown(host_header)} is not a host name or address "
+                               "with an optional :port")
+    if target is not None:
+        scheme, text = target
+        named = parse_host(text)
+        if named is None:
+            return HostRefused(400, "bad_request_target",
+                               f"the request target's authority {_shown(text)} is not a "
+                               "host name or address with an optional :port")
+        if parsed is not None and _with_default_port(parsed, scheme) != _with_default_port(
+                named, scheme):
+            return HostRefused(400, "host_mismatch",
+                               f"the request target names {authority(*named)!r} but Host "
+                               f"names {authority(*parsed)!r}; they must agree")
+        parsed = named
+    if parsed is None:
         return None
-    name = host_name(host_header)
-    if matches(name, accept_hosts):
-        return None
-    return (
-        f"Host {name or '(none)'!r} is not one of access.accept_hosts; if clients reach "
-        "fwproxy by that name, add it there"
+    if matches(parsed[0], accept_hosts):
+        return parsed
+    return HostRefused(
+        403, "forbidden",
+        f"Host {parsed[0]!r} is not one of access.accept_hosts; if clients reach "
+        "fwproxy by that name, add it there",
     )
+
+
+def _with_default_port(parsed: tuple[str, int | None], scheme: str) -> tuple[str, int]:
+    host, port = parsed
+    return host, port if port is not None else (443 if scheme == "https" else 80)
 
 
 def refuse_cross_site(
@@ -178,3 +275,9 @@ def client_allowed(remote: str | None, networks: Sequence[IPv4Network | IPv6Netw
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+def peer_trusted(remote: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    """Whether the socket peer is in ``access.trust_forwarded_from``, so that the forwarding
+    headers it sends are kept. A Unix-socket peer has no address and is never trusted."""
+    return bool(remote) and bool(networks) and client_allowed(remote, networks)

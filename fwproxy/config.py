@@ -118,6 +118,8 @@ class AccessConfig:
     allow_origins: tuple[str, ...] = ()
     allow_from: tuple[IPv4Network | IPv6Network, ...] = LOOPBACK_NETWORKS
     allow_public: bool = False
+    # peers (a reverse proxy in front) whose X-Forwarded-* are kept; others' are replaced
+    trust_forwarded_from: tuple[IPv4Network | IPv6Network, ...] = ()
     read_only: bool = False
     rules: tuple[Rule, ...] = ()
     default: str = "allow"
@@ -250,6 +252,12 @@ def parse_networks(value: object, key: str) -> tuple[IPv4Network | IPv6Network, 
         raise ConfigError(key, f"not a network: {exc}") from None
 
 
+def parse_optional_networks(value: object, key: str
+                            ) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Like `parse_networks`; null or an empty string (from the environment) is none."""
+    return () if value is None or value == "" else parse_networks(value, key)
+
+
 def parse_workers(value: object, key: str) -> int:
     """A number of processes, or ``auto``: one per CPU."""
     if str(value).strip().lower() == "auto":
@@ -378,6 +386,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
     "access": {
         "allow_from": parse_networks,
         "allow_public": parse_bool,
+        "trust_forwarded_from": parse_optional_networks,
         "accept_hosts": parse_names,
         "allow_origins": parse_names,
         "read_only": parse_bool,

@@ -17,11 +17,15 @@ from yarl import URL
 
 from .access import (
     BadPath,
+    HostRefused,
+    authority,
     client_allowed,
     decide_access,
+    judge_host,
     normalize_path,
+    peer_trusted,
     refuse_cross_site,
-    refuse_host,
+    target_authority,
 )
 from .config import LOOPBACK_NETWORKS, Settings
 from .keys import HEADER as KEY_HEADER
@@ -39,6 +43,8 @@ class Admitted(NamedTuple):
     path: str
     query: str
     key: ApiKey | None
+    host: str  # the validated ``host[:port]`` the client reached fwproxy by
+    trusted: bool  # the peer is in access.trust_forwarded_from: its X-Forwarded-* are kept
 
 
 class Guard:
@@ -52,13 +58,20 @@ class Guard:
         # Verdicts on client addresses and Host values seen before (a Guard lives until the
         # next reload, so the settings they were made under cannot change underneath).
         self._clients: dict[str | None, bool] = {}
-        self._hosts: dict[str | None, str | None] = {}
+        self._hosts: dict[str, str | HostRefused] = {}
+        self._trusted: dict[str | None, bool] = {}
 
     def admit_client(
         self, request: web.Request, loopback: bool = False
     ) -> web.Response | None:
         """The checks that apply to every path, the status pages included. `loopback`: the
         machine itself is always allowed (a container's HEALTHCHECK, a local scraper)."""
+        verdict = self._admit_client(request, loopback)
+        return verdict if isinstance(verdict, web.Response) else None
+
+    def _admit_client(self, request: web.Request, loopback: bool = False
+                      ) -> web.Response | str:
+        """A refusal, or the validated ``host[:port]`` the client reached fwproxy by."""
         access = self._access
         remote = request.remote
         if loopback and client_allowed(remote, LOOPBACK_NETWORKS):
@@ -68,11 +81,38 @@ class Guard:
                                   f"client address {remote} is not in access.allow_from")
         headers = request.headers
         host = headers.get("Host")
-        why = self._refuse_host(host)
-        if why is None and ("Origin" in headers or "Sec-Fetch-Site" in headers):
+        raw = request.raw_path
+        if host is not None and raw[:1] == "/":  # (the usual request: a memo look-up)
+            verdict = self._judge_host(host)
+        else:
+            verdict = self._judge_rare(host, raw, request)
+        if isinstance(verdict, HostRefused):
+            return error_response(*verdict)
+        if "Origin" in headers or "Sec-Fetch-Site" in headers:
             why = refuse_cross_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), host,
                                     access.allow_origins)
-        return error_response(403, "forbidden", why) if why is not None else None
+            if why is not None:
+                return error_response(403, "forbidden", why)
+        return verdict
+
+    def _judge_host(self, host: str) -> str | HostRefused:
+        try:
+            return self._hosts[host]
+        except KeyError:
+            if len(self._hosts) >= MEMO_SIZE:
+                self._hosts.clear()
+            verdict = self._hosts[host] = _authority(
+                judge_host(host, None, self._access.accept_hosts))
+            return verdict
+
+    def _judge_rare(self, host: str | None, raw_target: str, request: web.Request
+                    ) -> str | HostRefused:
+        """An absolute-form target (its authority is the host: RFC 9112 3.2.2), or no Host
+        (HTTP/1.0: the address the connection arrived on). Not memoized."""
+        verdict = judge_host(host, target_authority(raw_target), self._access.accept_hosts)
+        if verdict is None:
+            return _local_authority(request)
+        return _authority(verdict)
 
     def admit_key(self, request: web.Request) -> web.Response | None:
         """With API keys configured, a valid one (read-only will do), or a 401."""
@@ -88,14 +128,14 @@ class Guard:
             verdict = self._clients[remote] = client_allowed(remote, self._access.allow_from)
         return verdict
 
-    def _refuse_host(self, host: str | None) -> str | None:
-        try:
-            return self._hosts[host]
-        except KeyError:
-            if len(self._hosts) >= MEMO_SIZE:
-                self._hosts.clear()
-            why = self._hosts[host] = refuse_host(host, self._access.accept_hosts)
-            return why
+    def _peer_trusted(self, remote: str | None) -> bool:
+        verdict = self._trusted.get(remote)
+        if verdict is None:
+            if len(self._trusted) >= MEMO_SIZE:
+                self._trusted.clear()
+            verdict = self._trusted[remote] = peer_trusted(
+                remote, self._access.trust_forwarded_from)
+        return verdict
 
     def admit(self, request: web.Request) -> Admitted | web.Response:
         """All checks, for a request to be forwarded."""
@@ -104,9 +144,9 @@ class Guard:
             return error_response(405, "method_not_allowed",
                                   f"{request.method} is not forwarded by fwproxy",
                                   headers={"Allow": ALLOW})
-        refusal = self.admit_client(request)
-        if refusal is not None:
-            return refusal
+        host = self._admit_client(request)
+        if not isinstance(host, str):
+            return host
         headers = request.headers
         why = smuggling_shape(request)
         if why is not None:
@@ -142,7 +182,8 @@ class Guard:
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
-        return Admitted(path, query, key)
+        trusted = bool(access.trust_forwarded_from) and self._peer_trusted(request.remote)
+        return Admitted(path, query, key, host, trusted)
 
 
 def _key_required() -> web.Response:
@@ -157,6 +198,22 @@ MEMO_PATH = 512  # longer paths are normalized every time: the memo stays under 
 
 def _normalized(path: str) -> str:
     return _normalize_memo(path) if len(path) <= MEMO_PATH else normalize_path(path)
+
+
+def _authority(verdict: tuple[str, int | None] | HostRefused | None) -> str | HostRefused:
+    if verdict is None:  # neither Host nor an absolute-form target: callers see to that
+        return HostRefused(400, "bad_host", "no Host")
+    return verdict if isinstance(verdict, HostRefused) else authority(*verdict)
+
+
+def _local_authority(request: web.Request) -> str:
+    """``host:port`` of the socket the request arrived on; ``localhost`` on a Unix socket."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        address = str(sockname[0]).partition("%")[0]
+        return authority(address.lower(), int(sockname[1]))
+    return "localhost"
 
 
 def header_bytes(request: web.Request) -> int:

@@ -5,7 +5,8 @@ Theory of operation
 1. `Guard` refuses what must never be forwarded (methods, clients, hosts, paths, sizes)
    before reading the body. The upstream URL is the configured tenant origin plus the
    client's raw target bytes: nothing in the request can change where the token goes.
-2. Headers minus hop-by-hop (and minus every name in ``Connection``), then the token:
+2. Headers minus hop-by-hop (and minus every name in ``Connection``), the client's
+   forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
    (``client_authorization: keep``) and gets no token and no replay.
@@ -153,7 +154,8 @@ class Proxy:
             request.headers,
             drop_authorization=self._replace_auth,
             client_ip=request.remote,
-            proxy_host=request.host,
+            proxy_host=admitted.host,  # validated: never aiohttp's request.host (see guard)
+            trusted=admitted.trusted,
         )
         if self._replace_auth:
             query = without_param(query, "access_token")
@@ -189,7 +191,7 @@ class Proxy:
                     note.bytes_in = body.size
                     body.close()
             try:
-                return await self._stream_back(request, upstream, note, stall)
+                return await self._stream_back(request, upstream, note, stall, admitted.host)
             finally:
                 upstream.release()
         finally:
@@ -289,7 +291,8 @@ class Proxy:
             )
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall
+        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall,
+        host: str,
     ) -> web.StreamResponse:
         query_token = None if note.query_token is None else note.query_token.value
         reason = upstream.reason
@@ -297,7 +300,7 @@ class Proxy:
             reason = response_reason(reason, query_token)
         out = web.StreamResponse(status=upstream.status, reason=reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(request), query_token
+            upstream.headers, self._tenant, lambda: proxy_origin(host), query_token
         ))
         try:
             await out.prepare(request)
@@ -424,9 +427,11 @@ def _path_key(path: str) -> str:
         return path
 
 
-def proxy_origin(request: web.Request) -> URL:
-    """Where the client reached us: the origin Location headers are rewritten to."""
+def proxy_origin(host: str) -> URL:
+    """Where the client reached us (the validated ``host[:port]``, never aiohttp's
+    `request.host`, which an absolute-form target sets): the origin Location headers are
+    rewritten to."""
     try:
-        return URL.build(scheme="http", authority=request.host, encoded=True)
+        return URL.build(scheme="http", authority=host, encoded=True)
     except ValueError:
         return URL("http://127.0.0.1")

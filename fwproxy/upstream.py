@@ -31,10 +31,28 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
+# Who the client is and where it connected: the tenant may log or believe these, so they
+# come from fwproxy (the socket and the validated Host), never from the client. From a peer
+# in access.trust_forwarded_from (a reverse proxy in front) these are kept, X-Forwarded-For
+# extended with the peer's address.
+FORWARDED_TRUSTED = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+    "x-real-ip", "x-client-ip", "true-client-ip",
+})
+# Dropped whoever sends them. The original-URL headers would have IIS (URL Rewrite) and
+# frameworks on it serve another path than the one access.rules judged; Forwarded (RFC
+# 7239) fwproxy does not maintain, so no value of it could be told from a forgery.
+FORWARDED_NEVER = frozenset({
+    "forwarded", "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri",
+    "x-forwarded-path", "x-envoy-original-path", "x-envoy-original-url",
+})
 # Not hop-by-hop, but the proxy sets these itself (or aiohttp answers Expect for us), and
 # the client's API key is for fwproxy only.
-REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "forwarded", "x-fwproxy-key"}
+_OWN = HOP_BY_HOP | {"host", "expect", "x-fwproxy-key"} | FORWARDED_NEVER
+REQUEST_DROP = _OWN | FORWARDED_TRUSTED
 _REQUEST_DROP_AUTH = REQUEST_DROP | {"authorization"}
+_TRUSTED_DROP = _OWN
+_TRUSTED_DROP_AUTH = _OWN | {"authorization"}
 _LOCATIONS = frozenset({"location", "content-location"})
 _NOT_NEW = HOP_BY_HOP  # Connection tokens that name no further header (keep-alive, ...)
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
@@ -91,17 +109,36 @@ def request_headers(
     drop_authorization: bool,
     client_ip: str | None,
     proxy_host: str,
+    trusted: bool = False,
 ) -> CIMultiDict[str]:
-    """The client's headers, cleaned for the tenant; the token is added after this."""
-    drop = _drop_set(_REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP, incoming)
+    """The client's headers, cleaned for the tenant; the token is added after this.
+
+    `client_ip` is the socket peer, `proxy_host` the validated Host (``host[:port]``).
+    The client's forwarding headers are replaced by fwproxy's X-Forwarded-For/-Proto/-Host,
+    unless the peer is `trusted`: then X-Forwarded-For is extended with `client_ip` and the
+    peer's other FORWARDED_TRUSTED values are kept (fwproxy's fill in what it left out).
+    """
+    if trusted:
+        base = _TRUSTED_DROP_AUTH if drop_authorization else _TRUSTED_DROP
+    else:
+        base = _REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP
+    drop = _drop_set(base, incoming)
     out: CIMultiDict[str] = CIMultiDict(
         [(name, value) for name, value in incoming.items() if name.lower() not in drop]
     )
-    if client_ip:
+    if trusted:
         previous = out.popall("X-Forwarded-For", None)
-        out["X-Forwarded-For"] = ", ".join([*previous, client_ip]) if previous else client_ip
-    out["X-Forwarded-Proto"] = "http"
-    out["X-Forwarded-Host"] = proxy_host
+        if client_ip:
+            previous = [*previous, client_ip] if previous else [client_ip]
+        if previous:
+            out.add("X-Forwarded-For", ", ".join(previous))
+        out.setdefault("X-Forwarded-Proto", "http")
+        out.setdefault("X-Forwarded-Host", proxy_host)
+        return out
+    if client_ip:  # (dropped above: adding is enough)
+        out.add("X-Forwarded-For", client_ip)
+    out.add("X-Forwarded-Proto", "http")
+    out.add("X-Forwarded-Host", proxy_host)
     return out
 
 

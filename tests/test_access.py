@@ -8,22 +8,77 @@ import pytest
 
 from fwproxy.access import (
     DEFAULT_ACCEPT_HOSTS,
-    host_name,
+    HostRefused,
+    authority,
+    judge_host,
     matches,
+    parse_host,
+    peer_trusted,
     refuse_cross_site,
-    refuse_host,
+    target_authority,
 )
-from fwproxy.config import parse_config
+from fwproxy.config import parse_config, parse_networks
+from fwproxy.exceptions import ConfigError
 
 
 @pytest.mark.parametrize(
-    ("header", "name"),
-    [("127.0.0.1:8080", "127.0.0.1"), ("[::1]:8080", "::1"), ("[::1]", "::1"),
-     ("LocalHost.", "localhost"), ("example.com:80", "example.com"), ("::1", "::1"),
-     ("evil.example:notaport", "evil.example:notaport")],
+    ("header", "parsed"),
+    [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:8080", ("::1", 8080)),
+     ("[::1]", ("::1", None)), ("LocalHost.", ("localhost", None)),
+     ("example.com:80", ("example.com", 80)), ("Example.COM.:443", ("example.com", 443)),
+     ("[0:0:0:0:0:0:0:1]", ("::1", None)), ("[::FFFF:127.0.0.1]:1", ("::ffff:7f00:1", 1)),
+     ("a-b_c~d.example", ("a-b_c~d.example", None)), ("x:65535", ("x", 65535)),
+     ("x:00080", ("x", 80)), ("a" * 63 + ".example", ("a" * 63 + ".example", None))],
 )
-def test_host_name(header: str, name: str) -> None:
-    assert host_name(header) == name
+def test_parse_host_accepts_names_addresses_and_ports(
+    header: str, parsed: tuple[str, int | None]
+) -> None:
+    assert parse_host(header) == parsed
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "[::1].evil.example", "[::1]@evil.example", "[::1]garbage", "[::1]:", "[::1]:x",
+        "[::1", "::1",  # an IPv6 address without brackets is not a Host
+        "[fe80::1%25eth0]", "[v1.x]", "[127.0.0.1]", "[::1]]",
+        "a b", " localhost", "localhost ", "local\thost",
+        "x:99999", "x:65536", "x:0", "x:", "x:-1", "x:+80", "x:8o", "x:80:80", ":80",
+        "u@h", "user:pass@localhost", "@localhost",
+        "local%68ost", "%6cocalhost", "localhost%00",
+        "", ".", "..", "a..b", ".a", "localhost/", "localhost/x", "localhost?x", "localhost#x",
+        "a,b", "a;b", "a=b", "a!b", "a*b", "a'b", "(a)", "a+b", "a$b", "a&b", "a\\b",
+        "évil.example", "xn--vil-bma.example\u00a0", "\u212aiosk",
+        "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54",  # fullwidth "localhost"
+        "a" * 64 + ".example", ("a" * 62 + ".") * 4 + "example", "x" * 5000,
+        "localhost\r\nX-Injected: 1", "localhost\x00",
+    ],
+)
+def test_parse_host_refuses_everything_else(header: str) -> None:
+    assert parse_host(header) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "text"),
+    [("localhost", None, "localhost"), ("::1", 8080, "[::1]:8080"), ("::1", None, "[::1]"),
+     ("127.0.0.1", 80, "127.0.0.1:80")],
+)
+def test_authority(host: str, port: int | None, text: str) -> None:
+    assert authority(host, port) == text
+    assert parse_host(text) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("/x", None), ("*", None), ("example.org:443", None), ("ftp://h/x", None),
+     ("http://evil.example/x?y", ("http", "evil.example")),
+     ("HTTPS://Evil.example:8443?y", ("https", "Evil.example:8443")),
+     ("http://evil.example#f", ("http", "evil.example")),
+     ("http://u@evil.example/x", ("http", "u@evil.example")),
+     ("http:///x", ("http", ""))],
+)
+def test_target_authority(target: str, expected: tuple[str, str] | None) -> None:
+    assert target_authority(target) == expected
 
 
 def test_matches() -> None:
@@ -34,12 +89,83 @@ def test_matches() -> None:
     assert not matches("127.0.0.1.evil.example", DEFAULT_ACCEPT_HOSTS)
 
 
-def test_refuse_host() -> None:
-    assert refuse_host("127.0.0.1:8080", DEFAULT_ACCEPT_HOSTS) is None
-    assert refuse_host(None, DEFAULT_ACCEPT_HOSTS) is None  # HTTP/1.0 without Host
-    reason = refuse_host("rebind.evil.example:8080", DEFAULT_ACCEPT_HOSTS)
-    assert reason is not None
-    assert "rebind.evil.example" in reason
+ANY = ("*",)
+
+
+@pytest.mark.parametrize(
+    ("header", "target", "accept", "verdict"),
+    [
+        # no Host, no absolute-form target (HTTP/1.0): the caller uses the socket's address
+        (None, None, DEFAULT_ACCEPT_HOSTS, None),
+        ("127.0.0.1:8080", None, DEFAULT_ACCEPT_HOSTS, ("127.0.0.1", 8080)),
+        ("LOCALHOST.", None, DEFAULT_ACCEPT_HOSTS, ("localhost", None)),
+        ("[::1]:9", None, DEFAULT_ACCEPT_HOSTS, ("::1", 9)),
+        ("rebind.evil.example:8080", None, DEFAULT_ACCEPT_HOSTS, 403),
+        ("127.0.0.1.evil.example", None, DEFAULT_ACCEPT_HOSTS, 403),
+        # shapes the old lenient reading took for ::1 (or anything) even with "*" accepted
+        ("[::1].evil.example", None, DEFAULT_ACCEPT_HOSTS, 400),
+        ("[::1]@evil.example", None, DEFAULT_ACCEPT_HOSTS, 400),
+        ("[::1]garbage", None, DEFAULT_ACCEPT_HOSTS, 400),
+        ("[::1]garbage", None, ANY, 400),
+        ("evil.example:notaport", None, ANY, 400),
+        ("a,b", None, ANY, 400),
+        ("", None, ANY, 400),
+        # absolute form: the target's authority names the host, and Host must agree
+        ("localhost", ("http", "localhost"), DEFAULT_ACCEPT_HOSTS, ("localhost", None)),
+        ("localhost:80", ("http", "localhost"), DEFAULT_ACCEPT_HOSTS, ("localhost", None)),
+        ("localhost", ("http", "localhost:80"), DEFAULT_ACCEPT_HOSTS, ("localhost", 80)),
+        ("localhost:443", ("https", "localhost"), DEFAULT_ACCEPT_HOSTS, ("localhost", None)),
+        ("LocalHost.", ("http", "localhost:8080"), DEFAULT_ACCEPT_HOSTS, 400),  # ports differ
+        ("localhost", ("http", "evil.example"), DEFAULT_ACCEPT_HOSTS, 400),
+        ("localhost", ("http", "evil.example"), ANY, 400),  # even where any name is accepted
+        ("evil.example", ("http", "evil.example"), DEFAULT_ACCEPT_HOSTS, 403),
+        (None, ("http", "evil.example"), DEFAULT_ACCEPT_HOSTS, 403),  # HTTP/1.0
+        (None, ("http", "127.0.0.1:8080"), DEFAULT_ACCEPT_HOSTS, ("127.0.0.1", 8080)),
+        ("localhost", ("http", "u@localhost"), DEFAULT_ACCEPT_HOSTS, 400),  # userinfo
+        ("localhost", ("http", ""), DEFAULT_ACCEPT_HOSTS, 400),
+        ("localhost", ("http", "[::1]garbage"), ANY, 400),
+    ],
+)
+def test_judge_host(
+    header: str | None, target: tuple[str, str] | None, accept: tuple[str, ...],
+    verdict: tuple[str, int | None] | int | None,
+) -> None:
+    judged = judge_host(header, target, accept)
+    if isinstance(verdict, int):
+        assert isinstance(judged, HostRefused)
+        assert judged.status == verdict
+        assert judged.detail
+    else:
+        assert judged == verdict
+
+
+def test_judge_host_explains_refusals() -> None:
+    refused = judge_host("rebind.evil.example:8080", None, DEFAULT_ACCEPT_HOSTS)
+    assert isinstance(refused, HostRefused)
+    assert (refused.status, refused.error) == (403, "forbidden")
+    assert "'rebind.evil.example'" in refused.detail
+    assert "access.accept_hosts" in refused.detail
+    refused = judge_host("x" * 5000, None, ANY)
+    assert isinstance(refused, HostRefused)
+    assert (refused.status, refused.error) == (400, "bad_host")
+    assert len(refused.detail) < 200  # a hostile value is not echoed whole
+    refused = judge_host("localhost", ("http", "evil.example"), ANY)
+    assert isinstance(refused, HostRefused)
+    assert refused.error == "host_mismatch"
+    assert "'evil.example'" in refused.detail
+    assert "'localhost'" in refused.detail
+
+
+@pytest.mark.parametrize(
+    ("remote", "trusted"),
+    [("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("10.2.0.1", False),
+     ("127.0.0.1", False), ("fd00::5", True), ("fd01::5", False),
+     (None, False), ("", False), ("not-an-address", False)],
+)
+def test_peer_trusted(remote: str | None, trusted: bool) -> None:
+    networks = parse_networks(["10.1.0.0/16", "fd00::/16"], "k")
+    assert peer_trusted(remote, networks) is trusted
+    assert peer_trusted(remote, ()) is False  # the default trusts nobody
 
 
 @pytest.mark.parametrize(
@@ -81,3 +207,24 @@ def test_specific_listen_address_is_accepted_by_default() -> None:
     environ = {"FWPROXY_ACCESS_ACCEPT_HOSTS": "a.example, B.example"}
     settings = parse_config(base, environ=environ)
     assert settings.access.accept_hosts == ("a.example", "b.example")
+
+
+def test_trust_forwarded_from_is_configured() -> None:
+    base: dict[str, Any] = {
+        "tenant": {"url": "https://t.example"},
+        "auth": {"client_id": "a", "client_secret": "b"},
+    }
+    assert parse_config(base, environ={}).access.trust_forwarded_from == ()
+    settings = parse_config({**base, "access": {"trust_forwarded_from": ["10.0.0.0/8", "::1"]}},
+                            environ={})
+    assert [str(n) for n in settings.access.trust_forwarded_from] == ["10.0.0.0/8", "::1/128"]
+    environ = {"FWPROXY_ACCESS_TRUST_FORWARDED_FROM": "192.168.1.0/24, 10.1.2.3"}
+    settings = parse_config(base, environ=environ)
+    assert [str(n) for n in settings.access.trust_forwarded_from] == ["192.168.1.0/24",
+                                                                       "10.1.2.3/32"]
+    assert parse_config(base, environ={"FWPROXY_ACCESS_TRUST_FORWARDED_FROM": ""}
+                        ).access.trust_forwarded_from == ()
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "access": {"trust_forwarded_from": ["nginx.internal"]}},
+                     environ={})
+    assert caught.value.key == "access.trust_forwarded_from"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict
 
@@ -17,7 +17,7 @@ from fwproxy.app import create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import TenantState, create_tenant_app
 from fwproxy.exceptions import ConfigError
-from fwproxy.guard import smuggling_shape
+from fwproxy.guard import Admitted, Guard, smuggling_shape
 from tests.conftest import CLOSE, ProxyFactory, merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]
@@ -357,3 +357,88 @@ def test_smuggling_shape_check_holds_for_any_parser(
 ) -> None:
     request = make_mocked_request("POST", "/x", headers=CIMultiDict(headers))
     assert (smuggling_shape(request) is not None) == refused
+
+
+# --- the host a request names, and whose forwarding headers count ---------------------------
+
+GUARD_BASE: dict[str, Any] = {
+    "tenant": {"url": "https://t.example"},
+    "auth": {"client_id": "a", "client_secret": "b"},
+}
+
+
+def make_guard(**access: Any) -> Guard:
+    return Guard(parse_config({**GUARD_BASE, "access": access}, environ={}))
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "expected"),
+    [
+        ("/x", "localhost:8080", "localhost:8080"),
+        ("/x", "LocalHost.:8080", "localhost:8080"),  # canonical: what is forwarded
+        ("/x", "[0:0::1]:8080", "[::1]:8080"),
+        ("/x", "127.0.0.1", "127.0.0.1"),
+        ("http://localhost:8080/x", "localhost:8080", "localhost:8080"),
+        ("HTTP://LOCALHOST/x", "localhost:80", "localhost"),
+        # aiohttp's request.host is the absolute-form target's host: it must not win
+        ("http://evil.example/x", "localhost", 400),
+        ("http://localhost:9/x", "localhost:8080", 400),
+        ("http://u@localhost/x", "localhost", 400),
+        ("http://evil.example/x", "evil.example", 403),
+        ("/x", "[::1].evil.example", 400),
+        ("/x", "[::1]@evil.example", 400),
+        ("/x", "[::1]garbage", 400),
+        ("/x", "a b", 400),
+        ("/x", "x:99999", 400),
+        ("/x", "", 400),
+        ("/x", "evil.example", 403),
+    ],
+)
+def test_admit_validates_the_host(target: str, host: str, expected: str | int) -> None:
+    guard = make_guard()
+    for _ in range(2):  # the second time from the memo
+        admitted = guard.admit(make_mocked_request("GET", target, headers={"Host": host}))
+        if isinstance(expected, int):
+            assert isinstance(admitted, web.Response)
+            assert admitted.status == expected
+            assert isinstance(admitted.body, bytes)
+            assert b'"detail"' in admitted.body
+        else:
+            assert isinstance(admitted, Admitted)
+            assert admitted.host == expected
+            assert admitted.path == "/x"
+
+
+def test_status_pages_refuse_a_malformed_host() -> None:
+    refusal = make_guard().admit_client(
+        make_mocked_request("GET", "/_fwproxy/health", headers={"Host": "[::1]garbage"}),
+        loopback=True)
+    assert refusal is not None
+    assert refusal.status == 400
+    assert isinstance(refusal.body, bytes)
+    assert b'"bad_host"' in refusal.body
+
+
+def test_without_host_the_socket_names_the_host() -> None:
+    request = make_mocked_request("GET", "/x", headers={}, version=HttpVersion10)
+    admitted = make_guard().admit(request)
+    assert isinstance(admitted, Admitted)
+    assert admitted.host == "127.0.0.1:80"  # the mocked socket's own address
+
+
+@pytest.mark.parametrize(
+    ("trust", "remote", "trusted"),
+    [([], "10.1.2.3", False), (["10.0.0.0/8"], "10.1.2.3", True),
+     (["10.0.0.0/8"], "192.168.0.1", False), (["10.0.0.0/8"], None, False)],
+)
+def test_admit_says_whether_the_peer_is_trusted(
+    trust: list[str], remote: str | None, trusted: bool
+) -> None:
+    guard = make_guard(trust_forwarded_from=trust, allow_from=["0.0.0.0/0"])
+    request = make_mocked_request("GET", "/x", headers={"Host": "localhost"})
+    if remote is not None:
+        request = request.clone(remote=remote)
+    for _ in range(2):
+        admitted = guard.admit(request)
+        assert isinstance(admitted, Admitted)
+        assert admitted.trusted is trusted

@@ -399,7 +399,8 @@ async def test_target_fragment_is_not_sent_upstream(
     ("target", "status", "upstream"),
     [
         (b"OPTIONS * HTTP/1.1", {b"400"}, None),
-        (b"GET http://evil.example HTTP/1.1", {b"200"}, b"GET / HTTP/1.1"),
+        (b"GET http://127.0.0.1 HTTP/1.1", {b"200"}, b"GET / HTTP/1.1"),
+        (b"GET http://evil.example HTTP/1.1", {b"400"}, None),  # Host disagrees
         # aiohttp's C parser refuses unknown methods (400); its Python parser lets fwproxy
         (b"TRACK /x HTTP/1.1", {b"400", b"405"}, None),
     ],

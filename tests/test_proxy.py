@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,10 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from fwproxy.app import PROXY, TOKENS, create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
+from fwproxy.upstream import request_headers
 from tests.conftest import (
     CLOSE,
     ProxyFactory,
@@ -108,11 +111,12 @@ async def test_odd_paths_stay_on_the_tenant(proxy: Client, tenant_state: TenantS
 
 
 async def test_absolute_form_target_cannot_retarget(
-    proxy: Client, tenant_state: TenantState
+    make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
+    proxy = await make_proxy(access={"accept_hosts": ["*"]})
     response = await raw_exchange(
         proxy.port,
-        b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
         b"Connection: close\r\n\r\n",
     )
     assert response.startswith(b"HTTP/1.1 200")
@@ -229,10 +233,139 @@ async def test_hop_by_hop_headers_are_dropped(proxy: Client) -> None:
     assert headers["authorization"][0].startswith("Bearer ")
 
 
-async def test_forwarded_headers_are_added(proxy: Client) -> None:
-    seen = await echo(proxy, headers={"X-Forwarded-For": "10.9.8.7"})
-    assert seen["headers"]["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
-    assert seen["headers"]["x-forwarded-proto"] == ["http"]
+FORGED = {
+    "X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "443", "X-Real-IP": "10.9.8.7",
+    "Forwarded": "for=10.9.8.7;host=evil.example;proto=https", "X-Client-IP": "10.9.8.7",
+    "True-Client-IP": "10.9.8.7", "X-Original-URL": "/fotoweb/admin/",
+    "X-Rewrite-URL": "/fotoweb/admin/", "X-Forwarded-Uri": "/fotoweb/admin/",
+}
+OURS = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
+        "x-forwarded-host": ["localhost:8080"]}
+
+
+@pytest.mark.parametrize(
+    ("sent", "trusted", "expected"),
+    [
+        ({}, False, OURS),
+        ({}, True, OURS),
+        (FORGED, False, OURS),  # every forged value replaced or dropped
+        ({name.upper(): value for name, value in FORGED.items()}, False, OURS),
+        # a trusted proxy in front: its values are kept, X-Forwarded-For extended; the
+        # original-URL headers and Forwarded still go (they would move the request past
+        # access.rules, and fwproxy keeps no Forwarded)
+        (FORGED, True, {
+            "x-forwarded-for": ["10.9.8.7, 127.0.0.1"], "x-forwarded-proto": ["https"],
+            "x-forwarded-host": ["evil.example"], "x-forwarded-port": ["443"],
+            "x-real-ip": ["10.9.8.7"], "x-client-ip": ["10.9.8.7"],
+            "true-client-ip": ["10.9.8.7"]}),
+        ({"X-Forwarded-For": "10.0.0.1, 10.0.0.2"}, True, {
+            **OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
+        (CIMultiDict([("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2")]),
+         True, {**OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
+        ({"X-Forwarded-Proto": "https"}, True, {**OURS, "x-forwarded-proto": ["https"]}),
+        # a header the client names in Connection is hop-by-hop even from a trusted peer
+        ({"Connection": "X-Forwarded-Host", "X-Forwarded-Host": "evil.example"}, True, OURS),
+    ],
+)
+def test_request_headers_replace_forwarding_headers(
+    sent: Any, trusted: bool, expected: dict[str, list[str]]
+) -> None:
+    incoming = CIMultiDictProxy(CIMultiDict(sent))
+    out = request_headers(incoming, drop_authorization=False, client_ip="127.0.0.1",
+                          proxy_host="localhost:8080", trusted=trusted)
+    got: dict[str, list[str]] = {}
+    for name, value in out.items():
+        got.setdefault(name.lower(), []).append(value)
+    got.pop("connection", None)
+    assert got == expected
+
+
+def test_request_headers_without_a_peer_address() -> None:
+    # a Unix socket: no address to forward, and no peer to trust
+    out = request_headers(CIMultiDictProxy(CIMultiDict(FORGED)), drop_authorization=True,
+                          client_ip=None, proxy_host="localhost")
+    assert dict(out) == {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "localhost"}
+
+
+async def test_forged_forwarding_headers_are_replaced(proxy: Client) -> None:
+    seen = (await echo(proxy, headers=FORGED))["headers"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+    for name in FORGED:
+        if not name.lower().startswith(("x-forwarded-for", "x-forwarded-proto",
+                                        "x-forwarded-host")):
+            assert name.lower() not in seen, name
+
+
+async def test_trusted_peers_forwarding_headers_are_kept(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    proxy = await make_proxy(access={"trust_forwarded_from": ["127.0.0.0/8"]})
+    seen = (await echo(proxy, headers=FORGED))["headers"]
+    assert seen["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["https"]
+    assert seen["x-forwarded-host"] == ["evil.example"]
+    assert seen["x-real-ip"] == ["10.9.8.7"]
+    for name in ("forwarded", "x-original-url", "x-rewrite-url", "x-forwarded-uri"):
+        assert name not in seen, name
+    # a peer outside the trusted networks gets the default: replaced
+    proxy = await make_proxy(access={"trust_forwarded_from": ["10.0.0.0/8"]})
+    seen = (await echo(proxy, headers=FORGED))["headers"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+    assert "x-real-ip" not in seen
+
+
+@pytest.mark.parametrize(
+    "host", ["[::1].evil.example", "[::1]@evil.example", "[::1]garbage", "a b", "x:99999",
+             "localhost:", "u@localhost", "local%68ost"],
+)
+async def test_malformed_host_is_refused(
+    proxy: Client, tenant_state: TenantState, host: str
+) -> None:
+    response = await raw_exchange(
+        proxy.port, b"GET /sim/echo HTTP/1.1\r\nHost: " + host.encode()
+        + b"\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert body["error"] == "bad_host"
+    assert "Host" in body["detail"]
+    assert not tenant_state.seen
+
+
+async def test_absolute_form_target_names_neither_forwarded_host_nor_location(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    # disagreeing with Host: refused, nothing forwarded
+    response = await raw_exchange(
+        proxy.port, b"GET http://evil.example/sim/redirect HTTP/1.1\r\nHost: localhost\r\n"
+        b"Connection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b'"host_mismatch"' in response
+    assert not tenant_state.seen
+    # agreeing: the validated host[:port], not aiohttp's request.host (which drops the port)
+    port = proxy.port
+    for path in ("/sim/redirect", "/sim/echo"):
+        response = await raw_exchange(port, (
+            f"GET http://LOCALHOST.:{port}{path} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+            "Connection: close\r\n\r\n").encode())
+        head, _, body = response.partition(b"\r\n\r\n")
+        if path == "/sim/redirect":
+            assert f"\r\nLocation: http://localhost:{port}/fotoweb/me\r\n".encode() in head
+        else:
+            assert json.loads(body)["headers"]["x-forwarded-host"] == [f"localhost:{port}"]
+
+
+async def test_without_host_the_socket_names_forwarded_host_and_location(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    response = await raw_exchange(proxy.port, b"GET /sim/echo HTTP/1.0\r\n\r\n")
+    body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert body["headers"]["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+    response = await raw_exchange(proxy.port, b"GET /sim/redirect HTTP/1.0\r\n\r\n")
+    assert f"\r\nLocation: http://127.0.0.1:{proxy.port}/fotoweb/me\r\n".encode() in response
 
 
 async def test_no_headers_are_invented(proxy: Client) -> None:

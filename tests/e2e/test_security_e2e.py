@@ -58,14 +58,92 @@ async def test_foreign_host_is_refused_by_default(
 
 
 async def test_absolute_form_target_keeps_only_the_path(
-    fwproxy: FwproxyProcess, tenant: TestServer
+    start_proxy: StartProxy, tenant: TestServer
 ) -> None:
+    proxy = await start_proxy(ACCEPT_EVIL)
     result = await curl("--request-target", "http://evil.example/sim/echo?a=1",
-                        "-w", "\n%{http_code}", fwproxy.url("/"))
+                        "-H", "Host: evil.example", "-w", "\n%{http_code}", proxy.url("/"))
     status, echo = answer(result.text)
     assert status == 200
     assert echo["path_qs"] == "/sim/echo?a=1"
     assert echo["headers"]["host"] == [f"127.0.0.1:{tenant.port}"]
+
+
+# --- forwarding headers: from the validated Host and the socket, not from the client ------
+
+FORGED = {
+    "X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "443", "X-Real-IP": "10.9.8.7",
+    "Forwarded": "for=10.9.8.7;host=evil.example", "X-Client-IP": "10.9.8.7",
+    "True-Client-IP": "10.9.8.7", "X-Original-URL": "/fotoweb/admin/",
+    "X-Rewrite-URL": "/fotoweb/admin/",
+}
+
+
+def forged_args() -> list[str]:
+    return [arg for name, value in FORGED.items() for arg in ("-H", f"{name}: {value}")]
+
+
+async def test_forged_forwarding_headers_are_replaced(fwproxy: FwproxyProcess) -> None:
+    result = await curl(*forged_args(), "-w", "\n%{http_code}", fwproxy.url("/sim/echo"))
+    status, echo = answer(result.text)
+    assert status == 200
+    seen = echo["headers"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{fwproxy.port}"]
+    for name in ("x-forwarded-port", "x-real-ip", "forwarded", "x-client-ip",
+                 "true-client-ip", "x-original-url", "x-rewrite-url"):
+        assert name not in seen, name
+
+
+async def test_trusted_peers_forwarding_headers_are_kept(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"access": {"trust_forwarded_from": ["127.0.0.1/32"]}})
+    result = await curl(*forged_args(), "-w", "\n%{http_code}", proxy.url("/sim/echo"))
+    status, echo = answer(result.text)
+    assert status == 200
+    seen = echo["headers"]
+    assert seen["x-forwarded-for"] == ["10.9.8.7, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["https"]
+    assert seen["x-forwarded-host"] == ["evil.example"]
+    assert seen["x-forwarded-port"] == ["443"]
+    assert seen["x-real-ip"] == ["10.9.8.7"]
+    for name in ("forwarded", "x-original-url", "x-rewrite-url"):  # dropped from anyone
+        assert name not in seen, name
+
+
+async def test_absolute_form_target_names_neither_forwarded_host_nor_location(
+    fwproxy: FwproxyProcess, tenant_state: TenantState
+) -> None:
+    result = await curl("--request-target", "http://evil.example/sim/redirect",
+                        "-w", "\n%{http_code}", fwproxy.url("/"))
+    status, document = answer(result.text)
+    assert status == 400
+    assert document["error"] == "host_mismatch"
+    assert not tenant_state.seen
+    own = f"127.0.0.1:{fwproxy.port}"  # what curl sends as Host
+    result = await curl("--request-target", f"http://{own}/sim/echo", "-w", "\n%{http_code}",
+                        fwproxy.url("/"))
+    status, echo = answer(result.text)
+    assert status == 200
+    assert echo["headers"]["x-forwarded-host"] == [own]
+    result = await curl("--request-target", f"http://{own}/sim/redirect", "-i",
+                        fwproxy.url("/"))
+    head = result.stdout.partition(b"\r\n\r\n")[0].decode("latin-1")
+    assert f"\r\nLocation: http://{own}/fotoweb/me\r\n" in head, head
+
+
+@pytest.mark.parametrize("host", ["[::1]garbage", "[::1].evil.example", "[::1]@evil.example",
+                                  "localhost:99999"])
+async def test_malformed_host_is_refused(
+    fwproxy: FwproxyProcess, tenant_state: TenantState, host: str
+) -> None:
+    result = await curl("-H", f"Host: {host}", "-w", "\n%{http_code}",
+                        fwproxy.url("/sim/echo"))
+    status, document = answer(result.text)
+    assert status == 400
+    assert document["error"] == "bad_host"
+    assert not tenant_state.seen
 
 
 async def test_double_slash_path_stays_on_the_tenant(
