@@ -8,11 +8,12 @@ from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error name
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hmac
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
@@ -293,10 +294,10 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
         where = f"{key}[{index}]"
         if not isinstance(item, Mapping):
             raise ConfigError(where, "expected a mapping with paths and action")
-        unknown = set(item) - {"name", "methods", "paths", "action"}
+        known = ["name", "methods", "paths", "action"]
+        unknown = sorted(str(k) for k in item if k not in known)
         if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}",
-                              "unknown key (known: name, methods, paths, action)")
+            raise unknown_name(f"{where}.{unknown[0]}", "key", unknown[0], known)
         action = choice("allow", "deny")(item.get("action"), f"{where}.action")
         paths = item.get("paths")
         if isinstance(paths, str):
@@ -400,7 +401,9 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
 def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
     """``--config``, else ``$FWPROXY_CONFIG``, else ./fwproxy.yaml, else /etc/fwproxy/;
     None (configuration from the environment alone) when none exists but
-    ``FWPROXY_TENANT_URL`` is set, as in a container."""
+    ``FWPROXY_TENANT_URL`` is set, as in a container. A mistyped FWPROXY_ variable is
+    refused first: it may be the one meant to say where the config is."""
+    check_environment(environ)
     if explicit:
         return Path(explicit)
     if environ.get("FWPROXY_CONFIG"):
@@ -493,11 +496,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# FWPROXY_ variables that are not FWPROXY_<SECTION>_<KEY>: every one read anywhere (the
+# code, tests, bench, systemd unit, Dockerfile, scripts). Any other FWPROXY_ variable is a
+# typo and refused. A new one is added here, one line each.
+NON_KEY_VARIABLES: dict[str, str] = {
+    "FWPROXY_CONFIG": "the config file (find_config)",
+    "FWPROXY_CLIENT_SECRET": "the client secret",
+    "FWPROXY_CLIENT_SECRET_FILE": "a file holding the client secret",
+    # scripts/image-test.sh, read on the host that builds the image
+    "FWPROXY_IMAGE_TEST_CACHE": "image-test.sh: cache directory",
+    "FWPROXY_IMAGE_TEST_MIRROR": "image-test.sh: Debian mirror",
+    "FWPROXY_IMAGE_TEST_REFRESH": "image-test.sh: rebuild the base image",
+    "FWPROXY_IMAGE_TEST_KEEP": "image-test.sh: keep the working container",
+}
+
+
+def env_name(section: str, key: str) -> str:
+    """``listen``, ``port`` -> ``FWPROXY_LISTEN_PORT``."""
+    return f"FWPROXY_{section}_{key}".upper()
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str | None:
+    """The closest of `known` to a mistyped `name`, if any is close."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_name(where: str, what: str, name: str, known: Sequence[str],
+                 shown: Callable[[str], str] = str) -> ConfigError:
+    """``tenant.urll: unknown key, did you mean tenant.url?`` (or the known names)."""
+    guess = _did_you_mean(name, known)
+    if guess is not None:
+        return ConfigError(where, f"unknown {what}, did you mean {shown(guess)}?")
+    return ConfigError(where, f"unknown {what} (known: {', '.join(shown(k) for k in known)})")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse an FWPROXY_ variable that is neither a config key nor a known variable."""
+    keys = [env_name(section, key) for section, parsers in SCHEMA.items() for key in parsers]
+    known = set(keys) | set(NON_KEY_VARIABLES)
+    for name in sorted(environ):
+        if not name.startswith("FWPROXY_") or name in known:
+            continue
+        # compared without the common prefix, which would make every name look close
+        prefix = len("FWPROXY_")
+        guess = _did_you_mean(name[prefix:], [n[prefix:] for n in keys + list(NON_KEY_VARIABLES)])
+        hint = f", did you mean FWPROXY_{guess}?" if guess else (
+            " (config keys are FWPROXY_<SECTION>_<KEY>, e.g. FWPROXY_TENANT_URL)")
+        raise ConfigError(name, f"unknown environment variable{hint}")
+
+
 def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Check names, apply environment overrides, parse each value with its schema parser."""
+    check_environment(environ)
     for section in raw:
         if section not in SCHEMA:
-            raise ConfigError(str(section), f"unknown section (known: {', '.join(SCHEMA)})")
+            raise unknown_name(str(section), "section", str(section), list(SCHEMA))
     merged: dict[str, dict[str, Any]] = {}
     for section, parsers in SCHEMA.items():
         given = raw.get(section) or {}
@@ -505,18 +559,27 @@ def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, d
             raise ConfigError(section, "must be a mapping of keys")
         for key in given:
             if key not in parsers:
-                raise ConfigError(
-                    f"{section}.{key}", f"unknown key (known: {', '.join(parsers)})"
-                )
+                raise _unknown_key(section, str(key))
         out: dict[str, Any] = {}
         for key, parse in parsers.items():
-            env_name = f"FWPROXY_{section}_{key}".upper()
-            if env_name in environ:
-                out[key] = parse(environ[env_name], env_name)
+            variable = env_name(section, key)
+            if variable in environ:
+                out[key] = parse(environ[variable], variable)
             elif key in given and given[key] is not None:
                 out[key] = parse(given[key], f"{section}.{key}")
         merged[section] = out
     return merged
+
+
+def _unknown_key(section: str, key: str) -> ConfigError:
+    """An unknown key; suggest a close one of the section, else the same key elsewhere."""
+    where = f"{section}.{key}"
+    known = list(SCHEMA[section])
+    if _did_you_mean(key, known) is None:
+        elsewhere = [f"{other}.{key}" for other in SCHEMA if key in SCHEMA[other]]
+        if elsewhere:
+            return ConfigError(where, f"unknown key, did you mean {elsewhere[0]}?")
+    return unknown_name(where, "key", key, known, lambda k: f"{section}.{k}")
 
 
 def _tenant(values: dict[str, Any]) -> TenantConfig:

@@ -63,3 +63,17 @@ def test_config_from_environment_variable(
     path.write_text("tenant: {url: https://x}\nauth: {client_id: a, bogus: 1}\n")
     assert main(["token"], environ={"FWPROXY_CONFIG": str(path)}) == EXIT_USAGE
     assert "auth.bogus" in capsys.readouterr().err
+
+
+def test_mistyped_environment_variable_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a}\n")
+    environ = {"FWPROXY_CONFIG": str(path), "FWPROXY_TENANT_ULR": "https://y",
+               "FWPROXY_CLIENT_SECRET": "s"}
+    assert main(["check"], environ=environ) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "fwproxy: configuration error: FWPROXY_TENANT_ULR: unknown environment variable, "
+        "did you mean FWPROXY_TENANT_URL?\n"
+    )

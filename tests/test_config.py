@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,11 @@ import pytest
 from yarl import URL
 
 from fwproxy.config import (
+    NON_KEY_VARIABLES,
     SCHEMA,
     Secret,
+    check_environment,
+    env_name,
     find_config,
     load_config,
     parse_config,
@@ -220,3 +224,67 @@ def test_event_loop_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(config(listen={"event_loop": "uvloop"}), environ={})
     settings = parse_config(config(), environ={"FWPROXY_LISTEN_EVENT_LOOP": "asyncio"})
     assert settings.listen.event_loop == "asyncio"
+
+
+# --- names: unknown sections, keys and FWPROXY_ variables get "did you mean" -------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "environ", "message"),
+    [
+        ({"tennant": {}}, {}, "tennant: unknown section, did you mean tenant?"),
+        ({"frobnicate": {}}, {},
+         "frobnicate: unknown section (known: listen, tenant, auth, access, limits, status, log)"),
+        ({"tenant": {"urll": "x"}}, {}, "tenant.urll: unknown key, did you mean tenant.url?"),
+        ({"listen": {"accept_hosts": ["a"]}}, {},
+         "listen.accept_hosts: unknown key, did you mean access.accept_hosts?"),
+        ({"log": {"colour": "x"}}, {}, "log.colour: unknown key (known: log.level, log.format)"),
+        ({"access": {"rules": [{"path": "/a", "action": "allow"}]}}, {},
+         "access.rules[0].path: unknown key, did you mean paths?"),
+        ({}, {"FWPROXY_TENANT_ULR": "x"},
+         "FWPROXY_TENANT_ULR: unknown environment variable, did you mean FWPROXY_TENANT_URL?"),
+        ({}, {"FWPROXY_CLIENT_SECRET_FIEL": "/s"},
+         "FWPROXY_CLIENT_SECRET_FIEL: unknown environment variable, "
+         "did you mean FWPROXY_CLIENT_SECRET_FILE?"),
+        ({}, {"FWPROXY_ACCESS_ACCEPT_HOST": "a"},
+         "FWPROXY_ACCESS_ACCEPT_HOST: unknown environment variable, "
+         "did you mean FWPROXY_ACCESS_ACCEPT_HOSTS?"),
+        ({}, {"FWPROXY_FOO": "x"},
+         "FWPROXY_FOO: unknown environment variable (config keys are "
+         "FWPROXY_<SECTION>_<KEY>, e.g. FWPROXY_TENANT_URL)"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(
+    raw: dict[str, Any], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), **raw}, environ=environ)
+    assert str(caught.value) == message
+
+
+def test_a_mistyped_variable_is_refused_before_the_config_is_looked_for() -> None:
+    with pytest.raises(ConfigError, match=r"^FWPROXY_CONFG: .* did you mean FWPROXY_CONFIG\?$"):
+        find_config(None, {"FWPROXY_CONFG": "/etc/fwproxy/config.yaml"})
+
+
+def test_other_environment_variables_are_left_alone() -> None:
+    environ = {"FWPROXY": "x", "fwproxy_tenant_ulr": "x", "HOME": "/root", "PATH": "/bin"}
+    assert parse_config(config(), environ=environ).listen.port == 8080
+
+
+def test_every_fwproxy_variable_the_project_reads_is_known() -> None:
+    """NON_KEY_VARIABLES lists every FWPROXY_ name used anywhere that is not a config key."""
+    root = Path(__file__).parent.parent
+    keys = {env_name(section, key) for section, parsers in SCHEMA.items() for key in parsers}
+    files = [root / "Dockerfile", root / "README.md", *root.glob("systemd/*"),
+             *root.glob("scripts/*"), *root.glob("bench/*.py"), *root.glob("fwproxy/*.py"),
+             *root.glob("tests/**/*.py")]
+    used = set()
+    for path in files:
+        used |= set(re.findall(r"\bFWPROXY_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    # the test names of this file's own typos are not variables the project reads
+    used -= {"FWPROXY_TENANT_ULR", "FWPROXY_CLIENT_SECRET_FIEL", "FWPROXY_ACCESS_ACCEPT_HOST",
+             "FWPROXY_FOO", "FWPROXY_CONFG"}
+    assert sorted(used - keys - set(NON_KEY_VARIABLES)) == []
+    for name in NON_KEY_VARIABLES:
+        check_environment({name: "x"})  # known: not refused
