@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yarl import URL
@@ -41,6 +41,7 @@ __all__ = [
     "parse_config",
 ]
 
+T = TypeVar("T")
 DEFAULT_LOCATIONS = (Path("fwproxy.yaml"), Path("/etc/fwproxy/config.yaml"))
 
 
@@ -229,26 +230,121 @@ def parse_str(value: object, key: str) -> str:
     return str(value)
 
 
-def parse_names(value: object, key: str) -> tuple[str, ...]:
-    """A YAML list, or a comma-separated string (from the environment); lower-cased."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
+# --- lists: one parser for every list-valued key, each item checked by its own parser -----
+
+_LIST_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def parse_list(value: object, key: str, item: Callable[[str], T]) -> tuple[T, ...]:
+    """A YAML list, or a string of items separated by commas and/or whitespace (as the
+    environment gives it). Each item goes through `item`, whose ValueError says what the
+    item should be; duplicates are dropped. The error names the key and the bad item."""
+    if isinstance(value, str):
+        items: list[object] = [part for part in _LIST_SEPARATORS.split(value) if part]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
         raise ConfigError(key, f"expected a list, got {value!r}")
-    out = tuple(str(item).strip().lower().rstrip("/") for item in items)
-    if any(not item for item in out):
-        raise ConfigError(key, "list items must be non-empty")
-    return out
+    out: list[T] = []
+    for raw in items:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise ConfigError(key, f"expected a list of strings, got the item {raw!r}")
+        text = str(raw).strip()
+        try:
+            out.append(item(text))
+        except ValueError as exc:
+            raise ConfigError(key, f"{text!r} is not {exc}") from None
+    return tuple(dict.fromkeys(out))
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def host_item(text: str) -> str:
+    """An RFC 1123 host name, ``*.example.com``, ``*``, an IPv4 or IPv6 address (bare or in
+    brackets); lower-cased, without a trailing dot, addresses in their usual short form."""
+    name = text.lower()
+    if name == "*":
+        return name
+    bracketed = name.startswith("[") and name.endswith("]")
+    try:
+        address = ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        pass
+    else:
+        if not (bracketed and address.version == 4):
+            return str(address)
+    wildcard = "*." if name.startswith("*.") else ""
+    body = name[len(wildcard):].removesuffix(".")
+    labels = body.split(".")
+    if (bracketed or len(body) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise ValueError("a host name, an IP address, *.example.com or *")
+    return wildcard + body
+
+
+def network_item(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError("a network such as 10.0.0.0/8, or an IP address") from None
+
+
+_ORIGIN = re.compile(r"(https?)://(\[[^\]/]*\]|[^:/\[\]]+)(?::(\d{1,5}))?/?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_item(text: str) -> str:
+    """``*``, or scheme://host[:port] as a browser sends it in Origin (lower-case, no
+    path, no default port)."""
+    if text == "*":
+        return text
+    match = _ORIGIN.fullmatch(text.lower())
+    what = "a web origin such as https://intranet.example or http://localhost:3000, or *"
+    if not match:
+        raise ValueError(what)
+    scheme, host, port = match.groups()
+    try:
+        host = host_item(host)
+    except ValueError:
+        raise ValueError(what) from None
+    if host == "*" or host.startswith("*."):
+        raise ValueError(what)
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(what)
+    if port is None or int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def method_item(text: str) -> str:
+    if not _METHOD.fullmatch(text):
+        raise ValueError("an HTTP method such as GET")
+    return text.upper()
+
+
+def path_item(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("a path starting with '/'")
+    return text
+
+
+def parse_hosts(value: object, key: str) -> tuple[str, ...]:
+    return parse_list(value, key, host_item)
+
+
+def parse_origins(value: object, key: str) -> tuple[str, ...]:
+    return parse_list(value, key, origin_item)
 
 
 def parse_networks(value: object, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
-    """CIDRs (``10.0.0.0/8``) or plain addresses; a list, or comma-separated."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(key, f"expected a list of networks, got {value!r}")
-    try:
-        return tuple(ip_network(str(item).strip(), strict=False) for item in items)
-    except ValueError as exc:
-        raise ConfigError(key, f"not a network: {exc}") from None
+    """CIDRs (``10.0.0.0/8``) or plain addresses."""
+    return parse_list(value, key, network_item)
 
 
 def parse_workers(value: object, key: str) -> int:
@@ -299,20 +395,12 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
         if unknown:
             raise unknown_name(f"{where}.{unknown[0]}", "key", unknown[0], known)
         action = choice("allow", "deny")(item.get("action"), f"{where}.action")
-        paths = item.get("paths")
-        if isinstance(paths, str):
-            paths = [paths]
-        if not isinstance(paths, list) or not paths or not all(
-            isinstance(p, str) and p.startswith("/") for p in paths
-        ):
+        paths = parse_list(item.get("paths", ()), f"{where}.paths", path_item)
+        if not paths:
             raise ConfigError(f"{where}.paths", "expected a list of paths starting with '/'")
         methods = item.get("methods")
         if methods is not None:
-            if isinstance(methods, str):
-                methods = [methods]
-            if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-                raise ConfigError(f"{where}.methods", "expected a list of HTTP methods")
-            methods = frozenset(m.upper() for m in methods)
+            methods = frozenset(parse_list(methods, f"{where}.methods", method_item))
         name = str(item.get("name") or f"rules[{index}]")
         rules.append(Rule(name=name, action=action, methods=methods, paths=tuple(paths),
                           patterns=tuple(compile_glob(p) for p in paths)))
@@ -379,8 +467,8 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
     "access": {
         "allow_from": parse_networks,
         "allow_public": parse_bool,
-        "accept_hosts": parse_names,
-        "allow_origins": parse_names,
+        "accept_hosts": parse_hosts,
+        "allow_origins": parse_origins,
         "read_only": parse_bool,
         "rules": parse_rules,
         "default": choice("allow", "deny"),

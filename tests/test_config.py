@@ -19,6 +19,7 @@ from fwproxy.config import (
     load_config,
     parse_config,
     parse_duration,
+    parse_list,
     parse_size,
 )
 from fwproxy.exceptions import ConfigError
@@ -282,9 +283,165 @@ def test_every_fwproxy_variable_the_project_reads_is_known() -> None:
     used = set()
     for path in files:
         used |= set(re.findall(r"\bFWPROXY_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
-    # the test names of this file's own typos are not variables the project reads
+    # the typos the tests make on purpose are not variables the project reads
     used -= {"FWPROXY_TENANT_ULR", "FWPROXY_CLIENT_SECRET_FIEL", "FWPROXY_ACCESS_ACCEPT_HOST",
-             "FWPROXY_FOO", "FWPROXY_CONFG"}
+             "FWPROXY_FOO", "FWPROXY_CONFG", "FWPROXY_LISTEN_PROT"}
     assert sorted(used - keys - set(NON_KEY_VARIABLES)) == []
     for name in NON_KEY_VARIABLES:
         check_environment({name: "x"})  # known: not refused
+
+
+# --- lists: one parser, comma or whitespace in a string, every item checked ---------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("accept_hosts", "a.example b.example", ("a.example", "b.example")),
+        ("accept_hosts", "a.example,b.example", ("a.example", "b.example")),
+        ("accept_hosts", " A.example ,\tb.example\n", ("a.example", "b.example")),
+        ("accept_hosts", "", ()),
+        ("accept_hosts", ["localhost", "127.0.0.1", "::1", "[::1]"], ("localhost", "127.0.0.1",
+                                                                     "::1")),
+        ("accept_hosts", ["*", "*.example.com", "proxy.example.com."],
+         ("*", "*.example.com", "proxy.example.com")),
+        ("accept_hosts", ["0:0:0:0:0:0:0:1", "fd00::1", "10.0.0.1"], ("::1", "fd00::1",
+                                                                     "10.0.0.1")),
+        ("accept_hosts", ["xn--bjrn-lua.example", "a-b.c1"], ("xn--bjrn-lua.example", "a-b.c1")),
+        ("allow_from", "10.0.0.0/8 192.168.1.7", ("10.0.0.0/8", "192.168.1.7/32")),
+        ("allow_from", "10.0.0.0/8,::1", ("10.0.0.0/8", "::1/128")),
+        ("allow_from", ["172.16.0.0/12"], ("172.16.0.0/12",)),
+        ("allow_origins", "https://intranet.example http://localhost:3000",
+         ("https://intranet.example", "http://localhost:3000")),
+        ("allow_origins", ["HTTPS://Intranet.Example/", "https://x.example:443", "*",
+                           "http://[::1]:8080", "http://127.0.0.1:80"],
+         ("https://intranet.example", "https://x.example", "*", "http://[::1]:8080",
+          "http://127.0.0.1")),
+    ],
+)
+def test_list_values(key: str, value: object, expected: tuple[str, ...]) -> None:
+    settings = parse_config(config(access={key: value}), environ={})
+    assert tuple(str(item) for item in getattr(settings.access, key)) == expected
+    if isinstance(value, str):  # the same from the environment
+        settings = parse_config(config(), environ={f"FWPROXY_ACCESS_{key.upper()}": value})
+        assert tuple(str(item) for item in getattr(settings.access, key)) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("accept_hosts", ["a b"],
+         "access.accept_hosts: 'a b' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", "a.example user@b.example",
+         "access.accept_hosts: 'user@b.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["localhost/"],
+         "access.accept_hosts: 'localhost/' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["localhost:8080"],
+         "access.accept_hosts: 'localhost:8080' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["[127.0.0.1]"],
+         "access.accept_hosts: '[127.0.0.1]' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["[localhost]"],
+         "access.accept_hosts: '[localhost]' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["::1]"],
+         "access.accept_hosts: '::1]' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", ["a.*.example"],
+         "access.accept_hosts: 'a.*.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["-a.example"],
+         "access.accept_hosts: '-a.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["a..example"],
+         "access.accept_hosts: 'a..example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["999.1.1.1"],
+         "access.accept_hosts: '999.1.1.1' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["x" * 64 + ".example"],
+         f"access.accept_hosts: '{'x' * 64}.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["bj\u00f8rn.example"],
+         "access.accept_hosts: 'bj\u00f8rn.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", [""],
+         "access.accept_hosts: '' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", [["nested"]],
+         "access.accept_hosts: expected a list of strings, got the item ['nested']"),
+        ("accept_hosts", 7, "access.accept_hosts: expected a list, got 7"),
+        ("allow_from", "10.0.0.0/8 10.0.0.0/33",
+         "access.allow_from: '10.0.0.0/33' is not a network such as 10.0.0.0/8, "
+         "or an IP address"),
+        ("allow_from", ["localhost"],
+         "access.allow_from: 'localhost' is not a network such as 10.0.0.0/8, or an IP address"),
+        ("allow_origins", ["https://intranet.example/app"],
+         "access.allow_origins: 'https://intranet.example/app' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["intranet.example"],
+         "access.allow_origins: 'intranet.example' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["https://*.example"],
+         "access.allow_origins: 'https://*.example' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["null"],
+         "access.allow_origins: 'null' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["http://::1:8080"],
+         "access.allow_origins: 'http://::1:8080' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["http://a.example:99999"],
+         "access.allow_origins: 'http://a.example:99999' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+    ],
+)
+def test_bad_list_items_are_named(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(access={key: value}), environ={})
+    assert str(caught.value) == message
+
+
+def test_an_accept_hosts_list_from_the_environment_is_split_at_whitespace() -> None:
+    """Once FWPROXY_ACCESS_ACCEPT_HOSTS="a b" became the one host "a b"."""
+    settings = parse_config(config(), environ={"FWPROXY_ACCESS_ACCEPT_HOSTS": "a b"})
+    assert settings.access.accept_hosts == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("rule", "message_or_methods"),
+    [
+        ({"methods": "GET HEAD", "paths": "/a /b/**"}, ({"GET", "HEAD"}, ("/a", "/b/**"))),
+        ({"methods": "get,head", "paths": ["/a"]}, ({"GET", "HEAD"}, ("/a",))),
+        ({"methods": ["GET"], "paths": ["/My Archive/**"]}, ({"GET"}, ("/My Archive/**",))),
+        ({"methods": ["GET HEAD"], "paths": ["/a"]},
+         "access.rules[0].methods: 'GET HEAD' is not an HTTP method such as GET"),
+        ({"methods": ["GET/1"], "paths": ["/a"]},
+         "access.rules[0].methods: 'GET/1' is not an HTTP method such as GET"),
+        ({"paths": "/My Archive/**"},
+         "access.rules[0].paths: 'Archive/**' is not a path starting with '/'"),
+        ({"paths": ["a"]}, "access.rules[0].paths: 'a' is not a path starting with '/'"),
+        ({"paths": []}, "access.rules[0].paths: expected a list of paths starting with '/'"),
+        ({}, "access.rules[0].paths: expected a list of paths starting with '/'"),
+    ],
+)
+def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
+    raw = config(access={"rules": [{"action": "allow", **rule}]})
+    if isinstance(message_or_methods, str):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(raw, environ={})
+        assert str(caught.value) == message_or_methods
+    else:
+        (parsed,) = parse_config(raw, environ={}).access.rules
+        assert (parsed.methods, parsed.paths) == message_or_methods
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a", ["a"]), ("a,b", ["a", "b"]), ("a b", ["a", "b"]), ("a, b", ["a", "b"]),
+     (" a\tb\n", ["a", "b"]), ("a,,b", ["a", "b"]), (",", []), ("", []), (["a b"], ["a b"]),
+     (("a", "a", "b"), ["a", "b"]), ([1, 2.5], ["1", "2.5"])],
+)
+def test_parse_list(text: object, expected: list[str]) -> None:
+    assert list(parse_list(text, "k", str)) == expected
