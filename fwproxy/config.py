@@ -2,7 +2,8 @@
 
 The key names are a contract with users' files. Every key may also come from the
 environment as ``FWPROXY_<SECTION>_<KEY>`` (environment beats file), and the client secret
-from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error names its key.
+from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``; exactly one source of the
+secret may be configured. Any error names its key.
 """
 
 from __future__ import annotations
@@ -530,7 +531,12 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError("", f"{path}{where}: {problem}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"{path}: the top level must be a mapping of sections")
-    return parse_config(raw, environ, source=str(path) if path else "<environment>")
+    settings = parse_config(raw, environ, source=str(path) if path else "<environment>")
+    auth = raw.get("auth")
+    if path is not None and isinstance(auth, Mapping) and auth.get("client_secret") is not None:
+        # the file holds the secret itself: the same rule as for a secret file
+        ensure_private(path, "auth.client_secret")
+    return settings
 
 
 def parse_config(
@@ -542,7 +548,9 @@ def parse_config(
     if listen.workers > 1 and listen.unix_socket is not None:
         raise ConfigError("listen.unix_socket", "cannot be combined with listen.workers > 1")
     tenant = _tenant(values["tenant"])
-    auth = _auth(values["auth"], tenant, environ)
+    given_auth = raw.get("auth")
+    auth = _auth(values["auth"], given_auth if isinstance(given_auth, Mapping) else {},
+                 tenant, environ)
     log = LogConfig(**values["log"])
     access = _access(values["access"], listen)
     limits = LimitsConfig(**values["limits"])
@@ -697,23 +705,64 @@ def _tenant(values: dict[str, Any]) -> TenantConfig:
     return tenant
 
 
-def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, str]) -> AuthConfig:
+# Every way to give the client secret; at most one may be used (systemd's credential is
+# only a fallback, for when none is). Order: how they are named in an error.
+SECRET_SOURCES = (
+    "auth.client_secret",
+    "auth.client_secret_file",
+    "FWPROXY_AUTH_CLIENT_SECRET",
+    "FWPROXY_AUTH_CLIENT_SECRET_FILE",
+    "FWPROXY_CLIENT_SECRET",
+    "FWPROXY_CLIENT_SECRET_FILE",
+)
+
+
+def secret_sources(given: Mapping[str, object], environ: Mapping[str, str]) -> list[str]:
+    """The configured secret sources, by name: a key given (not null) in the file, a
+    variable present in the environment (even empty: then it is refused as empty)."""
+    return [
+        source for source in SECRET_SOURCES
+        if (source in environ if source.startswith("FWPROXY_")
+            else given.get(source.partition(".")[2]) is not None)
+    ]
+
+
+def _client_secret(
+    values: dict[str, Any], given: Mapping[str, object], environ: Mapping[str, str]
+) -> tuple[str | None, Path | None]:
+    """(secret text, the file it came from) from the one configured source, or (None, None).
+    More than one source is ambiguous, and refused naming them."""
+    text, path = values.pop("client_secret", None), values.pop("client_secret_file", None)
+    sources = secret_sources(given, environ)
+    if len(sources) > 1:
+        raise ConfigError(
+            "auth.client_secret",
+            f"more than one client secret is configured: {', '.join(sources[:-1])} and "
+            f"{sources[-1]}; keep only one",
+        )
+    if not sources:
+        return None, None
+    (source,) = sources
+    if source in ("FWPROXY_CLIENT_SECRET", "FWPROXY_CLIENT_SECRET_FILE"):
+        if not environ[source].strip():
+            raise ConfigError(source, "is set but empty")
+        if source == "FWPROXY_CLIENT_SECRET":
+            return environ[source], None
+        path = Path(environ[source]).expanduser()
+    if source.lower().endswith("_file"):
+        if path is None:  # FWPROXY_AUTH_CLIENT_SECRET_FILE=""
+            raise ConfigError(source, "is set but empty")
+        return read_secret_file(path, source), path
+    return text, None
+
+
+def _auth(values: dict[str, Any], given: Mapping[str, object], tenant: TenantConfig,
+          environ: Mapping[str, str]) -> AuthConfig:
     if "client_id" not in values:
         raise ConfigError("auth.client_id", "is required (Site Configuration > Applications)")
     token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant,
                            "auth.token_url")
-    secret_text = values.pop("client_secret", None)
-    secret_file = values.pop("client_secret_file", None)
-    if environ.get("FWPROXY_CLIENT_SECRET"):
-        secret_text, secret_file = environ["FWPROXY_CLIENT_SECRET"], None
-    elif environ.get("FWPROXY_CLIENT_SECRET_FILE"):
-        secret_text, secret_file = None, Path(environ["FWPROXY_CLIENT_SECRET_FILE"])
-    elif secret_text is not None and secret_file is not None:
-        raise ConfigError(
-            "auth.client_secret", "set either auth.client_secret or auth.client_secret_file"
-        )
-    if secret_file is not None:
-        secret_text = read_secret_file(secret_file, "auth.client_secret_file")
+    secret_text, secret_file = _client_secret(values, given, environ)
     credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / "client_secret"
     if secret_text is None and environ.get("CREDENTIALS_DIRECTORY") and credential.is_file():
         # systemd LoadCredential=client_secret:...; systemd itself guards that directory

@@ -77,3 +77,30 @@ def test_mistyped_environment_variable_exits_2_naming_it(
         "fwproxy: configuration error: FWPROXY_TENANT_ULR: unknown environment variable, "
         "did you mean FWPROXY_TENANT_URL?\n"
     )
+
+
+def test_inline_secret_in_a_readable_config_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a, client_secret: inline-s}\n")
+    path.chmod(0o644)
+    assert main(["check", "--config", str(path)], environ={}) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {path} "
+        f"are too open; run: chmod 600 {path}\n"
+    )
+
+
+def test_two_secret_variables_exit_2_naming_both(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a}\n")
+    environ = {"FWPROXY_CONFIG": str(path), "FWPROXY_CLIENT_SECRET": "s",
+               "FWPROXY_CLIENT_SECRET_FILE": str(tmp_path / "s")}
+    assert main(["token"], environ=environ) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "fwproxy: configuration error: auth.client_secret: more than one client secret is "
+        "configured: FWPROXY_CLIENT_SECRET and FWPROXY_CLIENT_SECRET_FILE; keep only one\n"
+    )

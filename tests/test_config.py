@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from yarl import URL
 from fwproxy.config import (
     NON_KEY_VARIABLES,
     SCHEMA,
+    SECRET_SOURCES,
     Secret,
     check_environment,
     env_name,
@@ -135,7 +137,7 @@ def test_environment_beats_file() -> None:
         "FWPROXY_AUTH_REPLAY_MAX_BODY": "1MiB",
         "FWPROXY_CLIENT_SECRET": "from-env",
     }
-    settings = parse_config(config(), environ=environ)
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.tenant.url.host == "other.fotoware.cloud"
     assert settings.listen.port == 9090
     assert settings.auth.replay_max_body == 2**20
@@ -180,8 +182,12 @@ def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text("x")
     path.chmod(0o600)
-    with pytest.raises(ConfigError, match="either"):
+    with pytest.raises(ConfigError) as caught:
         parse_config(config(auth={"client_secret_file": str(path)}), environ={})
+    assert str(caught.value) == (
+        "auth.client_secret: more than one client secret is configured: auth.client_secret "
+        "and auth.client_secret_file; keep only one"
+    )
 
 
 def test_secret_file_from_environment(tmp_path: Path) -> None:
@@ -189,7 +195,7 @@ def test_secret_file_from_environment(tmp_path: Path) -> None:
     path.write_text("docker-secret")
     path.chmod(0o400)
     environ = {"FWPROXY_CLIENT_SECRET_FILE": str(path)}
-    settings = parse_config(config(), environ=environ)
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("docker-secret")
 
 
@@ -445,3 +451,126 @@ def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
 )
 def test_parse_list(text: object, expected: list[str]) -> None:
     assert list(parse_list(text, "k", str)) == expected
+
+
+# --- the client secret: one source, and never in a file others may read -------------------
+
+
+def _secret_source(source: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(auth section, environ) that configure the secret through `source` alone."""
+    path = tmp_path / f"secret-{source}"
+    path.write_text(f"from-{source}\n")
+    path.chmod(0o600)
+    value = str(path) if source.lower().endswith("_file") else f"from-{source}"
+    if source.startswith("auth."):
+        return {source.partition(".")[2]: value}, {}
+    return {}, {source: value}
+
+
+@pytest.mark.parametrize("source", SECRET_SOURCES)
+def test_each_secret_source_alone(source: str, tmp_path: Path) -> None:
+    auth, environ = _secret_source(source, tmp_path)
+    settings = parse_config({**config(), "auth": {"client_id": "app", **auth}}, environ=environ)
+    assert settings.auth.client_secret == Secret(f"from-{source}")
+
+
+@pytest.mark.parametrize(("first", "second"), list(itertools.combinations(SECRET_SOURCES, 2)))
+def test_two_secret_sources_are_refused_naming_both(
+    first: str, second: str, tmp_path: Path
+) -> None:
+    auth1, env1 = _secret_source(first, tmp_path)
+    auth2, env2 = _secret_source(second, tmp_path)
+    raw = {**config(), "auth": {"client_id": "app", **auth1, **auth2}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, environ={**env1, **env2})
+    assert str(caught.value) == (
+        f"auth.client_secret: more than one client secret is configured: {first} and "
+        f"{second}; keep only one"
+    )
+    assert "from-" not in str(caught.value)
+
+
+def test_three_secret_sources_are_all_named() -> None:
+    environ = {"FWPROXY_CLIENT_SECRET": "a", "FWPROXY_AUTH_CLIENT_SECRET": "b"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(), environ=environ)
+    assert str(caught.value) == (
+        "auth.client_secret: more than one client secret is configured: auth.client_secret, "
+        "FWPROXY_AUTH_CLIENT_SECRET and FWPROXY_CLIENT_SECRET; keep only one"
+    )
+
+
+@pytest.mark.parametrize("name", ["FWPROXY_CLIENT_SECRET", "FWPROXY_CLIENT_SECRET_FILE",
+                                  "FWPROXY_AUTH_CLIENT_SECRET_FILE"])
+def test_an_empty_secret_variable_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), "auth": {"client_id": "app"}}, environ={name: ""})
+    assert str(caught.value) == f"{name}: is set but empty"
+
+
+def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("the-secret")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), "auth": {"client_id": "app"}},
+                     environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
+    assert str(caught.value) == (
+        f"FWPROXY_CLIENT_SECRET_FILE: permissions 0644 for {path} are too open; "
+        f"run: chmod 600 {path}"
+    )
+
+
+def test_systemd_credential_is_only_the_fallback(tmp_path: Path) -> None:
+    (tmp_path / "client_secret").write_text("from-systemd\n")
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
+    assert settings.auth.client_secret == Secret("from-systemd")
+    settings = parse_config(config(), environ=environ)  # an explicit secret wins, no error
+    assert settings.auth.client_secret == Secret("s3cr3t-value")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o620])
+def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """The same rule, and the same message, as for a secret file."""
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://t.example}\n"
+                    "auth: {client_id: app, client_secret: inline-secret}\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value) == (
+        f"auth.client_secret: permissions {mode:04o} for {path} are too open; "
+        f"run: chmod 600 {path}"
+    )
+    assert "inline-secret" not in str(caught.value)
+    path.chmod(0o600)
+    assert load_config(path, environ={}).auth.client_secret == Secret("inline-secret")
+
+
+@pytest.mark.parametrize("secret_line", ["", "  client_secret: null\n", "  client_secret:\n"])
+def test_a_readable_config_without_a_secret_is_fine(tmp_path: Path, secret_line: str) -> None:
+    """README's systemd and container setups: a 644 config, the secret elsewhere."""
+    path = tmp_path / "config.yaml"
+    path.write_text("tenant:\n  url: https://t.example\nauth:\n  client_id: app\n"
+                    + secret_line + "  client_secret_file: null\n")
+    path.chmod(0o644)
+    secret = tmp_path / "client_secret"
+    secret.write_text("from-file")
+    secret.chmod(0o600)
+    settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
+    assert settings.auth.client_secret == Secret("from-file")
+
+
+def test_the_example_config_installed_644_works_as_readme_says(tmp_path: Path) -> None:
+    """README, systemd step 2: install -m 644 config.example.yaml; FWPROXY_CLIENT_SECRET_FILE."""
+    path = tmp_path / "config.yaml"
+    path.write_text((Path(__file__).parent.parent / "config.example.yaml").read_text())
+    path.chmod(0o644)
+    secret = tmp_path / "client_secret"
+    secret.write_text("from-file")
+    secret.chmod(0o600)
+    settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
+    assert settings.auth.client_secret == Secret("from-file")
+    settings = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.auth.client_secret == Secret("from-file")

@@ -124,3 +124,16 @@ def test_mistyped_environment_variable_is_one_line_naming_it(tmp_path: Path) -> 
         "fwproxy: configuration error: FWPROXY_LISTEN_PROT: unknown environment variable, "
         "did you mean FWPROXY_LISTEN_PORT?\n"
     )
+
+
+def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(TENANT + VALID_REST, encoding="utf-8")  # client_secret: demo-secret
+    config.chmod(0o644)
+    result = run(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {config} "
+        f"are too open; run: chmod 600 {config}\n"
+    )
+    assert "demo-secret" not in result.stderr
