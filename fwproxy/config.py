@@ -8,7 +8,6 @@ secret may be configured. Any error names its key.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hmac
 import os
@@ -352,9 +351,13 @@ def parse_workers(value: object, key: str) -> int:
     """A number of processes, or ``auto``: one per CPU."""
     if str(value).strip().lower() == "auto":
         return max(1, len(os.sched_getaffinity(0)))
-    count = parse_count(value, key)
-    if not 1 <= count <= 256:
-        raise ConfigError(key, f"expected 1 to 256 or auto, got {value!r}")
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = 0
+    if isinstance(value, bool) or not 1 <= count <= 256:
+        raise ConfigError(key, f"expected a number of processes (1 to 256) or auto, "
+                               f"got {value!r}")
     return count
 
 
@@ -563,7 +566,8 @@ def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
     if "accept_hosts" not in values:
         own = listen.host.strip("[]").lower()
         wildcard = own in ("0.0.0.0", "::", "")  # noqa: S104 (comparing, not binding)
-        values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + (() if wildcard else (own,))
+        extra = () if wildcard or own in DEFAULT_ACCEPT_HOSTS else (own,)
+        values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + extra
     access = AccessConfig(**values)
     if access.api_keys_file is not None:
         from .keys import load_keys  # keys.py builds on this module
@@ -777,12 +781,10 @@ def _auth(values: dict[str, Any], given: Mapping[str, object], tenant: TenantCon
         )
     if user_context:
         values["redirect_uri"] = _redirect_uri(values.get("redirect_uri"))
-        values["authorize_url"] = _token_url(
-            values.pop("authorize_url", "/fotoweb/oauth2/authorize"), tenant, "auth.authorize_url"
-        )
         values["token_store"] = values.get("token_store") or default_store_path(environ)
-    else:
-        values.pop("authorize_url", None)
+    values["authorize_url"] = _token_url(
+        values.pop("authorize_url", "/fotoweb/oauth2/authorize"), tenant, "auth.authorize_url"
+    )  # checked and shown (fwproxy check) whatever the grant: only login uses it
     return AuthConfig(
         token_url=token_url,
         client_secret=Secret(secret_text) if secret_text is not None else None,
@@ -865,15 +867,25 @@ def read_secret_file(path: Path, key: str) -> str:
 
 
 def describe(settings: Settings) -> list[str]:
-    """The effective configuration, one ``section.key: value`` a line, secrets masked."""
+    """The effective configuration, one ``section.key: value`` a line, secrets masked: every
+    key of SCHEMA in its order (that of config.example.yaml), values written as there."""
     lines = []
-    for section in SCHEMA:
+    for section, parsers in SCHEMA.items():
         values = getattr(settings, section)
-        for item in dataclasses.fields(values):
-            value = getattr(values, item.name)
-            if isinstance(value, tuple) and value and isinstance(value[0], Rule):
-                value = [f"{rule.name}: {rule.action}" for rule in value]
-            elif isinstance(value, tuple):
-                value = [str(v) for v in value]
-            lines.append(f"{section}.{item.name}: {value}")
+        for key in parsers:
+            lines.append(f"{section}.{key}: {_show(getattr(values, key))}")
     return lines
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Rule):
+        return f"{value.name}: {value.action}"
+    if isinstance(value, (tuple, list, frozenset)):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return str(value)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from yarl import URL
 
 from fwproxy.config import (
@@ -16,6 +17,7 @@ from fwproxy.config import (
     SECRET_SOURCES,
     Secret,
     check_environment,
+    describe,
     env_name,
     find_config,
     load_config,
@@ -574,3 +576,74 @@ def test_the_example_config_installed_644_works_as_readme_says(tmp_path: Path) -
     assert settings.auth.client_secret == Secret("from-file")
     settings = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert settings.auth.client_secret == Secret("from-file")
+
+
+# --- config.example.yaml, README and `fwproxy check` agree key for key --------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def _schema_keys() -> list[str]:
+    return [f"{section}.{key}" for section, parsers in SCHEMA.items() for key in parsers]
+
+
+def test_example_config_describe_and_schema_have_the_same_keys() -> None:
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    example_keys = [f"{section}.{key}" for section, keys in example.items() for key in keys]
+    assert len(example_keys) == len(set(example_keys))
+    assert sorted(example_keys) == sorted(_schema_keys())
+    settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
+    shown = [line.partition(": ")[0] for line in describe(settings)]
+    assert shown == _schema_keys()  # every key once, in SCHEMA's order
+
+
+def test_check_shows_the_example_defaults_as_the_example_writes_them() -> None:
+    """No ``None`` where the example has a default, no key twice in a list."""
+    settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
+    shown = dict(line.split(": ", 1) for line in describe(settings))
+    assert shown["auth.authorize_url"] == "https://acme.fotoware.cloud/fotoweb/oauth2/authorize"
+    assert shown["access.accept_hosts"] == "[localhost, 127.0.0.1, ::1]"
+    assert shown["auth.redirect_uri"] == "null"
+    assert shown["auth.client_secret"] == "Secret('********')"
+    assert shown["tenant.verify_tls"] == "true"
+    assert shown["listen.shutdown_timeout"] == "30"
+    assert shown["access.allow_from"] == "[127.0.0.1/32, ::1/128]"
+    assert "None" not in shown.values()
+
+
+def test_readme_names_only_real_keys() -> None:
+    text = (ROOT / "README.md").read_text()
+    named = {name for name in re.findall(
+        r"\b((?:listen|tenant|auth|access|limits|status|log)\.[a-z_]+)\b", text
+    ) if not name.endswith(".py")}  # access.py is a module
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        document = yaml.safe_load(block)
+        if isinstance(document, dict) and set(document) <= set(SCHEMA):
+            named |= {f"{section}.{key}" for section, keys in document.items()
+                      for key in (keys or {})}
+    assert sorted(named - set(_schema_keys())) == []
+
+
+def test_listen_host_is_added_to_accept_hosts_once() -> None:
+    for host, expected in [("127.0.0.1", ("localhost", "127.0.0.1", "::1")),
+                           ("::1", ("localhost", "127.0.0.1", "::1")),
+                           ("localhost", ("localhost", "127.0.0.1", "::1")),
+                           ("127.0.0.2", ("localhost", "127.0.0.1", "::1", "127.0.0.2"))]:
+        settings = parse_config(config(listen={"host": host}), environ={})
+        assert settings.access.accept_hosts == expected, host
+
+
+def test_authorize_url_is_checked_for_every_grant() -> None:
+    with pytest.raises(ConfigError, match=r"^auth\.authorize_url: a relative URL must start"):
+        parse_config(config(auth={"authorize_url": "oauth2/authorize"}), environ={})
+
+
+@pytest.mark.parametrize("value", ["two", "0", "257", True, "-1"])
+def test_workers_error_mentions_auto(value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(listen={"workers": value}), environ={})
+    assert str(caught.value) == (
+        f"listen.workers: expected a number of processes (1 to 256) or auto, got {value!r}"
+    )
