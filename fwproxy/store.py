@@ -98,6 +98,8 @@ class TokenStore:
         the lock, so no refresh is half done. (A process already waiting on the removed lock
         file then holds a lock a newcomer does not see; it finds no session to refresh, so
         this matters only for a `fwproxy login` run at the same moment.)"""
+        if not self.path.parent.is_dir():
+            return False  # never logged in here: create nothing
         with self.locked_sync():
             removed = self.remove()
             self.lock_path.unlink(missing_ok=True)

@@ -135,6 +135,10 @@ def test_logout_leaves_nothing_behind(capsys: pytest.CaptureFixture[str], tmp_pa
     assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
     assert capsys.readouterr().out == "there was no stored session\n"
     assert sorted(p.name for p in store_path.parent.iterdir()) == []
+    store_path.parent.rmdir()  # never logged in: logout creates nothing
+    assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "there was no stored session\n"
+    assert not store_path.parent.exists()
 
 
 @pytest.mark.parametrize(
