@@ -647,3 +647,14 @@ def test_workers_error_mentions_auto(value: object) -> None:
     assert str(caught.value) == (
         f"listen.workers: expected a number of processes (1 to 256) or auto, got {value!r}"
     )
+
+
+def test_rules_from_the_environment_are_yaml_text() -> None:
+    environ = {"FWPROXY_ACCESS_RULES":
+               "[{name: readers, methods: GET HEAD, paths: [/fotoweb/archives/**], action: allow}]"}
+    (rule,) = parse_config(config(), environ=environ).access.rules
+    assert (rule.name, rule.methods, rule.paths) == (
+        "readers", frozenset({"GET", "HEAD"}), ("/fotoweb/archives/**",))
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(), environ={"FWPROXY_ACCESS_RULES": "[{paths: /a"})
+    assert str(caught.value) == "FWPROXY_ACCESS_RULES: expected a YAML list of rules"
