@@ -479,6 +479,7 @@ def fwproxy_config(work: Path, name: str, port: int, tenant_port: int, workers: 
         f"listen:\n{listen}"
         f"tenant:\n  url: https://127.0.0.1:{tenant_port}\n  ca_file: {work}/ca.crt\n"
         "auth:\n  client_id: bench\n  client_secret: bench-secret\n")
+    path.chmod(0o600)  # fwproxy refuses an inline secret in a file others may read
     return path
 
 

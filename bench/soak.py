@@ -895,6 +895,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tenant_port = runner.addresses[0][1]
         config = Path(tmp.name) / "fwproxy.yaml"
         config.write_text(yaml.safe_dump(proxy_config(tenant_port)), encoding="utf-8")
+        config.chmod(0o600)  # fwproxy refuses an inline secret in a file others may read
         proxy = await start_proxy(config, args.log_level, args.proxy_log)
         base = f"http://127.0.0.1:{proxy.port}"
         print(f"soak: tenant 127.0.0.1:{tenant_port}, fwproxy pid {proxy.pid} on {base}, "

@@ -44,29 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (default: search)")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    commands.add_parser("run", parents=[common], help="run the proxy")
-    commands.add_parser(
-        "check", parents=[common], help="validate config, get a token, call /fotoweb/me"
-    )
-    commands.add_parser("token", parents=[common], help="print one valid access token")
-    commands.add_parser(
-        "health", parents=[common], help="exit 0 when the running proxy answers its health check"
-    )
-    login = commands.add_parser(
-        "login", parents=[common], help="log in as a FotoWeb user (grant_type: authorization_code)"
-    )
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log level; beats log.level in the config")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help page says what it does, as the command list does."""
+        return commands.add_parser(name, parents=[common], help=summary,
+                                   description=summary[0].upper() + summary[1:] + ".")
+
+    command("run", "run the proxy")
+    command("check", "validate config, get a token, call /fotoweb/me")
+    command("token", "print one valid access token")
+    command("health", "exit 0 when the running proxy answers its health check")
+    login = command("login", "log in as a FotoWeb user (grant_type: authorization_code)")
     login.add_argument("--no-browser", action="store_true",
                        help="only print the URL (for SSH sessions)")
     login.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                        help="give up when no login comes back within this long (default 300)")
-    commands.add_parser("logout", parents=[common], help="remove the stored user session")
-    demo = commands.add_parser(
-        "demo", parents=[common], help="run the proxy in front of a built-in simulated tenant"
-    )
-    key = commands.add_parser(
-        "key", parents=[common], help="manage API keys (access.api_keys_file)"
-    )
+    command("logout", "remove the stored user session")
+    demo = command("demo", "run the proxy in front of a built-in simulated tenant")
+    key = command("key", "manage API keys (access.api_keys_file)")
     key.add_argument("action", choices=["add", "list", "remove"])
     key.add_argument("name", nargs="?", help="the key's name (add, remove)")
     key.add_argument("--read-only", action="store_true", help="add: GET, HEAD, OPTIONS only")
@@ -93,17 +90,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     if args.command == "health":
         return health(settings)
-    if args.command in ("login", "logout") and not settings.auth.user_context:
+    if args.command == "logout":
+        if settings.auth.token_store is None:  # client credentials: no user, no session
+            print(f"nothing to log out of: auth.grant_type is {settings.auth.grant_type}, "
+                  "which keeps no user session")
+            return EXIT_OK
+        removed = TokenStore(settings.auth.token_store).logout()
+        print("logged out" if removed else "there was no stored session")
+        return EXIT_OK
+    if args.command == "login" and not settings.auth.user_context:
         print("fwproxy: configuration error: auth.grant_type: login needs "
               "authorization_code (a client-credentials app has no user)", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "logout":
-        assert settings.auth.token_store is not None
-        store = TokenStore(settings.auth.token_store)
-        with store.locked_sync():
-            removed = store.remove()
-        print("logged out" if removed else "there was no stored session")
-        return EXIT_OK
     setup_logging(settings.log.level, settings.log.format)
     if args.command == "login":
         outcome = asyncio.run(login(settings, open_browser=not args.no_browser,

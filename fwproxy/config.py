@@ -2,21 +2,22 @@
 
 The key names are a contract with users' files. Every key may also come from the
 environment as ``FWPROXY_<SECTION>_<KEY>`` (environment beats file), and the client secret
-from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error names its key.
+from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``; exactly one source of the
+secret may be configured. Any error names its key.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import hmac
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yarl import URL
@@ -40,6 +41,7 @@ __all__ = [
     "parse_config",
 ]
 
+T = TypeVar("T")
 DEFAULT_LOCATIONS = (Path("fwproxy.yaml"), Path("/etc/fwproxy/config.yaml"))
 
 
@@ -230,26 +232,121 @@ def parse_str(value: object, key: str) -> str:
     return str(value)
 
 
-def parse_names(value: object, key: str) -> tuple[str, ...]:
-    """A YAML list, or a comma-separated string (from the environment); lower-cased."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
+# --- lists: one parser for every list-valued key, each item checked by its own parser -----
+
+_LIST_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def parse_list(value: object, key: str, item: Callable[[str], T]) -> tuple[T, ...]:
+    """A YAML list, or a string of items separated by commas and/or whitespace (as the
+    environment gives it). Each item goes through `item`, whose ValueError says what the
+    item should be; duplicates are dropped. The error names the key and the bad item."""
+    if isinstance(value, str):
+        items: list[object] = [part for part in _LIST_SEPARATORS.split(value) if part]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
         raise ConfigError(key, f"expected a list, got {value!r}")
-    out = tuple(str(item).strip().lower().rstrip("/") for item in items)
-    if any(not item for item in out):
-        raise ConfigError(key, "list items must be non-empty")
-    return out
+    out: list[T] = []
+    for raw in items:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise ConfigError(key, f"expected a list of strings, got the item {raw!r}")
+        text = str(raw).strip()
+        try:
+            out.append(item(text))
+        except ValueError as exc:
+            raise ConfigError(key, f"{text!r} is not {exc}") from None
+    return tuple(dict.fromkeys(out))
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def host_item(text: str) -> str:
+    """An RFC 1123 host name, ``*.example.com``, ``*``, an IPv4 or IPv6 address (bare or in
+    brackets); lower-cased, without a trailing dot, addresses in their usual short form."""
+    name = text.lower()
+    if name == "*":
+        return name
+    bracketed = name.startswith("[") and name.endswith("]")
+    try:
+        address = ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        pass
+    else:
+        if not (bracketed and address.version == 4):
+            return str(address)
+    wildcard = "*." if name.startswith("*.") else ""
+    body = name[len(wildcard):].removesuffix(".")
+    labels = body.split(".")
+    if (bracketed or len(body) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise ValueError("a host name, an IP address, *.example.com or *")
+    return wildcard + body
+
+
+def network_item(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError("a network such as 10.0.0.0/8, or an IP address") from None
+
+
+_ORIGIN = re.compile(r"(https?)://(\[[^\]/]*\]|[^:/\[\]]+)(?::(\d{1,5}))?/?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_item(text: str) -> str:
+    """``*``, or scheme://host[:port] as a browser sends it in Origin (lower-case, no
+    path, no default port)."""
+    if text == "*":
+        return text
+    match = _ORIGIN.fullmatch(text.lower())
+    what = "a web origin such as https://intranet.example or http://localhost:3000, or *"
+    if not match:
+        raise ValueError(what)
+    scheme, host, port = match.groups()
+    try:
+        host = host_item(host)
+    except ValueError:
+        raise ValueError(what) from None
+    if host == "*" or host.startswith("*."):
+        raise ValueError(what)
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(what)
+    if port is None or int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def method_item(text: str) -> str:
+    if not _METHOD.fullmatch(text):
+        raise ValueError("an HTTP method such as GET")
+    return text.upper()
+
+
+def path_item(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("a path starting with '/'")
+    return text
+
+
+def parse_hosts(value: object, key: str) -> tuple[str, ...]:
+    return parse_list(value, key, host_item)
+
+
+def parse_origins(value: object, key: str) -> tuple[str, ...]:
+    return parse_list(value, key, origin_item)
 
 
 def parse_networks(value: object, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
-    """CIDRs (``10.0.0.0/8``) or plain addresses; a list, or comma-separated."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(key, f"expected a list of networks, got {value!r}")
-    try:
-        return tuple(ip_network(str(item).strip(), strict=False) for item in items)
-    except ValueError as exc:
-        raise ConfigError(key, f"not a network: {exc}") from None
+    """CIDRs (``10.0.0.0/8``) or plain addresses."""
+    return parse_list(value, key, network_item)
 
 
 def parse_optional_networks(value: object, key: str
@@ -262,9 +359,13 @@ def parse_workers(value: object, key: str) -> int:
     """A number of processes, or ``auto``: one per CPU."""
     if str(value).strip().lower() == "auto":
         return max(1, len(os.sched_getaffinity(0)))
-    count = parse_count(value, key)
-    if not 1 <= count <= 256:
-        raise ConfigError(key, f"expected 1 to 256 or auto, got {value!r}")
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = 0
+    if isinstance(value, bool) or not 1 <= count <= 256:
+        raise ConfigError(key, f"expected a number of processes (1 to 256) or auto, "
+                               f"got {value!r}")
     return count
 
 
@@ -301,25 +402,17 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
         where = f"{key}[{index}]"
         if not isinstance(item, Mapping):
             raise ConfigError(where, "expected a mapping with paths and action")
-        unknown = set(item) - {"name", "methods", "paths", "action"}
+        known = ["name", "methods", "paths", "action"]
+        unknown = sorted(str(k) for k in item if k not in known)
         if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}",
-                              "unknown key (known: name, methods, paths, action)")
+            raise unknown_name(f"{where}.{unknown[0]}", "key", unknown[0], known)
         action = choice("allow", "deny")(item.get("action"), f"{where}.action")
-        paths = item.get("paths")
-        if isinstance(paths, str):
-            paths = [paths]
-        if not isinstance(paths, list) or not paths or not all(
-            isinstance(p, str) and p.startswith("/") for p in paths
-        ):
+        paths = parse_list(item.get("paths", ()), f"{where}.paths", path_item)
+        if not paths:
             raise ConfigError(f"{where}.paths", "expected a list of paths starting with '/'")
         methods = item.get("methods")
         if methods is not None:
-            if isinstance(methods, str):
-                methods = [methods]
-            if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-                raise ConfigError(f"{where}.methods", "expected a list of HTTP methods")
-            methods = frozenset(m.upper() for m in methods)
+            methods = frozenset(parse_list(methods, f"{where}.methods", method_item))
         name = str(item.get("name") or f"rules[{index}]")
         rules.append(Rule(name=name, action=action, methods=methods, paths=tuple(paths),
                           patterns=tuple(compile_glob(p) for p in paths)))
@@ -387,8 +480,8 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "allow_from": parse_networks,
         "allow_public": parse_bool,
         "trust_forwarded_from": parse_optional_networks,
-        "accept_hosts": parse_names,
-        "allow_origins": parse_names,
+        "accept_hosts": parse_hosts,
+        "allow_origins": parse_origins,
         "read_only": parse_bool,
         "rules": parse_rules,
         "default": choice("allow", "deny"),
@@ -409,7 +502,9 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
 def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
     """``--config``, else ``$FWPROXY_CONFIG``, else ./fwproxy.yaml, else /etc/fwproxy/;
     None (configuration from the environment alone) when none exists but
-    ``FWPROXY_TENANT_URL`` is set, as in a container."""
+    ``FWPROXY_TENANT_URL`` is set, as in a container. A mistyped FWPROXY_ variable is
+    refused first: it may be the one meant to say where the config is."""
+    check_environment(environ)
     if explicit:
         return Path(explicit)
     if environ.get("FWPROXY_CONFIG"):
@@ -448,7 +543,12 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError("", f"{path}{where}: {problem}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"{path}: the top level must be a mapping of sections")
-    return parse_config(raw, environ, source=str(path) if path else "<environment>")
+    settings = parse_config(raw, environ, source=str(path) if path else "<environment>")
+    auth = raw.get("auth")
+    if path is not None and isinstance(auth, Mapping) and auth.get("client_secret") is not None:
+        # the file holds the secret itself: the same rule as for a secret file
+        ensure_private(path, "auth.client_secret")
+    return settings
 
 
 def parse_config(
@@ -460,7 +560,9 @@ def parse_config(
     if listen.workers > 1 and listen.unix_socket is not None:
         raise ConfigError("listen.unix_socket", "cannot be combined with listen.workers > 1")
     tenant = _tenant(values["tenant"])
-    auth = _auth(values["auth"], tenant, environ)
+    given_auth = raw.get("auth")
+    auth = _auth(values["auth"], given_auth if isinstance(given_auth, Mapping) else {},
+                 tenant, environ)
     log = LogConfig(**values["log"])
     access = _access(values["access"], listen)
     limits = LimitsConfig(**values["limits"])
@@ -473,7 +575,8 @@ def _access(values: dict[str, Any], listen: ListenConfig) -> AccessConfig:
     if "accept_hosts" not in values:
         own = listen.host.strip("[]").lower()
         wildcard = own in ("0.0.0.0", "::", "")  # noqa: S104 (comparing, not binding)
-        values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + (() if wildcard else (own,))
+        extra = () if wildcard or own in DEFAULT_ACCEPT_HOSTS else (own,)
+        values["accept_hosts"] = DEFAULT_ACCEPT_HOSTS + extra
     access = AccessConfig(**values)
     if access.api_keys_file is not None:
         from .keys import load_keys  # keys.py builds on this module
@@ -502,11 +605,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# FWPROXY_ variables that are not FWPROXY_<SECTION>_<KEY>: every one read anywhere (the
+# code, tests, bench, systemd unit, Dockerfile, scripts). Any other FWPROXY_ variable is a
+# typo and refused. A new one is added here, one line each.
+NON_KEY_VARIABLES: dict[str, str] = {
+    "FWPROXY_CONFIG": "the config file (find_config)",
+    "FWPROXY_CLIENT_SECRET": "the client secret",
+    "FWPROXY_CLIENT_SECRET_FILE": "a file holding the client secret",
+    # scripts/image-test.sh, read on the host that builds the image
+    "FWPROXY_IMAGE_TEST_CACHE": "image-test.sh: cache directory",
+    "FWPROXY_IMAGE_TEST_MIRROR": "image-test.sh: Debian mirror",
+    "FWPROXY_IMAGE_TEST_REFRESH": "image-test.sh: rebuild the base image",
+    "FWPROXY_IMAGE_TEST_KEEP": "image-test.sh: keep the working container",
+}
+
+
+def env_name(section: str, key: str) -> str:
+    """``listen``, ``port`` -> ``FWPROXY_LISTEN_PORT``."""
+    return f"FWPROXY_{section}_{key}".upper()
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str | None:
+    """The closest of `known` to a mistyped `name`, if any is close."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_name(where: str, what: str, name: str, known: Sequence[str],
+                 shown: Callable[[str], str] = str) -> ConfigError:
+    """``tenant.urll: unknown key, did you mean tenant.url?`` (or the known names)."""
+    guess = _did_you_mean(name, known)
+    if guess is not None:
+        return ConfigError(where, f"unknown {what}, did you mean {shown(guess)}?")
+    return ConfigError(where, f"unknown {what} (known: {', '.join(shown(k) for k in known)})")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse an FWPROXY_ variable that is neither a config key nor a known variable."""
+    keys = [env_name(section, key) for section, parsers in SCHEMA.items() for key in parsers]
+    known = set(keys) | set(NON_KEY_VARIABLES)
+    for name in sorted(environ):
+        if not name.startswith("FWPROXY_") or name in known:
+            continue
+        # compared without the common prefix, which would make every name look close
+        prefix = len("FWPROXY_")
+        guess = _did_you_mean(name[prefix:], [n[prefix:] for n in keys + list(NON_KEY_VARIABLES)])
+        hint = f", did you mean FWPROXY_{guess}?" if guess else (
+            " (config keys are FWPROXY_<SECTION>_<KEY>, e.g. FWPROXY_TENANT_URL)")
+        raise ConfigError(name, f"unknown environment variable{hint}")
+
+
 def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Check names, apply environment overrides, parse each value with its schema parser."""
+    check_environment(environ)
     for section in raw:
         if section not in SCHEMA:
-            raise ConfigError(str(section), f"unknown section (known: {', '.join(SCHEMA)})")
+            raise unknown_name(str(section), "section", str(section), list(SCHEMA))
     merged: dict[str, dict[str, Any]] = {}
     for section, parsers in SCHEMA.items():
         given = raw.get(section) or {}
@@ -514,18 +668,27 @@ def _merge(raw: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, d
             raise ConfigError(section, "must be a mapping of keys")
         for key in given:
             if key not in parsers:
-                raise ConfigError(
-                    f"{section}.{key}", f"unknown key (known: {', '.join(parsers)})"
-                )
+                raise _unknown_key(section, str(key))
         out: dict[str, Any] = {}
         for key, parse in parsers.items():
-            env_name = f"FWPROXY_{section}_{key}".upper()
-            if env_name in environ:
-                out[key] = parse(environ[env_name], env_name)
+            variable = env_name(section, key)
+            if variable in environ:
+                out[key] = parse(environ[variable], variable)
             elif key in given and given[key] is not None:
                 out[key] = parse(given[key], f"{section}.{key}")
         merged[section] = out
     return merged
+
+
+def _unknown_key(section: str, key: str) -> ConfigError:
+    """An unknown key; suggest a close one of the section, else the same key elsewhere."""
+    where = f"{section}.{key}"
+    known = list(SCHEMA[section])
+    if _did_you_mean(key, known) is None:
+        elsewhere = [f"{other}.{key}" for other in SCHEMA if key in SCHEMA[other]]
+        if elsewhere:
+            return ConfigError(where, f"unknown key, did you mean {elsewhere[0]}?")
+    return unknown_name(where, "key", key, known, lambda k: f"{section}.{k}")
 
 
 def _tenant(values: dict[str, Any]) -> TenantConfig:
@@ -555,23 +718,64 @@ def _tenant(values: dict[str, Any]) -> TenantConfig:
     return tenant
 
 
-def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, str]) -> AuthConfig:
+# Every way to give the client secret; at most one may be used (systemd's credential is
+# only a fallback, for when none is). Order: how they are named in an error.
+SECRET_SOURCES = (
+    "auth.client_secret",
+    "auth.client_secret_file",
+    "FWPROXY_AUTH_CLIENT_SECRET",
+    "FWPROXY_AUTH_CLIENT_SECRET_FILE",
+    "FWPROXY_CLIENT_SECRET",
+    "FWPROXY_CLIENT_SECRET_FILE",
+)
+
+
+def secret_sources(given: Mapping[str, object], environ: Mapping[str, str]) -> list[str]:
+    """The configured secret sources, by name: a key given (not null) in the file, a
+    variable present in the environment (even empty: then it is refused as empty)."""
+    return [
+        source for source in SECRET_SOURCES
+        if (source in environ if source.startswith("FWPROXY_")
+            else given.get(source.partition(".")[2]) is not None)
+    ]
+
+
+def _client_secret(
+    values: dict[str, Any], given: Mapping[str, object], environ: Mapping[str, str]
+) -> tuple[str | None, Path | None]:
+    """(secret text, the file it came from) from the one configured source, or (None, None).
+    More than one source is ambiguous, and refused naming them."""
+    text, path = values.pop("client_secret", None), values.pop("client_secret_file", None)
+    sources = secret_sources(given, environ)
+    if len(sources) > 1:
+        raise ConfigError(
+            "auth.client_secret",
+            f"more than one client secret is configured: {', '.join(sources[:-1])} and "
+            f"{sources[-1]}; keep only one",
+        )
+    if not sources:
+        return None, None
+    (source,) = sources
+    if source in ("FWPROXY_CLIENT_SECRET", "FWPROXY_CLIENT_SECRET_FILE"):
+        if not environ[source].strip():
+            raise ConfigError(source, "is set but empty")
+        if source == "FWPROXY_CLIENT_SECRET":
+            return environ[source], None
+        path = Path(environ[source]).expanduser()
+    if source.lower().endswith("_file"):
+        if path is None:  # FWPROXY_AUTH_CLIENT_SECRET_FILE=""
+            raise ConfigError(source, "is set but empty")
+        return read_secret_file(path, source), path
+    return text, None
+
+
+def _auth(values: dict[str, Any], given: Mapping[str, object], tenant: TenantConfig,
+          environ: Mapping[str, str]) -> AuthConfig:
     if "client_id" not in values:
         raise ConfigError("auth.client_id", "is required (Site Configuration > Applications)")
     token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant,
                            "auth.token_url")
-    secret_text = values.pop("client_secret", None)
-    secret_file = values.pop("client_secret_file", None)
-    if environ.get("FWPROXY_CLIENT_SECRET"):
-        secret_text, secret_file = environ["FWPROXY_CLIENT_SECRET"], None
-    elif environ.get("FWPROXY_CLIENT_SECRET_FILE"):
-        secret_text, secret_file = None, Path(environ["FWPROXY_CLIENT_SECRET_FILE"])
-    elif secret_text is not None and secret_file is not None:
-        raise ConfigError(
-            "auth.client_secret", "set either auth.client_secret or auth.client_secret_file"
-        )
-    if secret_file is not None:
-        secret_text = read_secret_file(secret_file, "auth.client_secret_file")
+    secret_text, secret_file = _client_secret(values, given, environ)
     credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / "client_secret"
     if secret_text is None and environ.get("CREDENTIALS_DIRECTORY") and credential.is_file():
         # systemd LoadCredential=client_secret:...; systemd itself guards that directory
@@ -586,12 +790,10 @@ def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, st
         )
     if user_context:
         values["redirect_uri"] = _redirect_uri(values.get("redirect_uri"))
-        values["authorize_url"] = _token_url(
-            values.pop("authorize_url", "/fotoweb/oauth2/authorize"), tenant, "auth.authorize_url"
-        )
         values["token_store"] = values.get("token_store") or default_store_path(environ)
-    else:
-        values.pop("authorize_url", None)
+    values["authorize_url"] = _token_url(
+        values.pop("authorize_url", "/fotoweb/oauth2/authorize"), tenant, "auth.authorize_url"
+    )  # checked and shown (fwproxy check) whatever the grant: only login uses it
     return AuthConfig(
         token_url=token_url,
         client_secret=Secret(secret_text) if secret_text is not None else None,
@@ -674,15 +876,25 @@ def read_secret_file(path: Path, key: str) -> str:
 
 
 def describe(settings: Settings) -> list[str]:
-    """The effective configuration, one ``section.key: value`` a line, secrets masked."""
+    """The effective configuration, one ``section.key: value`` a line, secrets masked: every
+    key of SCHEMA in its order (that of config.example.yaml), values written as there."""
     lines = []
-    for section in SCHEMA:
+    for section, parsers in SCHEMA.items():
         values = getattr(settings, section)
-        for item in dataclasses.fields(values):
-            value = getattr(values, item.name)
-            if isinstance(value, tuple) and value and isinstance(value[0], Rule):
-                value = [f"{rule.name}: {rule.action}" for rule in value]
-            elif isinstance(value, tuple):
-                value = [str(v) for v in value]
-            lines.append(f"{section}.{item.name}: {value}")
+        for key in parsers:
+            lines.append(f"{section}.{key}: {_show(getattr(values, key))}")
     return lines
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Rule):
+        return f"{value.name}: {value.action}"
+    if isinstance(value, (tuple, list, frozenset)):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return str(value)

@@ -254,9 +254,10 @@ async def post_token_request(
     """POST `form` to the token endpoint and parse the answer; network faults are mapped.
 
     Every secret the form carries is known to `REDACT` first: the endpoint may echo it
-    back, in any encoding, in what it answers."""
+    back, in any encoding, in what it answers. Every error names the token URL (without
+    query or user info), so a wrong auth.token_url shows in the message."""
     remember_secrets(form)
-    where = str(token_url.origin())
+    where = endpoint_name(token_url)
     try:
         async with session.post(
             token_url,
@@ -278,8 +279,26 @@ async def post_token_request(
         raise TokenEndpointUnreachable(f"token endpoint {where} did not answer in time") from None
     except aiohttp.ClientError as exc:
         raise TokenEndpointUnreachable(
-            f"cannot reach token endpoint {where}: {outward(str(exc) or type(exc).__name__, 200)}"
+            f"cannot reach token endpoint {where}: {outward(connect_failure(exc), 200)}"
         ) from None
+    except (TokenEndpointError, TokenResponseInvalid) as exc:
+        exc.args = (f"{exc} (POST {where})",)  # the answer's parser does not know the URL
+        raise
+
+
+def endpoint_name(url: URL) -> str:
+    """The URL as an error shows it: no query, fragment or user info (they may hold secrets)."""
+    return str(url.with_query(None).with_fragment(None).with_user(None))
+
+
+def connect_failure(exc: aiohttp.ClientError) -> str:
+    """Why a request failed, without aiohttp's ``Cannot connect to host h:p ssl:default``
+    preamble (the host is named by the caller; ``ssl:default`` means nothing on http)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate rejected: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 def remember_secrets(form: bytes) -> None:

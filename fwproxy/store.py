@@ -93,6 +93,22 @@ class TokenStore:
             return False
         return True
 
+    def logout(self) -> bool:
+        """Remove the session and, with it, the lock file: nothing is left behind. Both under
+        the lock, so no refresh is half done. (A process already waiting on the removed lock
+        file then holds a lock a newcomer does not see; it finds no session to refresh, so
+        this matters only for a `fwproxy login` run at the same moment.)"""
+        if not self.path.parent.is_dir():
+            return False  # never logged in here: create nothing
+        with self.locked_sync():
+            removed = self.remove()
+            self.lock_path.unlink(missing_ok=True)
+        return removed
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     @contextlib.asynccontextmanager
     async def locked(self, timeout: float = LOCK_TIMEOUT) -> AsyncIterator[None]:
         """Hold the store's lock file (across processes) without blocking the event loop;
@@ -103,7 +119,7 @@ class TokenStore:
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
                     raise TokenEndpointUnreachable(
-                        f"{self.path}.lock is held by another process for over {timeout:g}s")
+                        f"{self.lock_path} is held by another process for over {timeout:g}s")
                 await asyncio.sleep(0.02)
             yield
         finally:
@@ -121,8 +137,7 @@ class TokenStore:
 
     def _open_lock(self) -> int:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return os.open(self.path.with_name(self.path.name + ".lock"),
-                       os.O_RDWR | os.O_CREAT, 0o600)
+        return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def _try_lock(fd: int) -> bool:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fwproxy import __version__
-from fwproxy.cli import EXIT_USAGE, main
+from fwproxy.cli import EXIT_OK, EXIT_USAGE, main
+from fwproxy.store import StoredSession, TokenStore
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,3 +64,101 @@ def test_config_from_environment_variable(
     path.write_text("tenant: {url: https://x}\nauth: {client_id: a, bogus: 1}\n")
     assert main(["token"], environ={"FWPROXY_CONFIG": str(path)}) == EXIT_USAGE
     assert "auth.bogus" in capsys.readouterr().err
+
+
+def test_mistyped_environment_variable_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a}\n")
+    environ = {"FWPROXY_CONFIG": str(path), "FWPROXY_TENANT_ULR": "https://y",
+               "FWPROXY_CLIENT_SECRET": "s"}
+    assert main(["check"], environ=environ) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "fwproxy: configuration error: FWPROXY_TENANT_ULR: unknown environment variable, "
+        "did you mean FWPROXY_TENANT_URL?\n"
+    )
+
+
+def test_inline_secret_in_a_readable_config_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a, client_secret: inline-s}\n")
+    path.chmod(0o644)
+    assert main(["check", "--config", str(path)], environ={}) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {path} "
+        f"are too open; run: chmod 600 {path}\n"
+    )
+
+
+def test_two_secret_variables_exit_2_naming_both(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a}\n")
+    environ = {"FWPROXY_CONFIG": str(path), "FWPROXY_CLIENT_SECRET": "s",
+               "FWPROXY_CLIENT_SECRET_FILE": str(tmp_path / "s")}
+    assert main(["token"], environ=environ) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "fwproxy: configuration error: auth.client_secret: more than one client secret is "
+        "configured: FWPROXY_CLIENT_SECRET and FWPROXY_CLIENT_SECRET_FILE; keep only one\n"
+    )
+
+
+def test_logout_without_a_user_session_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://x}\nauth: {client_id: a, client_secret: b}\n")
+    path.chmod(0o600)
+    assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
+    out = capsys.readouterr()
+    assert out.out == ("nothing to log out of: auth.grant_type is client_credentials, which "
+                       "keeps no user session\n")
+    assert out.err == ""
+
+
+def test_logout_leaves_nothing_behind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store_path = tmp_path / "state" / "tokens.json"
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text(
+        "tenant: {url: https://x}\n"
+        "auth: {grant_type: authorization_code, client_id: a, "
+        f"redirect_uri: 'http://127.0.0.1:8765/cb', token_store: '{store_path}'}}\n"
+    )
+    TokenStore(store_path).save(StoredSession(refresh_token="r"))
+    assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "logged out\n"
+    assert sorted(p.name for p in store_path.parent.iterdir()) == []  # no tokens.json.lock
+    assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "there was no stored session\n"
+    assert sorted(p.name for p in store_path.parent.iterdir()) == []
+    store_path.parent.rmdir()  # never logged in: logout creates nothing
+    assert main(["logout", "--config", str(path)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "there was no stored session\n"
+    assert not store_path.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "description"),
+    [("run", "Run the proxy."),
+     ("check", "Validate config, get a token, call /fotoweb/me."),
+     ("token", "Print one valid access token."),
+     ("health", "Exit 0 when the running proxy answers its health check."),
+     ("login", "Log in as a FotoWeb user (grant_type: authorization_code)."),
+     ("logout", "Remove the stored user session."),
+     ("demo", "Run the proxy in front of a built-in simulated tenant."),
+     ("key", "Manage API keys (access.api_keys_file).")],
+)
+def test_every_subcommand_help_says_what_it_does(
+    capsys: pytest.CaptureFixture[str], command: str, description: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--help"])
+    assert caught.value.code == 0
+    page = capsys.readouterr().out
+    assert f"\n\n{description}\n\n" in page
+    assert ("--log-level {debug,info,warning,error} log level; beats log.level in the config"
+            in " ".join(page.split()))

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from yarl import URL
 
 from fwproxy.config import (
+    NON_KEY_VARIABLES,
     SCHEMA,
+    SECRET_SOURCES,
     Secret,
+    check_environment,
+    describe,
+    env_name,
     find_config,
     load_config,
     parse_config,
     parse_duration,
+    parse_list,
     parse_size,
 )
 from fwproxy.exceptions import ConfigError
@@ -130,7 +139,7 @@ def test_environment_beats_file() -> None:
         "FWPROXY_AUTH_REPLAY_MAX_BODY": "1MiB",
         "FWPROXY_CLIENT_SECRET": "from-env",
     }
-    settings = parse_config(config(), environ=environ)
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.tenant.url.host == "other.fotoware.cloud"
     assert settings.listen.port == 9090
     assert settings.auth.replay_max_body == 2**20
@@ -175,8 +184,12 @@ def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text("x")
     path.chmod(0o600)
-    with pytest.raises(ConfigError, match="either"):
+    with pytest.raises(ConfigError) as caught:
         parse_config(config(auth={"client_secret_file": str(path)}), environ={})
+    assert str(caught.value) == (
+        "auth.client_secret: more than one client secret is configured: auth.client_secret "
+        "and auth.client_secret_file; keep only one"
+    )
 
 
 def test_secret_file_from_environment(tmp_path: Path) -> None:
@@ -184,7 +197,7 @@ def test_secret_file_from_environment(tmp_path: Path) -> None:
     path.write_text("docker-secret")
     path.chmod(0o400)
     environ = {"FWPROXY_CLIENT_SECRET_FILE": str(path)}
-    settings = parse_config(config(), environ=environ)
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("docker-secret")
 
 
@@ -220,3 +233,428 @@ def test_event_loop_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(config(listen={"event_loop": "uvloop"}), environ={})
     settings = parse_config(config(), environ={"FWPROXY_LISTEN_EVENT_LOOP": "asyncio"})
     assert settings.listen.event_loop == "asyncio"
+
+
+# --- names: unknown sections, keys and FWPROXY_ variables get "did you mean" -------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "environ", "message"),
+    [
+        ({"tennant": {}}, {}, "tennant: unknown section, did you mean tenant?"),
+        ({"frobnicate": {}}, {},
+         "frobnicate: unknown section (known: listen, tenant, auth, access, limits, status, log)"),
+        ({"tenant": {"urll": "x"}}, {}, "tenant.urll: unknown key, did you mean tenant.url?"),
+        ({"listen": {"accept_hosts": ["a"]}}, {},
+         "listen.accept_hosts: unknown key, did you mean access.accept_hosts?"),
+        ({"log": {"colour": "x"}}, {}, "log.colour: unknown key (known: log.level, log.format)"),
+        ({"access": {"rules": [{"path": "/a", "action": "allow"}]}}, {},
+         "access.rules[0].path: unknown key, did you mean paths?"),
+        ({}, {"FWPROXY_TENANT_ULR": "x"},
+         "FWPROXY_TENANT_ULR: unknown environment variable, did you mean FWPROXY_TENANT_URL?"),
+        ({}, {"FWPROXY_CLIENT_SECRET_FIEL": "/s"},
+         "FWPROXY_CLIENT_SECRET_FIEL: unknown environment variable, "
+         "did you mean FWPROXY_CLIENT_SECRET_FILE?"),
+        ({}, {"FWPROXY_ACCESS_ACCEPT_HOST": "a"},
+         "FWPROXY_ACCESS_ACCEPT_HOST: unknown environment variable, "
+         "did you mean FWPROXY_ACCESS_ACCEPT_HOSTS?"),
+        ({}, {"FWPROXY_FOO": "x"},
+         "FWPROXY_FOO: unknown environment variable (config keys are "
+         "FWPROXY_<SECTION>_<KEY>, e.g. FWPROXY_TENANT_URL)"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(
+    raw: dict[str, Any], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), **raw}, environ=environ)
+    assert str(caught.value) == message
+
+
+def test_a_mistyped_variable_is_refused_before_the_config_is_looked_for() -> None:
+    with pytest.raises(ConfigError, match=r"^FWPROXY_CONFG: .* did you mean FWPROXY_CONFIG\?$"):
+        find_config(None, {"FWPROXY_CONFG": "/etc/fwproxy/config.yaml"})
+
+
+def test_other_environment_variables_are_left_alone() -> None:
+    environ = {"FWPROXY": "x", "fwproxy_tenant_ulr": "x", "HOME": "/root", "PATH": "/bin"}
+    assert parse_config(config(), environ=environ).listen.port == 8080
+
+
+def test_every_fwproxy_variable_the_project_reads_is_known() -> None:
+    """NON_KEY_VARIABLES lists every FWPROXY_ name used anywhere that is not a config key."""
+    root = Path(__file__).parent.parent
+    keys = {env_name(section, key) for section, parsers in SCHEMA.items() for key in parsers}
+    files = [root / "Dockerfile", root / "README.md", *root.glob("systemd/*"),
+             *root.glob("scripts/*"), *root.glob("bench/*.py"), *root.glob("fwproxy/*.py"),
+             *root.glob("tests/**/*.py")]
+    used = set()
+    for path in files:
+        used |= set(re.findall(r"\bFWPROXY_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    # the typos the tests make on purpose are not variables the project reads
+    used -= {"FWPROXY_TENANT_ULR", "FWPROXY_CLIENT_SECRET_FIEL", "FWPROXY_ACCESS_ACCEPT_HOST",
+             "FWPROXY_FOO", "FWPROXY_CONFG", "FWPROXY_LISTEN_PROT"}
+    assert sorted(used - keys - set(NON_KEY_VARIABLES)) == []
+    for name in NON_KEY_VARIABLES:
+        check_environment({name: "x"})  # known: not refused
+
+
+# --- lists: one parser, comma or whitespace in a string, every item checked ---------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("accept_hosts", "a.example b.example", ("a.example", "b.example")),
+        ("accept_hosts", "a.example,b.example", ("a.example", "b.example")),
+        ("accept_hosts", " A.example ,\tb.example\n", ("a.example", "b.example")),
+        ("accept_hosts", "", ()),
+        ("accept_hosts", ["localhost", "127.0.0.1", "::1", "[::1]"], ("localhost", "127.0.0.1",
+                                                                     "::1")),
+        ("accept_hosts", ["*", "*.example.com", "proxy.example.com."],
+         ("*", "*.example.com", "proxy.example.com")),
+        ("accept_hosts", ["0:0:0:0:0:0:0:1", "fd00::1", "10.0.0.1"], ("::1", "fd00::1",
+                                                                     "10.0.0.1")),
+        ("accept_hosts", ["xn--bjrn-lua.example", "a-b.c1"], ("xn--bjrn-lua.example", "a-b.c1")),
+        ("allow_from", "10.0.0.0/8 192.168.1.7", ("10.0.0.0/8", "192.168.1.7/32")),
+        ("allow_from", "10.0.0.0/8,::1", ("10.0.0.0/8", "::1/128")),
+        ("allow_from", ["172.16.0.0/12"], ("172.16.0.0/12",)),
+        ("allow_origins", "https://intranet.example http://localhost:3000",
+         ("https://intranet.example", "http://localhost:3000")),
+        ("allow_origins", ["HTTPS://Intranet.Example/", "https://x.example:443", "*",
+                           "http://[::1]:8080", "http://127.0.0.1:80"],
+         ("https://intranet.example", "https://x.example", "*", "http://[::1]:8080",
+          "http://127.0.0.1")),
+    ],
+)
+def test_list_values(key: str, value: object, expected: tuple[str, ...]) -> None:
+    settings = parse_config(config(access={key: value}), environ={})
+    assert tuple(str(item) for item in getattr(settings.access, key)) == expected
+    if isinstance(value, str):  # the same from the environment
+        settings = parse_config(config(), environ={f"FWPROXY_ACCESS_{key.upper()}": value})
+        assert tuple(str(item) for item in getattr(settings.access, key)) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("accept_hosts", ["a b"],
+         "access.accept_hosts: 'a b' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", "a.example user@b.example",
+         "access.accept_hosts: 'user@b.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["localhost/"],
+         "access.accept_hosts: 'localhost/' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["localhost:8080"],
+         "access.accept_hosts: 'localhost:8080' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["[127.0.0.1]"],
+         "access.accept_hosts: '[127.0.0.1]' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["[localhost]"],
+         "access.accept_hosts: '[localhost]' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["::1]"],
+         "access.accept_hosts: '::1]' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", ["a.*.example"],
+         "access.accept_hosts: 'a.*.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["-a.example"],
+         "access.accept_hosts: '-a.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["a..example"],
+         "access.accept_hosts: 'a..example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["999.1.1.1"],
+         "access.accept_hosts: '999.1.1.1' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["x" * 64 + ".example"],
+         f"access.accept_hosts: '{'x' * 64}.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", ["bj\u00f8rn.example"],
+         "access.accept_hosts: 'bj\u00f8rn.example' is not a host name, an IP address, "
+         "*.example.com or *"),
+        ("accept_hosts", [""],
+         "access.accept_hosts: '' is not a host name, an IP address, *.example.com or *"),
+        ("accept_hosts", [["nested"]],
+         "access.accept_hosts: expected a list of strings, got the item ['nested']"),
+        ("accept_hosts", 7, "access.accept_hosts: expected a list, got 7"),
+        ("allow_from", "10.0.0.0/8 10.0.0.0/33",
+         "access.allow_from: '10.0.0.0/33' is not a network such as 10.0.0.0/8, "
+         "or an IP address"),
+        ("allow_from", ["localhost"],
+         "access.allow_from: 'localhost' is not a network such as 10.0.0.0/8, or an IP address"),
+        ("allow_origins", ["https://intranet.example/app"],
+         "access.allow_origins: 'https://intranet.example/app' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["intranet.example"],
+         "access.allow_origins: 'intranet.example' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["https://*.example"],
+         "access.allow_origins: 'https://*.example' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["null"],
+         "access.allow_origins: 'null' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["http://::1:8080"],
+         "access.allow_origins: 'http://::1:8080' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+        ("allow_origins", ["http://a.example:99999"],
+         "access.allow_origins: 'http://a.example:99999' is not a web origin such as "
+         "https://intranet.example or http://localhost:3000, or *"),
+    ],
+)
+def test_bad_list_items_are_named(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(access={key: value}), environ={})
+    assert str(caught.value) == message
+
+
+def test_an_accept_hosts_list_from_the_environment_is_split_at_whitespace() -> None:
+    """Once FWPROXY_ACCESS_ACCEPT_HOSTS="a b" became the one host "a b"."""
+    settings = parse_config(config(), environ={"FWPROXY_ACCESS_ACCEPT_HOSTS": "a b"})
+    assert settings.access.accept_hosts == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("rule", "message_or_methods"),
+    [
+        ({"methods": "GET HEAD", "paths": "/a /b/**"}, ({"GET", "HEAD"}, ("/a", "/b/**"))),
+        ({"methods": "get,head", "paths": ["/a"]}, ({"GET", "HEAD"}, ("/a",))),
+        ({"methods": ["GET"], "paths": ["/My Archive/**"]}, ({"GET"}, ("/My Archive/**",))),
+        ({"methods": ["GET HEAD"], "paths": ["/a"]},
+         "access.rules[0].methods: 'GET HEAD' is not an HTTP method such as GET"),
+        ({"methods": ["GET/1"], "paths": ["/a"]},
+         "access.rules[0].methods: 'GET/1' is not an HTTP method such as GET"),
+        ({"paths": "/My Archive/**"},
+         "access.rules[0].paths: 'Archive/**' is not a path starting with '/'"),
+        ({"paths": ["a"]}, "access.rules[0].paths: 'a' is not a path starting with '/'"),
+        ({"paths": []}, "access.rules[0].paths: expected a list of paths starting with '/'"),
+        ({}, "access.rules[0].paths: expected a list of paths starting with '/'"),
+    ],
+)
+def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
+    raw = config(access={"rules": [{"action": "allow", **rule}]})
+    if isinstance(message_or_methods, str):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(raw, environ={})
+        assert str(caught.value) == message_or_methods
+    else:
+        (parsed,) = parse_config(raw, environ={}).access.rules
+        assert (parsed.methods, parsed.paths) == message_or_methods
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a", ["a"]), ("a,b", ["a", "b"]), ("a b", ["a", "b"]), ("a, b", ["a", "b"]),
+     (" a\tb\n", ["a", "b"]), ("a,,b", ["a", "b"]), (",", []), ("", []), (["a b"], ["a b"]),
+     (("a", "a", "b"), ["a", "b"]), ([1, 2.5], ["1", "2.5"])],
+)
+def test_parse_list(text: object, expected: list[str]) -> None:
+    assert list(parse_list(text, "k", str)) == expected
+
+
+# --- the client secret: one source, and never in a file others may read -------------------
+
+
+def _secret_source(source: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(auth section, environ) that configure the secret through `source` alone."""
+    path = tmp_path / f"secret-{source}"
+    path.write_text(f"from-{source}\n")
+    path.chmod(0o600)
+    value = str(path) if source.lower().endswith("_file") else f"from-{source}"
+    if source.startswith("auth."):
+        return {source.partition(".")[2]: value}, {}
+    return {}, {source: value}
+
+
+@pytest.mark.parametrize("source", SECRET_SOURCES)
+def test_each_secret_source_alone(source: str, tmp_path: Path) -> None:
+    auth, environ = _secret_source(source, tmp_path)
+    settings = parse_config({**config(), "auth": {"client_id": "app", **auth}}, environ=environ)
+    assert settings.auth.client_secret == Secret(f"from-{source}")
+
+
+@pytest.mark.parametrize(("first", "second"), list(itertools.combinations(SECRET_SOURCES, 2)))
+def test_two_secret_sources_are_refused_naming_both(
+    first: str, second: str, tmp_path: Path
+) -> None:
+    auth1, env1 = _secret_source(first, tmp_path)
+    auth2, env2 = _secret_source(second, tmp_path)
+    raw = {**config(), "auth": {"client_id": "app", **auth1, **auth2}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, environ={**env1, **env2})
+    assert str(caught.value) == (
+        f"auth.client_secret: more than one client secret is configured: {first} and "
+        f"{second}; keep only one"
+    )
+    assert "from-" not in str(caught.value)
+
+
+def test_three_secret_sources_are_all_named() -> None:
+    environ = {"FWPROXY_CLIENT_SECRET": "a", "FWPROXY_AUTH_CLIENT_SECRET": "b"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(), environ=environ)
+    assert str(caught.value) == (
+        "auth.client_secret: more than one client secret is configured: auth.client_secret, "
+        "FWPROXY_AUTH_CLIENT_SECRET and FWPROXY_CLIENT_SECRET; keep only one"
+    )
+
+
+@pytest.mark.parametrize("name", ["FWPROXY_CLIENT_SECRET", "FWPROXY_CLIENT_SECRET_FILE",
+                                  "FWPROXY_AUTH_CLIENT_SECRET_FILE"])
+def test_an_empty_secret_variable_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), "auth": {"client_id": "app"}}, environ={name: ""})
+    assert str(caught.value) == f"{name}: is set but empty"
+
+
+def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("the-secret")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**config(), "auth": {"client_id": "app"}},
+                     environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
+    assert str(caught.value) == (
+        f"FWPROXY_CLIENT_SECRET_FILE: permissions 0644 for {path} are too open; "
+        f"run: chmod 600 {path}"
+    )
+
+
+def test_systemd_credential_is_only_the_fallback(tmp_path: Path) -> None:
+    (tmp_path / "client_secret").write_text("from-systemd\n")
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
+    assert settings.auth.client_secret == Secret("from-systemd")
+    settings = parse_config(config(), environ=environ)  # an explicit secret wins, no error
+    assert settings.auth.client_secret == Secret("s3cr3t-value")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o620])
+def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """The same rule, and the same message, as for a secret file."""
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://t.example}\n"
+                    "auth: {client_id: app, client_secret: inline-secret}\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value) == (
+        f"auth.client_secret: permissions {mode:04o} for {path} are too open; "
+        f"run: chmod 600 {path}"
+    )
+    assert "inline-secret" not in str(caught.value)
+    path.chmod(0o600)
+    assert load_config(path, environ={}).auth.client_secret == Secret("inline-secret")
+
+
+@pytest.mark.parametrize("secret_line", ["", "  client_secret: null\n", "  client_secret:\n"])
+def test_a_readable_config_without_a_secret_is_fine(tmp_path: Path, secret_line: str) -> None:
+    """README's systemd and container setups: a 644 config, the secret elsewhere."""
+    path = tmp_path / "config.yaml"
+    path.write_text("tenant:\n  url: https://t.example\nauth:\n  client_id: app\n"
+                    + secret_line + "  client_secret_file: null\n")
+    path.chmod(0o644)
+    secret = tmp_path / "client_secret"
+    secret.write_text("from-file")
+    secret.chmod(0o600)
+    settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
+    assert settings.auth.client_secret == Secret("from-file")
+
+
+def test_the_example_config_installed_644_works_as_readme_says(tmp_path: Path) -> None:
+    """README, systemd step 2: install -m 644 config.example.yaml; FWPROXY_CLIENT_SECRET_FILE."""
+    path = tmp_path / "config.yaml"
+    path.write_text((Path(__file__).parent.parent / "config.example.yaml").read_text())
+    path.chmod(0o644)
+    secret = tmp_path / "client_secret"
+    secret.write_text("from-file")
+    secret.chmod(0o600)
+    settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
+    assert settings.auth.client_secret == Secret("from-file")
+    settings = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.auth.client_secret == Secret("from-file")
+
+
+# --- config.example.yaml, README and `fwproxy check` agree key for key --------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def _schema_keys() -> list[str]:
+    return [f"{section}.{key}" for section, parsers in SCHEMA.items() for key in parsers]
+
+
+def test_example_config_describe_and_schema_have_the_same_keys() -> None:
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    example_keys = [f"{section}.{key}" for section, keys in example.items() for key in keys]
+    assert len(example_keys) == len(set(example_keys))
+    assert sorted(example_keys) == sorted(_schema_keys())
+    settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
+    shown = [line.partition(": ")[0] for line in describe(settings)]
+    assert shown == _schema_keys()  # every key once, in SCHEMA's order
+
+
+def test_check_shows_the_example_defaults_as_the_example_writes_them() -> None:
+    """No ``None`` where the example has a default, no key twice in a list."""
+    settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
+    shown = dict(line.split(": ", 1) for line in describe(settings))
+    assert shown["auth.authorize_url"] == "https://acme.fotoware.cloud/fotoweb/oauth2/authorize"
+    assert shown["access.accept_hosts"] == "[localhost, 127.0.0.1, ::1]"
+    assert shown["auth.redirect_uri"] == "null"
+    assert shown["auth.client_secret"] == "Secret('********')"
+    assert shown["tenant.verify_tls"] == "true"
+    assert shown["listen.shutdown_timeout"] == "30"
+    assert shown["access.allow_from"] == "[127.0.0.1/32, ::1/128]"
+    assert "None" not in shown.values()
+
+
+def test_readme_names_only_real_keys() -> None:
+    text = (ROOT / "README.md").read_text()
+    named = {name for name in re.findall(
+        r"\b((?:listen|tenant|auth|access|limits|status|log)\.[a-z_]+)\b", text
+    ) if not name.endswith(".py")}  # access.py is a module
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        document = yaml.safe_load(block)
+        if isinstance(document, dict) and set(document) <= set(SCHEMA):
+            named |= {f"{section}.{key}" for section, keys in document.items()
+                      for key in (keys or {})}
+    assert sorted(named - set(_schema_keys())) == []
+
+
+def test_listen_host_is_added_to_accept_hosts_once() -> None:
+    for host, expected in [("127.0.0.1", ("localhost", "127.0.0.1", "::1")),
+                           ("::1", ("localhost", "127.0.0.1", "::1")),
+                           ("localhost", ("localhost", "127.0.0.1", "::1")),
+                           ("127.0.0.2", ("localhost", "127.0.0.1", "::1", "127.0.0.2"))]:
+        settings = parse_config(config(listen={"host": host}), environ={})
+        assert settings.access.accept_hosts == expected, host
+
+
+def test_authorize_url_is_checked_for_every_grant() -> None:
+    with pytest.raises(ConfigError, match=r"^auth\.authorize_url: a relative URL must start"):
+        parse_config(config(auth={"authorize_url": "oauth2/authorize"}), environ={})
+
+
+@pytest.mark.parametrize("value", ["two", "0", "257", True, "-1"])
+def test_workers_error_mentions_auto(value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(listen={"workers": value}), environ={})
+    assert str(caught.value) == (
+        f"listen.workers: expected a number of processes (1 to 256) or auto, got {value!r}"
+    )
+
+
+def test_rules_from_the_environment_are_yaml_text() -> None:
+    environ = {"FWPROXY_ACCESS_RULES":
+               "[{name: readers, methods: GET HEAD, paths: [/fotoweb/archives/**], action: allow}]"}
+    (rule,) = parse_config(config(), environ=environ).access.rules
+    assert (rule.name, rule.methods, rule.paths) == (
+        "readers", frozenset({"GET", "HEAD"}), ("/fotoweb/archives/**",))
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(), environ={"FWPROXY_ACCESS_RULES": "[{paths: /a"})
+    assert str(caught.value) == "FWPROXY_ACCESS_RULES: expected a YAML list of rules"

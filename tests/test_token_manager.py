@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from fwproxy.exceptions import NoTokenAvailable, TokenEndpointError, TokenEndpointUnreachable
-from fwproxy.oauth import ClientCredentialsGrant
+from fwproxy.oauth import ClientCredentialsGrant, endpoint_name, post_token_request
 from fwproxy.token_manager import TokenManager
 from fwproxy.tokens import Token, make_token
 from fwproxy.upstream import create_session
@@ -300,6 +303,41 @@ async def test_unreachable_token_endpoint(
     with pytest.raises(NoTokenAvailable, match="cannot reach token endpoint") as caught:
         await real_manager(token_url=url).get()
     assert caught.value.reason == "token_endpoint_unreachable"
+    # the whole token URL, and no "Cannot connect to host ... ssl:default" from aiohttp
+    assert str(caught.value) == (
+        f"cannot reach token endpoint {url}: Connect call failed ('127.0.0.1', {unused_tcp_port})"
+    )
+
+
+async def test_token_endpoint_refusal_names_the_token_url(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    async def not_here(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>no</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/fotoweb/oauth2/tokn", not_here)
+    server = await aiohttp_server(app)
+    url = server.make_url("/fotoweb/oauth2/tokn").with_query(secret="q")
+    shown = server.make_url("/fotoweb/oauth2/tokn")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TokenEndpointError) as caught:
+            await post_token_request(session, url, b"grant_type=x", 60, lambda: 0.0)
+    assert str(caught.value) == (
+        "token endpoint refused (HTTP 404): http_404 (answered text/html, not OAuth JSON) "
+        f"(POST {shown})"
+    )
+    assert caught.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("https://t.example/fotoweb/oauth2/token", "https://t.example/fotoweb/oauth2/token"),
+     ("https://u:p@t.example/token?key=k#f", "https://t.example/token"),
+     ("http://127.0.0.1:9/t", "http://127.0.0.1:9/t")],
+)
+def test_endpoint_name_keeps_no_secrets(url: str, shown: str) -> None:
+    assert endpoint_name(URL(url)) == shown
 
 
 async def test_unexpected_grant_failure_is_a_token_error_with_backoff(

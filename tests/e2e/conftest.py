@@ -51,6 +51,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+    path.chmod(0o600)  # it may hold auth.client_secret: then only its owner may read it
     return path
 
 

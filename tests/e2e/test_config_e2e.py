@@ -106,3 +106,34 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     assert "0644" in lines[0]
     assert f"chmod 600 {secret}" in lines[0]
     assert "the-secret-in-the-file" not in result.stderr
+
+
+def test_mistyped_environment_variable_is_one_line_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fwproxy", "run"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
+        cwd=tmp_path, env=clean_env({
+            "FWPROXY_TENANT_URL": "http://127.0.0.1:9", "FWPROXY_AUTH_CLIENT_ID": "a",
+            "FWPROXY_CLIENT_SECRET": "s", "FWPROXY_TENANT_ALLOW_INSECURE_HTTP": "true",
+            "FWPROXY_LISTEN_PROT": "0",
+        }),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == (
+        "fwproxy: configuration error: FWPROXY_LISTEN_PROT: unknown environment variable, "
+        "did you mean FWPROXY_LISTEN_PORT?\n"
+    )
+
+
+def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(TENANT + VALID_REST, encoding="utf-8")  # client_secret: demo-secret
+    config.chmod(0o644)
+    result = run(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {config} "
+        f"are too open; run: chmod 600 {config}\n"
+    )
+    assert "demo-secret" not in result.stderr
