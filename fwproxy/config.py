@@ -8,12 +8,13 @@ from ``FWPROXY_CLIENT_SECRET`` or ``FWPROXY_CLIENT_SECRET_FILE``. Any error name
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hmac
 import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
@@ -565,11 +566,16 @@ def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, st
         )
     if secret_file is not None:
         secret_text = read_secret_file(secret_file, "auth.client_secret_file")
-    credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / "client_secret"
-    if secret_text is None and environ.get("CREDENTIALS_DIRECTORY") and credential.is_file():
-        # systemd LoadCredential=client_secret:...; systemd itself guards that directory
-        secret_file = credential
-        secret_text = credential.read_text(encoding="utf-8").strip() or None
+    if secret_text is None and environ.get("CREDENTIALS_DIRECTORY"):
+        # systemd LoadCredential=client_secret:...: a file of root's (readable by the service
+        # through an ACL, whose mask shows as group bits) or of the service user's
+        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / "client_secret"
+        try:
+            secret_text = read_secret_file(credential, "auth.client_secret",
+                                           group_readable=True)
+            secret_file = credential
+        except MissingFile:
+            pass
     user_context = values.get("grant_type") == "authorization_code"
     if secret_text is None and not user_context:  # a public (native) client has none
         raise ConfigError(
@@ -636,34 +642,145 @@ def _token_url(text: str, tenant: TenantConfig, key: str) -> URL:
     return url
 
 
-def ensure_private(path: Path, key: str) -> os.stat_result:
-    """Refuse (like ssh) a secret file that group or others may access."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+# --- files that hold secrets: the client secret, API keys, the token store -----------------
+
+
+class MissingFile(ConfigError):
+    """The file does not exist (the token store treats that as "not logged in")."""
+
+
+def owner_ok(st_uid: int, my_uid: int) -> bool:
+    """A secret file must belong to the user fwproxy runs as, or to root."""
+    return st_uid in (my_uid, 0)
+
+
+def file_problem(info: os.stat_result, my_uid: int, path: str, me: str,
+                 group_readable: bool = False) -> str | None:
+    """What is wrong with an open secret file (its fstat), or None. `group_readable`: only
+    others' bits count (a systemd credential shows its ACL mask in the group bits)."""
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(key, f"{path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise ConfigError(
-            key,
-            f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open; "
-            f"run: chmod 600 {path}",
-        )
-    return info
+        return (f"{path} is not a regular file ({_kind(info.st_mode)}); point the key at "
+                "a file")
+    if not owner_ok(info.st_uid, my_uid):
+        return (f"{path} is owned by uid {info.st_uid}, not by {me} (uid {my_uid}, whom "
+                f"fwproxy runs as) or root; run: chown {me} {path}")
+    if info.st_mode & (0o007 if group_readable else 0o077):
+        return (f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open "
+                f"(group or others may use it); run: chmod 600 {path}")
+    return None
 
 
-def read_secret_file(path: Path, key: str) -> str:
-    """Read a secret file, refusing it when group or others may access it."""
-    ensure_private(path, key)
+def directory_problem(info: os.stat_result, my_uid: int, path: str, me: str, name: str
+                      ) -> str | None:
+    """What is wrong with the directory a secret file `name` is in, or None: whoever else
+    owns it or may write in it could put another file in its place. A sticky directory of
+    root's (or ours), such as /tmp, lets nobody else replace our file."""
+    if not owner_ok(info.st_uid, my_uid):
+        return (f"the directory {path} is owned by uid {info.st_uid}, not by {me} or root, "
+                f"who could replace {name}; move the file, or run: chown {me} {path}")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return (f"the directory {path} can be written by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}), who could replace {name}; run: "
+                f"chmod go-w {path} (or move the file to a private directory)")
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def _user_name(uid: int) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc}") from None
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return str(uid)
+
+
+def open_private(path: Path, key: str, group_readable: bool = False) -> int:
+    """Open a secret file for reading, once, and check what was opened (the fd, so nothing
+    can be swapped in between): no symbolic link (O_NOFOLLOW), a regular file (O_NONBLOCK:
+    a FIFO cannot hang us), owned by us or root, no access for group or others, in a
+    directory that only we or root may change. Returns the fd; errors name `key` and say
+    how to fix the file."""
+    my_uid = os.geteuid()
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    directory = path.parent
+    try:
+        dir_fd = os.open(directory, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise MissingFile(key, f"no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot open the directory of {path}: {exc.strerror}") from None
+    try:
+        problem = directory_problem(os.fstat(dir_fd), my_uid, str(directory),
+                                    _user_name(my_uid), path.name)
+        if problem is not None:
+            raise ConfigError(key, problem)
+        try:
+            fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise MissingFile(key, f"no such file: {path}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(
+                    key, f"{path} is a symbolic link, which is refused (not a symlink: it "
+                         f"could be pointed elsewhere); set {key} to the file itself "
+                         f"({os.path.realpath(path)})") from None
+            raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        problem = file_problem(os.fstat(fd), my_uid, str(path), _user_name(my_uid),
+                               group_readable)
+    except BaseException:
+        os.close(fd)
+        raise
+    if problem is not None:
+        os.close(fd)
+        raise ConfigError(key, problem)
+    return fd
+
+
+@dataclass(frozen=True)
+class PrivateFile:
+    text: str = field(repr=False)
+    info: os.stat_result  # of the file read, e.g. its st_mtime_ns
+
+
+def read_private(path: Path, key: str, group_readable: bool = False) -> PrivateFile:
+    """A secret file's UTF-8 text, read from the one fd `open_private` checked."""
+    fd = open_private(path, key, group_readable)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        data = file.read()
+    try:
+        return PrivateFile(data.decode("utf-8"), info)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"{path} is not UTF-8 (byte {exc.start})") from None
+
+
+def ensure_private(path: Path, key: str) -> os.stat_result:
+    """Refuse a secret file `open_private` would refuse; its stat otherwise."""
+    fd = open_private(path, key)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def read_secret_file(path: Path, key: str, group_readable: bool = False) -> str:
+    """The secret in a file, checked by `open_private`, without surrounding whitespace."""
+    text = read_private(path, key, group_readable).text.strip()
     if not text:
         raise ConfigError(key, f"{path} is empty")
     return text
-
 
 
 def describe(settings: Settings) -> list[str]:
