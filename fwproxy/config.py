@@ -544,8 +544,8 @@ def _tenant(values: dict[str, Any]) -> TenantConfig:
             "http:// sends the token in clear text; use https:// or set "
             "tenant.allow_insecure_http: true",
         )
-    if tenant.ca_file is not None and not tenant.ca_file.is_file():
-        raise ConfigError("tenant.ca_file", f"no such file: {tenant.ca_file}")
+    if tenant.ca_file is not None:
+        read_ca_file(tenant.ca_file)
     return tenant
 
 
@@ -571,8 +571,7 @@ def _auth(values: dict[str, Any], tenant: TenantConfig, environ: Mapping[str, st
         # through an ACL, whose mask shows as group bits) or of the service user's
         credential = Path(environ["CREDENTIALS_DIRECTORY"]) / "client_secret"
         try:
-            secret_text = read_secret_file(credential, "auth.client_secret",
-                                           group_readable=True)
+            secret_text = read_secret_file(credential, "auth.client_secret", CREDENTIAL)
             secret_file = credential
         except MissingFile:
             pass
@@ -654,19 +653,29 @@ def owner_ok(st_uid: int, my_uid: int) -> bool:
     return st_uid in (my_uid, 0)
 
 
+# The permission bits a file may not have (see `file_problem`).
+PRIVATE = 0o077  # a secret: nobody else may read or write it
+CREDENTIAL = 0o007  # a systemd credential: its group bits are the mask of the ACL by which
+#                     systemd lets the service user read root's file; others' bits count
+TRUSTED = 0o022  # a CA bundle: anyone may read it, nobody else may write it
+
+
 def file_problem(info: os.stat_result, my_uid: int, path: str, me: str,
-                 group_readable: bool = False) -> str | None:
-    """What is wrong with an open secret file (its fstat), or None. `group_readable`: only
-    others' bits count (a systemd credential shows its ACL mask in the group bits)."""
+                 forbidden: int = PRIVATE) -> str | None:
+    """What is wrong with an open file (its fstat), or None: not a regular file, owned by
+    someone other than us or root, or with a permission bit in `forbidden`."""
     if not stat.S_ISREG(info.st_mode):
         return (f"{path} is not a regular file ({_kind(info.st_mode)}); point the key at "
                 "a file")
     if not owner_ok(info.st_uid, my_uid):
         return (f"{path} is owned by uid {info.st_uid}, not by {me} (uid {my_uid}, whom "
                 f"fwproxy runs as) or root; run: chown {me} {path}")
-    if info.st_mode & (0o007 if group_readable else 0o077):
+    if info.st_mode & forbidden and forbidden & 0o044:  # a secret
         return (f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open "
                 f"(group or others may use it); run: chmod 600 {path}")
+    if info.st_mode & forbidden:
+        return (f"{path} can be written by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {path}")
     return None
 
 
@@ -703,7 +712,7 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def open_private(path: Path, key: str, group_readable: bool = False) -> int:
+def open_private(path: Path, key: str, forbidden: int = PRIVATE) -> int:
     """Open a secret file for reading, once, and check what was opened (the fd, so nothing
     can be swapped in between): no symbolic link (O_NOFOLLOW), a regular file (O_NONBLOCK:
     a FIFO cannot hang us), owned by us or root, no access for group or others, in a
@@ -738,7 +747,7 @@ def open_private(path: Path, key: str, group_readable: bool = False) -> int:
         os.close(dir_fd)
     try:
         problem = file_problem(os.fstat(fd), my_uid, str(path), _user_name(my_uid),
-                               group_readable)
+                               forbidden)
     except BaseException:
         os.close(fd)
         raise
@@ -754,9 +763,9 @@ class PrivateFile:
     info: os.stat_result  # of the file read, e.g. its st_mtime_ns
 
 
-def read_private(path: Path, key: str, group_readable: bool = False) -> PrivateFile:
+def read_private(path: Path, key: str, forbidden: int = PRIVATE) -> PrivateFile:
     """A secret file's UTF-8 text, read from the one fd `open_private` checked."""
-    fd = open_private(path, key, group_readable)
+    fd = open_private(path, key, forbidden)
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
         data = file.read()
@@ -764,6 +773,14 @@ def read_private(path: Path, key: str, group_readable: bool = False) -> PrivateF
         return PrivateFile(data.decode("utf-8"), info)
     except UnicodeDecodeError as exc:
         raise ConfigError(key, f"{path} is not UTF-8 (byte {exc.start})") from None
+
+
+def read_ca_file(path: Path) -> str:
+    """``tenant.ca_file``'s PEM text. Anyone may read a CA bundle, but whoever may change it
+    can vouch for any server, and so read the client secret and the tokens: it is checked
+    like a secret, except that it may be readable, and a symbolic link (as bundles under
+    /etc/ssl/certs are) is resolved and its target checked."""
+    return read_private(Path(os.path.realpath(path)), "tenant.ca_file", TRUSTED).text
 
 
 def ensure_private(path: Path, key: str) -> os.stat_result:
@@ -775,9 +792,9 @@ def ensure_private(path: Path, key: str) -> os.stat_result:
         os.close(fd)
 
 
-def read_secret_file(path: Path, key: str, group_readable: bool = False) -> str:
+def read_secret_file(path: Path, key: str, forbidden: int = PRIVATE) -> str:
     """The secret in a file, checked by `open_private`, without surrounding whitespace."""
-    text = read_private(path, key, group_readable).text.strip()
+    text = read_private(path, key, forbidden).text.strip()
     if not text:
         raise ConfigError(key, f"{path} is empty")
     return text

@@ -15,6 +15,9 @@ import pytest
 
 from fwproxy import keys
 from fwproxy.config import (
+    CREDENTIAL,
+    PRIVATE,
+    TRUSTED,
     directory_problem,
     file_problem,
     owner_ok,
@@ -47,24 +50,28 @@ REG, DIR = stat.S_IFREG, stat.S_IFDIR
 
 
 @pytest.mark.parametrize(
-    ("mode", "uid", "group_readable", "wanted"),
+    ("mode", "uid", "forbidden", "wanted"),
     [
-        (REG | 0o600, 1000, False, None),
-        (REG | 0o400, 0, False, None),
-        (REG | 0o640, 1000, False, "chmod 600"),
-        (REG | 0o604, 1000, False, "chmod 600"),
-        (REG | 0o620, 1000, False, "chmod 600"),
-        (REG | 0o600, NOBODY, False, "chown alice"),
-        (stat.S_IFIFO | 0o600, 1000, False, "not a regular file (a FIFO)"),
-        (DIR | 0o700, 1000, False, "not a regular file (a directory)"),
-        (stat.S_IFCHR | 0o600, 0, False, "not a regular file (a character device)"),
-        (REG | 0o440, 0, True, None),  # a systemd credential: its ACL mask in the group bits
-        (REG | 0o444, 0, True, "chmod 600"),
-        (REG | 0o440, NOBODY, True, "chown alice"),
+        (REG | 0o600, 1000, PRIVATE, None),
+        (REG | 0o400, 0, PRIVATE, None),
+        (REG | 0o640, 1000, PRIVATE, "chmod 600"),
+        (REG | 0o604, 1000, PRIVATE, "chmod 600"),
+        (REG | 0o620, 1000, PRIVATE, "chmod 600"),
+        (REG | 0o600, NOBODY, PRIVATE, "chown alice"),
+        (stat.S_IFIFO | 0o600, 1000, PRIVATE, "not a regular file (a FIFO)"),
+        (DIR | 0o700, 1000, PRIVATE, "not a regular file (a directory)"),
+        (stat.S_IFCHR | 0o600, 0, PRIVATE, "not a regular file (a character device)"),
+        (REG | 0o440, 0, CREDENTIAL, None),  # systemd's: its ACL mask in the group bits
+        (REG | 0o444, 0, CREDENTIAL, "chmod 600"),
+        (REG | 0o440, NOBODY, CREDENTIAL, "chown alice"),
+        (REG | 0o644, 0, TRUSTED, None),  # a CA bundle: readable, but nobody else writes
+        (REG | 0o664, 0, TRUSTED, "chmod go-w"),
+        (REG | 0o646, 1000, TRUSTED, "chmod go-w"),
+        (REG | 0o644, NOBODY, TRUSTED, "chown alice"),
     ],
 )
-def test_file_problems(mode: int, uid: int, group_readable: bool, wanted: str | None) -> None:
-    problem = file_problem(fake_stat(mode, uid), 1000, "/p/f", "alice", group_readable)
+def test_file_problems(mode: int, uid: int, forbidden: int, wanted: str | None) -> None:
+    problem = file_problem(fake_stat(mode, uid), 1000, "/p/f", "alice", forbidden)
     if wanted is None:
         assert problem is None
     else:
@@ -271,3 +278,73 @@ def test_the_shared_token_file_is_used_only_when_safe(tmp_path: Path) -> None:
     assert token.value == "shared-token"
     os.chown(path, NOBODY, NOBODY)  # not ours any more: not used, a new token is asked for
     assert grant.stored() is None
+
+
+# --- the CA bundle: whoever may change it can vouch for any tenant -------------------------
+
+
+def load_ca(path: Path) -> Any:
+    return parse_config({"tenant": {**TENANT, "ca_file": str(path)},
+                         "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
+
+
+def test_a_ca_file_others_may_change_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("PEM\n")
+    bundle.chmod(0o644)
+    assert load_ca(bundle).tenant.ca_file == bundle  # readable by all is fine
+    link = tmp_path / "link.pem"
+    link.symlink_to(bundle)  # as in /etc/ssl/certs: resolved, and the target checked
+    assert load_ca(link).tenant.ca_file == link
+    for mode, owner in ((0o666, 0), (0o644, NOBODY)):
+        bundle.chmod(mode)
+        os.chown(bundle, owner, owner)
+        for given in (bundle, link):
+            with pytest.raises(ConfigError, match=r"chmod go-w|chown") as caught:
+                load_ca(given)
+            assert caught.value.key == "tenant.ca_file"
+        bundle.chmod(0o644)
+        os.chown(bundle, 0, 0)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_the_tenant_session_trusts_the_checked_ca_file(
+    certificate: tuple[Path, Path], aiohttp_server: Any
+) -> None:
+    import ssl
+
+    from aiohttp import web
+
+    from fwproxy.upstream import create_session
+
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="tenant")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await aiohttp_server(app, host="127.0.0.1", ssl=served)
+    settings = parse_config({"tenant": {"url": f"https://127.0.0.1:{server.port}",
+                                        "ca_file": str(cert)},
+                             "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
+    session = create_session(settings.tenant)
+    try:
+        async with session.get(f"https://127.0.0.1:{server.port}/") as resp:
+            assert await resp.text() == "tenant"
+    finally:
+        await session.close()
