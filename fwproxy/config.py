@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import hmac
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -705,10 +706,8 @@ def _kind(mode: int) -> str:
 
 def _user_name(uid: int) -> str:
     try:
-        import pwd
-
         return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
+    except KeyError:  # a uid without a name (a container's)
         return str(uid)
 
 
@@ -739,9 +738,9 @@ def open_private(path: Path, key: str, forbidden: int = PRIVATE) -> int:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise ConfigError(
-                    key, f"{path} is a symbolic link, which is refused (not a symlink: it "
-                         f"could be pointed elsewhere); set {key} to the file itself "
-                         f"({os.path.realpath(path)})") from None
+                    key, f"{path} is a symbolic link; it must not be one (it could be "
+                         f"pointed elsewhere): set {key} to the file itself, "
+                         f"{os.path.realpath(path)}") from None
             raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
@@ -819,7 +818,7 @@ def describe(settings: Settings) -> list[str]:
 
 # Keys a running proxy takes up on SIGHUP (app.reconfigure, server._reload). Every other key,
 # a new one too until it is listed here, is reported as needing a restart and keeps its
-# running value; tests/test_config.py fails for a key in neither set.
+# running value; tests/test_reload.py fails for a key in neither set.
 APPLIES_ON_RELOAD = frozenset({
     "listen.shutdown_timeout",
     "tenant.allow_insecure_http",  # only checked against the config it comes with
