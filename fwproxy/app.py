@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .config import Settings
+from .config import LimitsConfig, ReloadPlan, Settings, reload_plan
 from .exceptions import ConfigError
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -33,14 +34,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     `shared_token`: a file through which worker processes share one token (workers.py).
     """
     app = web.Application(
-        middlewares=[_unrouted_to_proxy],
-        handler_args={
-            "max_line_size": MAX_REQUEST_LINE,
-            "max_field_size": settings.limits.max_header_bytes or 1024 * 1024,
-            # idle keep-alive connections, and requests whose headers never finish
-            # (slowloris), are closed after this long
-            "keepalive_timeout": settings.limits.client_idle_timeout,
-        },
+        middlewares=[_unrouted_to_proxy], handler_args=handler_args(settings.limits)
     )
     app[SETTINGS] = settings
     if shared_token is not None:
@@ -49,10 +43,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
         REDACT.pin(settings.auth.client_secret.reveal())
     quiet_malformed_requests()
     app.cleanup_ctx.append(_upstream)
-    observer = Observer(settings.status.prefix, StatusInfo(
-        tenant=str(settings.tenant.url), grant=settings.auth.grant_type,
-        client_id=settings.auth.client_id, acting_as=_acting_as(settings),
-    ))
+    observer = Observer(settings.status.prefix, _status_info(settings))
     app[OBSERVER] = observer
     if settings.status.enabled:
         for route in observer.probe_routes():
@@ -63,7 +54,23 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     return app
 
 
-RESTART_SECTIONS = ("listen", "tenant", "status")
+def handler_args(limits: LimitsConfig) -> dict[str, Any]:
+    """aiohttp's per-connection settings; a reload gives them to new connections
+    (server.py)."""
+    return {
+        "max_line_size": MAX_REQUEST_LINE,
+        "max_field_size": limits.max_header_bytes or 1024 * 1024,
+        # idle keep-alive connections, and requests whose headers never finish
+        # (slowloris), are closed after this long
+        "keepalive_timeout": limits.client_idle_timeout,
+    }
+
+
+def _status_info(settings: Settings) -> StatusInfo:
+    return StatusInfo(
+        tenant=str(settings.tenant.url), grant=settings.auth.grant_type,
+        client_id=settings.auth.client_id, acting_as=_acting_as(settings),
+    )
 
 
 def _acting_as(settings: Settings) -> Callable[[], str]:
@@ -85,17 +92,20 @@ def _acting_as(settings: Settings) -> Callable[[], str]:
     return user
 
 
-def reconfigure(app: web.Application, settings: Settings) -> list[str]:
-    """Apply a reloaded config to a running app (SIGHUP): auth, access, limits and log take
-    effect at once, the cached token stays unless the client changed. Returns the sections
-    that changed but need a restart (listening sockets, the tenant's TLS pool, routes)."""
-    running = app[SETTINGS]
-    app[PROXY].reconfigure(settings)  # first: it refuses (ConfigError) before any change
+def reconfigure(app: web.Application, loaded: Settings) -> ReloadPlan:
+    """Apply a reloaded config to a running app (SIGHUP): every key in
+    `config.APPLIES_ON_RELOAD` takes effect at once (the connection settings for new
+    connections: server.py), the cached token stays unless the client changed. The plan
+    names the keys applied and those that need a restart, which keep their running value."""
+    proxy = app[PROXY]
+    plan = reload_plan(proxy.settings, loaded)
+    settings = plan.settings
+    proxy.reconfigure(settings)  # first: it refuses (ConfigError) before any change
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     app[TOKENS].update(settings.auth)
-    return [name for name in RESTART_SECTIONS
-            if getattr(running, name) != getattr(settings, name)]
+    app[OBSERVER].info = _status_info(settings)
+    return plan
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:

@@ -8,13 +8,16 @@ secret may be configured. Any error names its key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import errno
 import hmac
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +35,7 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
+    "ReloadPlan",
     "Secret",
     "Settings",
     "StatusConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_config",
+    "reload_plan",
 ]
 
 T = TypeVar("T")
@@ -713,8 +718,8 @@ def _tenant(values: dict[str, Any]) -> TenantConfig:
             "http:// sends the token in clear text; use https:// or set "
             "tenant.allow_insecure_http: true",
         )
-    if tenant.ca_file is not None and not tenant.ca_file.is_file():
-        raise ConfigError("tenant.ca_file", f"no such file: {tenant.ca_file}")
+    if tenant.ca_file is not None:
+        read_ca_file(tenant.ca_file)
     return tenant
 
 
@@ -776,11 +781,15 @@ def _auth(values: dict[str, Any], given: Mapping[str, object], tenant: TenantCon
     token_url = _token_url(values.pop("token_url", "/fotoweb/oauth2/token"), tenant,
                            "auth.token_url")
     secret_text, secret_file = _client_secret(values, given, environ)
-    credential = Path(environ.get("CREDENTIALS_DIRECTORY", "")) / "client_secret"
-    if secret_text is None and environ.get("CREDENTIALS_DIRECTORY") and credential.is_file():
-        # systemd LoadCredential=client_secret:...; systemd itself guards that directory
-        secret_file = credential
-        secret_text = credential.read_text(encoding="utf-8").strip() or None
+    if secret_text is None and environ.get("CREDENTIALS_DIRECTORY"):
+        # systemd LoadCredential=client_secret:...: a file of root's (readable by the service
+        # through an ACL, whose mask shows as group bits) or of the service user's
+        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / "client_secret"
+        try:
+            secret_text = read_secret_file(credential, "auth.client_secret", CREDENTIAL)
+            secret_file = credential
+        except MissingFile:
+            pass
     user_context = values.get("grant_type") == "authorization_code"
     if secret_text is None and not user_context:  # a public (native) client has none
         raise ConfigError(
@@ -845,34 +854,161 @@ def _token_url(text: str, tenant: TenantConfig, key: str) -> URL:
     return url
 
 
-def ensure_private(path: Path, key: str) -> os.stat_result:
-    """Refuse (like ssh) a secret file that group or others may access."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+# --- files that hold secrets: the client secret, API keys, the token store -----------------
+
+
+class MissingFile(ConfigError):
+    """The file does not exist (the token store treats that as "not logged in")."""
+
+
+def owner_ok(st_uid: int, my_uid: int) -> bool:
+    """A secret file must belong to the user fwproxy runs as, or to root."""
+    return st_uid in (my_uid, 0)
+
+
+# The permission bits a file may not have (see `file_problem`).
+PRIVATE = 0o077  # a secret: nobody else may read or write it
+CREDENTIAL = 0o007  # a systemd credential: its group bits are the mask of the ACL by which
+#                     systemd lets the service user read root's file; others' bits count
+TRUSTED = 0o022  # a CA bundle: anyone may read it, nobody else may write it
+
+
+def file_problem(info: os.stat_result, my_uid: int, path: str, me: str,
+                 forbidden: int = PRIVATE) -> str | None:
+    """What is wrong with an open file (its fstat), or None: not a regular file, owned by
+    someone other than us or root, or with a permission bit in `forbidden`."""
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(key, f"{path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise ConfigError(
-            key,
-            f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open; "
-            f"run: chmod 600 {path}",
-        )
-    return info
+        return (f"{path} is not a regular file ({_kind(info.st_mode)}); point the key at "
+                "a file")
+    if not owner_ok(info.st_uid, my_uid):
+        return (f"{path} is owned by uid {info.st_uid}, not by {me} (uid {my_uid}, whom "
+                f"fwproxy runs as) or root; run: chown {me} {path}")
+    if info.st_mode & forbidden and forbidden & 0o044:  # a secret
+        return (f"permissions {stat.S_IMODE(info.st_mode):04o} for {path} are too open "
+                f"(group or others may use it); run: chmod 600 {path}")
+    if info.st_mode & forbidden:
+        return (f"{path} can be written by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {path}")
+    return None
 
 
-def read_secret_file(path: Path, key: str) -> str:
-    """Read a secret file, refusing it when group or others may access it."""
-    ensure_private(path, key)
+def directory_problem(info: os.stat_result, my_uid: int, path: str, me: str, name: str
+                      ) -> str | None:
+    """What is wrong with the directory a secret file `name` is in, or None: whoever else
+    owns it or may write in it could put another file in its place. A sticky directory of
+    root's (or ours), such as /tmp, lets nobody else replace our file."""
+    if not owner_ok(info.st_uid, my_uid):
+        return (f"the directory {path} is owned by uid {info.st_uid}, not by {me} or root, "
+                f"who could replace {name}; move the file, or run: chown {me} {path}")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return (f"the directory {path} can be written by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}), who could replace {name}; run: "
+                f"chmod go-w {path} (or move the file to a private directory)")
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def _user_name(uid: int) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc}") from None
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a name (a container's)
+        return str(uid)
+
+
+def open_private(path: Path, key: str, forbidden: int = PRIVATE) -> int:
+    """Open a secret file for reading, once, and check what was opened (the fd, so nothing
+    can be swapped in between): no symbolic link (O_NOFOLLOW), a regular file (O_NONBLOCK:
+    a FIFO cannot hang us), owned by us or root, no access for group or others, in a
+    directory that only we or root may change. Returns the fd; errors name `key` and say
+    how to fix the file."""
+    my_uid = os.geteuid()
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    directory = path.parent
+    try:
+        dir_fd = os.open(directory, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise MissingFile(key, f"no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot open the directory of {path}: {exc.strerror}") from None
+    try:
+        problem = directory_problem(os.fstat(dir_fd), my_uid, str(directory),
+                                    _user_name(my_uid), path.name)
+        if problem is not None:
+            raise ConfigError(key, problem)
+        try:
+            fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise MissingFile(key, f"no such file: {path}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(
+                    key, f"{path} is a symbolic link; it must not be one (it could be "
+                         f"pointed elsewhere): set {key} to the file itself, "
+                         f"{os.path.realpath(path)}") from None
+            raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        problem = file_problem(os.fstat(fd), my_uid, str(path), _user_name(my_uid),
+                               forbidden)
+    except BaseException:
+        os.close(fd)
+        raise
+    if problem is not None:
+        os.close(fd)
+        raise ConfigError(key, problem)
+    return fd
+
+
+@dataclass(frozen=True)
+class PrivateFile:
+    text: str = field(repr=False)
+    info: os.stat_result  # of the file read, e.g. its st_mtime_ns
+
+
+def read_private(path: Path, key: str, forbidden: int = PRIVATE) -> PrivateFile:
+    """A secret file's UTF-8 text, read from the one fd `open_private` checked."""
+    fd = open_private(path, key, forbidden)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        data = file.read()
+    try:
+        return PrivateFile(data.decode("utf-8"), info)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"{path} is not UTF-8 (byte {exc.start})") from None
+
+
+def read_ca_file(path: Path) -> str:
+    """``tenant.ca_file``'s PEM text. Anyone may read a CA bundle, but whoever may change it
+    can vouch for any server, and so read the client secret and the tokens: it is checked
+    like a secret, except that it may be readable, and a symbolic link (as bundles under
+    /etc/ssl/certs are) is resolved and its target checked."""
+    return read_private(Path(os.path.realpath(path)), "tenant.ca_file", TRUSTED).text
+
+
+def ensure_private(path: Path, key: str) -> os.stat_result:
+    """Refuse a secret file `open_private` would refuse; its stat otherwise."""
+    fd = open_private(path, key)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def read_secret_file(path: Path, key: str, forbidden: int = PRIVATE) -> str:
+    """The secret in a file, checked by `open_private`, without surrounding whitespace."""
+    text = read_private(path, key, forbidden).text.strip()
     if not text:
         raise ConfigError(key, f"{path} is empty")
     return text
-
 
 
 def describe(settings: Settings) -> list[str]:
@@ -898,3 +1034,72 @@ def _show(value: object) -> str:
     if isinstance(value, (tuple, list, frozenset)):
         return "[" + ", ".join(_show(item) for item in value) + "]"
     return str(value)
+
+
+# --- reload (SIGHUP): which keys a running proxy takes up -----------------------------------
+
+# Keys a running proxy takes up on SIGHUP (app.reconfigure, server._reload). Every other key,
+# a new one too until it is listed here, is reported as needing a restart and keeps its
+# running value; tests/test_reload.py fails for a key in neither set.
+APPLIES_ON_RELOAD = frozenset({
+    "listen.shutdown_timeout",
+    "tenant.allow_insecure_http",  # only checked against the config it comes with
+    "tenant.read_timeout",
+    "auth.client_id", "auth.client_secret", "auth.client_secret_file", "auth.token_url",
+    "auth.refresh_margin", "auth.token_placement", "auth.client_authorization",
+    "auth.replay_max_body",
+    "auth.redirect_uri", "auth.authorize_url",  # read by `fwproxy login`, not the server
+    "access.accept_hosts", "access.allow_origins", "access.allow_from", "access.allow_public",
+    "access.read_only", "access.rules", "access.default", "access.api_keys_file",
+    "access.trust_forwarded_from",
+    "limits.max_body", "limits.max_header_bytes", "limits.max_concurrent",
+    "limits.queue_timeout", "limits.client_idle_timeout",
+    "log.level", "log.format",
+})
+# Keys that need a restart: sockets, the tenant's connection pool, the grant, the routes.
+NEEDS_RESTART = frozenset({
+    "listen.host", "listen.port", "listen.unix_socket", "listen.workers", "listen.event_loop",
+    "tenant.url", "tenant.ca_file", "tenant.verify_tls", "tenant.connect_timeout",
+    "auth.grant_type", "auth.token_store",
+    "status.enabled", "status.prefix",
+})
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """What a reload changes: the keys taken up at once, the keys that need a restart (by
+    name only: a value may be a secret), and the settings to run with, which are the new
+    ones except that each key needing a restart keeps its running value (so it is reported
+    again on the next reload, and workers started later match the running ones)."""
+
+    applied: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+    settings: Settings
+
+
+def sections(settings: Settings) -> dict[str, Any]:
+    """The section dataclasses of `settings` by name (listen, tenant, ...)."""
+    return {item.name: getattr(settings, item.name) for item in dataclasses.fields(settings)
+            if dataclasses.is_dataclass(getattr(settings, item.name))}
+
+
+def reload_plan(running: Settings, loaded: Settings) -> ReloadPlan:
+    """Compare every key of `running` and `loaded`; see `ReloadPlan`."""
+    applied: list[str] = []
+    restart: list[str] = []
+    effective: dict[str, Any] = {}
+    for name, old in sections(running).items():
+        new = getattr(loaded, name)
+        kept: dict[str, Any] = {}
+        for item in dataclasses.fields(old):
+            before, after = getattr(old, item.name), getattr(new, item.name)
+            if before == after:
+                continue
+            key = f"{name}.{item.name}"
+            if key in APPLIES_ON_RELOAD:
+                applied.append(key)
+            else:
+                restart.append(key)
+                kept[item.name] = before
+        effective[name] = dataclasses.replace(new, **kept) if kept else new
+    return ReloadPlan(tuple(applied), tuple(restart), dataclasses.replace(loaded, **effective))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ensure_private
+from .config import read_private
 from .exceptions import ConfigError
 
 HEADER = "X-Fwproxy-Key"
@@ -71,8 +71,13 @@ def format_keys(keys: list[ApiKey]) -> str:
 
 
 def load_keys(path: Path) -> list[ApiKey]:
-    ensure_private(path, "access.api_keys_file")
-    return parse_keys(path.read_text(encoding="utf-8"), str(path))
+    return _read_keys(path)[0]
+
+
+def _read_keys(path: Path) -> tuple[list[ApiKey], int]:
+    """The keys and the file's modification time, from one checked open (config.py)."""
+    read = read_private(path, "access.api_keys_file")
+    return parse_keys(read.text, str(path)), read.info.st_mtime_ns
 
 
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
@@ -116,8 +121,7 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._keys = load_keys(path)
-        self._mtime = path.stat().st_mtime_ns
+        self._keys, self._mtime = _read_keys(path)
         self._checked = time.monotonic()
 
     def find(self, presented: str | None) -> ApiKey | None:
@@ -138,8 +142,7 @@ class KeyStore:
             return
         self._checked = now
         try:
-            mtime = self._path.stat().st_mtime_ns
-            if mtime != self._mtime:
-                self._keys, self._mtime = load_keys(self._path), mtime
+            if self._path.stat().st_mtime_ns != self._mtime:
+                self._keys, self._mtime = _read_keys(self._path)
         except (OSError, ConfigError):
             pass  # keep the keys we have; a broken edit must not open or close the door

@@ -238,9 +238,9 @@ class SharedGrant:
 
     def _read(self) -> Token | None:
         try:
-            saved = TokenStore(self._path).load()
+            saved = TokenStore(self._path, "listen.workers").load()  # checked as a secret
         except ConfigError:
-            return None
+            return None  # not there yet, or not safe to use: ask for a token, replace it
         return stored_token(saved, self._wall(), self._clock(), self._margin)
 
 

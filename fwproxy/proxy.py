@@ -98,11 +98,17 @@ class Proxy:
         if settings.auth.token_placement != "auto":
             self.placement = settings.auth.token_placement
         self.guard = guard
+        self._watchdog.configure(settings.tenant.read_timeout)
         limit = settings.limits.max_concurrent
         if limit != self._slot_limit:
             self._slot_limit = limit
             self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in effect (the latest reload's)."""
+        return self._settings
 
     def close(self) -> None:
         self._watchdog.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import eventloop
-from .app import TOKENS, create_app, reconfigure
+from .app import PROXY, TOKENS, create_app, handler_args, reconfigure
 from .config import Settings
 from .exceptions import ConfigError, TokenError
 from .log import setup_logging
@@ -89,16 +89,16 @@ async def serve(
         # it scanned at every previous one (about 6 ms each time, a pause every client sees).
         gc.collect()
         gc.freeze()
-        notifier.notify("READY=1\nSTATUS=serving")
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload, app, reload, notifier)
+            loop.add_signal_handler(signal.SIGHUP, _reload, app, runner, reload, notifier)
+        notifier.notify("READY=1\nSTATUS=serving")  # after the handlers: reload may follow
         await stop.wait()
         notifier.notify("STOPPING=1")
         log.info("shutting down: finishing requests in flight (up to %gs)",
-                 settings.listen.shutdown_timeout)
+                 app[PROXY].settings.listen.shutdown_timeout)
         for task in background:
             task.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -142,21 +142,35 @@ async def _warm_up(app: web.Application) -> None:
         await app[TOKENS].get()
 
 
-def _reload(app: web.Application, reload: Reloader, notifier: Notifier) -> None:
+def _reload(
+    app: web.Application, runner: web.AppRunner, reload: Reloader, notifier: Notifier
+) -> None:
     notifier.notify("RELOADING=1")
     try:
-        settings = reload()
-        pending = reconfigure(app, settings)
+        plan = reconfigure(app, reload())
+        _reconfigure_connections(runner, plan.settings)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
     except Exception:  # a bug must not leave systemd waiting for READY
         log.exception("reload failed, keeping the running configuration")
     else:
+        settings = plan.settings
         setup_logging(settings.log.level, settings.log.format)
-        if pending:
-            log.warning("reloaded; these changes take effect only after a restart: %s",
-                        ", ".join(pending))
+        applied = f"applied {', '.join(plan.applied)}" if plan.applied else "no change applied"
+        if plan.needs_restart:  # key names only, never values: some are secrets
+            log.warning("reloaded %s: %s; these changes take effect only after a restart: %s",
+                        settings.source, applied, ", ".join(plan.needs_restart))
         else:
-            log.info("reloaded %s", settings.source)
+            log.info("reloaded %s: %s", settings.source, applied)
     finally:
         notifier.notify("READY=1")
+
+
+def _reconfigure_connections(runner: web.AppRunner, settings: Settings) -> None:
+    """What aiohttp keeps outside the app: each new connection's handler is made from the
+    server's keyword arguments (client_idle_timeout, max_header_bytes), and the drain
+    on shutdown waits the runner's timeout. Connections already open keep theirs."""
+    server = runner.server
+    assert server is not None
+    server._kwargs.update(handler_args(settings.limits))
+    runner._shutdown_timeout = settings.listen.shutdown_timeout

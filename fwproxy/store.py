@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import ensure_private
+from .config import MissingFile, read_private
 from .exceptions import ConfigError, TokenEndpointUnreachable
 
 LOCK_TIMEOUT = 45.0  # longer than one token request may take (oauth.TOKEN_TIMEOUT)
@@ -36,8 +36,9 @@ class StoredSession:
 
 
 class TokenStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: str = "auth.token_store") -> None:
         self.path = path
+        self.key = key  # named in errors
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r})"
@@ -50,11 +51,12 @@ class TokenStore:
 
     def load(self) -> StoredSession | None:
         """The stored session, or None when there is none (never logged in, logged out)."""
-        if not self.path.exists():
-            return None
-        ensure_private(self.path, "auth.token_store")
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            text = read_private(self.path, self.key).text
+        except MissingFile:
+            return None
+        try:
+            data = json.loads(text)
             return StoredSession(
                 refresh_token=str(data["refresh_token"]),
                 access_token=data.get("access_token"),
@@ -62,8 +64,7 @@ class TokenStore:
                 user=data.get("user"),
             )
         except (ValueError, KeyError, TypeError):
-            raise ConfigError("auth.token_store",
-                              f"{self.path} is damaged; run fwproxy login") from None
+            raise ConfigError(self.key, f"{self.path} is damaged; run fwproxy login") from None
 
     def save(self, session: StoredSession) -> None:
         """Replace the file atomically, 0600 in a 0700 directory."""

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import TenantConfig
+from .config import TenantConfig, read_ca_file
 from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
@@ -67,7 +67,7 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         ssl_context = False
     elif tenant.ca_file is not None:
         ssl_context = ssl.create_default_context()
-        ssl_context.load_verify_locations(cafile=str(tenant.ca_file))
+        ssl_context.load_verify_locations(cadata=read_ca_file(tenant.ca_file))  # checked
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, ssl=ssl_context, keepalive_timeout=30, enable_cleanup_closed=True
     )

@@ -89,11 +89,19 @@ class Watchdog:
     (0: no limit, nothing is watched)."""
 
     def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.tick = min(1.0, max(0.01, timeout / 8))
         self._stalls: set[Stall] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.configure(timeout)
+
+    def configure(self, timeout: float) -> None:
+        """Set the timeout (at start, and on a reload): it holds from now on for every
+        exchange already watched and every one started later; 0 stops watching."""
+        self.timeout = timeout
+        self.tick = min(1.0, max(0.01, timeout / 8))
+        if timeout <= 0:
+            self._stalls.clear()
+            self.close()
 
     @property
     def armed(self) -> bool:

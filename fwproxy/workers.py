@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import eventloop
-from .config import Settings
+from .config import Settings, reload_plan
 from .exceptions import ConfigError
 from .server import Reloader, WorkerRole, serve
 from .systemd import Notifier
@@ -165,11 +165,12 @@ class Supervisor:
         return 0
 
     def _reload(self) -> None:
-        """Workers reload themselves; the supervisor keeps the new settings for the
-        workers it may have to start later."""
+        """Workers reload themselves; the supervisor keeps the settings they run with (the
+        new ones, but the running value of each key that needs a restart) for the workers
+        it may have to start later."""
         if self.reload is not None:
             with contextlib.suppress(ConfigError):  # each worker logs the refusal
-                self.settings = self.reload()
+                self.settings = reload_plan(self.settings, self.reload()).settings
         self._tell_all(signal.SIGHUP)
 
     def _stop_all(self) -> None:

@@ -89,7 +89,7 @@ def test_inline_secret_in_a_readable_config_exits_2_with_one_line(
     assert main(["check", "--config", str(path)], environ={}) == EXIT_USAGE
     assert capsys.readouterr().err == (
         f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {path} "
-        f"are too open; run: chmod 600 {path}\n"
+        f"are too open (group or others may use it); run: chmod 600 {path}\n"
     )
 
 

@@ -518,13 +518,14 @@ def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Pat
         parse_config({**config(), "auth": {"client_id": "app"}},
                      environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
     assert str(caught.value) == (
-        f"FWPROXY_CLIENT_SECRET_FILE: permissions 0644 for {path} are too open; "
-        f"run: chmod 600 {path}"
+        f"FWPROXY_CLIENT_SECRET_FILE: permissions 0644 for {path} are too open "
+        f"(group or others may use it); run: chmod 600 {path}"
     )
 
 
 def test_systemd_credential_is_only_the_fallback(tmp_path: Path) -> None:
     (tmp_path / "client_secret").write_text("from-systemd\n")
+    (tmp_path / "client_secret").chmod(0o400)  # as systemd hands it over
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("from-systemd")
@@ -542,8 +543,8 @@ def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path, mo
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={})
     assert str(caught.value) == (
-        f"auth.client_secret: permissions {mode:04o} for {path} are too open; "
-        f"run: chmod 600 {path}"
+        f"auth.client_secret: permissions {mode:04o} for {path} are too open "
+        f"(group or others may use it); run: chmod 600 {path}"
     )
     assert "inline-secret" not in str(caught.value)
     path.chmod(0o600)

@@ -167,9 +167,10 @@ async def test_reload_rotates_the_secret_and_keeps_the_token(
         assert resp.status == 200
     tenant_state.clients = {"fwproxy-demo": "rotated-secret"}  # rotated at the tenant
     assert proxy.app is not None
-    pending = reconfigure(proxy.app, make_settings(auth={"client_secret": "rotated-secret"},
-                                                   access={"read_only": True}))
-    assert pending == []
+    plan = reconfigure(proxy.app, make_settings(auth={"client_secret": "rotated-secret"},
+                                                access={"read_only": True}))
+    assert plan.applied == ("auth.client_secret", "access.read_only")
+    assert plan.needs_restart == ()
     async with proxy.get("/fotoweb/me") as resp:
         assert resp.status == 200
     assert tenant_state.token_requests == 1  # the token survived the reload
@@ -195,14 +196,19 @@ async def test_reload_to_another_client_does_not_use_the_old_clients_token(
         assert resp.status == 200
     assert tenant_state.token_requests == 2
     assert (old, tenant_state.token_forms[-1]["client_id"]) == ("fwproxy-demo", "second-client")
+    async with proxy.get("/_fwproxy/") as resp:
+        assert "second-client" in await resp.text()  # the status page names the new client
 
 
 async def test_reload_reports_what_needs_a_restart(
     proxy: Client, make_settings: SettingsFactory
 ) -> None:
     assert proxy.app is not None
-    pending = reconfigure(proxy.app, make_settings(listen={"port": 9999}))
-    assert pending == ["listen"]
+    plan = reconfigure(proxy.app, make_settings(listen={"port": 9999}))
+    assert plan.needs_restart == ("listen.port",)
+    assert plan.settings.listen.port == 0  # the running value stays, reported again
+    again = reconfigure(proxy.app, make_settings(listen={"port": 9999}, log={"level": "debug"}))
+    assert (again.applied, again.needs_restart) == (("log.level",), ("listen.port",))
 
 
 # --- systemd ------------------------------------------------------------------------------------

@@ -93,3 +93,25 @@ async def test_zero_means_no_read_timeout() -> None:
     with stall.guard(waiting=True, what=no_answer):
         assert not dog.armed  # nothing is watched
     dog.stop(stall)
+
+
+async def test_a_reload_changes_the_timeout_of_waits_already_watched() -> None:
+    dog = Watchdog(300)
+    task = asyncio.create_task(wait_for_tenant(dog, asyncio.Event()))
+    await asyncio.sleep(0)  # it waits, under the 300 s timeout
+    dog.configure(0.05)  # SIGHUP: tenant.read_timeout 50ms
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def test_a_reload_to_zero_stops_watching() -> None:
+    dog = Watchdog(0.05)
+    forever = asyncio.Event()
+    task = asyncio.create_task(wait_for_tenant(dog, forever))
+    await asyncio.sleep(0)
+    dog.configure(0)  # SIGHUP: no read timeout
+    assert not dog.armed
+    for _ in range(10):  # many periods of the old timeout
+        await asyncio.sleep(0.05)
+    forever.set()
+    assert await task == "answered"

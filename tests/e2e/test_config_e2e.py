@@ -134,6 +134,6 @@ def test_inline_secret_in_a_config_others_may_read_is_refused(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         f"fwproxy: configuration error: auth.client_secret: permissions 0644 for {config} "
-        f"are too open; run: chmod 600 {config}\n"
+        f"are too open (group or others may use it); run: chmod 600 {config}\n"
     )
     assert "demo-secret" not in result.stderr

@@ -130,7 +130,8 @@ async def test_sighup_rotates_the_secret_without_dropping_the_token(
     tenant_state.clients[DEMO_CLIENT_ID] = "rotated-secret"  # rotated in FotoWeb ...
     secret.write_text("rotated-secret")  # ... and on disk
     os.kill(proxy.pid, signal.SIGHUP)
-    await proxy.wait_for_line("reloaded")
+    line = await proxy.wait_for_line("reloaded")
+    assert line.string.endswith(": applied auth.client_secret")  # the key, not its value
     assert "demo-app" in (await curl(proxy.url("/fotoweb/me"))).text
     assert tenant_state.token_requests == tokens_before  # the token survived the reload
     tenant_state.revoke_all()
