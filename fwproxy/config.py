@@ -96,6 +96,7 @@ class AuthConfig:
     grant_type: str = "client_credentials"
     client_secret_file: Path | None = None
     refresh_margin: float = 60.0
+    idle_renewal: float | None = None  # renew on time unless idle this long; None: always
     token_placement: str = "auto"
     client_authorization: str = "keep"
     replay_max_body: int = 64 * 1024 * 1024
@@ -199,6 +200,18 @@ def parse_duration(value: object, key: str) -> float:
     if not seconds < 10**9:
         raise ConfigError(key, f"{value!r} is too long")
     return seconds
+
+
+def parse_idle_renewal(value: object, key: str) -> float | None:
+    """``always`` (the default: renew on time however long nobody uses the proxy), or a
+    duration without requests after which renewing stops (``0``: only when requests come)."""
+    if isinstance(value, str) and value.strip().lower() == "always":
+        return None
+    try:
+        return parse_duration(value, key)
+    except ConfigError:
+        raise ConfigError(key, f"expected always or a duration such as 0, 30m or 8h, "
+                               f"got {value!r}") from None
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -368,6 +381,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_secret_file": parse_optional_path,
         "token_url": parse_str,
         "refresh_margin": parse_duration,
+        "idle_renewal": parse_idle_renewal,
         "token_placement": choice("auto", "header", "query"),
         "client_authorization": choice("keep", "replace"),
         "replay_max_body": parse_size,

@@ -61,6 +61,7 @@ class TenantState:
     token_endpoint_gate: asyncio.Event | None = None  # while set and not open: a slow endpoint
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     token_requests: int = 0
+    token_times: list[float] = field(default_factory=list)  # monotonic, one per request
     token_forms: list[dict[str, str]] = field(default_factory=list)
     token_headers: list[dict[str, str]] = field(default_factory=list)
     seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=1000))
@@ -122,6 +123,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     if state.token_endpoint_gate is not None:
         await state.token_endpoint_gate.wait()
     state.token_requests += 1
+    state.token_times.append(time.monotonic())
     state.token_headers.append(dict(request.headers))
     if state.token_endpoint_fault is not None:
         status, content_type, body = state.token_endpoint_fault

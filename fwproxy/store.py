@@ -33,6 +33,7 @@ class StoredSession:
     access_token: str | None = field(default=None, repr=False)
     expires_at: float | None = None  # wall clock (epoch seconds): it must survive restarts
     user: str | None = None
+    lifetime: float | None = None  # seconds the access token was issued for, when known
 
 
 class TokenStore:
@@ -60,6 +61,7 @@ class TokenStore:
                 access_token=data.get("access_token"),
                 expires_at=data.get("expires_at"),
                 user=data.get("user"),
+                lifetime=_number(data.get("lifetime")),
             )
         except (ValueError, KeyError, TypeError):
             raise ConfigError("auth.token_store",
@@ -123,6 +125,13 @@ class TokenStore:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return os.open(self.path.with_name(self.path.name + ".lock"),
                        os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _number(value: object) -> float | None:
+    """A positive number from the file, else None (older files have no lifetime)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def _try_lock(fd: int) -> bool:
