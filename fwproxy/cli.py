@@ -23,7 +23,7 @@ from . import __version__, eventloop
 from .config import Settings, describe, find_config, is_loopback, load_config, parse_config
 from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from .exceptions import ConfigError, TokenError
-from .keys import add_key, load_keys, remove_key
+from .keys import ADD_FIRST, KeyExists, MissingKeysFile, add_key, load_keys, remove_key
 from .log import setup_logging
 from .login import login
 from .oauth import make_grant, read_limited
@@ -88,6 +88,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return manage_keys(args, environ)
         path = find_config(args.config, environ)
         settings = _with_level(load_config(path, environ), args.log_level)
+    except MissingKeysFile as exc:  # say the exact command, with the same --config
+        how = ADD_FIRST + (f" --config {args.config}" if args.config else "")
+        print(f"fwproxy: configuration error: {exc.key}: {exc.path} does not exist; "
+              f"create it with its first key: {how}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"fwproxy: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -151,13 +156,18 @@ def health(settings: Settings) -> int:
 
 def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """``fwproxy key add|list|remove``: the new key is printed once, only its hash is kept."""
+    configured: Path | None
     if args.file:
-        path = Path(args.file)
+        configured = Path(args.file)
     else:
-        settings = load_config(find_config(args.config, environ), environ)
-        if settings.access.api_keys_file is None:
+        try:
+            configured = load_config(find_config(args.config, environ),
+                                     environ).access.api_keys_file
+        except MissingKeysFile as missing:  # no key yet: what `key add` is for
+            configured = missing.path
+        if configured is None:
             raise ConfigError("access.api_keys_file", "is not set; set it or pass --file PATH")
-        path = settings.access.api_keys_file
+    path = configured
     if args.action == "list":
         for key in load_keys(path) if path.exists() else []:
             print(key.name + " (read only)" * key.read_only)
@@ -165,7 +175,13 @@ def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not args.name:
         raise ConfigError("NAME", f"`fwproxy key {args.action}` needs the key's name")
     if args.action == "add":
-        print(add_key(path, args.name, args.read_only))
+        try:
+            secret = add_key(path, args.name, args.read_only)
+        except KeyExists:
+            print(f"fwproxy: key {args.name} exists in {path}; remove it first: "
+                  f"fwproxy key remove {args.name}", file=sys.stderr)
+            return EXIT_FAILED
+        print(secret)
         print(f"fwproxy: key {args.name!r} added to {path}; it is shown only this once",
               file=sys.stderr)
         return EXIT_OK

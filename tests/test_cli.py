@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
 from fwproxy import __version__
-from fwproxy.cli import EXIT_USAGE, main
+from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from fwproxy.config import load_config
+from fwproxy.keys import load_keys
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,3 +66,84 @@ def test_config_from_environment_variable(
     path.write_text("tenant: {url: https://x}\nauth: {client_id: a, bogus: 1}\n")
     assert main(["token"], environ={"FWPROXY_CONFIG": str(path)}) == EXIT_USAGE
     assert "auth.bogus" in capsys.readouterr().err
+
+
+# --- fwproxy key: the first key creates the file ------------------------------------------
+
+
+def keys_config(tmp_path: Path, keys: Path) -> Path:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://acme.fotoware.cloud}\n"
+                    "auth: {client_id: a, client_secret: b}\n"
+                    f"access: {{api_keys_file: {keys}}}\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_key_add_creates_the_missing_keys_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    config = keys_config(tmp_path, keys)
+    assert main(["key", "add", "first", "--config", str(config)], environ={}) == EXIT_OK
+    out, err = capsys.readouterr()
+    secret = out.strip()
+    assert secret.startswith("fwp_")
+    assert err == f"fwproxy: key 'first' added to {keys}; it is shown only this once\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert [key.name for key in load_keys(keys)] == ["first"]
+    assert secret not in keys.read_text()  # only its hash
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keys.")]  # no temp left
+    assert main(["key", "list", "--config", str(config)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "first\n"
+    # and now `run`/`check` accept the config
+    assert load_config(config, environ={}).access.api_keys_file == keys
+
+
+def test_key_add_needs_the_directory_to_exist(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "no-such-dir" / "keys"
+    config = keys_config(tmp_path, keys)
+    assert main(["key", "add", "first", "--config", str(config)], environ={}) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fwproxy: configuration error: access.api_keys_file: cannot create {keys}: "
+        f"directory {keys.parent} does not exist\n")
+    assert not keys.parent.exists()
+
+
+def test_run_with_a_missing_keys_file_says_what_to_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    config = keys_config(tmp_path, keys)
+    for command in ("run", "check"):
+        assert main([command, "--config", str(config)], environ={}) == EXIT_USAGE
+        assert capsys.readouterr().err == (
+            f"fwproxy: configuration error: access.api_keys_file: {keys} does not exist; "
+            f"create it with its first key: fwproxy key add NAME --config {config}\n")
+
+
+def test_key_add_of_an_existing_name_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    before = keys.read_text()
+    capsys.readouterr()
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"fwproxy: key k exists in {keys}; remove it first: fwproxy key remove k\n"
+    assert keys.read_text() == before
+
+
+def test_key_remove_of_no_such_key_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+    assert capsys.readouterr().err == f"fwproxy: no key named 'k' in {keys}\n"
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -96,6 +97,6 @@ async def test_idle_workers_renew_a_short_lived_token_once_for_the_whole_proxy(
     proxy = await start_proxy({"listen": {"workers": 2}})
     await wait_until(lambda: tenant_state.token_requests >= 4, "three renewals while idle")
     times = tenant_state.token_times
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) > 0.5, gaps  # one request per renewal, not one per worker
     assert proxy.log_count("token renewed") >= 2
