@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,38 @@ def test_key_remove_of_no_such_key_exits_1(
     assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_OK
     assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_OK
     assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+
+
+# --- fwproxy health without a config -------------------------------------------------------
+
+
+def test_health_without_a_config_probes_the_default_address(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if Path("/etc/fwproxy/config.yaml").exists():
+        pytest.skip("this machine has a system-wide fwproxy config")
+    monkeypatch.chdir(tmp_path)
+    probed: list[str] = []
+
+    def refuse(url: str, timeout: float) -> object:
+        probed.append(url)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    assert main(["health"], environ={}) == EXIT_FAILED
+    assert probed == ["http://127.0.0.1:8080/_fwproxy/health"]
+    assert capsys.readouterr().err == (
+        "fwproxy: http://127.0.0.1:8080/_fwproxy/health: <urlopen error [Errno 111] "
+        "Connection refused> (no config found: probed the default address)\n")
+
+    class Answer:
+        status = 200
+
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Answer())
+    assert main(["health"], environ={}) == EXIT_OK
