@@ -129,7 +129,6 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     if shared is not None and not settings.auth.user_context:  # a user's store is shared
         grant = SharedGrant(grant, shared, settings.auth.refresh_margin)
     tokens = TokenManager(grant, idle_renewal=settings.auth.idle_renewal)
-    tokens.start()
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics)
     observer.attach(tokens, proxy)

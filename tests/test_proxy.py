@@ -142,9 +142,8 @@ async def test_host_header_goes_to_the_tenant_as_its_own(
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "127.0.0.1.evil.example"])
 async def test_foreign_host_is_refused_dns_rebinding(
-    make_proxy: ProxyFactory, tenant_state: TenantState, host: str
+    proxy: Client, tenant_state: TenantState, host: str
 ) -> None:
-    proxy = await make_proxy(auth={"idle_renewal": 0})  # no token unless a request needs one
     async with proxy.get("/fotoweb/me", headers={"Host": host}) as resp:
         assert resp.status == 403
         body = await resp.json()
@@ -312,10 +311,7 @@ async def test_cookies_are_not_shared_between_clients(
 # --- client credentials of the client's own ----------------------------------------------
 
 
-async def test_client_authorization_keep(
-    make_proxy: ProxyFactory, tenant_state: TenantState
-) -> None:
-    proxy = await make_proxy(auth={"idle_renewal": 0})  # no token unless a request needs one
+async def test_client_authorization_keep(proxy: Client, tenant_state: TenantState) -> None:
     async with proxy.get("/sim/echo", headers={"Authorization": "Bearer preview-token"}) as resp:
         assert resp.status == 401  # the tenant does not know it, and it is not replayed
     assert tenant_state.seen[-1].headers["authorization"] == ["Bearer preview-token"]

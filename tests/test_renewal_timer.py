@@ -35,6 +35,7 @@ async def test_an_idle_proxy_renews_before_expiry(
     make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     client = await make_proxy()
+    client.app[TOKENS].start()  # as `serve` does once listening
     # not a single request: the timer obtains a token and renews it ahead of its expiry
     await wait_until(lambda: tenant_state.token_requests >= 3, "two renewals while idle")
     first, second, third = tenant_state.token_times[:3]
@@ -57,6 +58,7 @@ async def test_an_idle_proxy_renews_a_users_token_with_the_refresh_token(
     refreshes = sum(form["grant_type"] == "refresh_token" for form in tenant_state.token_forms)
     assert refreshes == 0
     proxy = await aiohttp_client(create_app(logged_in))
+    proxy.app[TOKENS].start()
 
     def refreshed() -> int:
         return sum(form["grant_type"] == "refresh_token" for form in tenant_state.token_forms)
@@ -74,6 +76,7 @@ async def test_idle_renewal_0_renews_only_when_requests_come(
     make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     client = await make_proxy(auth={"idle_renewal": 0})
+    client.app[TOKENS].start()
     assert (await client.get("/fotoweb/me")).status == 200
     assert tenant_state.token_requests == 1
     await wait_until(lambda: all_expired(tenant_state), "the token to expire")
@@ -86,6 +89,7 @@ async def test_idle_renewal_renews_while_used_and_stops_after_that_long_idle(
     make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     client = await make_proxy(auth={"idle_renewal": "2500ms"})
+    client.app[TOKENS].start()
     await wait_until(lambda: tenant_state.token_requests >= 1, "the first token")
     # in use, back to back, for longer than idle_renewal
     started = time.monotonic()
@@ -107,6 +111,7 @@ async def test_a_failed_timed_renewal_backs_off_and_recovers(
 ) -> None:
     tenant_state.token_endpoint_fault = (503, "text/html", b"<h1>down</h1>")
     client = await make_proxy()
+    client.app[TOKENS].start()  # as `serve` does once listening
     await wait_until(lambda: tenant_state.token_requests >= 2, "a retry after the backoff")
     tokens = client.app[TOKENS]
     assert tokens.failures_by_reason
