@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.app import TOKENS, create_app
+from fwproxy.app import TOKENS, create_app, reconfigure
 from fwproxy.config import Settings, parse_config
 from fwproxy.demo import TenantState
 from fwproxy.demo_login import DEMO_USER
@@ -138,3 +138,15 @@ def test_idle_renewal_refuses_other_values_naming_the_key(value: object) -> None
                                                     "idle_renewal": value}}
     with pytest.raises(ConfigError, match=r"auth\.idle_renewal.*always or a duration"):
         parse_config(raw, environ={})
+
+
+async def test_a_reload_changes_idle_renewal_at_once(
+    make_proxy: ProxyFactory, make_settings: Callable[..., Settings],
+    tenant_state: TenantState,
+) -> None:
+    client = await make_proxy(auth={"idle_renewal": 0})
+    client.app[TOKENS].start()
+    assert (await client.get("/fotoweb/me")).status == 200
+    assert tenant_state.token_requests == 1
+    reconfigure(client.app, make_settings())  # SIGHUP with idle_renewal back to always
+    await wait_until(lambda: tenant_state.token_requests >= 3, "renewals while idle")
