@@ -18,7 +18,7 @@ from fwproxy.store import TokenStore
 from tests.conftest import ProxyFactory, wait_until
 from tests.test_login import Client, logged_in, user_settings  # noqa: F401 (fixtures)
 
-LIFETIME = 2  # seconds; the margin shrinks to 0.5 s, so a renewal is due 1 s after issue
+LIFETIME = 4  # seconds; the margin shrinks to 1 s, so a renewal is due 2 s after issue
 
 
 @pytest.fixture
@@ -88,6 +88,7 @@ async def test_idle_renewal_0_renews_only_when_requests_come(
 async def test_idle_renewal_renews_while_used_and_stops_after_that_long_idle(
     make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
+    tenant_state.token_lifetime = 2  # a renewal due every second
     client = await make_proxy(auth={"idle_renewal": "2500ms"})
     client.app[TOKENS].start()
     await wait_until(lambda: tenant_state.token_requests >= 1, "the first token")
