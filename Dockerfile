@@ -21,10 +21,11 @@ RUN python3 -m venv /opt/fwproxy
 # Only what the package build needs (see .dockerignore): a test change doesn't rebuild.
 COPY pyproject.toml setup.cfg README.md ./
 COPY fwproxy ./fwproxy
-# Build a wheel of fwproxy, then install it with its runtime dependencies and uvloop (binary
-# wheels from PyPI: no compiler needed) into the venv. The venv is all the final stage takes.
+# Build a wheel of fwproxy, then install it with its runtime dependencies, uvloop among them
+# (binary wheels from PyPI: no compiler needed), into the venv. The venv is all the final
+# stage takes.
 RUN /opt/fwproxy/bin/python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/fwproxy/bin/python -m pip install --no-cache-dir "$(echo /wheels/fwproxy-*.whl)[uvloop]" \
+    && /opt/fwproxy/bin/python -m pip install --no-cache-dir "$(echo /wheels/fwproxy-*.whl)" \
     && /opt/fwproxy/bin/fwproxy --version
 
 # ---- final: the base image, the venv, a non-root user ----------------------------------

@@ -1,8 +1,13 @@
 # Two commands for a newcomer: `make demo` and `make test`. Everything lives in .venv.
+# `make demo` installs fwproxy with its runtime dependencies only ($(RUNTIME)); `make test`
+# adds the test extras to the same .venv ($(STAMP)).
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
+PORT   ?= 8080
+DEMO_CONFIG ?= demo.yaml
 
 .PHONY: demo test lint typecheck unit clean
 
@@ -10,12 +15,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,uvloop]'
-	touch $(STAMP)
+$(RUNTIME): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
 
-demo: $(STAMP)
-	$(BIN)/fwproxy demo
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP) $(RUNTIME)
+
+# `make demo PORT=8090`; the config for trying the other commands goes to $(DEMO_CONFIG)
+demo: $(RUNTIME)
+	$(BIN)/fwproxy demo --port $(PORT) --write-config $(DEMO_CONFIG)
 
 test: $(STAMP)
 	$(BIN)/ruff check fwproxy tests

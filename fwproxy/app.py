@@ -145,7 +145,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     shared = app.get(SHARED_TOKEN)
     if shared is not None and not settings.auth.user_context:  # a user's store is shared
         grant = SharedGrant(grant, shared, settings.auth.refresh_margin)
-    tokens = TokenManager(grant)
+    tokens = TokenManager(grant, idle_renewal=settings.auth.idle_renewal)
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics)
     observer.attach(tokens, proxy)

@@ -11,26 +11,52 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from . import __version__, eventloop
-from .config import Settings, describe, find_config, is_loopback, load_config, parse_config
-from .demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from .config import (
+    ListenConfig,
+    Settings,
+    StatusConfig,
+    describe,
+    find_config,
+    is_loopback,
+    load_config,
+    parse_config,
+)
+from .demo import (
+    DEMO_PORT,
+    DEMO_TENANT_PORT,
+    TenantState,
+    create_tenant_app,
+    demo_banner,
+    demo_config_text,
+)
 from .exceptions import ConfigError, TokenError
-from .keys import add_key, load_keys, remove_key
+from .keys import (
+    ADD_FIRST,
+    KeyExists,
+    MissingKeysFile,
+    add_key,
+    load_keys,
+    remove_key,
+    write_keys,
+)
 from .log import setup_logging
 from .login import login
 from .oauth import make_grant, read_limited
 from .server import serve
 from .store import TokenStore
 from .upstream import create_session, translate
-from .workers import run_workers
+from .workers import _free_port, run_workers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -68,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("name", nargs="?", help="the key's name (add, remove)")
     key.add_argument("--read-only", action="store_true", help="add: GET, HEAD, OPTIONS only")
     key.add_argument("--file", metavar="PATH", help="keys file (default: from the config)")
-    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--port", type=int, default=DEMO_PORT,
+                      help=f"proxy port (default {DEMO_PORT}; 0: any free port)")
+    demo.add_argument("--tenant-port", type=int, default=DEMO_TENANT_PORT, metavar="N",
+                      help=f"simulated tenant's port (default {DEMO_TENANT_PORT})")
+    demo.add_argument("--write-config", metavar="PATH",
+                      help="write a config (0600) for trying the other commands against "
+                           "the demo, and an empty keys file PATH.keys for `fwproxy key`")
     demo.add_argument("--token-lifetime", type=int, default=30, metavar="SECONDS",
                       help="lifetime of the demo tenant's tokens, short so renewals show")
     return parser
@@ -80,11 +112,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "demo":
             setup_logging(args.log_level or "info")
-            return eventloop.run(demo(args.port, args.token_lifetime), "auto")
+            written = Path(args.write_config) if args.write_config else None
+            return eventloop.run(demo(args.port, args.tenant_port, args.token_lifetime,
+                                      written), "auto")
         if args.command == "key":
             return manage_keys(args, environ)
+        if args.command == "health" and not _has_config(args.config, environ):
+            return health(None)
         path = find_config(args.config, environ)
         settings = _with_level(load_config(path, environ), args.log_level)
+    except MissingKeysFile as exc:  # say the exact command, with the same --config
+        how = ADD_FIRST + (f" --config {args.config}" if args.config else "")
+        print(f"fwproxy: configuration error: {exc.key}: {exc.path} does not exist; "
+              f"create it with its first key: {how}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"fwproxy: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -130,32 +171,49 @@ def _with_level(settings: Settings, level: str | None) -> Settings:
     return dataclasses.replace(settings, log=dataclasses.replace(settings.log, level=level))
 
 
-def health(settings: Settings) -> int:
-    """GET the running proxy's health page (a container HEALTHCHECK: no curl needed)."""
-    host = settings.listen.host
+def _has_config(explicit: str | None, environ: Mapping[str, str]) -> bool:
+    try:
+        find_config(explicit, environ)
+    except ConfigError:
+        return False
+    return True
+
+
+def health(settings: Settings | None) -> int:
+    """GET the running proxy's health page (a container HEALTHCHECK: no curl needed).
+    Without any configuration: the default address, 127.0.0.1:8080."""
+    listen, status = (ListenConfig(), StatusConfig()) if settings is None else (
+        settings.listen, settings.status)
+    host = listen.host
     if not is_loopback(host) and host not in ("0.0.0.0", "::", ""):  # noqa: S104
         target = f"[{host}]" if ":" in host else host
     else:
         target = "[::1]" if host == "::" else "127.0.0.1"
-    url = f"http://{target}:{settings.listen.port}{settings.status.prefix}/health"
+    url = f"http://{target}:{listen.port}{status.prefix}/health"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             ok = resp.status == 200
     except (urllib.error.URLError, OSError) as exc:
-        print(f"fwproxy: {url}: {exc}", file=sys.stderr)
+        hint = " (no config found: probed the default address)" if settings is None else ""
+        print(f"fwproxy: {url}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if ok else EXIT_FAILED
 
 
 def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """``fwproxy key add|list|remove``: the new key is printed once, only its hash is kept."""
+    configured: Path | None
     if args.file:
-        path = Path(args.file)
+        configured = Path(args.file)
     else:
-        settings = load_config(find_config(args.config, environ), environ)
-        if settings.access.api_keys_file is None:
+        try:
+            configured = load_config(find_config(args.config, environ),
+                                     environ).access.api_keys_file
+        except MissingKeysFile as missing:  # no key yet: what `key add` is for
+            configured = missing.path
+        if configured is None:
             raise ConfigError("access.api_keys_file", "is not set; set it or pass --file PATH")
-        path = settings.access.api_keys_file
+    path = configured
     if args.action == "list":
         for key in load_keys(path) if path.exists() else []:
             print(key.name + " (read only)" * key.read_only)
@@ -163,7 +221,13 @@ def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not args.name:
         raise ConfigError("NAME", f"`fwproxy key {args.action}` needs the key's name")
     if args.action == "add":
-        print(add_key(path, args.name, args.read_only))
+        try:
+            secret = add_key(path, args.name, args.read_only)
+        except KeyExists:
+            print(f"fwproxy: key {args.name} exists in {path}; remove it first: "
+                  f"fwproxy key remove {args.name}", file=sys.stderr)
+            return EXIT_FAILED
+        print(secret)
         print(f"fwproxy: key {args.name!r} added to {path}; it is shown only this once",
               file=sys.stderr)
         return EXIT_OK
@@ -235,37 +299,57 @@ def _user_name(body: bytes) -> str:
     return "(unexpected answer)"
 
 
-async def demo(port: int, token_lifetime: int) -> int:
-    """The simulated tenant on a free loopback port and the proxy in front of it."""
+async def demo(port: int, tenant_port: int, token_lifetime: int,
+               write_config: Path | None = None) -> int:
+    """The simulated tenant and the proxy in front of it, on loopback. Both ports are taken
+    before anything is printed: a port in use is one line and exit 1."""
+    host = "127.0.0.1"
     tenant_runner = web.AppRunner(
         create_tenant_app(TenantState(token_lifetime=token_lifetime)), access_log=None
     )
     await tenant_runner.setup()
-    tenant_site = web.TCPSite(tenant_runner, "127.0.0.1", 0)
-    await tenant_site.start()
-    tenant_port = tenant_runner.addresses[0][1]
-    settings = parse_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "tenant": {"url": f"http://127.0.0.1:{tenant_port}", "allow_insecure_http": True},
-            "auth": {"client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET},
-        },
-        environ={},
-        source="<demo>",
-    )
-    base = f"http://127.0.0.1:{port}"
-    print(
-        f"\nfwproxy demo: simulated tenant on http://127.0.0.1:{tenant_port} "
-        f"(tokens live {token_lifetime}s), proxy on {base}\n\n"
-        "Try, in another terminal (no token needed):\n"
-        f"  curl -s {base}/fotoweb/me\n"
-        f"  curl -s {base}/fotoweb/archives/\n"
-        f"  curl -s -X POST --data-binary 'hello' {base}/sim/echo\n"
-        f"  curl -s http://127.0.0.1:{tenant_port}/fotoweb/me   # direct: 401, no token\n\n"
-        "Watch the log below renew the token. Ctrl-C stops.\n",
-        flush=True,
-    )
     try:
+        try:
+            await web.TCPSite(tenant_runner, host, tenant_port).start()
+        except OSError as exc:
+            print(f"fwproxy: cannot listen on {host}:{tenant_port} for the demo tenant: "
+                  f"{_why(exc)}; choose another port with --tenant-port N", file=sys.stderr)
+            return EXIT_FAILED
+        tenant_port = tenant_runner.addresses[0][1]
+        try:
+            port = _free_port(host, port)
+        except OSError as exc:
+            print(f"fwproxy: cannot listen on {host}:{port}: {_why(exc)}; choose another "
+                  "port with --port N", file=sys.stderr)
+            return EXIT_FAILED
+        text = demo_config_text(port, tenant_port)
+        settings = parse_config(yaml.safe_load(text), environ={}, source="<demo>")
+        if write_config is not None:
+            keys = write_config.with_suffix(".keys").absolute()
+            try:
+                _write_private(write_config, demo_config_text(port, tenant_port, keys))
+                if not keys.exists():
+                    write_keys(keys, [])
+            except OSError as exc:
+                print(f"fwproxy: cannot write {write_config}: {_why(exc)}", file=sys.stderr)
+                return EXIT_FAILED
+        print(demo_banner(port, tenant_port, token_lifetime, write_config), flush=True)
         return await serve(settings)
     finally:
         await tenant_runner.cleanup()
+
+
+def _why(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, atomically, readable by the owner only (0600)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

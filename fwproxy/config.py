@@ -103,6 +103,7 @@ class AuthConfig:
     grant_type: str = "client_credentials"
     client_secret_file: Path | None = None
     refresh_margin: float = 60.0
+    idle_renewal: float | None = None  # renew on time unless idle this long; None: always
     token_placement: str = "auto"
     client_authorization: str = "keep"
     replay_max_body: int = 64 * 1024 * 1024
@@ -208,6 +209,18 @@ def parse_duration(value: object, key: str) -> float:
     if not seconds < 10**9:
         raise ConfigError(key, f"{value!r} is too long")
     return seconds
+
+
+def parse_idle_renewal(value: object, key: str) -> float | None:
+    """``always`` (the default: renew on time however long nobody uses the proxy), or a
+    duration without requests after which renewing stops (``0``: only when requests come)."""
+    if isinstance(value, str) and value.strip().lower() == "always":
+        return None
+    try:
+        return parse_duration(value, key)
+    except ConfigError:
+        raise ConfigError(key, f"expected always or a duration such as 0, 30m or 8h, "
+                               f"got {value!r}") from None
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -474,6 +487,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_secret_file": parse_optional_path,
         "token_url": parse_str,
         "refresh_margin": parse_duration,
+        "idle_renewal": parse_idle_renewal,
         "token_placement": choice("auto", "header", "query"),
         "client_authorization": choice("keep", "replace"),
         "replay_max_body": parse_size,
@@ -1047,7 +1061,7 @@ APPLIES_ON_RELOAD = frozenset({
     "tenant.read_timeout",
     "auth.client_id", "auth.client_secret", "auth.client_secret_file", "auth.token_url",
     "auth.refresh_margin", "auth.token_placement", "auth.client_authorization",
-    "auth.replay_max_body",
+    "auth.replay_max_body", "auth.idle_renewal",
     "auth.redirect_uri", "auth.authorize_url",  # read by `fwproxy login`, not the server
     "access.accept_hosts", "access.allow_origins", "access.allow_from", "access.allow_public",
     "access.read_only", "access.rules", "access.default", "access.api_keys_file",

@@ -17,13 +17,18 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .demo_login import (
+    DEMO_NATIVE_CLIENT,
     DEMO_PASSWORD,
+    DEMO_REDIRECT,
     DEMO_USER,
+    DEMO_WEB_CLIENT,
+    DEMO_WEB_SECRET,
     LOGIN_PATHS,
     InteractiveApp,
     PendingCode,
@@ -35,9 +40,66 @@ from .demo_login import (
 )
 
 TOKEN_PATH = "/fotoweb/oauth2/token"
+DEMO_PORT, DEMO_TENANT_PORT = 8080, 8081  # `fwproxy demo --port N --tenant-port N`
 DEMO_CLIENT_ID = "fwproxy-demo"
 DEMO_CLIENT_SECRET = "demo-secret-not-for-production"
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes for downloads
+
+
+def demo_config_text(port: int, tenant_port: int, keys_file: Path | None = None) -> str:
+    """The configuration of `fwproxy demo`'s proxy as a YAML file, for trying the other
+    commands against the demo (`--write-config PATH`): the secret is inline, so the file
+    is written 0600. `keys_file`: an `access.api_keys_file` for `fwproxy key`."""
+    lines = [
+        "# Written by `fwproxy demo`: its proxy and simulated tenant, for trying the other",
+        "# commands while the demo runs, e.g. fwproxy check --config THIS-FILE",
+        f"listen: {{host: 127.0.0.1, port: {port}}}",
+        "tenant:",
+        f"  url: http://127.0.0.1:{tenant_port}",
+        "  allow_insecure_http: true   # the demo tenant speaks plain http on loopback",
+        "auth:",
+        f"  client_id: {DEMO_CLIENT_ID}",
+        f"  client_secret: {DEMO_CLIENT_SECRET}   # the demo's own; keep this file 0600",
+    ]
+    if keys_file is not None:
+        lines += [
+            "access:",
+            f"  api_keys_file: {keys_file}   # for `fwproxy key`; the running demo asks no key",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def demo_banner(port: int, tenant_port: int, token_lifetime: int, written: Path | None
+                ) -> str:
+    """What `fwproxy demo` prints before it serves."""
+    base = f"http://127.0.0.1:{port}"
+    tenant = f"http://127.0.0.1:{tenant_port}"
+    if written is not None:
+        config = (f"The other commands, against the demo (config written to {written}):\n"
+                  f"  fwproxy check --config {written}\n"
+                  f"  fwproxy token --config {written}\n"
+                  f"  fwproxy health --config {written}\n"
+                  f"  fwproxy key add NAME --config {written}\n")
+    else:
+        config = ("The other commands, against the demo: this config (fwproxy demo "
+                  "--write-config PATH writes it, 0600):\n\n"
+                  + "".join(f"  {line}\n" for line in demo_config_text(port, tenant_port)
+                            .splitlines()[2:]))
+    return (
+        f"\nfwproxy demo: simulated tenant on {tenant} "
+        f"(tokens live {token_lifetime}s), proxy on {base}\n\n"
+        "Try, in another terminal (no token needed):\n"
+        f"  curl -s {base}/fotoweb/me\n"
+        f"  curl -s {base}/fotoweb/archives/\n"
+        f"  curl -s -X POST --data-binary 'hello' {base}/sim/echo\n"
+        f"  curl -s {tenant}/fotoweb/me   # direct: 401, no token\n\n"
+        f"{config}\n"
+        f"The demo tenant: client credentials {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}; "
+        f"user login (fwproxy login) as {DEMO_USER} / {DEMO_PASSWORD} through the "
+        f"authorization_code application {DEMO_WEB_CLIENT} / {DEMO_WEB_SECRET} (or the "
+        f"public {DEMO_NATIVE_CLIENT}), redirect URI {DEMO_REDIRECT}.\n\n"
+        "Watch the log below renew the token, requests or not. Ctrl-C stops.\n"
+    )
 
 
 @dataclass
@@ -61,6 +123,7 @@ class TenantState:
     token_endpoint_gate: asyncio.Event | None = None  # while set and not open: a slow endpoint
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     token_requests: int = 0
+    token_times: list[float] = field(default_factory=list)  # monotonic, one per request
     token_forms: list[dict[str, str]] = field(default_factory=list)
     token_headers: list[dict[str, str]] = field(default_factory=list)
     seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=1000))
@@ -122,6 +185,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     if state.token_endpoint_gate is not None:
         await state.token_endpoint_gate.wait()
     state.token_requests += 1
+    state.token_times.append(time.monotonic())
     state.token_headers.append(dict(request.headers))
     if state.token_endpoint_fault is not None:
         status, content_type, body = state.token_endpoint_fault

@@ -1,6 +1,6 @@
 """Which event loop runs the proxy: uvloop when it is installed (``listen.event_loop``).
 
-uvloop (``pip install 'fwproxy[uvloop]'``) is a drop-in asyncio loop written in Cython;
+uvloop (a dependency of fwproxy wherever it builds) is a drop-in asyncio loop written in Cython;
 with it fwproxy does about a quarter more requests per CPU second (bench/PROFILE.md).
 ``auto`` uses it when it can be imported, ``asyncio`` never does, ``uvloop`` insists.
 """

@@ -20,13 +20,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import read_private
+from .config import MissingFile, read_private
 from .exceptions import ConfigError
 
 HEADER = "X-Fwproxy-Key"
 PREFIX = "fwp_"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 RELOAD_EVERY = 2.0  # seconds between checks of the file's modification time
+
+
+ADD_FIRST = "fwproxy key add NAME"  # what creates a keys file
+
+
+class MissingKeysFile(ConfigError):
+    """`access.api_keys_file` names a file that does not exist yet: `fwproxy key add`
+    creates it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("access.api_keys_file",
+                         f"{path} does not exist; create it with its first key: {ADD_FIRST}")
+        self.path = path
+
+
+class KeyExists(Exception):
+    """`fwproxy key add` of a name the file already has."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,19 @@ def load_keys(path: Path) -> list[ApiKey]:
 
 def _read_keys(path: Path) -> tuple[list[ApiKey], int]:
     """The keys and the file's modification time, from one checked open (config.py)."""
-    read = read_private(path, "access.api_keys_file")
+    try:
+        read = read_private(path, "access.api_keys_file")
+    except MissingFile:
+        raise MissingKeysFile(path) from None
     return parse_keys(read.text, str(path)), read.info.st_mtime_ns
 
 
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Atomically replace the file, created 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically replace (or create) the file, 0600. Its directory must exist: a typo in
+    the path should not quietly make directories."""
+    if not path.parent.is_dir():
+        raise ConfigError("access.api_keys_file",
+                          f"cannot create {path}: directory {path.parent} does not exist")
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -96,19 +119,26 @@ def write_keys(path: Path, keys: list[ApiKey]) -> None:
 
 
 def add_key(path: Path, name: str, read_only: bool = False) -> str:
-    """Create a key named `name`; returns it (the only time it is ever shown)."""
+    """Create a key named `name`, and the file with the first key; returns the key (the
+    only time it is ever shown). `KeyExists` if the name is taken."""
     if not _NAME.match(name):
         raise ConfigError("NAME", "use letters, digits and . _ @ - (at most 64)")
-    keys = load_keys(path) if path.exists() else []
+    try:
+        keys = load_keys(path)
+    except MissingKeysFile:
+        keys = []
     if any(k.name == name for k in keys):
-        raise ConfigError("NAME", f"a key named {name!r} exists; remove it first")
+        raise KeyExists(name)
     key = PREFIX + secrets.token_urlsafe(32)
     write_keys(path, [*keys, ApiKey(name, digest(key), read_only)])
     return key
 
 
 def remove_key(path: Path, name: str) -> bool:
-    keys = load_keys(path)
+    try:
+        keys = load_keys(path)
+    except MissingKeysFile:
+        return False
     kept = [k for k in keys if k.name != name]
     if len(kept) == len(keys):
         return False

@@ -136,6 +136,7 @@ async def _finish(request: web.Request, state: str, verifier: str, settings: Set
             access_token=token.value,
             expires_at=time.time() + token.lifetime,
             user=user,
+            lifetime=token.lifetime,
         ))
     return Outcome(True, f"Logged in as {user or 'an unknown user'}; the session is stored "
                          f"in {auth.token_store}.")

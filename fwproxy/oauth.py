@@ -169,6 +169,7 @@ class RefreshTokenGrant:
                 access_token=token.value,
                 expires_at=self._wall() + token.lifetime,
                 user=saved.user,
+                lifetime=token.lifetime,
             ))
             self._failed_at = None
             self._handed_out = token.value
@@ -231,7 +232,7 @@ class SharedGrant:
             token = await self._inner.fetch()
             TokenStore(self._path).save(StoredSession(
                 refresh_token="", access_token=token.value,
-                expires_at=self._wall() + token.lifetime,
+                expires_at=self._wall() + token.lifetime, lifetime=token.lifetime,
             ))
             self._handed_out = token.value
             return token

@@ -83,6 +83,7 @@ async def serve(
         else:
             log.info("worker %d serving (%s)", worker.index, eventloop.describe(loop))
             os.write(worker.ready_fd, b"r")
+        app[TOKENS].start()  # renew on time; not before listening: a failed start asks none
         background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
         # Everything made at startup (modules, config, the app) lives until exit: out of the
         # collector's way, so a full collection scans what requests made, not 40,000 objects

@@ -33,6 +33,7 @@ class StoredSession:
     access_token: str | None = field(default=None, repr=False)
     expires_at: float | None = None  # wall clock (epoch seconds): it must survive restarts
     user: str | None = None
+    lifetime: float | None = None  # seconds the access token was issued for, when known
 
 
 class TokenStore:
@@ -62,6 +63,7 @@ class TokenStore:
                 access_token=data.get("access_token"),
                 expires_at=data.get("expires_at"),
                 user=data.get("user"),
+                lifetime=_number(data.get("lifetime")),
             )
         except (ValueError, KeyError, TypeError):
             raise ConfigError(self.key, f"{self.path} is damaged; run fwproxy login") from None
@@ -139,6 +141,13 @@ class TokenStore:
     def _open_lock(self) -> int:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _number(value: object) -> float | None:
+    """A positive number from the file, else None (older files have no lifetime)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def _try_lock(fd: int) -> bool:

@@ -1,9 +1,11 @@
-"""The async shell around `tokens.decide`: one cached token, at most one request in flight."""
+"""The async shell around `tokens.decide` and `tokens.plan_renewal`: one cached token, at
+most one request in flight, and one timer task that renews it on time (`start`)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import random
@@ -16,7 +18,15 @@ from cachetools import TLRUCache
 from .config import AuthConfig
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
 from .log import REDACT
-from .tokens import Decision, Token, decide, next_backoff, retry_after_seconds, should_drop
+from .tokens import (
+    Decision,
+    Token,
+    decide,
+    next_backoff,
+    plan_renewal,
+    retry_after_seconds,
+    should_drop,
+)
 
 log = logging.getLogger("fwproxy.tokens")
 
@@ -57,8 +67,12 @@ class TokenManager:
         cache: TLRUCache[Hashable, Token] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        idle_renewal: float | None = None,
     ) -> None:
         self._grant = grant
+        self._idle_renewal = idle_renewal
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._clock = clock
         self._rand = rand
         self._cache = cache if cache is not None else new_token_cache(clock)
@@ -74,6 +88,7 @@ class TokenManager:
         self.failures_by_reason: collections.Counter[str] = collections.Counter()
         # The cached token while it needs no renewal: `get`'s fast path, one comparison.
         self._fresh: Token | None = None
+        self._last_use = clock()  # the last `fresh`/`get`: for auth.idle_renewal
         seed = grant.stored()
         if seed is not None:
             self._keep(seed)
@@ -85,7 +100,8 @@ class TokenManager:
     def fresh(self) -> Token | None:
         """The cached token if it needs no renewal yet: `get` without a coroutine."""
         fresh = self._fresh
-        if fresh is not None and self._clock() < fresh.renew_at:
+        now = self._last_use = self._clock()
+        if fresh is not None and now < fresh.renew_at:
             return fresh
         return None
 
@@ -94,7 +110,7 @@ class TokenManager:
         fresh = self.fresh()
         if fresh is not None:
             return fresh  # what `decide` says for it too, whatever else is going on
-        now = self._clock()
+        now = self._last_use
         token = self.current()
         task = self._in_flight()
         if self._backoff_until > now and self._grant.has_news():
@@ -121,7 +137,9 @@ class TokenManager:
         """New settings from a reload, for the grant. A token cached for other credentials
         (another client_id or token endpoint) is not used for these."""
         self._grant.update(auth)
+        self._idle_renewal = auth.idle_renewal
         self._fresh = None
+        self._wake.set()
 
     def accepted(self, token: Token) -> None:
         """The tenant took `token`: a later 401 for it is news, not a refusal of this
@@ -140,12 +158,36 @@ class TokenManager:
         self._cache.pop(self._grant.cache_key, None)
         self._fresh = None
         self._rejected = True
+        self._wake.set()
         log.info("token rejected by the tenant (401); renewing")
         return True
 
+    def start(self) -> None:
+        """Renew on time from now on, in one background task (see `tokens.plan_renewal`):
+        an idle proxy keeps its token fresh unless `auth.idle_renewal` says otherwise."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._renew_on_time())
+
+    async def _renew_on_time(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            token = self.current()
+            wake = plan_renewal(token, now, self._in_flight() is not None,
+                                self._backoff_until, self._last_use, self._idle_renewal)
+            if wake.renew:
+                await asyncio.wait({self._start(renewal=token is not None)})
+                continue
+            timeout = None if wake.at is None else max(0.0, wake.at - now)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
     async def aclose(self, grace: float = 35.0) -> None:
-        """On shutdown: let a renewal in flight finish (a rotated refresh token must be
-        stored), up to `grace` seconds, then cancel it."""
+        """On shutdown: stop the renewal timer; let a renewal in flight finish (a rotated
+        refresh token must be stored), up to `grace` seconds, then cancel it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
         task = self._in_flight()
         if task is not None:
             await asyncio.wait({task}, timeout=grace)
@@ -180,6 +222,12 @@ class TokenManager:
         return self._task
 
     async def _fetch(self, renewal: bool) -> Token:
+        try:
+            return await self._fetch_once(renewal)
+        finally:
+            self._wake.set()  # the timer plans anew with the outcome
+
+    async def _fetch_once(self, renewal: bool) -> Token:
         self.requests += 1
         try:
             token = await self._fetch_mapped()

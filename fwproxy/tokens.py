@@ -23,6 +23,19 @@ sees "none" and fetches.
     token usable, after renew_at, none in flight  -> USE_AND_RENEW (unless backing off: USE)
     no usable token, a renewal in flight          -> WAIT
     no usable token, none in flight               -> FETCH (or FAIL while backing off)
+
+`plan_renewal` is the renewal timer (approach 3: renew on time, not only when a request
+happens to come), also a table: it says when the manager's one timer task should look
+again and whether to renew now. An idle proxy keeps its token fresh, so the first request
+after a quiet night does not wait, unless `auth.idle_renewal` says to stop renewing after
+that long without a request (0: renew only when a request comes, as `decide` does):
+
+    renewal in flight                             -> wait to be woken (it ends: woken)
+    token usable, before renew_at                 -> look again at renew_at
+    due (renew_at passed, or no usable token):
+      idle longer than idle_renewal               -> wait to be woken (a request renews)
+      backing off                                 -> look again when the backoff ends
+      otherwise                                   -> RENEW now
 """
 
 from __future__ import annotations
@@ -100,16 +113,20 @@ def stored_token(
     saved: StoredSession | None, wall_now: float, now: float, refresh_margin: float
 ) -> Token | None:
     """A persisted access token (expiry on the wall clock) back on the monotonic clock, if
-    it is not yet inside its last `refresh_margin` seconds (its lifetime is unknown here,
-    so the margin is not shortened for short lifetimes: such a token is simply renewed)."""
+    it is not yet inside its last margin. With its lifetime stored, the timetable is the
+    one `make_token` laid out when it was obtained (so worker processes sharing a short-lived
+    token all agree on when to renew it); without, the margin is the full `refresh_margin`."""
     if saved is None or saved.access_token is None or saved.expires_at is None:
         return None
+    lifetime = saved.lifetime
+    margin = refresh_margin if lifetime is None else min(refresh_margin, lifetime / 4)
     left = saved.expires_at - wall_now
-    if left <= refresh_margin:
+    if left <= margin:
         return None
     expires_at = now + left
-    return Token(value=saved.access_token, obtained_at=now, expires_at=expires_at,
-                 renew_at=expires_at - 2 * refresh_margin, stale_at=expires_at - refresh_margin)
+    obtained_at = now if lifetime is None else min(now, expires_at - lifetime)
+    return Token(value=saved.access_token, obtained_at=obtained_at, expires_at=expires_at,
+                 renew_at=expires_at - 2 * margin, stale_at=expires_at - margin)
 
 
 class Decision(enum.Enum):
@@ -130,6 +147,35 @@ def decide(token: Token | None, now: float, renewing: bool, backoff_until: float
     if renewing:
         return Decision.WAIT
     return Decision.FAIL if backing_off else Decision.FETCH
+
+
+@dataclass(frozen=True)
+class Wake:
+    """What the renewal timer does: renew now, and/or when to look again (None: only
+    when woken, by a token obtained or dropped, a renewal ending or a reload)."""
+
+    renew: bool
+    at: float | None
+
+
+def plan_renewal(
+    token: Token | None,
+    now: float,
+    renewing: bool,
+    backoff_until: float,
+    last_use: float,
+    idle_renewal: float | None,
+) -> Wake:
+    """The renewal timer's table (module docstring). `idle_renewal` None: always renew."""
+    if renewing:
+        return Wake(False, None)
+    if token is not None and token.usable(now) and now < token.renew_at:
+        return Wake(False, token.renew_at)
+    if idle_renewal is not None and now - last_use >= idle_renewal:
+        return Wake(False, None)
+    if now < backoff_until:
+        return Wake(False, backoff_until)
+    return Wake(True, None)
 
 
 def should_drop(

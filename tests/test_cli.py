@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from fwproxy import __version__
-from fwproxy.cli import EXIT_OK, EXIT_USAGE, main
+from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
+from fwproxy.config import load_config
+from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+from fwproxy.demo_login import (
+    DEMO_NATIVE_CLIENT,
+    DEMO_PASSWORD,
+    DEMO_REDIRECT,
+    DEMO_USER,
+    DEMO_WEB_CLIENT,
+    DEMO_WEB_SECRET,
+    default_apps,
+)
+from fwproxy.keys import load_keys
 from fwproxy.store import StoredSession, TokenStore
 
 
@@ -162,3 +177,135 @@ def test_every_subcommand_help_says_what_it_does(
     assert f"\n\n{description}\n\n" in page
     assert ("--log-level {debug,info,warning,error} log level; beats log.level in the config"
             in " ".join(page.split()))
+
+
+# --- fwproxy key: the first key creates the file ------------------------------------------
+
+
+def keys_config(tmp_path: Path, keys: Path) -> Path:
+    path = tmp_path / "fwproxy.yaml"
+    path.write_text("tenant: {url: https://acme.fotoware.cloud}\n"
+                    "auth: {client_id: a, client_secret: b}\n"
+                    f"access: {{api_keys_file: {keys}}}\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_key_add_creates_the_missing_keys_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    config = keys_config(tmp_path, keys)
+    assert main(["key", "add", "first", "--config", str(config)], environ={}) == EXIT_OK
+    out, err = capsys.readouterr()
+    secret = out.strip()
+    assert secret.startswith("fwp_")
+    assert err == f"fwproxy: key 'first' added to {keys}; it is shown only this once\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert [key.name for key in load_keys(keys)] == ["first"]
+    assert secret not in keys.read_text()  # only its hash
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keys.")]  # no temp left
+    assert main(["key", "list", "--config", str(config)], environ={}) == EXIT_OK
+    assert capsys.readouterr().out == "first\n"
+    # and now `run`/`check` accept the config
+    assert load_config(config, environ={}).access.api_keys_file == keys
+
+
+def test_key_add_needs_the_directory_to_exist(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "no-such-dir" / "keys"
+    config = keys_config(tmp_path, keys)
+    assert main(["key", "add", "first", "--config", str(config)], environ={}) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"fwproxy: configuration error: access.api_keys_file: cannot create {keys}: "
+        f"directory {keys.parent} does not exist\n")
+    assert not keys.parent.exists()
+
+
+def test_run_with_a_missing_keys_file_says_what_to_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    config = keys_config(tmp_path, keys)
+    for command in ("run", "check"):
+        assert main([command, "--config", str(config)], environ={}) == EXIT_USAGE
+        assert capsys.readouterr().err == (
+            f"fwproxy: configuration error: access.api_keys_file: {keys} does not exist; "
+            f"create it with its first key: fwproxy key add NAME --config {config}\n")
+
+
+def test_key_add_of_an_existing_name_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    before = keys.read_text()
+    capsys.readouterr()
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"fwproxy: key k exists in {keys}; remove it first: fwproxy key remove k\n"
+    assert keys.read_text() == before
+
+
+def test_key_remove_of_no_such_key_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+    assert capsys.readouterr().err == f"fwproxy: no key named 'k' in {keys}\n"
+    assert main(["key", "add", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_OK
+    assert main(["key", "remove", "k", "--file", str(keys)], environ={}) == EXIT_FAILED
+
+
+# --- fwproxy health without a config -------------------------------------------------------
+
+
+def test_health_without_a_config_probes_the_default_address(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if Path("/etc/fwproxy/config.yaml").exists():
+        pytest.skip("this machine has a system-wide fwproxy config")
+    monkeypatch.chdir(tmp_path)
+    probed: list[str] = []
+
+    def refuse(url: str, timeout: float) -> object:
+        probed.append(url)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    assert main(["health"], environ={}) == EXIT_FAILED
+    assert probed == ["http://127.0.0.1:8080/_fwproxy/health"]
+    assert capsys.readouterr().err == (
+        "fwproxy: http://127.0.0.1:8080/_fwproxy/health: <urlopen error [Errno 111] "
+        "Connection refused> (no config found: probed the default address)\n")
+
+    class Answer:
+        status = 200
+
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Answer())
+    assert main(["health"], environ={}) == EXIT_OK
+
+
+def test_demo_ports_default_to_8080_and_8081() -> None:
+    args = build_parser().parse_args(["demo"])
+    assert (args.port, args.tenant_port, args.write_config) == (8080, 8081, None)
+
+
+def test_readme_gives_the_demo_tenants_credentials() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for value in (DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USER, DEMO_PASSWORD,
+                  DEMO_WEB_CLIENT, DEMO_WEB_SECRET, DEMO_NATIVE_CLIENT, DEMO_REDIRECT):
+        assert f"`{value}`" in readme
+    assert DEMO_NATIVE_CLIENT in default_apps()
+    assert default_apps()[DEMO_NATIVE_CLIENT].public
+    assert {DEMO_REDIRECT} == {uri for app in default_apps().values()
+                               for uri in app.redirect_uris}

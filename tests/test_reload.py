@@ -61,6 +61,7 @@ ROWS: list[tuple[dict[str, Any], dict[str, Any], set[str], set[str]]] = [
     ({}, {"auth": USER}, {"auth.client_secret", "auth.redirect_uri"},
      {"auth.grant_type", "auth.token_store"}),
     ({}, {"auth": {"client_id": "other"}}, {"auth.client_id"}, set()),
+    ({}, {"auth": {"idle_renewal": "1h"}}, {"auth.idle_renewal"}, set()),
     ({}, {"auth": {"client_secret": "rotated"}}, {"auth.client_secret"}, set()),
     ({}, {"auth": {"client_secret": None, "client_secret_file": "{tmp}/secret"}},
      {"auth.client_secret", "auth.client_secret_file"}, set()),

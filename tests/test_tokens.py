@@ -13,12 +13,15 @@ from fwproxy.tokens import (
     MAX_LIFETIME,
     REJECTION_COOLDOWN,
     Decision,
+    Token,
+    Wake,
     client_credentials_form,
     decide,
     make_token,
     next_backoff,
     parse_retry_after,
     parse_token_response,
+    plan_renewal,
     retry_after_seconds,
     should_drop,
 )
@@ -230,3 +233,60 @@ def test_at_most_one_drop_a_second() -> None:
     assert not should_drop(token, token, now=100.5, issued_after_rejection=False,
                            last_drop=100.0)
     assert should_drop(token, token, now=101.0, issued_after_rejection=False, last_drop=100.0)
+
+
+def test_stored_token_with_its_lifetime_keeps_the_timetable_it_was_issued_with() -> None:
+    """A 4 s token shared through a file: every reader renews when the fetcher does (the
+    margin shrinks to a quarter of the lifetime), instead of finding it unusable and
+    fetching its own."""
+    from fwproxy.store import StoredSession
+    from fwproxy.tokens import stored_token
+
+    issued = make_token("at", 4, now=50.0, refresh_margin=60)
+    saved = StoredSession("", "at", expires_at=1_000_004.0, lifetime=4.0)
+    token = stored_token(saved, wall_now=1_000_000.0, now=50.0, refresh_margin=60)
+    assert token is not None
+    assert (token.renew_at, token.stale_at, token.expires_at) == (
+        issued.renew_at, issued.stale_at, issued.expires_at)
+    assert token.lifetime == 4.0
+    # inside its last (shrunk) margin: not used
+    assert stored_token(saved, wall_now=1_000_003.0, now=50.0, refresh_margin=60) is None
+    # an older file without the lifetime: the full margin, as before
+    assert stored_token(StoredSession("", "at", expires_at=1_000_004.0), 1_000_000.0, 50.0,
+                        60) is None
+
+
+TOKEN = make_token("t", 3600, now=0.0, refresh_margin=60)  # renew_at 3480, stale_at 3540
+ALWAYS = None
+
+
+@pytest.mark.parametrize(
+    ("token", "now", "renewing", "backoff_until", "last_use", "idle", "expected"),
+    [
+        # before renew_at: look again at renew_at, idle or not
+        (TOKEN, 100.0, False, 0.0, 0.0, ALWAYS, Wake(False, 3480.0)),
+        (TOKEN, 100.0, False, 0.0, 0.0, 0.0, Wake(False, 3480.0)),
+        # due, never used since start: always renew (approach 3) ...
+        (TOKEN, 3480.0, False, 0.0, 0.0, ALWAYS, Wake(True, None)),
+        (None, 5.0, False, 0.0, 0.0, ALWAYS, Wake(True, None)),
+        (TOKEN, 3550.0, False, 0.0, 0.0, ALWAYS, Wake(True, None)),  # stale: fetch
+        # ... unless renewing is only on use (0) or the proxy has been idle that long
+        (TOKEN, 3480.0, False, 0.0, 3480.0, 0.0, Wake(False, None)),
+        (None, 5.0, False, 0.0, 5.0, 0.0, Wake(False, None)),
+        (TOKEN, 3480.0, False, 0.0, 3000.0, 480.0, Wake(False, None)),
+        (TOKEN, 3480.0, False, 0.0, 3000.0, 481.0, Wake(True, None)),
+        # a renewal in flight: its end wakes the timer
+        (TOKEN, 3480.0, True, 0.0, 0.0, ALWAYS, Wake(False, None)),
+        (None, 5.0, True, 0.0, 0.0, ALWAYS, Wake(False, None)),
+        # backing off after a failure: the same backoff rules as requests
+        (TOKEN, 3480.0, False, 3490.0, 0.0, ALWAYS, Wake(False, 3490.0)),
+        (None, 5.0, False, 65.0, 0.0, ALWAYS, Wake(False, 65.0)),
+        (None, 5.0, False, 65.0, 0.0, 1.0, Wake(False, None)),  # idle: nobody to serve
+        (TOKEN, 3490.0, False, 3490.0, 0.0, ALWAYS, Wake(True, None)),
+    ],
+)
+def test_plan_renewal_table(
+    token: Token | None, now: float, renewing: bool, backoff_until: float, last_use: float,
+    idle: float | None, expected: Wake,
+) -> None:
+    assert plan_renewal(token, now, renewing, backoff_until, last_use, idle) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -84,3 +85,18 @@ async def test_a_second_proxy_cannot_join_the_port(
     assert second.returncode == 1
     assert "cannot listen" in second.stderr
     assert "Traceback" not in second.stderr
+
+
+async def test_idle_workers_renew_a_short_lived_token_once_for_the_whole_proxy(
+    start_proxy: StartProxy, tenant_state: TenantState
+) -> None:
+    """Each worker's timer comes due at the same moment; one of them fetches, the others
+    take its token from the shared file (which keeps the lifetime, so a 4 s token is not
+    mistaken for one inside its 60 s refresh_margin)."""
+    tenant_state.token_lifetime = 4  # margin 1 s: a renewal every 2 s, nobody using it
+    proxy = await start_proxy({"listen": {"workers": 2}})
+    await wait_until(lambda: tenant_state.token_requests >= 4, "three renewals while idle")
+    times = tenant_state.token_times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) > 0.5, gaps  # one request per renewal, not one per worker
+    assert proxy.log_count("token renewed") >= 2
