@@ -131,6 +131,7 @@ class LimitsConfig:
     max_concurrent: int = 0  # 0: no limit
     queue_timeout: float = 0.0  # seconds to wait for a slot before 503
     client_idle_timeout: float = 75.0
+    max_connections: int = 10240  # open client connections; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "max_concurrent": parse_count,
         "queue_timeout": parse_duration,
         "client_idle_timeout": parse_duration,
+        "max_connections": parse_count,
     },
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},

@@ -26,6 +26,7 @@ from aiohttp import web
 from . import eventloop
 from .app import TOKENS, create_app, reconfigure
 from .config import Settings
+from .connections import Runner
 from .exceptions import ConfigError, TokenError
 from .log import setup_logging
 from .systemd import Notifier, listen_fds
@@ -61,8 +62,9 @@ async def serve(
     """Run until SIGTERM or SIGINT; `reload` re-reads the config on SIGHUP."""
     raise_fd_limit()
     app = create_app(settings, worker.shared_token if worker else None)
-    runner = web.AppRunner(
+    runner = Runner(
         app,
+        settings.limits,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=settings.listen.shutdown_timeout,
@@ -94,7 +96,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload, app, reload, notifier)
+            loop.add_signal_handler(signal.SIGHUP, _reload, runner, reload, notifier)
         await stop.wait()
         notifier.notify("STOPPING=1")
         log.info("shutting down: finishing requests in flight (up to %gs)",
@@ -142,11 +144,12 @@ async def _warm_up(app: web.Application) -> None:
         await app[TOKENS].get()
 
 
-def _reload(app: web.Application, reload: Reloader, notifier: Notifier) -> None:
+def _reload(runner: Runner, reload: Reloader, notifier: Notifier) -> None:
     notifier.notify("RELOADING=1")
     try:
         settings = reload()
-        pending = reconfigure(app, settings)
+        pending = reconfigure(runner.app, settings)
+        runner.connections.configure(settings.limits)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
     except Exception:  # a bug must not leave systemd waiting for READY
