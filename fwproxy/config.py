@@ -132,6 +132,8 @@ class LimitsConfig:
     queue_timeout: float = 0.0  # seconds to wait for a slot before 503
     client_idle_timeout: float = 75.0
     max_connections: int = 10240  # open client connections; 0: no limit
+    client_body_timeout: float = 60.0  # no byte of an owed request body for this long: 408
+    client_send_timeout: float = 60.0  # the client took no byte of the response: cut
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,8 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "queue_timeout": parse_duration,
         "client_idle_timeout": parse_duration,
         "max_connections": parse_count,
+        "client_body_timeout": parse_duration,
+        "client_send_timeout": parse_duration,
     },
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from fwproxy.app import create_app
+from fwproxy.app import OBSERVER, create_app
 from fwproxy.config import parse_config
 from fwproxy.connections import Runner, head_end
 from fwproxy.demo import TenantState, create_tenant_app
@@ -228,3 +228,112 @@ async def test_max_connections_refuses_when_none_is_idle(serve: Serve) -> None:
         writer.close()
     assert served.runner.connections.refused == 1
     await keep_alive(served)  # and once they are idle, there is room again
+
+
+# --- limits.client_body_timeout and limits.client_send_timeout ---------------------------
+
+
+def upload_head(length: int) -> bytes:
+    return (b"POST /sim/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: %d\r\n\r\n" % length)
+
+
+async def test_stalled_uploads_get_408_and_free_their_slots(serve: Serve) -> None:
+    """Five clients send 10 of 1,000 promised bytes and stop: with max_concurrent 5 every
+    other request got 503 for as long as they liked."""
+    ended: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def sink(request: web.Request) -> web.Response:
+            try:
+                await request.read()
+            finally:
+                ended.append("the tenant's connection was closed")
+            return web.Response(text="read all")
+
+        app.router.add_post("/fotoweb/sink", sink)
+
+    served = await serve(routes, limits={"max_concurrent": 5, "client_body_timeout": "1s"})
+    stalled = []
+    for _ in range(5):
+        reader, writer = await served.connect()
+        writer.write(upload_head(1000).replace(b"/sim/upload", b"/fotoweb/sink") + b"x" * 10)
+        stalled.append((reader, writer))
+    metrics = served.runner.app[OBSERVER].metrics
+    await wait_until(lambda: metrics.in_flight == 5, "the five uploads to hold every slot")
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 503
+    for stalled_reader, stalled_writer in stalled:
+        status, head, body = await response(stalled_reader)
+        assert status == 408
+        assert json.loads(body)["error"] == "client_body_timeout"
+        assert b"Connection: close" in head
+        assert await asyncio.wait_for(stalled_reader.read(), 10) == b""  # and closed
+        stalled_writer.close()
+    await wait_until(lambda: len(ended) == 5, "the tenant's five connections to be closed")
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 200  # the slots are free again
+    writer.close()
+
+
+async def test_a_slow_but_steady_upload_is_not_cut(serve: Serve) -> None:
+    """One byte each 0.2 s with a 1 s timeout: 2 s in all, never 1 s without a byte."""
+    served = await serve(limits={"client_body_timeout": "1s"})
+    reader, writer = await served.connect()
+    writer.write(upload_head(10))
+    for _ in range(10):
+        await asyncio.sleep(0.2)  # the client's pace, not a wait for the proxy
+        writer.write(b"x")
+        await writer.drain()
+    status, _, body = await response(reader)
+    assert status == 200
+    assert json.loads(body)["body_size"] == 10
+    writer.close()
+
+
+async def test_a_client_that_reads_nothing_is_cut_and_frees_slot_and_tenant(
+    serve: Serve,
+) -> None:
+    """Two clients start a 2 GB download and read nothing: with max_concurrent 2 every
+    other request got 503 for as long as they liked."""
+    ended: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def endless(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            resp.content_length = 2 * 10**9
+            await resp.prepare(request)
+            try:
+                while True:
+                    await resp.write(b"z" * 65536)
+            finally:
+                ended.append("the tenant's connection was closed")
+
+        app.router.add_get("/fotoweb/huge", endless)
+
+    served = await serve(routes, limits={"max_concurrent": 2, "client_send_timeout": "1s"})
+    metrics = served.runner.app[OBSERVER].metrics
+    readers = []
+    for _ in range(2):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/huge HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        readers.append((reader, writer))
+    await wait_until(lambda: metrics.in_flight == 2, "the two downloads to hold both slots")
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 503
+    await wait_until(lambda: len(ended) == 2, "both tenant connections to be closed")
+    await wait_until(lambda: metrics.in_flight == 0, "the slots to be released")
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 200
+    writer.close()
+    for cut_reader, cut_writer in readers:  # what was sent is there, then the end
+        received = 0
+        try:
+            while chunk := await asyncio.wait_for(cut_reader.read(1 << 20), 10):
+                received += len(chunk)
+        except ConnectionError:
+            pass
+        assert received < 10**9
+        cut_writer.close()

@@ -4,10 +4,15 @@ memory, and clients that stall an upload or stop reading a download."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
+from aiohttp.test_utils import TestServer
 
-from .conftest import FwproxyProcess, _status_kib, curl
+from tests.conftest import merge, tenant_config
+
+from .conftest import FwproxyProcess, StartProxy, _status_kib, curl, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +89,30 @@ async def test_memory_per_connection_at_the_head_limit(fwproxy: FwproxyProcess) 
     finally:
         for _, writer in streams:
             writer.close()
+
+
+async def test_sighup_applies_the_connection_and_client_limits(
+    tenant: TestServer, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy()
+    assert proxy.config_path is not None
+    # a request answered: the loop has run past installing the signal handlers
+    assert '"demo-app"' in (await curl(proxy.url("/fotoweb/me"))).text
+    limits = {"max_connections": 1, "client_body_timeout": "1s"}
+    write_config(proxy.config_path, merge(tenant_config(tenant), {"limits": limits}))
+    os.kill(proxy.pid, signal.SIGHUP)
+    await proxy.wait_for_line("reloaded")
+    assert "only after a restart" not in proxy.log_text()
+
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    idle_writer.write(HEAD + b"\r\n")
+    await asyncio.wait_for(idle_reader.readuntil(b"demo-app"), 10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    upload = b"POST /sim/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nx"
+    writer.write(upload)  # and then nothing: owes 99 bytes
+    answer = await asyncio.wait_for(reader.read(), 30)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]  # client_body_timeout: 1s
+    await asyncio.wait_for(idle_reader.read(), 10)  # max_connections 1: the idle one went
+    assert idle_reader.at_eof()
+    writer.close()
+    idle_writer.close()
