@@ -220,3 +220,17 @@ def test_event_loop_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(config(listen={"event_loop": "uvloop"}), environ={})
     settings = parse_config(config(), environ={"FWPROXY_LISTEN_EVENT_LOOP": "asyncio"})
     assert settings.listen.event_loop == "asyncio"
+
+
+def test_connection_and_client_limits() -> None:
+    limits = parse_config(config(), environ={}).limits
+    assert (limits.max_connections, limits.client_body_timeout, limits.client_send_timeout
+            ) == (10240, 60.0, 60.0)
+    limits = parse_config(config(limits={"max_connections": 500, "client_body_timeout": "2m",
+                                         "client_send_timeout": "500ms"}), environ={}).limits
+    assert (limits.max_connections, limits.client_body_timeout, limits.client_send_timeout
+            ) == (500, 120.0, 0.5)
+    for key, bad in (("max_connections", -1), ("client_body_timeout", "soon"),
+                     ("client_send_timeout", "-5")):
+        with pytest.raises(ConfigError, match=rf"^limits\.{key}"):
+            parse_config(config(limits={key: bad}), environ={})
