@@ -18,7 +18,8 @@ Theory of operation
 5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
-   Retry-After when no token can be had. A failure after the response has started aborts
+   Retry-After when no token can be had, 408 when the client stops sending the body it
+   owes (``limits.client_body_timeout``). A failure after the response has started aborts
    the connection, so the client never mistakes a cut-short body for a whole one.
 """
 

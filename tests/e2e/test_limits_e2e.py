@@ -83,7 +83,7 @@ async def test_memory_per_connection_at_the_head_limit(fwproxy: FwproxyProcess) 
         per_connection = (rss(fwproxy) - before) // count
         print(f"RSS per connection holding a {lines * len(line) >> 10} KiB head: "
               f"{per_connection >> 10} KiB")
-        assert per_connection < 256 * 1024
+        assert per_connection < 200 * 1024  # README: about 155 KiB
         for reader, _ in streams:  # none refused: they are within the limit
             assert not reader.at_eof()
     finally:
