@@ -141,6 +141,9 @@ class LimitsConfig:
     max_concurrent: int = 0  # 0: no limit
     queue_timeout: float = 0.0  # seconds to wait for a slot before 503
     client_idle_timeout: float = 75.0
+    max_connections: int = 10240  # open client connections; 0: no limit
+    client_body_timeout: float = 60.0  # no byte of an owed request body for this long: 408
+    client_send_timeout: float = 60.0  # the client took no byte of the response: cut
 
 
 @dataclass(frozen=True)
@@ -512,6 +515,9 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "max_concurrent": parse_count,
         "queue_timeout": parse_duration,
         "client_idle_timeout": parse_duration,
+        "max_connections": parse_count,
+        "client_body_timeout": parse_duration,
+        "client_send_timeout": parse_duration,
     },
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
@@ -1067,7 +1073,8 @@ APPLIES_ON_RELOAD = frozenset({
     "access.read_only", "access.rules", "access.default", "access.api_keys_file",
     "access.trust_forwarded_from",
     "limits.max_body", "limits.max_header_bytes", "limits.max_concurrent",
-    "limits.queue_timeout", "limits.client_idle_timeout",
+    "limits.queue_timeout", "limits.client_idle_timeout", "limits.max_connections",
+    "limits.client_body_timeout", "limits.client_send_timeout",
     "log.level", "log.format",
 })
 # Keys that need a restart: sockets, the tenant's connection pool, the grant, the routes.

@@ -21,7 +21,8 @@ Theory of operation
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
    With the token in the query, a header that echoes it is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
-   Retry-After when no token can be had. A failure after the response has started aborts
+   Retry-After when no token can be had, 408 when the client stops sending the body it
+   owes (``limits.client_body_timeout``). A failure after the response has started aborts
    the connection, so the client never mistakes a cut-short body for a whole one.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -57,7 +59,7 @@ from .upstream import (
     response_reason,
     without_param,
 )
-from .watchdog import Stall, Watchdog
+from .watchdog import ClientWatch, Stall, Watchdog
 
 access_log = AccessLog()
 log = logging.getLogger("fwproxy.proxy")
@@ -80,6 +82,8 @@ class Proxy:
         self._tokens = tokens
         self._tenant = settings.tenant.url
         self._watchdog = Watchdog(settings.tenant.read_timeout)
+        self._body_watch = ClientWatch(0)  # limits.client_body_timeout, in reconfigure
+        self._send_watch = ClientWatch(0)  # limits.client_send_timeout
         self.replays = 0
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
         self._evidence: tuple[Probe, ...] = ()  # probes that proved the query, one a path
@@ -104,6 +108,8 @@ class Proxy:
             self._slot_limit = limit
             self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
+        self._body_watch.configure(settings.limits.client_body_timeout)
+        self._send_watch.configure(settings.limits.client_send_timeout)
 
     @property
     def settings(self) -> Settings:
@@ -112,6 +118,8 @@ class Proxy:
 
     def close(self) -> None:
         self._watchdog.close()
+        self._body_watch.close()
+        self._send_watch.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for every path the proxy serves."""
@@ -175,6 +183,7 @@ class Proxy:
                 expected=request.content_length,
                 limit=self._settings.limits.max_body,
             )
+            body.client = self._body_watch.watch(_stalled(body, self._body_watch.timeout))
         stall = self._watchdog.start()
         try:
             try:
@@ -186,6 +195,12 @@ class Proxy:
                     headers={"Retry-After": str(exc.retry_after)},
                 ), reason=exc.reason)
             except UpstreamError as exc:
+                if body is not None and body.timed_out:
+                    return await _answer_and_close(request, note, error_response(
+                        408, "client_body_timeout",
+                        f"no byte of the request body arrived for "
+                        f"limits.client_body_timeout ({self._body_watch.timeout:g}s)",
+                    ))
                 if body is not None and body.too_large:
                     return note.answer(error_response(
                         413, "body_too_large",
@@ -194,11 +209,18 @@ class Proxy:
                 return note.answer(error_response(exc.status, exc.error, str(exc)))
             finally:
                 if body is not None:
+                    self._body_watch.unwatch(body.client)
                     note.bytes_in = body.size
                     body.close()
+            transport = request.transport
+            owed = None
+            if transport is not None:  # (None: the client is gone already)
+                owed = self._send_watch.watch(_cut(transport, note),
+                                              transport.get_write_buffer_size)
             try:
                 return await self._stream_back(request, upstream, note, stall, admitted.host)
             finally:
+                self._send_watch.unwatch(owed)
                 upstream.release()
         finally:
             self._watchdog.stop(stall)
@@ -333,12 +355,12 @@ class Proxy:
                 request.transport.close()
             return out
         except ConnectionError:
-            note.error = "client_disconnected"
+            note.error = note.error or "client_disconnected"  # or cut: client_send_timeout
             return out
         try:
             await out.write_eof(last)  # a small answer: headers, body and end in one write
         except ConnectionError:
-            note.error = "client_disconnected"
+            note.error = note.error or "client_disconnected"
             return out
         note.bytes_out += len(last)
         return out
@@ -422,6 +444,39 @@ async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> byte
 
 def _stopped() -> str:
     return "the tenant stopped sending the response body"
+
+
+def _stalled(body: BodyTee, timeout: float) -> Callable[[], None]:
+    """What `limits.client_body_timeout` does to an upload: its read fails (so does the
+    upload to the tenant, whose connection is closed); the handler then answers 408."""
+    return lambda: body.stalled(timeout)
+
+
+def _cut(transport: asyncio.Transport, note: Note) -> Callable[[], None]:
+    """What `limits.client_send_timeout` does to a client that takes no byte of the
+    response: its connection is aborted (a close would wait for it to read); the handler is
+    cancelled or its write fails, and the slot and the tenant's connection are released."""
+
+    def cut() -> None:
+        note.error = "client_send_timeout"
+        transport.abort()
+
+    return cut
+
+
+async def _answer_and_close(request: web.Request, note: Note, response: web.Response
+                            ) -> web.Response:
+    """Send `response`, then close the connection without reading on: the client owes a
+    body it is not sending (aiohttp would otherwise wait for the rest of it)."""
+    note.answer(response)
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        note.error = "client_disconnected"
+    request.protocol.force_close()
+    return response
 
 
 

@@ -11,11 +11,13 @@ streamable but no longer replayable.
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from typing import IO, Protocol
 
-from .watchdog import Stall
+from .watchdog import Owed, Stall
 
 SPILL_AT = 1024 * 1024
 CHUNK = 256 * 1024
@@ -24,9 +26,17 @@ CHUNK = 256 * 1024
 class BodySource(Protocol):
     async def readany(self) -> bytes: ...
 
+    def set_exception(self, exc: BaseException) -> None: ...
+
 
 class BodyTooLarge(Exception):
     """The body passed limits.max_body while streaming (a chunked upload)."""
+
+
+class ClientBodyTimeout(Exception):
+    """The client sent no byte of the body it owes for limits.client_body_timeout.
+    (Not an OSError: aiohttp's body writer reports it as a failed upload, not the tenant's
+    network error.)"""
 
 
 class ReplayUnavailable(Exception):
@@ -42,6 +52,8 @@ class BodyTee:
         self._source = source
         self.limit = limit  # limits.max_body; 0: none
         self.too_large = False
+        self.client: Owed | None = None  # limits.client_body_timeout: set by the handler
+        self.timed_out = False
         self._lock = asyncio.Lock()
         self._pulled = 0  # bytes read from the client so far
         self._eof = False
@@ -91,7 +103,15 @@ class BodyTee:
             async with self._lock:
                 if pos < self._pulled or self._eof:
                     continue  # another attempt pulled meanwhile; take it from the copy
-                data = await self._source.readany()
+                client = self.client
+                if client is None:
+                    data = await self._source.readany()
+                else:  # waiting for the client, for its ClientWatch
+                    client.since = time.monotonic()
+                    try:
+                        data = await self._source.readany()
+                    finally:
+                        client.since = math.inf
                 if not data:
                     self._eof = True
                     return b""
@@ -100,6 +120,13 @@ class BodyTee:
                     self.too_large = True  # abort the upload: a clean end would truncate it
                     raise BodyTooLarge(f"request body larger than {self.limit} bytes")
                 return data
+
+    def stalled(self, timeout: float) -> None:
+        """From the ClientWatch: the client has owed the next bytes for `timeout` seconds;
+        the read waiting for them (and so the upload) fails."""
+        self.timed_out = True
+        self._source.set_exception(ClientBodyTimeout(
+            f"the client sent no byte of its request body for {timeout:g}s"))
 
     def close(self) -> None:
         if self._copy is not None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from . import eventloop
 from .app import PROXY, TOKENS, create_app, handler_args, reconfigure
 from .config import Settings
+from .connections import Runner
 from .exceptions import ConfigError, TokenError
 from .log import setup_logging
 from .systemd import Notifier, listen_fds
@@ -61,8 +62,9 @@ async def serve(
     """Run until SIGTERM or SIGINT; `reload` re-reads the config on SIGHUP."""
     raise_fd_limit()
     app = create_app(settings, worker.shared_token if worker else None)
-    runner = web.AppRunner(
+    runner = Runner(
         app,
+        settings.limits,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=settings.listen.shutdown_timeout,
@@ -94,7 +96,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reload, app, runner, reload, notifier)
+            loop.add_signal_handler(signal.SIGHUP, _reload, runner, reload, notifier)
         notifier.notify("READY=1\nSTATUS=serving")  # after the handlers: reload may follow
         await stop.wait()
         notifier.notify("STOPPING=1")
@@ -143,13 +145,12 @@ async def _warm_up(app: web.Application) -> None:
         await app[TOKENS].get()
 
 
-def _reload(
-    app: web.Application, runner: web.AppRunner, reload: Reloader, notifier: Notifier
-) -> None:
+def _reload(runner: Runner, reload: Reloader, notifier: Notifier) -> None:
     notifier.notify("RELOADING=1")
     try:
-        plan = reconfigure(app, reload())
+        plan = reconfigure(runner.app, reload())
         _reconfigure_connections(runner, plan.settings)
+        runner.connections.configure(plan.settings.limits)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
     except Exception:  # a bug must not leave systemd waiting for READY
@@ -167,7 +168,7 @@ def _reload(
         notifier.notify("READY=1")
 
 
-def _reconfigure_connections(runner: web.AppRunner, settings: Settings) -> None:
+def _reconfigure_connections(runner: Runner, settings: Settings) -> None:
     """What aiohttp keeps outside the app: each new connection's handler is made from the
     server's keyword arguments (client_idle_timeout, max_header_bytes), and the drain
     on shutdown waits the runner's timeout. Connections already open keep theirs."""

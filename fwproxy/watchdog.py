@@ -11,7 +11,9 @@ awaits (``with Stall.guard(...)``) is ever cancelled. A timeout fires between `t
 `timeout + tick` after the wait began.
 
 Only waiting for the tenant counts: not a slow client's upload, not a slow client reading
-the response (the proxy stops reading the tenant while the client catches up).
+the response (the proxy stops reading the tenant while the client catches up). Those are
+`ClientWatch`'s, on the same pattern: ``limits.client_body_timeout`` and
+``limits.client_send_timeout``.
 """
 
 from __future__ import annotations
@@ -143,3 +145,82 @@ class Watchdog:
                 stall.task.cancel()
         assert self._loop is not None
         self._timer = self._loop.call_later(self.tick, self._sweep)
+
+
+class Owed:
+    """Something a client owes the proxy (`ClientWatch`): the next bytes of its request
+    body, or taking the response. `since`: when it began to be owed with no progress
+    (inf: nothing owed now). `backlog`, when given, is read by the sweep instead: the bytes
+    waiting for the client (its transport's write buffer); progress is that shrinking."""
+
+    __slots__ = ("_fire", "_seen", "backlog", "since")
+
+    def __init__(self, fire: Callable[[], None], backlog: Callable[[], int] | None) -> None:
+        self._fire = fire
+        self.backlog = backlog
+        self.since = math.inf
+        self._seen = 0
+
+    def _check(self, now: float, deadline: float) -> bool:
+        """Whether it has been owed since before `deadline`, after noting any progress."""
+        if self.backlog is not None:
+            size = self.backlog()
+            if size == 0:
+                self.since = math.inf
+            elif size < self._seen or self.since == math.inf:
+                self.since = now
+            self._seen = size
+        return self.since < deadline
+
+
+class ClientWatch:
+    """A client-side timeout (``limits.client_body_timeout``, ``client_send_timeout``) for
+    every request, on one timer, the way `Watchdog` does the tenant's: a body read notes
+    when it starts and stops waiting (two clock reads); a response is only looked at by the
+    sweep (its transport's write buffer). What has been owed for longer than `timeout` is
+    handed to its `fire` (which ends it), between `timeout` and `timeout + 2 * tick` late.
+    0: no limit, nothing is watched."""
+
+    def __init__(self, timeout: float) -> None:
+        self._owed: set[Owed] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self.configure(timeout)
+
+    def configure(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(1.0, max(0.01, timeout / 8))
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def watch(self, fire: Callable[[], None], backlog: Callable[[], int] | None = None
+              ) -> Owed | None:
+        """Watch until `unwatch`; None when there is no limit."""
+        if self.timeout <= 0:
+            return None
+        owed = Owed(fire, backlog)
+        self._owed.add(owed)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        return owed
+
+    def unwatch(self, owed: Owed | None) -> None:
+        if owed is not None:
+            self._owed.discard(owed)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self._timer = None
+        if not self._owed or self.timeout <= 0:  # (a reload may have lifted the limit)
+            return
+        now = time.monotonic()
+        deadline = now - self.timeout
+        for owed in [owed for owed in self._owed if owed._check(now, deadline)]:
+            self._owed.discard(owed)
+            owed._fire()
+        self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)

@@ -659,3 +659,17 @@ def test_rules_from_the_environment_are_yaml_text() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(config(), environ={"FWPROXY_ACCESS_RULES": "[{paths: /a"})
     assert str(caught.value) == "FWPROXY_ACCESS_RULES: expected a YAML list of rules"
+
+
+def test_connection_and_client_limits() -> None:
+    limits = parse_config(config(), environ={}).limits
+    assert (limits.max_connections, limits.client_body_timeout, limits.client_send_timeout
+            ) == (10240, 60.0, 60.0)
+    limits = parse_config(config(limits={"max_connections": 500, "client_body_timeout": "2m",
+                                         "client_send_timeout": "500ms"}), environ={}).limits
+    assert (limits.max_connections, limits.client_body_timeout, limits.client_send_timeout
+            ) == (500, 120.0, 0.5)
+    for key, bad in (("max_connections", -1), ("client_body_timeout", "soon"),
+                     ("client_send_timeout", "-5")):
+        with pytest.raises(ConfigError, match=rf"^limits\.{key}"):
+            parse_config(config(limits={key: bad}), environ={})

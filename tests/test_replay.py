@@ -18,6 +18,9 @@ class Source:
         self.reads += 1
         return self._chunks.pop(0) if self._chunks else b""
 
+    def set_exception(self, exc: BaseException) -> None:
+        raise AssertionError(f"not expected here: {exc}")
+
 
 async def collect(tee: BodyTee, limit: int | None = None) -> bytes:
     out = b""

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fwproxy.exceptions import UpstreamTimeout
-from fwproxy.watchdog import Watchdog
+from fwproxy.replay import BodyTee, ClientBodyTimeout
+from fwproxy.watchdog import ClientWatch, Watchdog
 
 
 def no_answer() -> str:
@@ -115,3 +116,80 @@ async def test_a_reload_to_zero_stops_watching() -> None:
         await asyncio.sleep(0.05)
     forever.set()
     assert await task == "answered"
+
+
+# --- ClientWatch: limits.client_body_timeout and client_send_timeout ---------------------
+
+
+class Trickle:
+    """A client body: `chunks`, each after `gap` seconds, then (with `stall`) nothing."""
+
+    def __init__(self, chunks: int, gap: float, stall: bool) -> None:
+        self._left, self._gap, self._stall = chunks, gap, stall
+        self._failed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def readany(self) -> bytes:
+        if self._left == 0 and not self._stall:
+            return b""
+        try:  # the next byte after the gap, unless the read is failed first
+            return await asyncio.wait_for(asyncio.shield(self._failed),
+                                          self._gap if self._left else 3600)
+        except asyncio.TimeoutError:
+            self._left -= 1
+            return b"x"
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._failed.set_exception(exc)
+
+
+async def upload(watch: ClientWatch, source: Trickle) -> tuple[BodyTee, bytes]:
+    tee = BodyTee(source, max_size=0)
+    tee.client = watch.watch(lambda: tee.stalled(watch.timeout))
+    out = b""
+    try:
+        async for chunk in tee.chunks():
+            out += chunk
+    finally:
+        watch.unwatch(tee.client)
+    return tee, out
+
+
+async def test_a_stalled_upload_fails_its_read() -> None:
+    watch = ClientWatch(0.2)
+    with pytest.raises(ClientBodyTimeout, match=r"no byte of its request body for 0\.2s"):
+        await asyncio.wait_for(upload(watch, Trickle(2, 0.01, stall=True)), 10)
+    watch.close()
+
+
+async def test_a_slow_but_steady_upload_is_not_cut() -> None:
+    """One byte each 0.2 s with a 1 s timeout, for longer than the timeout."""
+    watch = ClientWatch(1.0)
+    tee, out = await asyncio.wait_for(upload(watch, Trickle(8, 0.2, stall=False)), 20)
+    assert out == b"x" * 8
+    assert not tee.timed_out
+    watch.close()
+
+
+async def test_the_send_watch_fires_only_while_the_backlog_does_not_shrink() -> None:
+    watch = ClientWatch(0.2)
+    backlog = [100]
+    fired = asyncio.Event()
+    owed = watch.watch(fired.set, lambda: backlog[0])
+    assert owed is not None
+    for _ in range(6):  # taking a byte now and then: progress, never cut
+        await asyncio.sleep(0.1)  # the client's pace
+        backlog[0] -= 1
+        assert not fired.is_set()
+    backlog[0] = 0  # all taken: nothing owed
+    await asyncio.sleep(0.5)
+    assert not fired.is_set()
+    backlog[0] = 50  # owed again, and never taken
+    await asyncio.wait_for(fired.wait(), 10)
+    assert not watch._owed  # fired once, then no longer watched
+    watch.close()
+
+
+def test_zero_means_no_client_timeout() -> None:
+    watch = ClientWatch(0)
+    assert watch.watch(lambda: None) is None
+    assert not watch.armed

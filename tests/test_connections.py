@@ -1,0 +1,339 @@
+"""Client connections (connections.py): the request head bounded while it arrives, and the
+number of open connections capped, idle ones evicted first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from fwproxy.app import OBSERVER, create_app
+from fwproxy.config import parse_config
+from fwproxy.connections import Runner, head_end
+from fwproxy.demo import TenantState, create_tenant_app
+from tests.conftest import merge, tenant_config, wait_until
+
+Routes = Callable[[web.Application], None]
+
+
+@dataclass
+class Served:
+    runner: Runner
+    port: int
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+Serve = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve(aiohttp_server: Callable[..., Awaitable[TestServer]],
+                tenant_state: TenantState) -> AsyncIterator[Serve]:
+    """The proxy as `fwproxy run` serves it (its `Runner`), in front of the simulated
+    tenant plus `routes`."""
+    runners: list[Runner] = []
+
+    async def start(routes: Routes | None = None, **sections: dict[str, Any]) -> Served:
+        app = create_tenant_app(tenant_state)
+        if routes is not None:
+            routes(app)
+        tenant = await aiohttp_server(app, host="127.0.0.1")
+        settings = parse_config(merge(tenant_config(tenant), sections), environ={})
+        runner = Runner(create_app(settings), settings.limits, handler_cancellation=True)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return Served(runner, runner.addresses[0][1])
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """One response: status, head, body (by Content-Length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return status, head, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def send_all(writer: asyncio.StreamWriter, parts: list[bytes]) -> int:
+    """Send `parts` one write each until the proxy closes; how many bytes it accepted."""
+    sent = 0
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            sent += len(part)
+    except ConnectionError:
+        pass
+    return sent
+
+
+@pytest.mark.parametrize(("carry", "data", "expected"), [
+    (b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 27),
+    (b"", b"GET / HTTP/1.1\r\nHost: a\r\n", -1),
+    (b"a\r\n", b"\r\nrest", 2),  # the blank line split across reads
+    (b"\r\n\r", b"\nrest", 1),
+    (b"a\r\n", b"\r\n", 2),
+    (b"", b"GET / HTTP/1.1\nHost: a\n\nbody", 24),  # bare LF
+    (b"", b"", -1),
+])
+def test_head_end(carry: bytes, data: bytes, expected: int) -> None:
+    assert head_end(carry, data) == expected
+
+
+LIMIT = 4096
+LINE = b"X-Fill: " + b"a" * 990 + b"\r\n"  # 1,000 bytes: each under every per-line limit
+
+
+async def test_a_head_past_max_header_bytes_is_refused_while_it_arrives(serve: Serve) -> None:
+    """Lines each within aiohttp's per-line limit, never ending: the old code waited for
+    the end of the head (parsing and keeping all of it); now 431 once the limit is passed."""
+    served = await serve(limits={"max_header_bytes": LIMIT})
+    reader, writer = await served.connect()
+    parts = [b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n"] + [LINE] * 127
+    sender = asyncio.create_task(send_all(writer, parts))
+    status, head, body = await response(reader)
+    assert status == 431
+    assert json.loads(body)["error"] == "headers_too_large"
+    assert b"Connection: close" in head
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # and closed
+    await sender
+    writer.close()
+
+
+async def test_every_head_on_a_keep_alive_connection_is_bounded(serve: Serve) -> None:
+    served = await serve(limits={"max_header_bytes": LIMIT})
+    reader, writer = await served.connect()
+    small = b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for _ in range(3):  # well under the limit each, more than it together
+        writer.write(small[:-2] + LINE * 3 + b"\r\n")
+        status, _, _ = await response(reader)
+        assert status == 200
+    writer.write(small[:-2])
+    await send_all(writer, [LINE] * 127)
+    status, _, _ = await response(reader)
+    assert status == 431
+    writer.close()
+
+
+async def test_pipelined_heads_are_each_bounded(serve: Serve) -> None:
+    served = await serve(limits={"max_header_bytes": LIMIT})
+    reader, writer = await served.connect()
+    request = b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n" + LINE * 3 + b"\r\n"
+    writer.write(request * 5)  # 5 heads of 3 KB in one write: 15 KB, each under 4 KiB
+    for _ in range(5):
+        status, _, _ = await response(reader)
+        assert status == 200
+    writer.write(request[:-2])
+    await send_all(writer, [LINE] * 127)
+    status, _, _ = await response(reader)
+    assert status == 431
+    writer.close()
+
+
+async def test_body_bytes_do_not_count_as_head(serve: Serve) -> None:
+    """A head near the limit and a large body, in one write and in pieces: forwarded."""
+    served = await serve(limits={"max_header_bytes": LIMIT})
+    body = b"b" * 300_000
+    head = (b"POST /sim/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n" + LINE * 3
+            + b"Content-Length: %d\r\n\r\n" % len(body))
+    reader, writer = await served.connect()
+    writer.write(head + body + head + body)  # and a pipelined second one behind it
+    for _ in range(2):
+        status, _, _ = await response(reader)
+        assert status == 200
+    writer.close()
+
+
+async def test_the_request_line_has_its_own_allowance(serve: Serve) -> None:
+    """The request line is bounded by aiohttp's parser, not counted in max_header_bytes."""
+    served = await serve(limits={"max_header_bytes": LIMIT})
+    reader, writer = await served.connect()
+    path = b"/fotoweb/me?" + b"q" * 3000  # and 3,000 bytes of headers: over 4 KiB together
+    writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + LINE * 3 + b"\r\n")
+    status, _, _ = await response(reader)
+    assert status == 200
+    writer.close()
+
+
+async def keep_alive(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that made one request and now idles."""
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    status, _, _ = await response(reader)
+    assert status == 200
+    return reader, writer
+
+
+async def test_max_connections_evicts_the_longest_idle_first(serve: Serve) -> None:
+    served = await serve(limits={"max_connections": 3})
+    first = await keep_alive(served)
+    second = await keep_alive(served)
+    third = await keep_alive(served)
+    second[1].write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # busy again
+    assert (await response(second[0]))[0] == 200  # so `first` is now the longest idle
+    fourth = await keep_alive(served)  # served: the oldest idle made room
+    assert await asyncio.wait_for(first[0].read(), 10) == b""  # closed by the proxy
+    for reader, writer in (second, third, fourth):  # the others still work
+        writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await response(reader))[0] == 200
+        writer.close()
+    assert served.runner.connections.evicted == 1
+
+
+async def test_max_connections_refuses_when_none_is_idle(serve: Serve) -> None:
+    release = asyncio.Event()
+    arrived: list[None] = []
+
+    def routes(app: web.Application) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            arrived.append(None)
+            await release.wait()
+            return web.Response(text="done")
+
+        app.router.add_get("/fotoweb/slow", slow)
+
+    served = await serve(routes, limits={"max_connections": 2})
+    busy = []
+    for _ in range(2):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        busy.append((reader, writer))
+    await wait_until(lambda: len(arrived) == 2, "both requests to reach the tenant")
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    except ConnectionError:
+        answer = b""  # refused by a reset: closed at once
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+    if answer:
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "busy"
+    writer.close()
+    release.set()
+    for reader, writer in busy:  # the busy ones were left alone
+        assert (await response(reader))[0] == 200
+        writer.close()
+    assert served.runner.connections.refused == 1
+    await keep_alive(served)  # and once they are idle, there is room again
+
+
+# --- limits.client_body_timeout and limits.client_send_timeout ---------------------------
+
+
+def upload_head(length: int) -> bytes:
+    return (b"POST /sim/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: %d\r\n\r\n" % length)
+
+
+async def test_stalled_uploads_get_408_and_free_their_slots(serve: Serve) -> None:
+    """Five clients send 10 of 1,000 promised bytes and stop: with max_concurrent 5 every
+    other request got 503 for as long as they liked."""
+    ended: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def sink(request: web.Request) -> web.Response:
+            try:
+                await request.read()
+            finally:
+                ended.append("the tenant's connection was closed")
+            return web.Response(text="read all")
+
+        app.router.add_post("/fotoweb/sink", sink)
+
+    served = await serve(routes, limits={"max_concurrent": 5, "client_body_timeout": "1s"})
+    stalled = []
+    for _ in range(5):
+        reader, writer = await served.connect()
+        writer.write(upload_head(1000).replace(b"/sim/upload", b"/fotoweb/sink") + b"x" * 10)
+        stalled.append((reader, writer))
+    metrics = served.runner.app[OBSERVER].metrics
+    await wait_until(lambda: metrics.in_flight == 5, "the five uploads to hold every slot")
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 503
+    for stalled_reader, stalled_writer in stalled:
+        status, head, body = await response(stalled_reader)
+        assert status == 408
+        assert json.loads(body)["error"] == "client_body_timeout"
+        assert b"Connection: close" in head
+        assert await asyncio.wait_for(stalled_reader.read(), 10) == b""  # and closed
+        stalled_writer.close()
+    await wait_until(lambda: len(ended) == 5, "the tenant's five connections to be closed")
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 200  # the slots are free again
+    writer.close()
+
+
+async def test_a_slow_but_steady_upload_is_not_cut(serve: Serve) -> None:
+    """One byte each 0.2 s with a 1 s timeout: 2 s in all, never 1 s without a byte."""
+    served = await serve(limits={"client_body_timeout": "1s"})
+    reader, writer = await served.connect()
+    writer.write(upload_head(10))
+    for _ in range(10):
+        await asyncio.sleep(0.2)  # the client's pace, not a wait for the proxy
+        writer.write(b"x")
+        await writer.drain()
+    status, _, body = await response(reader)
+    assert status == 200
+    assert json.loads(body)["body_size"] == 10
+    writer.close()
+
+
+async def test_a_client_that_reads_nothing_is_cut_and_frees_slot_and_tenant(
+    serve: Serve,
+) -> None:
+    """Two clients start a 2 GB download and read nothing: with max_concurrent 2 every
+    other request got 503 for as long as they liked."""
+    ended: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def endless(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            resp.content_length = 2 * 10**9
+            await resp.prepare(request)
+            try:
+                while True:
+                    await resp.write(b"z" * 65536)
+            finally:
+                ended.append("the tenant's connection was closed")
+
+        app.router.add_get("/fotoweb/huge", endless)
+
+    served = await serve(routes, limits={"max_concurrent": 2, "client_send_timeout": "1s"})
+    metrics = served.runner.app[OBSERVER].metrics
+    readers = []
+    for _ in range(2):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/huge HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        readers.append((reader, writer))
+    await wait_until(lambda: metrics.in_flight == 2, "the two downloads to hold both slots")
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 503
+    await wait_until(lambda: len(ended) == 2, "both tenant connections to be closed")
+    await wait_until(lambda: metrics.in_flight == 0, "the slots to be released")
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await response(reader))[0] == 200
+    writer.close()
+    for cut_reader, cut_writer in readers:  # what was sent is there, then the end
+        received = 0
+        try:
+            while chunk := await asyncio.wait_for(cut_reader.read(1 << 20), 10):
+                received += len(chunk)
+        except ConnectionError:
+            pass
+        assert received < 10**9
+        cut_writer.close()
