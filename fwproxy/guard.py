@@ -13,13 +13,17 @@ from itertools import chain
 from typing import NamedTuple
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .access import (
+    METHOD_OVERRIDES,
     BadPath,
     client_allowed,
     decide_access,
-    normalize_path,
+    decide_all,
+    overridden_methods,
+    path_readings,
     refuse_cross_site,
     refuse_host,
 )
@@ -123,16 +127,28 @@ class Guard:
                                   "the request target must be a path such as /fotoweb/")
         path, _, query = target.partition("?")
         try:
-            normalized = _normalized(path)
+            readings = _readings(path)
         except BadPath as exc:
             return error_response(400, "bad_path", f"refused: {exc}")
+        method = request.method
+        overrides = _overrides(headers)
+        if overrides:
+            refused = REFUSED_METHODS.intersection(overrides)
+            if refused:
+                return error_response(405, "method_not_allowed",
+                                      f"{min(refused)} (named by a method-override header) "
+                                      "is not forwarded by fwproxy", headers={"Allow": ALLOW})
         read_only = access.read_only or (key is not None and key.read_only)
-        allowed, rule = decide_access(access.rules, access.default, read_only,
-                                      request.method, normalized)
+        if len(readings) == 1 and not overrides:
+            normalized = readings[0]
+            allowed, rule = decide_access(access.rules, access.default, read_only, method,
+                                          normalized)
+        else:
+            allowed, rule, method, normalized = decide_all(
+                access.rules, access.default, read_only, (method, *overrides), readings)
         if not allowed:
             return error_response(403, "forbidden",
-                                  f"{request.method} {normalized} is denied by access rule "
-                                  f"{rule!r}")
+                                  f"{method} {normalized} is denied by access rule {rule!r}")
         length = request.content_length if limits.max_body and request.body_exists else None
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
@@ -141,12 +157,19 @@ class Guard:
 
 
 MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered
-_normalize_memo = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # a BadPath is not kept
+_readings_memo = lru_cache(maxsize=MEMO_SIZE)(path_readings)  # a BadPath is not kept
 MEMO_PATH = 512  # longer paths are normalized every time: the memo stays under 1 MiB
 
 
-def _normalized(path: str) -> str:
-    return _normalize_memo(path) if len(path) <= MEMO_PATH else normalize_path(path)
+def _readings(path: str) -> tuple[str, ...]:
+    return _readings_memo(path) if len(path) <= MEMO_PATH else path_readings(path)
+
+
+def _overrides(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
+    """Methods named by method-override headers (almost always none: three lookups)."""
+    values = [value for name in METHOD_OVERRIDES if name in headers
+              for value in headers.getall(name)]
+    return overridden_methods(values) if values else ()
 
 
 def header_bytes(request: web.Request) -> int:

@@ -101,6 +101,19 @@ def test_listening_publicly_needs_a_deliberate_choice(
         ("GET", "/fotoweb/.%2E/admin", 400),
         ("GET", "/fotoweb/%2561dmin/users", 400),  # double encoding: refused
         ("GET", "/fotoweb/administrators", 200),  # not under /fotoweb/admin/
+        ("GET", "/fotoweb/%u0061dmin/x", 400),  # IIS decodes %uNNNN: refused
+        ("GET", "/fotoweb/%u0041DMIN/x", 400),
+        ("GET", "/fotoweb%u002fadmin/x", 400),
+        ("GET", "/fotoweb/archives/..%20/admin/x", 400),  # Windows trims it to ..
+        ("GET", "/fotoweb/archives/..%2e%20/admin/x", 400),
+        ("GET", "/fotoweb/(S(x))/admin/x", 400),  # ASP.NET cookieless segment
+        ("GET", "/fotoweb/admin;x/users", 400),  # path parameter
+        ("GET", "/fotoweb/%c0%afadmin/x", 400),  # overlong UTF-8
+        ("GET", "/fotoweb/admin%09/x", 400),  # tab
+        ("GET", "/fotoweb%EF%BC%8Fadmin/x", 400),  # fullwidth solidus
+        ("GET", "/fotoweb/%EF%BD%81dmin/x", 403),  # fullwidth a: folded, then denied
+        ("GET", "/fotoweb/adm%C4%B1n/x", 403),  # dotless i: .NET upper-cases it to I
+        ("GET", "/fotoweb/caf%C3%A9/", 200),  # other characters pass
     ],
 )
 async def test_rules_match_the_path_the_tenant_will_see(
@@ -132,6 +145,56 @@ async def test_default_deny_and_method_rules(
         assert "'default'" in (await resp.json())["detail"]
     async with client.get("/sim/echo") as resp:
         assert resp.status == 403
+
+
+async def test_default_deny_allow_list_cannot_be_escaped(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"rules": RULES[:1], "default": "deny"})
+    for target in ("/fotoweb/archives/%u002e%u002e/admin/x", "/fotoweb/archives/..%20/admin/x",
+                   "/fotoweb/archives/(S(x))/../admin/x", "/fotoweb/archives/%c0%ae%c0%ae/x",
+                   "/fotoweb/archives/%EF%BC%8E%EF%BC%8E/admin/x"):
+        answer = await raw_exchange(client.port, f"GET {target}".encode() + CLOSE)
+        assert status(answer) == 400, (target, answer)
+    answer = await raw_exchange(client.port, b"GET /fotoweb/archives/5000/" + CLOSE)
+    assert status(answer) == 200
+    assert [seen.path_qs for seen in tenant_state.seen] == ["/fotoweb/archives/5000/"]
+
+
+OVERRIDES = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
+
+
+@pytest.mark.parametrize("header", OVERRIDES)
+@pytest.mark.parametrize(
+    "access",
+    [{"read_only": True},
+     {"rules": [{"name": "get-me", "methods": ["GET"], "paths": ["/sim/**"], "action": "allow"}],
+      "default": "deny"},
+     {"rules": [{"name": "no-delete", "methods": ["DELETE"], "paths": ["/**"],
+                 "action": "deny"}]}],
+)
+async def test_method_override_headers_are_judged(
+    make_proxy: ProxyFactory, tenant_state: TenantState, header: str, access: dict[str, Any]
+) -> None:
+    client = await make_proxy(access=access)
+    async with client.get("/sim/echo", headers={header: "DELETE"}) as resp:
+        assert resp.status == 403
+        assert "DELETE /sim/echo" in (await resp.json())["detail"]
+    async with client.get("/sim/echo", headers={header: "get"}) as resp:
+        assert resp.status == 200
+    assert [seen.method for seen in tenant_state.seen] == ["GET"]
+
+
+@pytest.mark.parametrize("header", OVERRIDES)
+async def test_method_override_to_an_echoing_method_is_refused(
+    proxy: Client, tenant_state: TenantState, header: str
+) -> None:
+    async with proxy.get("/sim/echo", headers={header: "TRACE"}) as resp:
+        assert resp.status == 405
+    async with proxy.post("/sim/echo", headers={header: "PUT"}) as resp:
+        assert resp.status == 200  # nothing configured: forwarded as it is
+        assert (await resp.json())["headers"][header.lower()] == ["PUT"]
+    assert [seen.method for seen in tenant_state.seen] == ["POST"]
 
 
 async def test_read_only(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
