@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from .config import Settings
 from .exceptions import ConfigError
+from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
 from .observe import Observer, StatusInfo
@@ -48,6 +49,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     quiet_malformed_requests()
+    strict_parser()  # the pure-Python parser refuses what the C parser does
     app.cleanup_ctx.append(_upstream)
     observer = Observer(settings.status.prefix, StatusInfo(
         tenant=str(settings.tenant.url), grant=settings.auth.grant_type,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict
 
@@ -393,6 +393,21 @@ async def test_tenant_backpressure_is_passed_back_not_retried(
         b"0\r\n\r\n",
         b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n"
         b"0\r\n\r\n",
+        # malformed request lines: LF in the target (llhttp reads HTTP/0.9), HTTP/0.9, 1.2, 2.0
+        b"GET /sim/echo\nX: y HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo\r\n\r\n",
+        b"GET /sim/echo HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n",
+        b"get /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"FOO /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/\xe9cho HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo?a=\xe9 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: caf\xe9\r\n\r\n",  # not UTF-8
+        b"POST /sim/echo HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
     ],
 )
 async def test_smuggling_shapes_are_refused(
@@ -413,6 +428,7 @@ async def test_smuggling_shapes_are_refused(
         ([("Transfer-Encoding", "chunked")], False),
         ([("Content-Length", "10")], False),
         ([("X-Ok", "a b")], False),
+        ([("X-Ok", "caf\u00e9")], False),  # UTF-8 header values pass
     ],
 )
 def test_smuggling_shape_check_holds_for_any_parser(
@@ -420,3 +436,29 @@ def test_smuggling_shape_check_holds_for_any_parser(
 ) -> None:
     request = make_mocked_request("POST", "/x", headers=CIMultiDict(headers))
     assert (smuggling_shape(request) is not None) == refused
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "version", "headers", "why"),
+    [
+        ("GET", "/x", HttpVersion(0, 9), [], "HTTP version"),  # also LF in the target
+        ("GET", "/x", HttpVersion(1, 2), [], "HTTP version"),
+        ("GET", "/x", HttpVersion(2, 0), [], "HTTP version"),
+        ("FOO", "/x", HttpVersion11, [], "unknown method"),
+        ("GET", "/\udce9", HttpVersion11, [], "0x80-0xFF"),
+        ("GET", "/x?q=\udce9", HttpVersion11, [], "0x80-0xFF"),
+        ("POST", "/x", HttpVersion10, [("Transfer-Encoding", "chunked")], "HTTP/1.0"),
+        ("GET", "/x", HttpVersion10, [], None),
+        ("PROPFIND", "/x", HttpVersion11, [], None),
+        ("M-SEARCH", "/x", HttpVersion11, [], None),
+        ("POST", "/x", HttpVersion11, [("Transfer-Encoding", "chunked")], None),
+    ],
+)
+def test_request_line_shapes_for_any_parser(
+    method: str, target: str, version: HttpVersion, headers: list[tuple[str, str]],
+    why: str | None,
+) -> None:
+    request = make_mocked_request(method, target, headers=CIMultiDict(headers),
+                                  version=version)
+    answer = smuggling_shape(request)
+    assert answer is None if why is None else why in (answer or "")
