@@ -17,8 +17,8 @@ cannot be judged with certainty is refused (400) rather than guessed at:
 in the path (before ``?``)                     what fwproxy does
 =============================================  ===============================================
 ``%XX``; ``\``, ``%5C``, ``%2F``               decoded once; ``\`` reads as ``/``
-upper/lower case, including .NET's foldings    rules match case-insensitively (dotless i,
-                                               long s and the Kelvin sign fold like .NET)
+upper/lower case                               rules match case-insensitively, Unicode case
+                                               pairs included (dotless i is I to .NET)
 doubled slashes; trailing dots and spaces      folded away: ``admin. `` is ``admin``
 of a name
 other characters (accented, fullwidth          judged as written and ASCII-folded too (NFKD,
