@@ -1,4 +1,4 @@
-"""Who may use the proxy, and for what: pure checks, each a function of the request's parts.
+r"""Who may use the proxy, and for what: pure checks, each a function of the request's parts.
 
 Client address (``allow_from``), Host and browser origin, method and path rules.
 
@@ -9,11 +9,48 @@ Both would act with the proxy's token. `Host` must name the proxy (``access.acce
 and a browser request from another site needs its origin in ``access.allow_origins``.
 `Host` is read strictly (`parse_host`): what passes is the only host fwproxy ever repeats
 (X-Forwarded-Host, a rewritten Location), so a lenient reading would let a client choose it.
+
+Paths are judged the way the tenant will read them. FotoWeb runs on IIS (http.sys, then
+ASP.NET), which decodes and resolves more than RFC 3986 does. What is forwarded is always the
+client's exact bytes, so every reading the tenant might make is judged, and a shape that
+cannot be judged with certainty is refused (400) rather than guessed at:
+
+=============================================  ===============================================
+in the path (before ``?``)                     what fwproxy does
+=============================================  ===============================================
+``%XX``; ``\``, ``%5C``, ``%2F``               decoded once; ``\`` reads as ``/``
+upper/lower case                               rules match case-insensitively, Unicode case
+                                               pairs included (dotless i is I to .NET)
+doubled slashes; trailing dots and spaces      folded away: ``admin. `` is ``admin``
+of a name
+other characters (accented, fullwidth          judged as written and ASCII-folded too (NFKD,
+letters and digits, U+FF41...)                 accents dropped): both readings must pass
+``%uNNNN``, ``%UNNNN`` (IIS decodes it),       refused: every ``%`` must start a ``%XX``
+``%zz``, a lone ``%``
+``%25XX``, ``%25uNNNN`` (double encoding)      refused
+``%c0%af`` (overlong UTF-8), invalid UTF-8     refused
+raw bytes 0x80-0xFF                            refused (percent-encode them)
+``.``, ``..``, ``%2e``, ``.. ``, ``..%20``,    refused: a segment of only dots and spaces is a
+``..%2e%20``, ``...``, ``%20``                 dot segment once Windows trims it
+controls: ``%00``, ``%09``, ``%0a``, ``%0d``,  refused
+``%7f``
+``;`` (a path parameter: ``/admin;x/``)        refused (``%3B`` is a literal character)
+``(S(x))``, ``(A(x))``, ... segments           refused: ASP.NET's cookieless state, removed
+                                               from the path before routing
+look-alikes of ``/ \ . ; % ( )`` (fullwidth    refused
+solidus U+FF0F, full stop U+FF0E, ...)
+=============================================  ===============================================
+
+Methods are judged too: a ``X-HTTP-Method-Override``, ``X-HTTP-Method`` or
+``X-Method-Override`` header names a method some frameworks execute instead of the request
+line's, so each method named must be allowed as well (``read_only``, method rules), and one
+that is never forwarded (TRACE, ...) gets 405.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -190,7 +227,13 @@ def _origin_allowed(origin: str, host_header: str | None, allow_origins: Sequenc
 # --- rules: which methods and paths may be forwarded -----------------------------------------
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_DOUBLE_ENCODED = re.compile(r"%25[0-9a-f]{2}", re.IGNORECASE)
+# Headers that name the method a framework should execute instead of the request line's
+METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+_NOT_AN_ESCAPE = re.compile(r"%(?![0-9a-f]{2})", re.IGNORECASE)  # %uNNNN, %zz, a lone %
+_DOUBLE_ENCODED = re.compile(r"%25(?:[0-9a-f]{2}|u)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COOKIELESS = re.compile(r"\([a-z]\(.*\)\)", re.IGNORECASE)  # ASP.NET's (S(...)), (A(...)), ...
+_STRUCTURAL = "/\\.;%()"  # what a look-alike must not fold into
 
 
 class BadPath(ValueError):
@@ -202,20 +245,66 @@ def normalize_path(raw_path: str) -> str:
 
     FotoWeb runs on IIS, which treats ``\\`` like ``/``, paths case-insensitively and
     ignores trailing dots and spaces in a name; rules are matched the same way (see `Rule`).
-    Dot segments and double encoding are refused rather than resolved: what is forwarded is
-    always the client's exact bytes, so the proxy must not judge a path the tenant would
-    read differently.
+    Everything IIS or ASP.NET would decode or resolve further (the table in the module
+    docstring) is refused rather than resolved: what is forwarded is always the client's
+    exact bytes, so the proxy must not judge a path the tenant would read differently.
     """
-    if _DOUBLE_ENCODED.search(raw_path):
-        raise BadPath("double percent-encoding in the path")
-    path = unquote(raw_path, errors="replace").replace("\\", "/")
-    if "\x00" in path:
-        raise BadPath("NUL in the path")
-    segments = path.split("/")
-    if any(segment and not segment.strip(".") for segment in segments):
-        raise BadPath("'.' or '..' segments in the path")
-    # Windows ignores trailing dots and spaces in a name: "admin." is "admin" there
-    return "/" + "/".join(kept for segment in segments if (kept := segment.rstrip(". ")))
+    if not raw_path.isascii():
+        raise BadPath("raw non-ASCII bytes in the path (percent-encode them)")
+    if ";" in raw_path:
+        raise BadPath("';' (a path parameter) in the path")
+    path = raw_path
+    if "%" in raw_path:
+        if _NOT_AN_ESCAPE.search(raw_path):
+            raise BadPath("a '%' that is not a %XX escape (such as IIS's %uNNNN) in the path")
+        if _DOUBLE_ENCODED.search(raw_path):
+            raise BadPath("double percent-encoding in the path")
+        try:
+            path = unquote(raw_path, errors="strict")
+        except UnicodeDecodeError:
+            raise BadPath("percent-encoded bytes that are not UTF-8 (such as an overlong "
+                          "%c0%af) in the path") from None
+    return _resolve(path)
+
+
+def _resolve(path: str) -> str:
+    path = path.replace("\\", "/")
+    if _CONTROL.search(path):
+        raise BadPath("a control character (NUL, tab, CR, LF, ...) in the path")
+    kept_segments = []
+    for segment in path.split("/"):
+        kept = segment.rstrip(". ")  # Windows ignores trailing dots and spaces in a name
+        if kept:
+            if kept[0] == "(" and _COOKIELESS.fullmatch(kept):
+                raise BadPath("an ASP.NET cookieless segment such as (S(...)) in the path")
+            kept_segments.append(kept)
+        elif segment:  # ".", "..", ". ", "..%20", "...": what Windows trims to a dot segment
+            raise BadPath("'.' or '..' segments (or names of only dots and spaces) in the path")
+    return "/" + "/".join(kept_segments)
+
+
+def path_readings(raw_path: str) -> tuple[str, ...]:
+    """Every way the tenant may read the path, normalized; each must be allowed.
+
+    An ASCII path has one. A path with other characters is also read ASCII-folded
+    (compatibility forms such as fullwidth letters, accents dropped), as Windows' best-fit
+    mappings may; a look-alike of a character that structures the path is refused.
+    """
+    path = normalize_path(raw_path)
+    if path.isascii():
+        return (path,)
+    folded = "".join(c for c in unicodedata.normalize("NFKD", path)
+                     if not unicodedata.combining(c))
+    if any(folded.count(c) != path.count(c) for c in _STRUCTURAL):
+        raise BadPath("a look-alike of '/', '\\', '.', ';', '%' or '(' in the path")
+    folded = _resolve(folded)
+    return (path,) if folded == path else (path, folded)
+
+
+def overridden_methods(values: Sequence[str]) -> tuple[str, ...]:
+    """The methods named by method-override header values (`METHOD_OVERRIDES`)."""
+    return tuple(method for value in values for part in value.split(",")
+                 if (method := part.strip().upper()))
 
 
 def compile_glob(pattern: str) -> re.Pattern[str]:
@@ -262,6 +351,23 @@ def decide_access(
         if rule.matches(method, path):
             return rule.action == "allow", rule.name
     return default == "allow", "default"
+
+
+def decide_all(
+    rules: Sequence[Rule], default: str, read_only: bool, methods: Sequence[str],
+    paths: Sequence[str],
+) -> tuple[bool, str, str, str]:
+    """`decide_access` for every (method, path) reading: (allowed, rule, method, path) of the
+    first denial, else of the first reading; allowed only when every reading is."""
+    first: tuple[bool, str, str, str] | None = None
+    for method in methods:
+        for path in paths:
+            allowed, rule = decide_access(rules, default, read_only, method, path)
+            if not allowed:
+                return False, rule, method, path
+            first = first or (True, rule, method, path)
+    assert first is not None, "no reading to decide"
+    return first
 
 
 def client_allowed(remote: str | None, networks: Sequence[IPv4Network | IPv6Network]) -> bool:

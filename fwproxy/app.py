@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from .config import LimitsConfig, ReloadPlan, Settings, reload_plan
 from .exceptions import ConfigError
+from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
 from .observe import Observer, StatusInfo
@@ -42,6 +43,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     quiet_malformed_requests()
+    strict_parser()  # the pure-Python parser refuses what the C parser does
     app.cleanup_ctx.append(_upstream)
     observer = Observer(settings.status.prefix, _status_info(settings))
     app[OBSERVER] = observer

@@ -12,17 +12,24 @@ from functools import lru_cache
 from itertools import chain
 from typing import NamedTuple
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, http_parser, web, web_protocol
+from aiohttp import http as aiohttp_http
+from aiohttp.http_exceptions import BadStatusLine
+from aiohttp.http_parser import RawRequestMessage
+from multidict import CIMultiDictProxy, istr
 from yarl import URL
 
 from .access import (
+    METHOD_OVERRIDES,
     BadPath,
     HostRefused,
     authority,
     client_allowed,
     decide_access,
+    decide_all,
     judge_host,
-    normalize_path,
+    overridden_methods,
+    path_readings,
     peer_trusted,
     refuse_cross_site,
     target_authority,
@@ -168,16 +175,28 @@ class Guard:
                                   "the request target must be a path such as /fotoweb/")
         path, _, query = target.partition("?")
         try:
-            normalized = _normalized(path)
+            readings = _readings(path)
         except BadPath as exc:
             return error_response(400, "bad_path", f"refused: {exc}")
+        method = request.method
+        overrides = _overrides(headers)
+        if overrides:
+            refused = REFUSED_METHODS.intersection(overrides)
+            if refused:
+                return error_response(405, "method_not_allowed",
+                                      f"{min(refused)} (named by a method-override header) "
+                                      "is not forwarded by fwproxy", headers={"Allow": ALLOW})
         read_only = access.read_only or (key is not None and key.read_only)
-        allowed, rule = decide_access(access.rules, access.default, read_only,
-                                      request.method, normalized)
+        if len(readings) == 1 and not overrides:
+            normalized = readings[0]
+            allowed, rule = decide_access(access.rules, access.default, read_only, method,
+                                          normalized)
+        else:
+            allowed, rule, method, normalized = decide_all(
+                access.rules, access.default, read_only, (method, *overrides), readings)
         if not allowed:
             return error_response(403, "forbidden",
-                                  f"{request.method} {normalized} is denied by access rule "
-                                  f"{rule!r}")
+                                  f"{method} {normalized} is denied by access rule {rule!r}")
         length = request.content_length if limits.max_body and request.body_exists else None
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
@@ -192,12 +211,24 @@ def _key_required() -> web.Response:
 
 
 MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered
-_normalize_memo = lru_cache(maxsize=MEMO_SIZE)(normalize_path)  # a BadPath is not kept
+_readings_memo = lru_cache(maxsize=MEMO_SIZE)(path_readings)  # a BadPath is not kept
 MEMO_PATH = 512  # longer paths are normalized every time: the memo stays under 1 MiB
 
 
-def _normalized(path: str) -> str:
-    return _normalize_memo(path) if len(path) <= MEMO_PATH else normalize_path(path)
+def _readings(path: str) -> tuple[str, ...]:
+    return _readings_memo(path) if len(path) <= MEMO_PATH else path_readings(path)
+
+
+_OVERRIDE_1, _OVERRIDE_2, _OVERRIDE_3 = (istr(name) for name in METHOD_OVERRIDES)
+
+
+def _overrides(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
+    """Methods named by method-override headers: almost always none, found in three lookups
+    of pre-folded names (about 0.1 us)."""
+    if _OVERRIDE_1 not in headers and _OVERRIDE_2 not in headers and _OVERRIDE_3 not in headers:
+        return ()
+    return overridden_methods([value for name in METHOD_OVERRIDES
+                               for value in headers.getall(name, ())])
 
 
 def _authority(verdict: tuple[str, int | None] | HostRefused | None) -> str | HostRefused:
@@ -225,15 +256,39 @@ def header_bytes(request: web.Request) -> int:
 _FRAMING = ("Content-Length", "Transfer-Encoding")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _BAD_NAME = re.compile(rb"[\r\n\x00 \t]")
+HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+# The methods llhttp (aiohttp's C parser) accepts in an HTTP request; the pure-Python parser
+# takes any token. Anything else is refused, whichever parser is in use.
+KNOWN_METHODS = frozenset({
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "COPY",
+    "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND",
+    "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY",
+    "SUBSCRIBE", "UNSUBSCRIBE", "PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY",
+})
 
 
 def smuggling_shape(request: web.Request) -> str | None:
-    """Framing a chain of HTTP parsers could read two ways. aiohttp's C parser refuses most
-    of these itself; this holds whichever parser is in use."""
+    """A request line or framing a chain of HTTP parsers could read two ways. aiohttp's C
+    parser refuses most of these itself; this holds whichever parser is in use.
+
+    The request line: only HTTP/1.0 and 1.1 (llhttp reads ``GET /a\\nX: y HTTP/1.1``, LF
+    inside the target, as an HTTP/0.9 request line followed by headers; the Python parser
+    takes HTTP/1.2 and 2.0), a known method, and an ASCII target (the C parser refuses
+    raw bytes 0x80-0xFF, the Python parser lets them through). A few cheap checks on every
+    request: a set lookup, a set lookup and ``str.isascii``.
+    """
+    if request.version not in HTTP_VERSIONS:
+        return "HTTP version other than 1.0 and 1.1 (or LF inside the request target)"
+    if request.method not in KNOWN_METHODS:
+        return f"unknown method {request.method!r}"
+    if not request.raw_path.isascii():
+        return "raw bytes 0x80-0xFF in the request target (percent-encode them)"
     headers = request.headers
     for name, value in request.raw_headers:
         if _BAD_VALUE.search(value) or _BAD_NAME.search(name):
             return "CR, LF or NUL in a header"
+        if not value.isascii() and not _utf8(value):  # the C parser drops such bytes
+            return "a header value that is not UTF-8"
     if _FRAMING[0] not in headers and _FRAMING[1] not in headers:
         return None
     lengths = headers.getall("Content-Length", [])
@@ -246,7 +301,44 @@ def smuggling_shape(request: web.Request) -> str | None:
         return "Content-Length is not a non-negative number"
     if codings and [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
         return "Transfer-Encoding other than chunked"
+    if codings and request.version != HttpVersion11:  # RFC 9112 6.1: framing is faulty
+        return "Transfer-Encoding in an HTTP/1.0 request"
     return None
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_CHUNK_SIZE = re.compile(rb"0*[0-9a-fA-F]{1,16}")  # below 2**64, as llhttp reads it
+_REQUEST_LINE = re.compile(rb"[A-Z][A-Z-]* [!-~]+ HTTP/1\.[01]")
+
+
+class _StrictRequestParser(http_parser.HttpRequestParserPy):
+    """aiohttp's pure-Python request parser, made to refuse what the C parser refuses."""
+
+    def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
+        if not _REQUEST_LINE.fullmatch(lines[0]):
+            raise BadStatusLine(lines[0].decode("ascii", "backslashreplace")[:100])
+        return super().parse_message(lines)
+
+
+def strict_parser() -> None:
+    """Make aiohttp's pure-Python parser read requests as its C parser (llhttp) does.
+
+    It is in use under ``AIOHTTP_NO_EXTENSIONS=1`` or where the C extension is missing, and
+    takes what llhttp refuses: a lower-case method (it upper-cases it), any ``HTTP/d.d``,
+    raw bytes 0x80-0xFF in the target, a chunk size of any length (``fffffffffffffffff1``
+    waits for 2**68 bytes). It now refuses them (400, connection closed), so a request
+    means the same whichever parser reads it. Nothing changes with the C parser.
+    """
+    if aiohttp_http.HttpRequestParser is http_parser.HttpRequestParserPy:  # web_protocol's
+        setattr(http_parser, "HEXDIGITS", _CHUNK_SIZE)  # noqa: B010 (a Final in aiohttp)
+        setattr(web_protocol, "HttpRequestParser", _StrictRequestParser)  # noqa: B010
 
 
 def origin_form(raw_target: str) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import HttpVersion10, web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict
 
@@ -101,6 +101,19 @@ def test_listening_publicly_needs_a_deliberate_choice(
         ("GET", "/fotoweb/.%2E/admin", 400),
         ("GET", "/fotoweb/%2561dmin/users", 400),  # double encoding: refused
         ("GET", "/fotoweb/administrators", 200),  # not under /fotoweb/admin/
+        ("GET", "/fotoweb/%u0061dmin/x", 400),  # IIS decodes %uNNNN: refused
+        ("GET", "/fotoweb/%u0041DMIN/x", 400),
+        ("GET", "/fotoweb%u002fadmin/x", 400),
+        ("GET", "/fotoweb/archives/..%20/admin/x", 400),  # Windows trims it to ..
+        ("GET", "/fotoweb/archives/..%2e%20/admin/x", 400),
+        ("GET", "/fotoweb/(S(x))/admin/x", 400),  # ASP.NET cookieless segment
+        ("GET", "/fotoweb/admin;x/users", 400),  # path parameter
+        ("GET", "/fotoweb/%c0%afadmin/x", 400),  # overlong UTF-8
+        ("GET", "/fotoweb/admin%09/x", 400),  # tab
+        ("GET", "/fotoweb%EF%BC%8Fadmin/x", 400),  # fullwidth solidus
+        ("GET", "/fotoweb/%EF%BD%81dmin/x", 403),  # fullwidth a: folded, then denied
+        ("GET", "/fotoweb/adm%C4%B1n/x", 403),  # dotless i: .NET upper-cases it to I
+        ("GET", "/fotoweb/caf%C3%A9/", 200),  # other characters pass
     ],
 )
 async def test_rules_match_the_path_the_tenant_will_see(
@@ -132,6 +145,56 @@ async def test_default_deny_and_method_rules(
         assert "'default'" in (await resp.json())["detail"]
     async with client.get("/sim/echo") as resp:
         assert resp.status == 403
+
+
+async def test_default_deny_allow_list_cannot_be_escaped(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"rules": RULES[:1], "default": "deny"})
+    for target in ("/fotoweb/archives/%u002e%u002e/admin/x", "/fotoweb/archives/..%20/admin/x",
+                   "/fotoweb/archives/(S(x))/../admin/x", "/fotoweb/archives/%c0%ae%c0%ae/x",
+                   "/fotoweb/archives/%EF%BC%8E%EF%BC%8E/admin/x"):
+        answer = await raw_exchange(client.port, f"GET {target}".encode() + CLOSE)
+        assert status(answer) == 400, (target, answer)
+    answer = await raw_exchange(client.port, b"GET /fotoweb/archives/5000/" + CLOSE)
+    assert status(answer) == 200
+    assert [seen.path_qs for seen in tenant_state.seen] == ["/fotoweb/archives/5000/"]
+
+
+OVERRIDES = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]
+
+
+@pytest.mark.parametrize("header", OVERRIDES)
+@pytest.mark.parametrize(
+    "access",
+    [{"read_only": True},
+     {"rules": [{"name": "get-me", "methods": ["GET"], "paths": ["/sim/**"], "action": "allow"}],
+      "default": "deny"},
+     {"rules": [{"name": "no-delete", "methods": ["DELETE"], "paths": ["/**"],
+                 "action": "deny"}]}],
+)
+async def test_method_override_headers_are_judged(
+    make_proxy: ProxyFactory, tenant_state: TenantState, header: str, access: dict[str, Any]
+) -> None:
+    client = await make_proxy(access=access)
+    async with client.get("/sim/echo", headers={header: "DELETE"}) as resp:
+        assert resp.status == 403
+        assert "DELETE /sim/echo" in (await resp.json())["detail"]
+    async with client.get("/sim/echo", headers={header: "get"}) as resp:
+        assert resp.status == 200
+    assert [seen.method for seen in tenant_state.seen] == ["GET"]
+
+
+@pytest.mark.parametrize("header", OVERRIDES)
+async def test_method_override_to_an_echoing_method_is_refused(
+    proxy: Client, tenant_state: TenantState, header: str
+) -> None:
+    async with proxy.get("/sim/echo", headers={header: "TRACE"}) as resp:
+        assert resp.status == 405
+    async with proxy.post("/sim/echo", headers={header: "PUT"}) as resp:
+        assert resp.status == 200  # nothing configured: forwarded as it is
+        assert (await resp.json())["headers"][header.lower()] == ["PUT"]
+    assert [seen.method for seen in tenant_state.seen] == ["POST"]
 
 
 async def test_read_only(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
@@ -330,6 +393,21 @@ async def test_tenant_backpressure_is_passed_back_not_retried(
         b"0\r\n\r\n",
         b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n"
         b"0\r\n\r\n",
+        # malformed request lines: LF in the target (llhttp reads HTTP/0.9), HTTP/0.9, 1.2, 2.0
+        b"GET /sim/echo\nX: y HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo\r\n\r\n",
+        b"GET /sim/echo HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n",
+        b"get /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"FOO /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/\xe9cho HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo?a=\xe9 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: caf\xe9\r\n\r\n",  # not UTF-8
+        b"POST /sim/echo HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
+        b"POST /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
     ],
 )
 async def test_smuggling_shapes_are_refused(
@@ -350,6 +428,7 @@ async def test_smuggling_shapes_are_refused(
         ([("Transfer-Encoding", "chunked")], False),
         ([("Content-Length", "10")], False),
         ([("X-Ok", "a b")], False),
+        ([("X-Ok", "caf\u00e9")], False),  # UTF-8 header values pass
     ],
 )
 def test_smuggling_shape_check_holds_for_any_parser(
@@ -442,3 +521,29 @@ def test_admit_says_whether_the_peer_is_trusted(
         admitted = guard.admit(request)
         assert isinstance(admitted, Admitted)
         assert admitted.trusted is trusted
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "version", "headers", "why"),
+    [
+        ("GET", "/x", HttpVersion(0, 9), [], "HTTP version"),  # also LF in the target
+        ("GET", "/x", HttpVersion(1, 2), [], "HTTP version"),
+        ("GET", "/x", HttpVersion(2, 0), [], "HTTP version"),
+        ("FOO", "/x", HttpVersion11, [], "unknown method"),
+        ("GET", "/\udce9", HttpVersion11, [], "0x80-0xFF"),
+        ("GET", "/x?q=\udce9", HttpVersion11, [], "0x80-0xFF"),
+        ("POST", "/x", HttpVersion10, [("Transfer-Encoding", "chunked")], "HTTP/1.0"),
+        ("GET", "/x", HttpVersion10, [], None),
+        ("PROPFIND", "/x", HttpVersion11, [], None),
+        ("M-SEARCH", "/x", HttpVersion11, [], None),
+        ("POST", "/x", HttpVersion11, [("Transfer-Encoding", "chunked")], None),
+    ],
+)
+def test_request_line_shapes_for_any_parser(
+    method: str, target: str, version: HttpVersion, headers: list[tuple[str, str]],
+    why: str | None,
+) -> None:
+    request = make_mocked_request(method, target, headers=CIMultiDict(headers),
+                                  version=version)
+    answer = smuggling_shape(request)
+    assert answer is None if why is None else why in (answer or "")

@@ -12,6 +12,7 @@ import posixpath
 import re
 import socket
 import threading
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fwproxy.access import BadPath, Rule, compile_glob, decide_all, path_readings
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
 from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
@@ -159,6 +161,96 @@ def test_rule_decision_and_forwarded_bytes_agree(
         assert live.state.seen[-1].path_qs == raw_path  # the client's exact bytes
     else:
         assert status in (400, 403)
+
+
+# --- paths: whatever IIS/ASP.NET would read under /fotoweb/admin is never forwarded ---------
+
+_IIS_ESCAPE = re.compile(r"%u([0-9a-f]{4})|%([0-9a-f]{2})", re.IGNORECASE)
+_COOKIELESS = re.compile(r"\([A-Za-z]\(.*\)\)")
+
+
+def _lenient_utf8(data: bytes) -> str:
+    """UTF-8 as an old or lenient decoder reads it: overlong forms decode (``c0 af`` is
+    ``/``), anything else invalid falls back to Latin-1 (http.sys's EnableNonUTF8)."""
+    out, i = [], 0
+    while i < len(data):
+        lead = data[i]
+        extra = 1 if 0xC0 <= lead < 0xE0 else 2 if 0xE0 <= lead < 0xF0 else 0
+        tail = data[i + 1:i + 1 + extra]
+        if extra and len(tail) == extra and all(0x80 <= b < 0xC0 for b in tail):
+            code = lead & (0x3F >> extra)
+            for b in tail:
+                code = code << 6 | (b & 0x3F)
+            out.append(chr(code) if not 0xD800 <= code < 0xE000 else "\ufffd")
+            i += 1 + extra
+        else:
+            out.append(chr(lead))
+            i += 1
+    return "".join(out)
+
+
+def iis_view(raw_path: str) -> str:
+    """The most any server in the tenant's chain could make of a path: %uNNNN and %XX
+    decoded in one pass (overlong UTF-8 too), best-fit folded (NFKD, marks dropped), \\ as
+    /, ;parameters and ASP.NET cookieless segments removed, trailing dots and spaces
+    trimmed before dot segments resolve, upper-cased as .NET compares."""
+    data = bytearray()
+    last = 0
+    for match in _IIS_ESCAPE.finditer(raw_path):
+        data += raw_path[last:match.start()].encode("utf-8", "surrogateescape")
+        if match.group(1):
+            data += chr(int(match.group(1), 16)).encode("utf-8", "surrogatepass")
+        else:
+            data.append(int(match.group(2), 16))
+        last = match.end()
+    data += raw_path[last:].encode("utf-8", "surrogateescape")
+    text = unicodedata.normalize("NFKD", _lenient_utf8(bytes(data)))
+    text = "".join(c for c in text if not unicodedata.combining(c)).replace("\\", "/")
+    out: list[str] = []
+    for segment in text.split("/"):
+        segment = segment.partition(";")[0]
+        if _COOKIELESS.fullmatch(segment):
+            continue
+        if segment and not segment.strip(". "):
+            if segment.count(".") >= 2 and out:
+                out.pop()
+            continue
+        if segment.rstrip(". "):
+            out.append(segment.rstrip(". "))
+    return "/" + "/".join(out).upper()
+
+
+PATH_TOKEN = st.sampled_from([
+    "fotoweb", "FotoWeb", "admin", "ADMIN", "archives", "x", "", ".", "..", "...", "%2e%2e",
+    "%61dmin", "%u0061dmin", "%U0041DMIN", "%u002f", "%u002e%u002e", "adm%C4%B1n",
+    "%EF%BD%81dmin", "a%CC%81dmin", "admin.", "admin%20", "admin;x", ";", "(S(x))",
+    "%28S%28x%29%29", "..%20", "..%2e%20", ". .", "%c0%ae%c0%ae", "%c0%af", "%e0%80%af",
+    "%EF%BC%8F", "%EF%BC%8E%EF%BC%8E", "%2f", "%2F", "%5c", "\\", "%00", "%09", "%2561dmin",
+    "%25u0061dmin", "%zz", "%", "caf%C3%A9", "%E2%80%A5",
+])
+PATH_SEGMENT = st.lists(PATH_TOKEN, min_size=1, max_size=3).map("".join)
+NO_ADMIN = Rule("no-admin", "deny", None, ("/fotoweb/admin/**",),
+                (compile_glob("/fotoweb/admin/**"),))
+ONLY_ARCHIVES = Rule("archives", "allow", None, ("/fotoweb/archives/**",),
+                     (compile_glob("/fotoweb/archives/**"),))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(segments=st.lists(PATH_SEGMENT, min_size=1, max_size=5))
+def test_what_iis_reads_as_admin_is_never_forwarded(segments: list[str]) -> None:
+    raw_path = "/" + "/".join(segments)
+    view = iis_view(raw_path)
+    try:
+        readings = path_readings(raw_path)
+    except BadPath:
+        return  # refused with 400: never forwarded
+    if view == "/FOTOWEB/ADMIN" or view.startswith("/FOTOWEB/ADMIN/"):
+        allowed, *_ = decide_all([NO_ADMIN], "allow", False, ["GET"], readings)
+        assert not allowed, (raw_path, view, readings)
+    allowed, *_ = decide_all([ONLY_ARCHIVES], "deny", False, ["GET"], readings)
+    if allowed:  # an allow-list cannot be escaped either
+        assert view == "/FOTOWEB/ARCHIVES" or view.startswith("/FOTOWEB/ARCHIVES/"), (
+            raw_path, view, readings)
 
 
 HEADER_NAME = st.one_of(

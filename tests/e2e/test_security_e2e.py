@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +14,18 @@ from aiohttp.test_utils import TestServer
 
 from fwproxy.config import SCHEMA
 from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
+from tests.conftest import tenant_config
 
-from .conftest import FwproxyProcess, StartProxy, curl
+from .conftest import (
+    CURL_TIMEOUT,
+    FwproxyProcess,
+    StartProxy,
+    clean_env,
+    complete,
+    curl,
+    launch_fwproxy,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -276,3 +290,109 @@ async def test_wrong_secret_gives_503_without_the_secret(
     assert wrong.encode() not in result.stdout
     assert wrong not in proxy.log_text()
     assert "invalid_client" in proxy.log_text()
+
+
+# --- malformed request lines, on both of aiohttp's parsers ------------------------------------
+
+PARSERS = {"c": "", "python": "1"}  # AIOHTTP_NO_EXTENSIONS
+
+
+@pytest.fixture(params=sorted(PARSERS))
+async def proxy_on_parser(
+    request: pytest.FixtureRequest, tenant: TestServer, tmp_path: Path
+) -> AsyncIterator[FwproxyProcess]:
+    """`fwproxy run` on aiohttp's C parser (llhttp) or its pure-Python one."""
+    env = {"AIOHTTP_NO_EXTENSIONS": PARSERS[request.param]}
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import aiohttp.http_parser as p; "
+        "print(p.HttpRequestParser is p.HttpRequestParserPy)",
+        stdout=asyncio.subprocess.PIPE, env=clean_env(env))
+    out, _ = await complete(probe, 60, "the parser probe")
+    assert out.strip() == (b"True" if request.param == "python" else b"False")
+    path = write_config(tmp_path / "fwproxy.yaml", tenant_config(tenant))
+    proxy = await launch_fwproxy(path, env=env)
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+async def exchange_until_closed(port: int, data: bytes) -> bytes:
+    """Send raw bytes with no `Connection: close`; the answer, once fwproxy hangs up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), CURL_TIMEOUT)  # a hang guard
+    except asyncio.TimeoutError:
+        raise AssertionError(f"fwproxy kept the connection open after {data!r}") from None
+    finally:
+        writer.close()
+
+
+HOST = b"\r\nHost: 127.0.0.1\r\n"
+MALFORMED = [
+    b"GET /fotoweb/me\nX: y HTTP/1.1" + HOST + b"\r\n",  # LF inside the target
+    b"GET /fotoweb/me" + HOST + b"\r\n",  # HTTP/0.9 (no version) with headers
+    b"GET /fotoweb/me\r\n\r\n",  # HTTP/0.9
+    b"GET /fotoweb/me HTTP/0.9" + HOST + b"\r\n",
+    b"GET /fotoweb/me HTTP/1.2" + HOST + b"\r\n",
+    b"GET /fotoweb/me HTTP/2.0" + HOST + b"\r\n",
+    b"GET /fotoweb/me HTTP/1.1 x" + HOST + b"\r\n",
+    b"get /fotoweb/me HTTP/1.1" + HOST + b"\r\n",  # the Python parser upper-cased it
+    b"FOO /fotoweb/me HTTP/1.1" + HOST + b"\r\n",
+    b"GET /fotoweb/m\xe9 HTTP/1.1" + HOST + b"\r\n",
+    b"GET /fotoweb/me?q=\xe9 HTTP/1.1" + HOST + b"\r\n",
+    b"GET /fotoweb/me\rX HTTP/1.1" + HOST + b"\r\n",
+    b"GET /fotoweb/m\x00e HTTP/1.1" + HOST + b"\r\n",
+    b"GET /fotoweb/me HTTP/1.1" + HOST + b"X-A: caf\xe9\r\n\r\n",
+    b"POST /sim/echo HTTP/1.1" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+    b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n",  # past 2**64
+    b"POST /sim/echo HTTP/1.0" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED, ids=range(len(MALFORMED)))
+async def test_malformed_request_lines_are_refused_on_both_parsers(
+    proxy_on_parser: FwproxyProcess, tenant_state: TenantState, data: bytes
+) -> None:
+    answer = await exchange_until_closed(proxy_on_parser.port, data)
+    assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    assert not tenant_state.seen
+    # the same connection-per-request client still gets its answers
+    good = b"GET /fotoweb/me HTTP/1.1" + HOST + b"Connection: close\r\n\r\n"
+    assert (await exchange_until_closed(proxy_on_parser.port, good)).startswith(
+        b"HTTP/1.1 200 ")
+    assert [seen.path_qs for seen in tenant_state.seen] == ["/fotoweb/me"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GET /fotoweb/me HTTP/1.0" + HOST + b"\r\n",
+     b"\r\nGET /fotoweb/me HTTP/1.1" + HOST + b"Connection: close\r\n\r\n",
+     b"M-SEARCH /fotoweb/me HTTP/1.1" + HOST + b"Connection: close\r\n\r\n",
+     b"POST /sim/echo HTTP/1.1" + HOST + b"Transfer-Encoding: chunked\r\nConnection: close"
+     b"\r\n\r\n0003;ext=1\r\nabc\r\n0\r\n\r\n",
+     b"GET /fotoweb/me HTTP/1.1" + HOST + b"X-A: caf\xc3\xa9\r\nConnection: close\r\n\r\n"],
+    ids=["http10", "leading-crlf", "m-search", "chunk-ext", "utf8-header"],
+)
+async def test_well_formed_requests_pass_on_both_parsers(
+    proxy_on_parser: FwproxyProcess, tenant_state: TenantState, data: bytes
+) -> None:
+    answer = await exchange_until_closed(proxy_on_parser.port, data)
+    assert len(tenant_state.seen) == 1, answer[:200]
+    assert answer.split(b" ", 2)[1] != b"400", answer[:200]
+
+
+@pytest.mark.parametrize("method", [b"TRACK", b"DEBUG", b"TRACE"])
+async def test_echoing_methods_are_refused_on_both_parsers(
+    proxy_on_parser: FwproxyProcess, tenant_state: TenantState, method: bytes,
+    request: pytest.FixtureRequest,
+) -> None:
+    answer = await exchange_until_closed(
+        proxy_on_parser.port, method + b" /sim/echo HTTP/1.1" + HOST + b"Connection: close\r\n\r\n")
+    llhttp = request.node.callspec.params["proxy_on_parser"] == "c"
+    expected = b"400" if llhttp and method != b"TRACE" else b"405"  # llhttp refuses them first
+    assert answer.split(b" ", 2)[1] == expected, answer[:200]
+    assert not tenant_state.seen
