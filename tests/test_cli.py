@@ -12,8 +12,10 @@ import pytest
 from fwproxy import __version__
 from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from fwproxy.config import load_config
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from fwproxy.demo_login import (
+from fwproxy.keys import load_keys
+from fwproxy.sim import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
     DEMO_NATIVE_CLIENT,
     DEMO_PASSWORD,
     DEMO_REDIRECT,
@@ -22,7 +24,6 @@ from fwproxy.demo_login import (
     DEMO_WEB_SECRET,
     default_apps,
 )
-from fwproxy.keys import load_keys
 from fwproxy.store import StoredSession, TokenStore
 
 
