@@ -4,7 +4,7 @@
     .venv/bin/python bench/soak.py --minutes 2          # what `make soak-ci` runs
     .venv/bin/python bench/soak.py --minutes 30         # `make soak`
 
-Everything runs on loopback. This process runs the simulated tenant (`fwproxy.demo`, with
+Everything runs on loopback. This process runs the simulated tenant (`fwproxy.sim`, with
 20 s tokens: fwproxy renews them in the background after 10 s, so renewals happen between
 the revocations) and the load; `python -m fwproxy run` is a subprocess in its own session,
 stopped by its PID (SIGTERM, then SIGKILL) however the run ends. Its stderr is drained all
@@ -43,7 +43,7 @@ What counts
 -----------
 * correct (served): 200 and the right answer. Small GETs: exactly the JSON the simulated
   tenant serves. Uploads: the size and SHA-256 the tenant computed equal what was sent.
-  Downloads: Content-Length and every byte equal `fwproxy.demo.PATTERN` repeated.
+  Downloads: Content-Length and every byte equal `fwproxy.sim.PATTERN` repeated.
 * clear error (allowed): 502, 503 or 504 with a JSON body {"error": str, "detail": str},
   for a request whose lifetime overlaps a fault window: from a blip's start until the tenant
   issues the next token (the proxy has recovered), plus 1 s.
@@ -116,7 +116,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from fwproxy.demo import (
+from fwproxy.sim import (
     ARCHIVES,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -145,7 +145,7 @@ DRAIN_TIMEOUT = 200.0  # waiting for the last requests at a quiet point
 SETTLE_TIMEOUT = 10.0  # waiting for the proxy to close client connections
 RETRY_AFTER_CAP = 2.0  # a worker that got a 503 waits its Retry-After, at most this long
 
-# What the simulated tenant answers (fwproxy/demo.py: me, archives, archive).
+# What the simulated tenant answers (fwproxy/sim/api.py: me, archives, archive).
 EXPECTED_JSON: dict[str, Any] = {
     "/fotoweb/me": {
         "userName": "demo-app",

@@ -11,15 +11,12 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
-import yaml
-from aiohttp import web
 
 from . import __version__, eventloop
 from .config import (
@@ -30,15 +27,6 @@ from .config import (
     find_config,
     is_loopback,
     load_config,
-    parse_config,
-)
-from .demo import (
-    DEMO_PORT,
-    DEMO_TENANT_PORT,
-    TenantState,
-    create_tenant_app,
-    demo_banner,
-    demo_config_text,
 )
 from .exceptions import ConfigError, TokenError
 from .keys import (
@@ -48,7 +36,6 @@ from .keys import (
     add_key,
     load_keys,
     remove_key,
-    write_keys,
 )
 from .log import setup_logging
 from .login import login
@@ -56,9 +43,10 @@ from .oauth import make_grant, read_limited
 from .server import serve
 from .store import TokenStore
 from .upstream import create_session, translate
-from .workers import _free_port, run_workers
+from .workers import run_workers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_PORT, DEMO_TENANT_PORT = 8080, 8081  # `fwproxy demo --port N --tenant-port N`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +99,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     try:
         if args.command == "demo":
-            setup_logging(args.log_level or "info")
-            written = Path(args.write_config) if args.write_config else None
-            return eventloop.run(demo(args.port, args.tenant_port, args.token_lifetime,
-                                      written), "auto")
+            return demo(args)
         if args.command == "key":
             return manage_keys(args, environ)
         if args.command == "health" and not _has_config(args.config, environ):
@@ -299,57 +284,12 @@ def _user_name(body: bytes) -> str:
     return "(unexpected answer)"
 
 
-async def demo(port: int, tenant_port: int, token_lifetime: int,
-               write_config: Path | None = None) -> int:
-    """The simulated tenant and the proxy in front of it, on loopback. Both ports are taken
-    before anything is printed: a port in use is one line and exit 1."""
-    host = "127.0.0.1"
-    tenant_runner = web.AppRunner(
-        create_tenant_app(TenantState(token_lifetime=token_lifetime)), access_log=None
-    )
-    await tenant_runner.setup()
-    try:
-        try:
-            await web.TCPSite(tenant_runner, host, tenant_port).start()
-        except OSError as exc:
-            print(f"fwproxy: cannot listen on {host}:{tenant_port} for the demo tenant: "
-                  f"{_why(exc)}; choose another port with --tenant-port N", file=sys.stderr)
-            return EXIT_FAILED
-        tenant_port = tenant_runner.addresses[0][1]
-        try:
-            port = _free_port(host, port)
-        except OSError as exc:
-            print(f"fwproxy: cannot listen on {host}:{port}: {_why(exc)}; choose another "
-                  "port with --port N", file=sys.stderr)
-            return EXIT_FAILED
-        text = demo_config_text(port, tenant_port)
-        settings = parse_config(yaml.safe_load(text), environ={}, source="<demo>")
-        if write_config is not None:
-            keys = write_config.with_suffix(".keys").absolute()
-            try:
-                _write_private(write_config, demo_config_text(port, tenant_port, keys))
-                if not keys.exists():
-                    write_keys(keys, [])
-            except OSError as exc:
-                print(f"fwproxy: cannot write {write_config}: {_why(exc)}", file=sys.stderr)
-                return EXIT_FAILED
-        print(demo_banner(port, tenant_port, token_lifetime, write_config), flush=True)
-        return await serve(settings)
-    finally:
-        await tenant_runner.cleanup()
+def demo(args: argparse.Namespace) -> int:
+    """``fwproxy demo``. The simulator (fwproxy.sim) is imported here and nowhere else in
+    the product, so ``fwproxy run`` never loads it."""
+    from .sim.runner import demo as run_demo
 
-
-def _why(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text`, atomically, readable by the owner only (0600)."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    setup_logging(args.log_level or "info")
+    written = Path(args.write_config) if args.write_config else None
+    return eventloop.run(run_demo(args.port, args.tenant_port, args.token_lifetime, written),
+                         "auto")

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import create_app
 from fwproxy.config import Settings, parse_config
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 
 SettingsFactory = Callable[..., Settings]
 ProxyFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -12,16 +12,6 @@ import pytest
 from fwproxy import __version__
 from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from fwproxy.config import load_config
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from fwproxy.demo_login import (
-    DEMO_NATIVE_CLIENT,
-    DEMO_PASSWORD,
-    DEMO_REDIRECT,
-    DEMO_USER,
-    DEMO_WEB_CLIENT,
-    DEMO_WEB_SECRET,
-    default_apps,
-)
 from fwproxy.keys import load_keys
 from fwproxy.store import StoredSession, TokenStore
 
@@ -298,14 +288,3 @@ def test_health_without_a_config_probes_the_default_address(
 def test_demo_ports_default_to_8080_and_8081() -> None:
     args = build_parser().parse_args(["demo"])
     assert (args.port, args.tenant_port, args.write_config) == (8080, 8081, None)
-
-
-def test_readme_gives_the_demo_tenants_credentials() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    for value in (DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USER, DEMO_PASSWORD,
-                  DEMO_WEB_CLIENT, DEMO_WEB_SECRET, DEMO_NATIVE_CLIENT, DEMO_REDIRECT):
-        assert f"`{value}`" in readme
-    assert DEMO_NATIVE_CLIENT in default_apps()
-    assert default_apps()[DEMO_NATIVE_CLIENT].public
-    assert {DEMO_REDIRECT} == {uri for app in default_apps().values()
-                               for uri in app.redirect_uris}

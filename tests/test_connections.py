@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from fwproxy.app import OBSERVER, create_app
 from fwproxy.config import parse_config
 from fwproxy.connections import Runner, head_end
-from fwproxy.demo import TenantState, create_tenant_app
+from fwproxy.sim import TenantState, create_tenant_app
 from tests.conftest import merge, tenant_config, wait_until
 
 Routes = Callable[[web.Application], None]

@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from fwproxy import keys
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
-from fwproxy.demo import TENANT, TenantState, token_endpoint
 from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
 from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
+from fwproxy.sim import TENANT, TenantState, token_endpoint
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response
 from fwproxy.upstream import error_response

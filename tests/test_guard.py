@@ -15,9 +15,9 @@ from multidict import CIMultiDict
 from fwproxy import keys
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
-from fwproxy.demo import TenantState, create_tenant_app
 from fwproxy.exceptions import ConfigError
 from fwproxy.guard import Admitted, Guard, smuggling_shape
+from fwproxy.sim import TenantState, create_tenant_app
 from tests.conftest import CLOSE, ProxyFactory, merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import PROXY, create_app
 from fwproxy.config import parse_config
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from tests.conftest import CLOSE, raw_exchange
 
 Client = TestClient[Any, Any]

@@ -123,7 +123,7 @@ async def test_malformed_requests_log_one_line_without_traceback(
 async def test_no_secret_in_debug_logs_of_a_busy_run(
     stream: Recording, make_proxy: Any, tenant_state: Any
 ) -> None:
-    from fwproxy.demo import DEMO_CLIENT_SECRET
+    from fwproxy.sim import DEMO_CLIENT_SECRET
 
     setup_logging("debug", stream=stream)
     proxy = await make_proxy()

@@ -20,17 +20,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import create_app
 from fwproxy.config import Settings, parse_config
-from fwproxy.demo import TenantState
-from fwproxy.demo_login import (
+from fwproxy.exceptions import ConfigError
+from fwproxy.login import Outcome, login
+from fwproxy.pkce import authorize_url, challenge, make_verifier, same_state
+from fwproxy.sim import (
     DEMO_NATIVE_CLIENT,
     DEMO_PASSWORD,
     DEMO_USER,
     DEMO_WEB_CLIENT,
     DEMO_WEB_SECRET,
+    TenantState,
 )
-from fwproxy.exceptions import ConfigError
-from fwproxy.login import Outcome, login
-from fwproxy.pkce import authorize_url, challenge, make_verifier, same_state
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import authorization_code_form, parse_token_response, refresh_token_form
 from tests.conftest import merge, tenant_config

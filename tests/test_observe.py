@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from fwproxy.app import reconfigure
 from fwproxy.config import parse_config
-from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
+from fwproxy.sim import DEMO_CLIENT_SECRET, TenantState
 from fwproxy.systemd import Notifier, listen_fds
 from tests.conftest import ProxyFactory, SettingsFactory
 

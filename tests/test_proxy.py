@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from fwproxy.app import PROXY, TOKENS, create_app
 from fwproxy.config import parse_config
-from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
+from fwproxy.sim import GZIP_PAYLOAD, TenantState, create_tenant_app
 from fwproxy.upstream import request_headers
 from tests.conftest import (
     CLOSE,

@@ -11,9 +11,8 @@ import pytest
 
 from fwproxy.app import TOKENS, create_app, reconfigure
 from fwproxy.config import Settings, parse_config
-from fwproxy.demo import TenantState
-from fwproxy.demo_login import DEMO_USER
 from fwproxy.exceptions import ConfigError
+from fwproxy.sim import DEMO_USER, TenantState
 from fwproxy.store import TokenStore
 from tests.conftest import ProxyFactory, wait_until
 from tests.test_login import Client, logged_in, user_settings  # noqa: F401 (fixtures)

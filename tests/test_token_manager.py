@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from fwproxy.exceptions import NoTokenAvailable, TokenEndpointError, TokenEndpointUnreachable
 from fwproxy.oauth import ClientCredentialsGrant, endpoint_name, post_token_request
+from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from fwproxy.token_manager import TokenManager
 from fwproxy.tokens import Token, make_token
 from fwproxy.upstream import create_session

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.demo import PATTERN, TenantState
+from fwproxy.sim import PATTERN, TenantState
 
 from .conftest import CURL, FwproxyProcess, StartProxy, clean_env, curl
 
@@ -153,7 +153,7 @@ async def test_500mb_upload_streams_with_bounded_memory(
 
 GENERATOR = (
     "import sys\n"
-    "from fwproxy.demo import PATTERN\n"
+    "from fwproxy.sim import PATTERN\n"
     "block = PATTERN * 16\n"
     f"for _ in range({SIZE} // len(block)):\n"
     "    sys.stdout.buffer.write(block)\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.demo import GZIP_PAYLOAD, TenantState
 from fwproxy.replay import SPILL_AT
+from fwproxy.sim import GZIP_PAYLOAD, TenantState
 
 from .conftest import FwproxyProcess, StartProxy, curl
 

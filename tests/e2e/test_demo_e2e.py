@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fwproxy.demo import DEMO_CLIENT_ID
-from fwproxy.demo_login import DEMO_PASSWORD, DEMO_REDIRECT, DEMO_USER, DEMO_WEB_CLIENT
+from fwproxy.sim import DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_REDIRECT, DEMO_USER, DEMO_WEB_CLIENT
 
 from .conftest import LISTENING, FwproxyProcess, clean_env, curl, run_fwproxy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import PATTERN, TOKEN_PATH
+from fwproxy.sim import PATTERN, TOKEN_PATH
 from tests.conftest import merge, tenant_config, wait_until
 
 from .conftest import Relay, StartProxy, curl, run_fwproxy, write_config

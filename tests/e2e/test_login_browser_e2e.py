@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import TenantState
-from fwproxy.demo_login import DEMO_PASSWORD, DEMO_USER, DEMO_WEB_CLIENT, DEMO_WEB_SECRET
+from fwproxy.sim import DEMO_PASSWORD, DEMO_USER, DEMO_WEB_CLIENT, DEMO_WEB_SECRET, TenantState
 from fwproxy.store import TokenStore
 from tests.conftest import merge, tenant_config
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from fwproxy.config import SCHEMA
-from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
+from fwproxy.sim import DEMO_CLIENT_SECRET, TenantState
 from tests.conftest import tenant_config
 
 from .conftest import (

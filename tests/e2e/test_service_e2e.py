@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
+from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from tests.conftest import merge, tenant_config, wait_until
 
 from .conftest import (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.demo import TOKEN_PATH, TenantState
 from fwproxy.proxy import STRIP_HINT
+from fwproxy.sim import TOKEN_PATH, TenantState
 from tests.conftest import merge, tenant_config, wait_until
 
 from .conftest import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.demo import TenantState
+from fwproxy.sim import TenantState
 from tests.conftest import wait_until
 
 from .conftest import StartProxy, curl, curl_many

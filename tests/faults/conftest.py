@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
-from fwproxy.demo import TenantState, create_tenant_app
+from fwproxy.sim import TenantState, create_tenant_app
 from tests.conftest import merge, tenant_config
 
 Client = TestClient[Any, Any]

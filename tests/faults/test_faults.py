@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fwproxy.demo import TenantState
+from fwproxy.sim import TenantState
 from tests.faults.conftest import Baseline, Client, Faulty
 
 JSON = "application/json"
