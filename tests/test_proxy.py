@@ -7,49 +7,26 @@ import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from fwproxy.app import PROXY, TOKENS, create_app
-from fwproxy.config import parse_config
-from fwproxy.demo import GZIP_PAYLOAD, TenantState, create_tenant_app
+from fwproxy.app import PROXY, TOKENS
+from fwproxy.demo import GZIP_PAYLOAD, TenantState
 from fwproxy.upstream import request_headers
 from tests.conftest import (
     CLOSE,
     ProxyFactory,
-    merge,
     raw_exchange,
-    tenant_config,
     wait_until,
 )
 
 Client = TestClient[Any, Any]
-Routes = Callable[[web.Application], None]
-
-
-@pytest.fixture
-def proxy_with_routes(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-) -> Callable[..., Awaitable[Client]]:
-    """A simulated tenant with extra inline routes, and a proxy in front of it."""
-
-    async def build(routes: Routes, **sections: dict[str, Any]) -> Client:
-        app = create_tenant_app(tenant_state)
-        routes(app)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(server), sections), environ={})
-        return await aiohttp_client(create_app(settings))
-
-    return build
 
 
 async def echo(client: Client, path: str = "/sim/echo", method: str = "GET",
@@ -426,7 +403,7 @@ async def test_expect_100_continue(proxy: Client) -> None:
 
 
 async def test_cookies_are_not_shared_between_clients(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     async def set_cookie(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
@@ -434,7 +411,7 @@ async def test_cookies_are_not_shared_between_clients(
         resp.set_cookie("other", "x")
         return resp
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/cookie", set_cookie))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/cookie", set_cookie))
     async with client.get("/sim/cookie") as resp:
         assert len(resp.headers.getall("Set-Cookie")) == 2
     client.session.cookie_jar.clear()
@@ -584,7 +561,7 @@ async def test_query_probe_sends_the_whole_body_again(
 
 
 async def test_probe_with_a_body_that_proves_nothing_passes_the_401_back(
-    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+    make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     async def forms_auth(request: web.Request) -> web.Response:
         if "Authorization" in request.headers:  # never reads the body
@@ -592,7 +569,7 @@ async def test_probe_with_a_body_that_proves_nothing_passes_the_401_back(
         await request.read()
         raise web.HTTPFound("/fotoweb/views/login?ReturnUrl=" + quote(request.raw_path, safe=""))
 
-    client = await proxy_with_routes(lambda app: app.router.add_post("/sim/forms", forms_auth))
+    client = await make_proxy(lambda app: app.router.add_post("/sim/forms", forms_auth))
     async with client.post("/sim/forms", data=b"b" * 300_000, allow_redirects=False) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"] == "invalid_token"
@@ -613,15 +590,11 @@ async def test_query_placement_can_be_forced(
 # --- failures map to clear JSON errors ---------------------------------------------------------
 
 
-async def test_tenant_down_is_502(
-    aiohttp_client: Callable[..., Awaitable[Client]], unused_tcp_port: int
-) -> None:
-    settings = parse_config({
-        "tenant": {"url": f"http://127.0.0.1:{unused_tcp_port}", "allow_insecure_http": True},
-        "auth": {"client_id": "x", "client_secret": "y",
-                 "token_url": f"http://127.0.0.1:{unused_tcp_port}/token"},
-    }, environ={})
-    client = await aiohttp_client(create_app(settings))
+async def test_tenant_down_is_502(make_proxy: ProxyFactory, unused_tcp_port: int) -> None:
+    client = await make_proxy(
+        tenant={"url": f"http://127.0.0.1:{unused_tcp_port}"},
+        auth={"client_id": "x", "client_secret": "y",
+              "token_url": f"http://127.0.0.1:{unused_tcp_port}/token"})
     # No token can be had either: the token endpoint is the first thing that fails.
     async with client.get("/fotoweb/me") as resp:
         assert resp.status == 503
@@ -632,11 +605,11 @@ async def test_tenant_down_is_502(
 
 
 async def test_tenant_api_down_is_502_with_json(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
     tenant_state: TenantState,
     unused_tcp_port: int,
 ) -> None:
-    client = await proxy_with_routes(lambda app: None)
+    client = await make_proxy()
     await echo(client)  # a token is cached; now the API host goes away
     proxy = proxy_app(client)[PROXY]
     proxy._tenant = proxy._tenant.with_port(unused_tcp_port)
@@ -648,7 +621,7 @@ async def test_tenant_api_down_is_502_with_json(
 
 
 async def test_stalled_tenant_is_504(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     released = asyncio.Event()
 
@@ -656,7 +629,7 @@ async def test_stalled_tenant_is_504(
         await released.wait()
         return web.Response(text="late")
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_get("/sim/stall", stall), tenant={"read_timeout": "200ms"}
     )
     async with client.get("/sim/stall") as resp:
@@ -666,7 +639,7 @@ async def test_stalled_tenant_is_504(
 
 
 async def test_tenant_that_stalls_mid_body_is_cut_off(
-    proxy_with_routes: Callable[..., Awaitable[Client]], caplog: pytest.LogCaptureFixture
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fwproxy.access")
     released = asyncio.Event()
@@ -678,7 +651,7 @@ async def test_tenant_that_stalls_mid_body_is_cut_off(
         await released.wait()  # the second half never comes
         return resp
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_get("/sim/half", half), tenant={"read_timeout": "200ms"}
     )
 
@@ -701,7 +674,7 @@ async def test_tenant_that_stalls_mid_body_is_cut_off(
 
 
 async def test_a_slow_client_is_not_a_stalled_tenant(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     """Only waiting for the tenant counts against tenant.read_timeout: not a client that
     uploads slowly, nor one that reads the answer slowly."""
@@ -717,7 +690,7 @@ async def test_a_slow_client_is_not_a_stalled_tenant(
         app.router.add_get("/sim/big", download)
         app.router.add_post("/sim/slow-upload", upload)
 
-    client = await proxy_with_routes(routes, tenant={"read_timeout": "200ms"})
+    client = await make_proxy(routes, tenant={"read_timeout": "200ms"})
     pause = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -773,7 +746,7 @@ async def test_token_endpoint_recovers_by_itself(
 
 
 async def test_truncated_upstream_body_is_not_a_short_200(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     async def truncated(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": "100000"})
@@ -796,7 +769,7 @@ async def test_truncated_upstream_body_is_not_a_short_200(
         app.router.add_get("/sim/truncated", truncated)
         app.router.add_get("/sim/truncated-chunked", truncated_chunked)
 
-    client = await proxy_with_routes(routes)
+    client = await make_proxy(routes)
     for path in ("/sim/truncated", "/sim/truncated-chunked"):
         with pytest.raises(aiohttp.ClientPayloadError):
             async with client.get(path) as resp:
@@ -805,7 +778,7 @@ async def test_truncated_upstream_body_is_not_a_short_200(
 
 
 async def test_client_disconnect_cancels_the_upstream_request(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -821,7 +794,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
             cancelled.set()
             raise
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/endless", endless))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/endless", endless))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"GET /sim/endless HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
@@ -837,12 +810,12 @@ async def test_proxy_tokens_are_exposed_for_the_app(proxy: Client) -> None:
 
 
 async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
-    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+    make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": "nope"}, status=401)
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/refuse", refuse))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/refuse", refuse))
     for _ in range(5):
         async with client.get("/sim/refuse") as resp:
             assert resp.status == 401
@@ -851,7 +824,7 @@ async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
 
 
 async def test_tenant_that_stops_reading_an_upload_is_504(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     released = asyncio.Event()
 
@@ -859,7 +832,7 @@ async def test_tenant_that_stops_reading_an_upload_is_504(
         await released.wait()  # never reads the body, never answers
         return web.Response(text="late")
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_put("/sim/ignore", ignore_body),
         tenant={"read_timeout": "300ms"}, auth={"replay_max_body": 0},
     )

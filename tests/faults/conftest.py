@@ -10,16 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from fwproxy.app import create_app
-from fwproxy.config import parse_config
-from fwproxy.demo import TenantState, create_tenant_app
-from tests.conftest import merge, tenant_config
+from tests.conftest import ProxyFactory, Routes
 
 Client = TestClient[Any, Any]
-Routes = Callable[[web.Application], None]
 FD_SLACK = 12  # pooled keep-alive connections: both ends live in this process
 RSS_SLACK = 32 * 1024 * 1024
 
@@ -66,20 +61,12 @@ Faulty = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-def faulty(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-) -> Faulty:
-    """A proxy in front of the simulated tenant plus `routes`; config sections override."""
+def faulty(make_proxy: ProxyFactory) -> Faulty:
+    """A proxy in front of the simulated tenant plus `routes`, warmed up; config sections
+    override."""
 
     async def build(routes: Routes | None = None, **sections: dict[str, Any]) -> Client:
-        app = create_tenant_app(tenant_state)
-        if routes is not None:
-            routes(app)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(server), sections), environ={})
-        client = await aiohttp_client(create_app(settings))
+        client = await make_proxy(routes, **sections)
         async with client.get("/fotoweb/me") as resp:  # warm: a token, a pooled connection
             assert resp.status == 200
         return client
