@@ -16,7 +16,7 @@ from fwproxy.app import reconfigure
 from fwproxy.config import parse_config
 from fwproxy.demo import DEMO_CLIENT_SECRET, TenantState
 from fwproxy.systemd import Notifier, listen_fds
-from tests.conftest import ProxyFactory, SettingsFactory
+from tests.conftest import ProxyFactory, SettingsFactory, wait_until
 
 Client = TestClient[Any, Any]
 
@@ -64,15 +64,15 @@ async def test_ready_turns_503_when_the_token_endpoint_dies(
     async with client.get("/_fwproxy/ready") as resp:
         assert resp.status == 200
     tenant_state.token_endpoint_fault = (503, "text/html", b"<h1>maintenance</h1>")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:  # poll until the short-lived token has expired
+    body: dict[str, Any] = {}
+
+    async def not_ready() -> bool:
         async with client.get("/_fwproxy/ready") as resp:
             if resp.status == 503:
-                body = await resp.json()
-                break
-        assert loop.time() < deadline
-        await asyncio.sleep(0.1)
+                body.update(await resp.json())
+            return resp.status == 503
+
+    await wait_until(not_ready, "the short-lived token to expire", timeout=10, every=0.1)
     assert body["reason"] == "http_503"
 
 

@@ -735,14 +735,13 @@ async def test_token_endpoint_recovers_by_itself(
     assert "http_500" in body["detail"]
     assert 1 <= retry_after <= 2
     tenant_state.token_endpoint_fault = None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:  # the first backoff is at most a second: poll until it has passed
+
+    async def recovered() -> bool:
         async with proxy.get("/fotoweb/me") as resp:
-            if resp.status == 200:
-                break
-        assert loop.time() < deadline, "the proxy did not recover"
-        await asyncio.sleep(0.1)
+            return resp.status == 200
+
+    # the first backoff is at most a second: poll until it has passed
+    await wait_until(recovered, "the proxy to recover", timeout=10, every=0.1)
 
 
 async def test_truncated_upstream_body_is_not_a_short_200(

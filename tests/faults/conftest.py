@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ProxyFactory, Routes
+from tests.conftest import ProxyFactory, Routes, wait_until
 
 Client = TestClient[Any, Any]
 FD_SLACK = 12  # pooled keep-alive connections: both ends live in this process
@@ -43,17 +43,16 @@ class Baseline:
     async def check(self, client: Client) -> None:
         async with client.get("/fotoweb/me") as resp:  # still healthy
             assert resp.status == 200, await resp.text()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
+        now = {"fds": self.fds, "tasks": self.tasks}
+
+        def back() -> bool:
             gc.collect()
-            fds, tasks = open_fds(), len(asyncio.all_tasks())
-            if fds <= self.fds + FD_SLACK and tasks <= self.tasks + 2:
-                break
-            assert loop.time() < deadline, (
-                f"not back to baseline: fds {self.fds} -> {fds}, tasks {self.tasks} -> {tasks}"
-            )
-            await asyncio.sleep(0.05)
+            now.update(fds=open_fds(), tasks=len(asyncio.all_tasks()))
+            return now["fds"] <= self.fds + FD_SLACK and now["tasks"] <= self.tasks + 2
+
+        await wait_until(back, lambda: (f"the baseline: fds {self.fds} -> {now['fds']}, "
+                                        f"tasks {self.tasks} -> {now['tasks']}"),
+                         timeout=10, every=0.05)
         assert rss() - self.rss < RSS_SLACK, f"RSS grew by {(rss() - self.rss) >> 20} MiB"
 
 
