@@ -14,17 +14,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from fwproxy.app import PROXY, TOKENS
 from fwproxy.demo import GZIP_PAYLOAD, TenantState
-from fwproxy.upstream import request_headers
 from tests.conftest import (
     CLOSE,
     ProxyFactory,
     raw_exchange,
     wait_until,
 )
+from tests.test_upstream import FORGED
 
 Client = TestClient[Any, Any]
 
@@ -208,61 +207,6 @@ async def test_hop_by_hop_headers_are_dropped(proxy: Client) -> None:
     assert headers["x-end-to-end"] == ["kept"]
     # "Connection: Authorization" named a header the client did not send; ours still goes
     assert headers["authorization"][0].startswith("Bearer ")
-
-
-FORGED = {
-    "X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https",
-    "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "443", "X-Real-IP": "10.9.8.7",
-    "Forwarded": "for=10.9.8.7;host=evil.example;proto=https", "X-Client-IP": "10.9.8.7",
-    "True-Client-IP": "10.9.8.7", "X-Original-URL": "/fotoweb/admin/",
-    "X-Rewrite-URL": "/fotoweb/admin/", "X-Forwarded-Uri": "/fotoweb/admin/",
-}
-OURS = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
-        "x-forwarded-host": ["localhost:8080"]}
-
-
-@pytest.mark.parametrize(
-    ("sent", "trusted", "expected"),
-    [
-        ({}, False, OURS),
-        ({}, True, OURS),
-        (FORGED, False, OURS),  # every forged value replaced or dropped
-        ({name.upper(): value for name, value in FORGED.items()}, False, OURS),
-        # a trusted proxy in front: its values are kept, X-Forwarded-For extended; the
-        # original-URL headers and Forwarded still go (they would move the request past
-        # access.rules, and fwproxy keeps no Forwarded)
-        (FORGED, True, {
-            "x-forwarded-for": ["10.9.8.7, 127.0.0.1"], "x-forwarded-proto": ["https"],
-            "x-forwarded-host": ["evil.example"], "x-forwarded-port": ["443"],
-            "x-real-ip": ["10.9.8.7"], "x-client-ip": ["10.9.8.7"],
-            "true-client-ip": ["10.9.8.7"]}),
-        ({"X-Forwarded-For": "10.0.0.1, 10.0.0.2"}, True, {
-            **OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
-        (CIMultiDict([("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2")]),
-         True, {**OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
-        ({"X-Forwarded-Proto": "https"}, True, {**OURS, "x-forwarded-proto": ["https"]}),
-        # a header the client names in Connection is hop-by-hop even from a trusted peer
-        ({"Connection": "X-Forwarded-Host", "X-Forwarded-Host": "evil.example"}, True, OURS),
-    ],
-)
-def test_request_headers_replace_forwarding_headers(
-    sent: Any, trusted: bool, expected: dict[str, list[str]]
-) -> None:
-    incoming = CIMultiDictProxy(CIMultiDict(sent))
-    out = request_headers(incoming, drop_authorization=False, client_ip="127.0.0.1",
-                          proxy_host="localhost:8080", trusted=trusted)
-    got: dict[str, list[str]] = {}
-    for name, value in out.items():
-        got.setdefault(name.lower(), []).append(value)
-    got.pop("connection", None)
-    assert got == expected
-
-
-def test_request_headers_without_a_peer_address() -> None:
-    # a Unix socket: no address to forward, and no peer to trust
-    out = request_headers(CIMultiDictProxy(CIMultiDict(FORGED)), drop_authorization=True,
-                          client_ip=None, proxy_host="localhost")
-    assert dict(out) == {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "localhost"}
 
 
 async def test_forged_forwarding_headers_are_replaced(proxy: Client) -> None:
