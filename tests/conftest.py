@@ -1,13 +1,16 @@
-"""Shared fixtures: the simulated tenant on a real loopback socket, and settings for it."""
+"""Shared fixtures: the simulated tenant on a real loopback socket, settings for it, and
+the one factory for an in-process proxy in front of it (`make_proxy`)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import create_app
@@ -16,6 +19,8 @@ from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_
 
 SettingsFactory = Callable[..., Settings]
 ProxyFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+Routes = Callable[[web.Application], None]  # adds inline routes to the simulated tenant
+TenantFactory = Callable[..., Awaitable[TestServer]]
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -32,11 +37,27 @@ def tenant_state() -> TenantState:
 
 
 @pytest.fixture
-async def tenant(
+def make_tenant(
     aiohttp_server: Callable[..., Awaitable[TestServer]], tenant_state: TenantState
-) -> TestServer:
+) -> TenantFactory:
+    """The simulated tenant (its state is `tenant_state`) plus inline `routes`, listening on
+    127.0.0.1; or, given `app`, that application instead of the simulator."""
+
+    async def build(routes: Routes | None = None, app: web.Application | None = None
+                    ) -> TestServer:
+        if app is None:
+            app = create_tenant_app(tenant_state)
+        if routes is not None:
+            routes(app)
+        return await aiohttp_server(app, host="127.0.0.1")
+
+    return build
+
+
+@pytest.fixture
+async def tenant(make_tenant: TenantFactory) -> TestServer:
     """The simulated tenant, listening on 127.0.0.1."""
-    return await aiohttp_server(create_tenant_app(tenant_state), host="127.0.0.1")
+    return await make_tenant()
 
 
 def tenant_config(server: TestServer) -> dict[str, Any]:
@@ -58,15 +79,30 @@ def make_settings(tenant: TestServer) -> SettingsFactory:
     return build
 
 
+def proxy_settings(server: TestServer, **sections: dict[str, Any]) -> Settings:
+    """Settings for a proxy in front of `server`; sections override (``tenant={"url": ...}``
+    points it elsewhere, ``auth={"token_url": ...}`` takes tokens from elsewhere)."""
+    return parse_config(merge(tenant_config(server), sections), environ={})
+
+
 @pytest.fixture
 def make_proxy(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    make_settings: SettingsFactory,
+    make_tenant: TenantFactory,
+    tenant: TestServer,
 ) -> ProxyFactory:
-    """An in-process proxy (real socket) in front of the simulated tenant."""
+    """An in-process proxy (real socket) in front of the simulated tenant; config sections
+    override. With `routes` (a function that adds inline routes) or `app` (a whole tenant
+    application instead of the simulator) the tenant is a server of its own; without, it
+    is the `tenant` fixture. Either way the simulator's state is `tenant_state`."""
 
-    async def build(**sections: dict[str, Any]) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_settings(**sections)))
+    async def build(routes: Routes | None = None, app: web.Application | None = None,
+                    **sections: dict[str, Any]) -> TestClient[Any, Any]:
+        if routes is None and app is None:
+            server = tenant
+        else:
+            server = await make_tenant(routes, app)
+        return await aiohttp_client(create_app(proxy_settings(server, **sections)))
 
     return build
 
@@ -91,10 +127,22 @@ async def raw_exchange(port: int | None, request: bytes) -> bytes:
     return data
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll a condition with a bounded deadline (a hang guard, never a timing assertion)."""
+Predicate = Callable[[], bool | Awaitable[bool]]
+
+
+async def wait_until(predicate: Predicate, what: str | Callable[[], str],
+                     timeout: float = 20.0, every: float = 0.01) -> None:
+    """Poll a condition (a function, or a coroutine function such as one that makes a
+    request) every `every` seconds with a bounded deadline: a hang guard, never a timing
+    assertion. `what` names the condition, or says (when called) how far it got."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+            said = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout}s waiting for {said}")
+        await asyncio.sleep(every)

@@ -14,9 +14,11 @@ from fwproxy.access import (
     Rule,
     authority,
     compile_glob,
+    decide_access,
     decide_all,
     judge_host,
     matches,
+    normalize_path,
     overridden_methods,
     parse_host,
     path_readings,
@@ -310,6 +312,35 @@ def test_paths_refused_rather_than_guessed(raw: str, why: str) -> None:
     assert why in str(caught.value)
 
 
+@pytest.mark.parametrize(("raw", "readings"), NORMALIZED)
+def test_normalize_path_is_the_first_reading(raw: str, readings: tuple[str, ...]) -> None:
+    assert normalize_path(raw) == readings[0]
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("/", "/"),
+        ("/fotoweb/", "/fotoweb"),  # a trailing slash goes: rules match with or without
+        ("/fotoweb/ME", "/fotoweb/ME"),  # case is kept: the rules' globs ignore it
+        ("\\fotoweb\\me", "/fotoweb/me"),
+        # look-alikes are not folded here: path_readings refuses or adds a folded reading
+        ("/fotoweb%EF%BC%8Fadmin/x", "/fotoweb\uff0fadmin/x"),
+        ("/fotoweb/%EF%BD%81dmin/x", "/fotoweb/\uff41dmin/x"),
+    ],
+)
+def test_normalize_path(raw: str, normalized: str) -> None:
+    assert normalize_path(raw) == normalized
+
+
+@pytest.mark.parametrize(("raw", "why"), [(raw, why) for raw, why in REFUSED
+                                          if why != "look-alike"])
+def test_normalize_path_refuses(raw: str, why: str) -> None:
+    with pytest.raises(BadPath) as caught:
+        normalize_path(raw)
+    assert why in str(caught.value)
+
+
 def rule(name: str, action: str, paths: list[str], methods: list[str] | None = None) -> Rule:
     return Rule(name, action, frozenset(methods) if methods else None, tuple(paths),
                 tuple(compile_glob(p) for p in paths))
@@ -340,6 +371,85 @@ def test_every_reading_must_be_allowed(
 ) -> None:
     allowed, name, _, _ = decide_all(rules, default, read_only, methods, path_readings(raw))
     assert (allowed, name) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matched"),
+    [
+        ("/fotoweb/admin/**", "/fotoweb/admin", True),  # /x/** also matches /x
+        ("/fotoweb/admin/**", "/fotoweb/admin/", True),
+        ("/fotoweb/admin/**", "/fotoweb/admin/users/5", True),
+        ("/fotoweb/admin/**", "/fotoweb/administrators", False),
+        ("/fotoweb/admin/**", "/fotoweb/x/admin", False),
+        ("/fotoweb/admin/**", "/FotoWeb/ADMIN/users", True),  # IIS: case-insensitive
+        ("/fotoweb/admin/**", "/fotoweb/adm\u0131n/x", True),  # .NET upper-cases it to I
+        ("/fotoweb/me", "/fotoweb/me", True),
+        ("/fotoweb/me", "/fotoweb/me/", True),
+        ("/fotoweb/me", "/fotoweb/me/x", False),
+        ("/fotoweb/me", "/fotoweb/mex", False),
+        ("/fotoweb/*/x", "/fotoweb/a/x", True),  # * stays within a segment
+        ("/fotoweb/*/x", "/fotoweb/a/b/x", False),
+        ("/fotoweb/**/x", "/fotoweb/a/b/x", True),  # ** crosses segments
+        ("/fotoweb/**/x", "/fotoweb/x", False),
+        ("/fotoweb/*.jpg", "/fotoweb/a.JPG", True),
+        ("/fotoweb/a.b", "/fotoweb/aXb", False),  # everything else is literal
+        ("/fotoweb/(x)+", "/fotoweb/(x)+", True),
+        ("/fotoweb/(x)+", "/fotoweb/xx", False),
+        ("/**", "/", True),
+        ("/**", "/any/thing", True),
+    ],
+)
+def test_compile_glob(pattern: str, path: str, matched: bool) -> None:
+    assert bool(compile_glob(pattern).fullmatch(path)) is matched
+
+
+ALLOW_ALL = rule("all", "allow", ["/**"])
+
+
+@pytest.mark.parametrize(
+    ("rules", "default", "read_only", "method", "path", "expected"),
+    [
+        ([NO_ADMIN, ALLOW_ALL], "deny", False, "GET", "/fotoweb/admin/x", (False, "no-admin")),
+        ([ALLOW_ALL, NO_ADMIN], "deny", False, "GET", "/fotoweb/admin/x", (True, "all")),
+        ([NO_ADMIN], "allow", False, "GET", "/fotoweb/me", (True, "default")),
+        ([NO_ADMIN], "deny", False, "GET", "/fotoweb/me", (False, "default")),
+        ([GET_ME], "deny", False, "GET", "/fotoweb/me", (True, "get-me")),
+        ([GET_ME], "deny", False, "POST", "/fotoweb/me", (False, "default")),  # its methods
+        ([GET_ME, ALLOW_ALL], "deny", False, "POST", "/fotoweb/me", (True, "all")),
+        ([], "allow", False, "DELETE", "/fotoweb/me", (True, "default")),
+        # read_only refuses before any rule, and allows nothing a rule denies
+        ([ALLOW_ALL], "allow", True, "DELETE", "/fotoweb/me", (False, "read_only")),
+        ([GET_ME], "allow", True, "POST", "/fotoweb/me", (False, "read_only")),
+        ([NO_ADMIN], "allow", True, "GET", "/fotoweb/admin", (False, "no-admin")),
+        ([], "allow", True, "HEAD", "/fotoweb/me", (True, "default")),
+        ([], "allow", True, "OPTIONS", "/fotoweb/me", (True, "default")),
+    ],
+)
+def test_decide_access_first_match_wins(
+    rules: list[Rule], default: str, read_only: bool, method: str, path: str,
+    expected: tuple[bool, str],
+) -> None:
+    assert decide_access(rules, default, read_only, method, path) == expected
+
+
+@pytest.mark.parametrize(
+    ("rules", "default", "methods", "paths", "expected"),
+    [
+        ([NO_ADMIN], "allow", ["GET", "DELETE"], ["/fotoweb/me", "/fotoweb/admin"],
+         (False, "no-admin", "GET", "/fotoweb/admin")),  # the first denial, named
+        ([GET_ME], "deny", ["GET", "DELETE"], ["/fotoweb/me"],
+         (False, "default", "DELETE", "/fotoweb/me")),
+        ([ARCHIVES], "deny", ["GET"], ["/fotoweb/archives/x", "/fotoweb/archives/y"],
+         (True, "archives", "GET", "/fotoweb/archives/x")),  # allowed: the first reading
+        ([NO_ADMIN], "allow", ["GET", "HEAD"], ["/fotoweb/me"],
+         (True, "default", "GET", "/fotoweb/me")),
+    ],
+)
+def test_decide_all_names_the_reading_that_decided(
+    rules: list[Rule], default: str, methods: list[str], paths: list[str],
+    expected: tuple[bool, str, str, str],
+) -> None:
+    assert decide_all(rules, default, False, methods, paths) == expected
 
 
 @pytest.mark.parametrize(

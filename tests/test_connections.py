@@ -11,15 +11,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from fwproxy.app import OBSERVER, create_app
-from fwproxy.config import parse_config
 from fwproxy.connections import Runner, head_end
-from fwproxy.sim import TenantState, create_tenant_app
-from tests.conftest import merge, tenant_config, wait_until
-
-Routes = Callable[[web.Application], None]
+from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
 
 
 @dataclass
@@ -35,18 +30,13 @@ Serve = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
-async def serve(aiohttp_server: Callable[..., Awaitable[TestServer]],
-                tenant_state: TenantState) -> AsyncIterator[Serve]:
+async def serve(make_tenant: TenantFactory) -> AsyncIterator[Serve]:
     """The proxy as `fwproxy run` serves it (its `Runner`), in front of the simulated
     tenant plus `routes`."""
     runners: list[Runner] = []
 
     async def start(routes: Routes | None = None, **sections: dict[str, Any]) -> Served:
-        app = create_tenant_app(tenant_state)
-        if routes is not None:
-            routes(app)
-        tenant = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(tenant), sections), environ={})
+        settings = proxy_settings(await make_tenant(routes), **sections)
         runner = Runner(create_app(settings), settings.limits, handler_cancellation=True)
         await runner.setup()
         runners.append(runner)

@@ -7,25 +7,23 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from fwproxy import keys
-from fwproxy.app import create_app
-from fwproxy.config import parse_config
 from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
 from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
 from fwproxy.sim import TENANT, TenantState, token_endpoint
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response
 from fwproxy.upstream import error_response
-from tests.conftest import ProxyFactory, merge, tenant_config
+from tests.conftest import ProxyFactory
 from tests.test_log import Recording
 
 Client = TestClient[Any, Any]
@@ -117,15 +115,11 @@ SHAPES = ["form", "plain", "repr", "json", "json-slash", "percent-lower", "basic
 
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_an_echoed_client_secret_is_shown_nowhere(
-    shape: str, aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]], logs: Recording,
-    caplog: pytest.LogCaptureFixture,
+    shape: str, make_proxy: ProxyFactory, logs: Recording, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = await aiohttp_server(echoing_tenant(shape), host="127.0.0.1")
-    config = merge(tenant_config(server), {"auth": {"client_id": CLIENT_ID,
-                                                    "client_secret": SECRET}})
-    client = await aiohttp_client(create_app(parse_config(config, environ={})))
+    client = await make_proxy(app=echoing_tenant(shape),
+                              auth={"client_id": CLIENT_ID, "client_secret": SECRET})
     shown = await everything_shown(client)
     assert "token endpoint refused (HTTP 401)" in shown["503 body"]  # it still says why
     assert json.loads(shown["ready"])["reason"] == "other"  # the "error" was not a code
@@ -140,17 +134,14 @@ async def test_an_echoed_client_secret_is_shown_nowhere(
 
 
 async def test_an_echoed_refresh_token_is_shown_nowhere(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]], logs: Recording, tmp_path: Path,
+    make_proxy: ProxyFactory, logs: Recording, tmp_path: Path,
 ) -> None:
-    server = await aiohttp_server(echoing_tenant("form"), host="127.0.0.1")
     store = tmp_path / "state" / "tokens.json"
     TokenStore(store).save(StoredSession(refresh_token=REFRESH))
-    config = merge(tenant_config(server), {"auth": {
+    client = await make_proxy(app=echoing_tenant("form"), auth={
         "grant_type": "authorization_code", "client_id": CLIENT_ID,
-        "redirect_uri": "http://127.0.0.1:8765/callback", "token_store": str(store)}})
-    del config["auth"]["client_secret"]  # a public (native) client: only the refresh token
-    client = await aiohttp_client(create_app(parse_config(config, environ={})))
+        "redirect_uri": "http://127.0.0.1:8765/callback", "token_store": str(store),
+        "client_secret": None})  # a public (native) client: only the refresh token
     shown = await everything_shown(client)
     shown["log"] = logs.getvalue()
     assert "refresh_token" in shown["503 body"]  # the echo is there, masked
@@ -241,10 +232,7 @@ def test_outward_masks_before_it_cuts() -> None:
     assert SECRET[:4] not in out
 
 
-async def test_last_errors_show_no_path_or_query(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-) -> None:
+async def test_last_errors_show_no_path_or_query(make_proxy: ProxyFactory) -> None:
     app = web.Application()  # the demo's token endpoint, and a resource that fails
     app[TENANT] = TenantState()
     app.router.add_post(TOKEN_PATH, token_endpoint)
@@ -253,8 +241,7 @@ async def test_last_errors_show_no_path_or_query(
         return web.Response(status=500, text="oops")
 
     app.router.add_get("/fotoweb/broken/{tail:.*}", broken)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    client = await aiohttp_client(create_app(parse_config(tenant_config(server), environ={})))
+    client = await make_proxy(app=app)
     async with client.get("/fotoweb/broken/alice-private-album?access_token=own-t0ken"
                           "&q=confidential-query") as resp:
         assert resp.status == 500

@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
 
 from fwproxy import keys
-from fwproxy.app import create_app
 from fwproxy.config import parse_config
 from fwproxy.exceptions import ConfigError
 from fwproxy.guard import Admitted, Guard, smuggling_shape
-from fwproxy.sim import TenantState, create_tenant_app
-from tests.conftest import CLOSE, ProxyFactory, merge, raw_exchange, tenant_config
+from fwproxy.sim import TenantState
+from tests.conftest import CLOSE, ProxyFactory, raw_exchange
 
 Client = TestClient[Any, Any]
 RULES = [
@@ -297,12 +296,11 @@ async def test_max_header_bytes(make_proxy: ProxyFactory, tenant_state: TenantSt
     assert not tenant_state.seen
 
 
+Stalled = Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]]
+
+
 @pytest.fixture
-def stalled_proxy(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-) -> Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]]:
+def stalled_proxy(make_proxy: ProxyFactory) -> Stalled:
     async def build(**limits: Any) -> tuple[Client, asyncio.Event, asyncio.Event]:
         entered, release = asyncio.Event(), asyncio.Event()
 
@@ -311,17 +309,15 @@ def stalled_proxy(
             await release.wait()
             return web.Response(text="done")
 
-        app = create_tenant_app(tenant_state)
-        app.router.add_get("/sim/slow", slow)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(server), {"limits": limits}), environ={})
-        return await aiohttp_client(create_app(settings)), entered, release
+        client = await make_proxy(lambda app: app.router.add_get("/sim/slow", slow),
+                                  limits=limits)
+        return client, entered, release
 
     return build
 
 
 async def test_max_concurrent_answers_503_when_full(
-    stalled_proxy: Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]],
+    stalled_proxy: Stalled,
 ) -> None:
     client, entered, release = await stalled_proxy(max_concurrent=1)
     first = asyncio.ensure_future(client.get("/sim/slow"))
@@ -338,7 +334,7 @@ async def test_max_concurrent_answers_503_when_full(
 
 
 async def test_max_concurrent_queues_with_a_timeout(
-    stalled_proxy: Callable[..., Awaitable[tuple[Client, asyncio.Event, asyncio.Event]]],
+    stalled_proxy: Stalled,
 ) -> None:
     client, entered, release = await stalled_proxy(max_concurrent=1, queue_timeout="30s")
     first = asyncio.ensure_future(client.get("/sim/slow"))
@@ -355,18 +351,12 @@ async def test_max_concurrent_queues_with_a_timeout(
 
 @pytest.mark.parametrize("code", [429, 503])
 async def test_tenant_backpressure_is_passed_back_not_retried(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-    code: int,
+    make_proxy: ProxyFactory, tenant_state: TenantState, code: int,
 ) -> None:
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=code, headers={"Retry-After": "7"}, text="slow down")
 
-    app = create_tenant_app(tenant_state)
-    app.router.add_get("/sim/busy", busy)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    client = await aiohttp_client(create_app(parse_config(tenant_config(server), environ={})))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/busy", busy))
     async with client.get("/sim/busy") as resp:
         assert resp.status == code
         assert resp.headers["Retry-After"] == "7"

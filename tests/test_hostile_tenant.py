@@ -16,10 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from fwproxy.app import PROXY, create_app
-from fwproxy.config import parse_config
-from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
-from tests.conftest import CLOSE, raw_exchange
+from fwproxy.app import PROXY
+from tests.conftest import CLOSE, ProxyFactory, TenantFactory, raw_exchange
 
 Client = TestClient[Any, Any]
 Reply = Callable[[bytes], bytes]  # request head -> response bytes
@@ -61,26 +59,16 @@ async def raw_tenant() -> AsyncIterator[RawTenant]:
 
 
 @pytest.fixture
-async def token_server(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> TestServer:
-    return await aiohttp_server(create_tenant_app(TenantState()), host="127.0.0.1")
-
-
-@pytest.fixture
 def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]], raw_tenant: RawTenant,
-    token_server: TestServer,
+    make_proxy: ProxyFactory, raw_tenant: RawTenant, tenant: TestServer,
 ) -> Callable[..., Awaitable[Client]]:
+    """A proxy in front of the raw tenant, with tokens from the simulated one; `auth` keys
+    override."""
+
     async def build(**auth: Any) -> Client:
-        settings = parse_config({
-            "tenant": {"url": f"http://127.0.0.1:{raw_tenant.port}",
-                       "allow_insecure_http": True},
-            "auth": {"client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET,
-                     "token_url": f"http://127.0.0.1:{token_server.port}/fotoweb/oauth2/token",
-                     **auth},
-        }, environ={})
-        return await aiohttp_client(create_app(settings))
+        return await make_proxy(
+            tenant={"url": f"http://127.0.0.1:{raw_tenant.port}"},
+            auth={"token_url": f"http://127.0.0.1:{tenant.port}/fotoweb/oauth2/token", **auth})
 
     return build
 
@@ -213,15 +201,14 @@ def shows_token(data: bytes) -> bool:
 
 
 @pytest.fixture
-async def odd_token_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+async def odd_token_url(make_tenant: TenantFactory) -> str:
     """A token endpoint that issues `TOKEN` (a new Token each time, the same value)."""
     async def issue(request: web.Request) -> web.Response:
         return web.json_response(
             {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600})
 
-    app = web.Application()
-    app.router.add_post("/token", issue)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    server = await make_tenant(lambda app: app.router.add_post("/token", issue),
+                               app=web.Application())
     return f"http://127.0.0.1:{server.port}/token"
 
 
@@ -422,9 +409,7 @@ async def test_unusual_request_lines(
 
 
 async def test_token_response_split_across_packets(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    raw_tenant: RawTenant,
+    make_tenant: TenantFactory, make_proxy: ProxyFactory, raw_tenant: RawTenant,
 ) -> None:
     async def slow_token(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -436,15 +421,12 @@ async def test_token_response_split_across_packets(
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/token", slow_token)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    settings = parse_config({
-        "tenant": {"url": f"http://127.0.0.1:{raw_tenant.port}", "allow_insecure_http": True},
-        "auth": {"client_id": "a", "client_secret": "b",
-                 "token_url": f"http://127.0.0.1:{server.port}/token"},
-    }, environ={})
-    client = await aiohttp_client(create_app(settings))
+    server = await make_tenant(lambda app: app.router.add_post("/token", slow_token),
+                               app=web.Application())
+    client = await make_proxy(
+        tenant={"url": f"http://127.0.0.1:{raw_tenant.port}"},
+        auth={"client_id": "a", "client_secret": "b",
+              "token_url": f"http://127.0.0.1:{server.port}/token"})
     async with client.get("/x") as resp:
         assert resp.status == 200
     assert b"Authorization: Bearer split-token\r\n" in raw_tenant.heads[-1]

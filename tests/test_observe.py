@@ -1,22 +1,16 @@
-"""Health, readiness, metrics, the status page, reload and the systemd protocols."""
+"""Health, readiness, metrics, the status page and reload (the systemd protocols: test_systemd)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import socket
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from fwproxy.app import reconfigure
 from fwproxy.config import parse_config
 from fwproxy.sim import DEMO_CLIENT_SECRET, TenantState
-from fwproxy.systemd import Notifier, listen_fds
-from tests.conftest import ProxyFactory, SettingsFactory
+from tests.conftest import ProxyFactory, SettingsFactory, wait_until
 
 Client = TestClient[Any, Any]
 
@@ -64,15 +58,15 @@ async def test_ready_turns_503_when_the_token_endpoint_dies(
     async with client.get("/_fwproxy/ready") as resp:
         assert resp.status == 200
     tenant_state.token_endpoint_fault = (503, "text/html", b"<h1>maintenance</h1>")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:  # poll until the short-lived token has expired
+    body: dict[str, Any] = {}
+
+    async def not_ready() -> bool:
         async with client.get("/_fwproxy/ready") as resp:
             if resp.status == 503:
-                body = await resp.json()
-                break
-        assert loop.time() < deadline
-        await asyncio.sleep(0.1)
+                body.update(await resp.json())
+            return resp.status == 503
+
+    await wait_until(not_ready, "the short-lived token to expire", timeout=10, every=0.1)
     assert body["reason"] == "http_503"
 
 
@@ -209,66 +203,6 @@ async def test_reload_reports_what_needs_a_restart(
     assert plan.settings.listen.port == 0  # the running value stays, reported again
     again = reconfigure(proxy.app, make_settings(listen={"port": 9999}, log={"level": "debug"}))
     assert (again.applied, again.needs_restart) == (("log.level",), ("listen.port",))
-
-
-# --- systemd ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Any:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = tmp_path / "notify"
-    sock.bind(str(path))
-    sock.settimeout(10)
-    yield sock, str(path)
-    sock.close()
-
-
-def test_notify_sends_datagrams(notify_socket: Any) -> None:
-    sock, path = notify_socket
-    notifier = Notifier({"NOTIFY_SOCKET": path})
-    assert notifier.enabled
-    assert notifier.notify("READY=1")
-    assert sock.recv(4096) == b"READY=1"
-
-
-def test_notify_abstract_socket() -> None:
-    name = f"fwproxy-test-{os.getpid()}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind("\0" + name)
-        sock.settimeout(10)
-        assert Notifier({"NOTIFY_SOCKET": "@" + name}).notify("STOPPING=1")
-        assert sock.recv(4096) == b"STOPPING=1"
-
-
-def test_notify_without_systemd_does_nothing() -> None:
-    notifier = Notifier({})
-    assert not notifier.enabled
-    assert not notifier.notify("READY=1")
-    assert notifier.watchdog_interval is None
-
-
-def test_watchdog_interval_is_half_the_timeout() -> None:
-    notifier = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000"})
-    assert notifier.watchdog_interval == 15.0
-    other = Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})
-    assert other.watchdog_interval is None  # meant for another process
-
-
-async def test_watchdog_feeds(notify_socket: Any) -> None:
-    sock, path = notify_socket
-    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
-    task = asyncio.ensure_future(notifier.watchdog())
-    loop = asyncio.get_running_loop()
-    first = await loop.run_in_executor(None, sock.recv, 4096)
-    second = await loop.run_in_executor(None, sock.recv, 4096)
-    task.cancel()
-    assert first == second == b"WATCHDOG=1"
-
-
-def test_listen_fds_only_for_this_process() -> None:
-    assert listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "1"}) == []
-    assert listen_fds({}) == []
 
 
 def test_settings_carry_status_and_listen_defaults() -> None:

@@ -7,49 +7,25 @@ import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp.test_utils import TestClient
 
-from fwproxy.app import PROXY, TOKENS, create_app
-from fwproxy.config import parse_config
-from fwproxy.sim import GZIP_PAYLOAD, TenantState, create_tenant_app
-from fwproxy.upstream import request_headers
+from fwproxy.app import PROXY, TOKENS
+from fwproxy.sim import GZIP_PAYLOAD, TenantState
 from tests.conftest import (
     CLOSE,
     ProxyFactory,
-    merge,
     raw_exchange,
-    tenant_config,
     wait_until,
 )
+from tests.test_upstream import FORGED
 
 Client = TestClient[Any, Any]
-Routes = Callable[[web.Application], None]
-
-
-@pytest.fixture
-def proxy_with_routes(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-) -> Callable[..., Awaitable[Client]]:
-    """A simulated tenant with extra inline routes, and a proxy in front of it."""
-
-    async def build(routes: Routes, **sections: dict[str, Any]) -> Client:
-        app = create_tenant_app(tenant_state)
-        routes(app)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(server), sections), environ={})
-        return await aiohttp_client(create_app(settings))
-
-    return build
 
 
 async def echo(client: Client, path: str = "/sim/echo", method: str = "GET",
@@ -233,61 +209,6 @@ async def test_hop_by_hop_headers_are_dropped(proxy: Client) -> None:
     assert headers["authorization"][0].startswith("Bearer ")
 
 
-FORGED = {
-    "X-Forwarded-For": "10.9.8.7", "X-Forwarded-Proto": "https",
-    "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "443", "X-Real-IP": "10.9.8.7",
-    "Forwarded": "for=10.9.8.7;host=evil.example;proto=https", "X-Client-IP": "10.9.8.7",
-    "True-Client-IP": "10.9.8.7", "X-Original-URL": "/fotoweb/admin/",
-    "X-Rewrite-URL": "/fotoweb/admin/", "X-Forwarded-Uri": "/fotoweb/admin/",
-}
-OURS = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
-        "x-forwarded-host": ["localhost:8080"]}
-
-
-@pytest.mark.parametrize(
-    ("sent", "trusted", "expected"),
-    [
-        ({}, False, OURS),
-        ({}, True, OURS),
-        (FORGED, False, OURS),  # every forged value replaced or dropped
-        ({name.upper(): value for name, value in FORGED.items()}, False, OURS),
-        # a trusted proxy in front: its values are kept, X-Forwarded-For extended; the
-        # original-URL headers and Forwarded still go (they would move the request past
-        # access.rules, and fwproxy keeps no Forwarded)
-        (FORGED, True, {
-            "x-forwarded-for": ["10.9.8.7, 127.0.0.1"], "x-forwarded-proto": ["https"],
-            "x-forwarded-host": ["evil.example"], "x-forwarded-port": ["443"],
-            "x-real-ip": ["10.9.8.7"], "x-client-ip": ["10.9.8.7"],
-            "true-client-ip": ["10.9.8.7"]}),
-        ({"X-Forwarded-For": "10.0.0.1, 10.0.0.2"}, True, {
-            **OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
-        (CIMultiDict([("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-For", "10.0.0.2")]),
-         True, {**OURS, "x-forwarded-for": ["10.0.0.1, 10.0.0.2, 127.0.0.1"]}),
-        ({"X-Forwarded-Proto": "https"}, True, {**OURS, "x-forwarded-proto": ["https"]}),
-        # a header the client names in Connection is hop-by-hop even from a trusted peer
-        ({"Connection": "X-Forwarded-Host", "X-Forwarded-Host": "evil.example"}, True, OURS),
-    ],
-)
-def test_request_headers_replace_forwarding_headers(
-    sent: Any, trusted: bool, expected: dict[str, list[str]]
-) -> None:
-    incoming = CIMultiDictProxy(CIMultiDict(sent))
-    out = request_headers(incoming, drop_authorization=False, client_ip="127.0.0.1",
-                          proxy_host="localhost:8080", trusted=trusted)
-    got: dict[str, list[str]] = {}
-    for name, value in out.items():
-        got.setdefault(name.lower(), []).append(value)
-    got.pop("connection", None)
-    assert got == expected
-
-
-def test_request_headers_without_a_peer_address() -> None:
-    # a Unix socket: no address to forward, and no peer to trust
-    out = request_headers(CIMultiDictProxy(CIMultiDict(FORGED)), drop_authorization=True,
-                          client_ip=None, proxy_host="localhost")
-    assert dict(out) == {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "localhost"}
-
-
 async def test_forged_forwarding_headers_are_replaced(proxy: Client) -> None:
     seen = (await echo(proxy, headers=FORGED))["headers"]
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
@@ -426,7 +347,7 @@ async def test_expect_100_continue(proxy: Client) -> None:
 
 
 async def test_cookies_are_not_shared_between_clients(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     async def set_cookie(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
@@ -434,7 +355,7 @@ async def test_cookies_are_not_shared_between_clients(
         resp.set_cookie("other", "x")
         return resp
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/cookie", set_cookie))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/cookie", set_cookie))
     async with client.get("/sim/cookie") as resp:
         assert len(resp.headers.getall("Set-Cookie")) == 2
     client.session.cookie_jar.clear()
@@ -584,7 +505,7 @@ async def test_query_probe_sends_the_whole_body_again(
 
 
 async def test_probe_with_a_body_that_proves_nothing_passes_the_401_back(
-    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+    make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     async def forms_auth(request: web.Request) -> web.Response:
         if "Authorization" in request.headers:  # never reads the body
@@ -592,7 +513,7 @@ async def test_probe_with_a_body_that_proves_nothing_passes_the_401_back(
         await request.read()
         raise web.HTTPFound("/fotoweb/views/login?ReturnUrl=" + quote(request.raw_path, safe=""))
 
-    client = await proxy_with_routes(lambda app: app.router.add_post("/sim/forms", forms_auth))
+    client = await make_proxy(lambda app: app.router.add_post("/sim/forms", forms_auth))
     async with client.post("/sim/forms", data=b"b" * 300_000, allow_redirects=False) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"] == "invalid_token"
@@ -613,15 +534,11 @@ async def test_query_placement_can_be_forced(
 # --- failures map to clear JSON errors ---------------------------------------------------------
 
 
-async def test_tenant_down_is_502(
-    aiohttp_client: Callable[..., Awaitable[Client]], unused_tcp_port: int
-) -> None:
-    settings = parse_config({
-        "tenant": {"url": f"http://127.0.0.1:{unused_tcp_port}", "allow_insecure_http": True},
-        "auth": {"client_id": "x", "client_secret": "y",
-                 "token_url": f"http://127.0.0.1:{unused_tcp_port}/token"},
-    }, environ={})
-    client = await aiohttp_client(create_app(settings))
+async def test_tenant_down_is_502(make_proxy: ProxyFactory, unused_tcp_port: int) -> None:
+    client = await make_proxy(
+        tenant={"url": f"http://127.0.0.1:{unused_tcp_port}"},
+        auth={"client_id": "x", "client_secret": "y",
+              "token_url": f"http://127.0.0.1:{unused_tcp_port}/token"})
     # No token can be had either: the token endpoint is the first thing that fails.
     async with client.get("/fotoweb/me") as resp:
         assert resp.status == 503
@@ -632,11 +549,11 @@ async def test_tenant_down_is_502(
 
 
 async def test_tenant_api_down_is_502_with_json(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
     tenant_state: TenantState,
     unused_tcp_port: int,
 ) -> None:
-    client = await proxy_with_routes(lambda app: None)
+    client = await make_proxy()
     await echo(client)  # a token is cached; now the API host goes away
     proxy = proxy_app(client)[PROXY]
     proxy._tenant = proxy._tenant.with_port(unused_tcp_port)
@@ -648,7 +565,7 @@ async def test_tenant_api_down_is_502_with_json(
 
 
 async def test_stalled_tenant_is_504(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     released = asyncio.Event()
 
@@ -656,7 +573,7 @@ async def test_stalled_tenant_is_504(
         await released.wait()
         return web.Response(text="late")
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_get("/sim/stall", stall), tenant={"read_timeout": "200ms"}
     )
     async with client.get("/sim/stall") as resp:
@@ -666,7 +583,7 @@ async def test_stalled_tenant_is_504(
 
 
 async def test_tenant_that_stalls_mid_body_is_cut_off(
-    proxy_with_routes: Callable[..., Awaitable[Client]], caplog: pytest.LogCaptureFixture
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fwproxy.access")
     released = asyncio.Event()
@@ -678,7 +595,7 @@ async def test_tenant_that_stalls_mid_body_is_cut_off(
         await released.wait()  # the second half never comes
         return resp
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_get("/sim/half", half), tenant={"read_timeout": "200ms"}
     )
 
@@ -701,7 +618,7 @@ async def test_tenant_that_stalls_mid_body_is_cut_off(
 
 
 async def test_a_slow_client_is_not_a_stalled_tenant(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     """Only waiting for the tenant counts against tenant.read_timeout: not a client that
     uploads slowly, nor one that reads the answer slowly."""
@@ -717,7 +634,7 @@ async def test_a_slow_client_is_not_a_stalled_tenant(
         app.router.add_get("/sim/big", download)
         app.router.add_post("/sim/slow-upload", upload)
 
-    client = await proxy_with_routes(routes, tenant={"read_timeout": "200ms"})
+    client = await make_proxy(routes, tenant={"read_timeout": "200ms"})
     pause = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -762,18 +679,17 @@ async def test_token_endpoint_recovers_by_itself(
     assert "http_500" in body["detail"]
     assert 1 <= retry_after <= 2
     tenant_state.token_endpoint_fault = None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:  # the first backoff is at most a second: poll until it has passed
+
+    async def recovered() -> bool:
         async with proxy.get("/fotoweb/me") as resp:
-            if resp.status == 200:
-                break
-        assert loop.time() < deadline, "the proxy did not recover"
-        await asyncio.sleep(0.1)
+            return resp.status == 200
+
+    # the first backoff is at most a second: poll until it has passed
+    await wait_until(recovered, "the proxy to recover", timeout=10, every=0.1)
 
 
 async def test_truncated_upstream_body_is_not_a_short_200(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     async def truncated(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": "100000"})
@@ -796,7 +712,7 @@ async def test_truncated_upstream_body_is_not_a_short_200(
         app.router.add_get("/sim/truncated", truncated)
         app.router.add_get("/sim/truncated-chunked", truncated_chunked)
 
-    client = await proxy_with_routes(routes)
+    client = await make_proxy(routes)
     for path in ("/sim/truncated", "/sim/truncated-chunked"):
         with pytest.raises(aiohttp.ClientPayloadError):
             async with client.get(path) as resp:
@@ -805,7 +721,7 @@ async def test_truncated_upstream_body_is_not_a_short_200(
 
 
 async def test_client_disconnect_cancels_the_upstream_request(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -821,7 +737,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
             cancelled.set()
             raise
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/endless", endless))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/endless", endless))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"GET /sim/endless HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
@@ -837,12 +753,12 @@ async def test_proxy_tokens_are_exposed_for_the_app(proxy: Client) -> None:
 
 
 async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
-    proxy_with_routes: Callable[..., Awaitable[Client]], tenant_state: TenantState
+    make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": "nope"}, status=401)
 
-    client = await proxy_with_routes(lambda app: app.router.add_get("/sim/refuse", refuse))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/refuse", refuse))
     for _ in range(5):
         async with client.get("/sim/refuse") as resp:
             assert resp.status == 401
@@ -851,7 +767,7 @@ async def test_endpoint_that_always_refuses_does_not_hammer_the_token_endpoint(
 
 
 async def test_tenant_that_stops_reading_an_upload_is_504(
-    proxy_with_routes: Callable[..., Awaitable[Client]],
+    make_proxy: ProxyFactory,
 ) -> None:
     released = asyncio.Event()
 
@@ -859,7 +775,7 @@ async def test_tenant_that_stops_reading_an_upload_is_504(
         await released.wait()  # never reads the body, never answers
         return web.Response(text="late")
 
-    client = await proxy_with_routes(
+    client = await make_proxy(
         lambda app: app.router.add_put("/sim/ignore", ignore_body),
         tenant={"read_timeout": "300ms"}, auth={"replay_max_body": 0},
     )

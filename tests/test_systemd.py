@@ -1,4 +1,5 @@
-"""The systemd units in systemd/: what the issue asks for, `verify` clean, sandbox score OK.
+"""The systemd units in systemd/ (what the issue asks for, `verify` clean, sandbox score OK)
+and the protocols fwproxy speaks to systemd (fwproxy/systemd.py).
 
 `systemd-analyze` runs offline (no running systemd needed); the tests that need it skip
 when it is not installed (Debian: `apt-get install systemd`).
@@ -6,17 +7,21 @@ when it is not installed (Debian: `apt-get install systemd`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from fwproxy.config import ListenConfig
+from fwproxy.systemd import Notifier, listen_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "systemd" / "fwproxy.service"
@@ -207,3 +212,63 @@ def test_security_exposure_is_ok() -> None:
     assert found, result.stdout + result.stderr
     exposure = float(found.group(1))
     assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+# --- the protocols: sd_notify, the watchdog, socket activation (fwproxy/systemd.py) ---------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Any:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(10)
+    yield sock, str(path)
+    sock.close()
+
+
+def test_notify_sends_datagrams(notify_socket: Any) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.enabled
+    assert notifier.notify("READY=1")
+    assert sock.recv(4096) == b"READY=1"
+
+
+def test_notify_abstract_socket() -> None:
+    name = f"fwproxy-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).notify("STOPPING=1")
+        assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_notify_without_systemd_does_nothing() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert not notifier.notify("READY=1")
+    assert notifier.watchdog_interval is None
+
+
+def test_watchdog_interval_is_half_the_timeout() -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000"})
+    assert notifier.watchdog_interval == 15.0
+    other = Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None  # meant for another process
+
+
+async def test_watchdog_feeds(notify_socket: Any) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
+    task = asyncio.ensure_future(notifier.watchdog())
+    loop = asyncio.get_running_loop()
+    first = await loop.run_in_executor(None, sock.recv, 4096)
+    second = await loop.run_in_executor(None, sock.recv, 4096)
+    task.cancel()
+    assert first == second == b"WATCHDOG=1"
+
+
+def test_listen_fds_only_for_this_process() -> None:
+    assert listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "1"}) == []
+    assert listen_fds({}) == []

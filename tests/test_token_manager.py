@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
@@ -18,7 +19,7 @@ from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from fwproxy.token_manager import TokenManager
 from fwproxy.tokens import Token, make_token
 from fwproxy.upstream import create_session
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, wait_until
 
 
 class Clock:
@@ -41,6 +42,8 @@ class FakeGrant:
         self.calls = 0
         self.gate: asyncio.Event | None = None
         self.fail_with: Exception | None = None
+        self.tasks: list[asyncio.Task[Any]] = []  # the manager's task behind each fetch
+        self._entered = asyncio.Event()
 
     def stored(self) -> Token | None:
         return None
@@ -51,13 +54,36 @@ class FakeGrant:
     def update(self, auth: Any) -> None:
         raise AssertionError("not reloaded in these tests")
 
+    async def started(self, calls: int) -> asyncio.Task[Any]:
+        """The manager's task running fetch number `calls`, once that fetch has begun: the
+        request in flight, to await instead of counting loop turns."""
+
+        async def entered() -> None:
+            while len(self.tasks) < calls:
+                self._entered.clear()
+                await self._entered.wait()
+
+        await asyncio.wait_for(entered(), timeout=10)
+        return self.tasks[calls - 1]
+
     async def fetch(self) -> Token:
         self.calls += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.append(task)
+        self._entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
         return make_token(f"token-{self.calls}", self.lifetime, self.clock(), 60)
+
+
+def suspended(task: asyncio.Task[Any]) -> bool:
+    """Whether `task` has started and now waits at an `await`."""
+    coro = task.get_coro()
+    assert inspect.iscoroutine(coro)
+    return inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED
 
 
 @pytest.fixture
@@ -80,7 +106,7 @@ async def test_cold_start_is_one_request_for_a_thousand_callers(
 ) -> None:
     grant.gate = asyncio.Event()
     waiters = [asyncio.ensure_future(manager.get()) for _ in range(1000)]
-    await asyncio.sleep(0)
+    await grant.started(1)
     grant.gate.set()
     tokens = await asyncio.gather(*waiters)
     assert grant.calls == 1
@@ -104,11 +130,10 @@ async def test_renewal_window_renews_in_background_without_waiting(
     grant.gate = asyncio.Event()  # the renewal hangs until released
     assert await manager.get() is first  # answered at once, with the old token
     assert await manager.get() is first
-    await asyncio.sleep(0)  # let the renewal task start
+    renewal = await grant.started(2)
     assert grant.calls == 2  # one renewal started, not one per call
     grant.gate.set()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await renewal
     renewed = await manager.get()
     assert renewed.value == "token-2"
     assert manager.renewals == 1
@@ -121,13 +146,13 @@ async def test_failed_renewal_keeps_serving_the_valid_token_and_backs_off(
     clock.now = first.renew_at
     grant.fail_with = TokenEndpointUnreachable("down")
     assert await manager.get() is first
-    await asyncio.sleep(0)
+    await asyncio.wait({await grant.started(2)})  # the renewal has failed
     assert grant.calls == 2
     assert await manager.get() is first  # within backoff: no new request
     assert grant.calls == 2
     clock.now += 1
     assert await manager.get() is first  # backoff over: one more attempt
-    await asyncio.sleep(0)
+    await asyncio.wait({await grant.started(3)})
     assert grant.calls == 3
 
 
@@ -181,7 +206,7 @@ async def test_storm_of_401s_renews_once(manager: TokenManager, grant: FakeGrant
         return await manager.get()
 
     waiters = [asyncio.ensure_future(after_401()) for _ in range(200)]
-    await asyncio.sleep(0)
+    await grant.started(2)
     grant.gate.set()
     tokens = await asyncio.gather(*waiters)
     assert grant.calls == 2
@@ -194,7 +219,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_request(
     grant.gate = asyncio.Event()
     first = asyncio.ensure_future(manager.get())
     second = asyncio.ensure_future(manager.get())
-    await asyncio.sleep(0)
+    await grant.started(1)
     first.cancel()
     grant.gate.set()
     assert (await second).value == "token-1"
@@ -229,7 +254,7 @@ async def test_aclose_cancels_a_renewal_that_outlasts_the_grace(
 ) -> None:
     grant.gate = asyncio.Event()
     waiter = asyncio.ensure_future(manager.get())
-    await asyncio.sleep(0)
+    await grant.started(1)
     await manager.aclose(grace=0.01)
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -240,9 +265,10 @@ async def test_aclose_lets_a_renewal_in_flight_finish(
 ) -> None:
     grant.gate = asyncio.Event()
     waiter = asyncio.ensure_future(manager.get())
-    await asyncio.sleep(0)
+    request = await grant.started(1)
     closing = asyncio.ensure_future(manager.aclose())
-    await asyncio.sleep(0)
+    await wait_until(lambda: suspended(closing), "aclose to wait for the request")
+    assert not request.done()
     grant.gate.set()  # the token arrives while shutting down: it is not thrown away
     await closing
     assert (await waiter).value == "token-1"

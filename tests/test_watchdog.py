@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import pytest
 
 from fwproxy.exceptions import UpstreamTimeout
 from fwproxy.replay import BodyTee, ClientBodyTimeout
 from fwproxy.watchdog import ClientWatch, Watchdog
+
+
+class Forever(asyncio.Event):
+    """An event only a test sets; `waited` is set once the exchange waits on it, so a test
+    awaits that instead of counting loop turns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.waited.set()
+        return await super().wait()
 
 
 def no_answer() -> str:
@@ -47,8 +61,9 @@ async def test_time_not_spent_waiting_for_the_tenant_does_not_count() -> None:
 
 async def test_someone_elses_cancellation_is_not_turned_into_a_timeout() -> None:
     dog = Watchdog(0.05)
-    task = asyncio.create_task(wait_for_tenant(dog, asyncio.Event()))
-    await asyncio.sleep(0)
+    forever = Forever()
+    task = asyncio.create_task(wait_for_tenant(dog, forever))
+    await forever.waited.wait()
     task.cancel()  # e.g. shutdown, well before the timeout
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -98,8 +113,9 @@ async def test_zero_means_no_read_timeout() -> None:
 
 async def test_a_reload_changes_the_timeout_of_waits_already_watched() -> None:
     dog = Watchdog(300)
-    task = asyncio.create_task(wait_for_tenant(dog, asyncio.Event()))
-    await asyncio.sleep(0)  # it waits, under the 300 s timeout
+    forever = Forever()
+    task = asyncio.create_task(wait_for_tenant(dog, forever))
+    await forever.waited.wait()  # it waits, under the 300 s timeout
     dog.configure(0.05)  # SIGHUP: tenant.read_timeout 50ms
     with pytest.raises(UpstreamTimeout):
         await asyncio.wait_for(task, timeout=10)
@@ -107,9 +123,9 @@ async def test_a_reload_changes_the_timeout_of_waits_already_watched() -> None:
 
 async def test_a_reload_to_zero_stops_watching() -> None:
     dog = Watchdog(0.05)
-    forever = asyncio.Event()
+    forever = Forever()
     task = asyncio.create_task(wait_for_tenant(dog, forever))
-    await asyncio.sleep(0)
+    await forever.waited.wait()
     dog.configure(0)  # SIGHUP: no read timeout
     assert not dog.armed
     for _ in range(10):  # many periods of the old timeout

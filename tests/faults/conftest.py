@@ -10,16 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from fwproxy.app import create_app
-from fwproxy.config import parse_config
-from fwproxy.sim import TenantState, create_tenant_app
-from tests.conftest import merge, tenant_config
+from tests.conftest import ProxyFactory, Routes, wait_until
 
 Client = TestClient[Any, Any]
-Routes = Callable[[web.Application], None]
 FD_SLACK = 12  # pooled keep-alive connections: both ends live in this process
 RSS_SLACK = 32 * 1024 * 1024
 
@@ -48,17 +43,16 @@ class Baseline:
     async def check(self, client: Client) -> None:
         async with client.get("/fotoweb/me") as resp:  # still healthy
             assert resp.status == 200, await resp.text()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
+        now = {"fds": self.fds, "tasks": self.tasks}
+
+        def back() -> bool:
             gc.collect()
-            fds, tasks = open_fds(), len(asyncio.all_tasks())
-            if fds <= self.fds + FD_SLACK and tasks <= self.tasks + 2:
-                break
-            assert loop.time() < deadline, (
-                f"not back to baseline: fds {self.fds} -> {fds}, tasks {self.tasks} -> {tasks}"
-            )
-            await asyncio.sleep(0.05)
+            now.update(fds=open_fds(), tasks=len(asyncio.all_tasks()))
+            return now["fds"] <= self.fds + FD_SLACK and now["tasks"] <= self.tasks + 2
+
+        await wait_until(back, lambda: (f"the baseline: fds {self.fds} -> {now['fds']}, "
+                                        f"tasks {self.tasks} -> {now['tasks']}"),
+                         timeout=10, every=0.05)
         assert rss() - self.rss < RSS_SLACK, f"RSS grew by {(rss() - self.rss) >> 20} MiB"
 
 
@@ -66,20 +60,12 @@ Faulty = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-def faulty(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    tenant_state: TenantState,
-) -> Faulty:
-    """A proxy in front of the simulated tenant plus `routes`; config sections override."""
+def faulty(make_proxy: ProxyFactory) -> Faulty:
+    """A proxy in front of the simulated tenant plus `routes`, warmed up; config sections
+    override."""
 
     async def build(routes: Routes | None = None, **sections: dict[str, Any]) -> Client:
-        app = create_tenant_app(tenant_state)
-        if routes is not None:
-            routes(app)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        settings = parse_config(merge(tenant_config(server), sections), environ={})
-        client = await aiohttp_client(create_app(settings))
+        client = await make_proxy(routes, **sections)
         async with client.get("/fotoweb/me") as resp:  # warm: a token, a pooled connection
             assert resp.status == 200
         return client

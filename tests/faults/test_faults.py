@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from fwproxy.sim import TenantState
+from tests.conftest import wait_until
 from tests.faults.conftest import Baseline, Client, Faulty
 
 JSON = "application/json"
@@ -75,14 +76,12 @@ async def test_token_endpoint_answers_badly(
 
 async def recovered(client: Client) -> None:
     """The proxy recovers by itself once the backoff has passed (bounded wait)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:
+
+    async def answers() -> bool:
         async with client.get("/fotoweb/me") as resp:
-            if resp.status == 200:
-                return
-        assert loop.time() < deadline, "no recovery"
-        await asyncio.sleep(0.1)
+            return resp.status == 200
+
+    await wait_until(answers, "recovery", timeout=15, every=0.1)
 
 
 async def test_huge_expires_in_is_clamped_and_works(
