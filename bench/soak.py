@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Soak test: mixed traffic through a real `fwproxy run` for N minutes, with faults injected.
 
-    .venv/bin/python bench/soak.py --minutes 2          # what `make soak-ci` runs
-    .venv/bin/python bench/soak.py --minutes 30         # `make soak`
+    .venv/bin/python -m bench.soak --minutes 2          # what `make soak-ci` runs
+    .venv/bin/python -m bench.soak --minutes 30         # `make soak`
 
 Everything runs on loopback. This process runs the simulated tenant (`fwproxy.demo`, with
 20 s tokens: fwproxy renews them in the background after 10 s, so renewals happen between
@@ -124,11 +124,11 @@ from fwproxy.demo import (
     TenantState,
     create_tenant_app,
 )
+from tests.support.processes import FwproxyProcess, spawn_fwproxy, started
+from tests.support.procfs import cpu_seconds, status_fields, tcp_sockets
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 LOG_LEVEL = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
-_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -139,7 +139,6 @@ BACKOFF_CAP = 60.0  # fwproxy's token backoff cap: recovery after a blip must co
 FD_TOLERANCE = 2
 RSS_GROWTH_LIMIT = 0.20
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 REQUEST_DEADLINE = 180.0  # a request still unanswered after this is lost ("hung")
 DRAIN_TIMEOUT = 200.0  # waiting for the last requests at a quiet point
 SETTLE_TIMEOUT = 10.0  # waiting for the proxy to close client connections
@@ -235,37 +234,10 @@ class Snapshot:
         return dict(self.__dict__)
 
 
-def _status_fields(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM", "Threads"):
-            out[name] = int(value.split()[0])
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _tcp_sockets() -> dict[int, tuple[int, int, str]]:
-    """inode -> (local port, remote port, state) for every TCP socket in this namespace."""
-    table: dict[int, tuple[int, int, str]] = {}
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(name).read_text(encoding="ascii").splitlines()[1:]:
-                parts = line.split()
-                local = int(parts[1].rsplit(":", 1)[1], 16)
-                remote = int(parts[2].rsplit(":", 1)[1], 16)
-                table[int(parts[9])] = (local, remote, parts[3])
-    return table
-
-
 def snapshot(pid: int, proxy_port: int, tenant_port: int, started: float) -> Snapshot:
-    status = _status_fields(pid)
-    tcp = _tcp_sockets()
+    status = status_fields(pid, ("VmRSS", "VmHWM", "Threads"))
+    tcp = {sock.inode: (sock.local_port, sock.remote_port, sock.state)
+           for sock in tcp_sockets() if sock.inode}
     counts: Counter[str] = Counter()
     fd_dir = f"/proc/{pid}/fd"
     names = os.listdir(fd_dir)
@@ -298,64 +270,36 @@ def snapshot(pid: int, proxy_port: int, tenant_port: int, started: float) -> Sna
         upstream=counts["upstream"],
         other_tcp=counts["other_tcp"],
         other=counts["other"],
-        cpu_seconds=round(_cpu_seconds(pid), 2),
+        cpu_seconds=round(cpu_seconds(pid), 2),
     )
 
 
 # --- fwproxy's process: start, log, stop -------------------------------------------------
 
 
-def clean_env() -> dict[str, str]:
-    """The environment minus proxies and FWPROXY_* (they would override the config)."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name.lower() not in _PROXY_VARS and not name.upper().startswith("FWPROXY_")
-    }
+class ProxyProcess(FwproxyProcess):
+    """`python -m fwproxy run` (tests/support) whose stderr is summed, not kept: a run of
+    hours logs too much to hold. The lines go to `log_path` if given."""
 
-
-class ProxyProcess:
-    """`python -m fwproxy run --config PATH` in its own session; stderr drained and summed."""
-
-    def __init__(self, process: asyncio.subprocess.Process, log_path: Path | None) -> None:
-        self.process = process
-        self.port = 0
-        self.lines = 0
+    def __init__(self, process: asyncio.subprocess.Process, config_path: Path | None,
+                 log_path: Path | None = None) -> None:
+        self.line_count = 0
         self.levels: Counter[str] = Counter()
         self.tracebacks = 0
         self.notable: Counter[str] = Counter()  # WARNING and above, digits folded
         self.first_lines: list[str] = []  # for a failed start
-        self._listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._log = log_path.open("w", encoding="utf-8") if log_path is not None else None
-        assert process.stderr is not None
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(process.stderr))
+        super().__init__(process, config_path)
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def log_text(self) -> str:
+        return "\n".join(self.first_lines)
 
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        try:
-            while raw := await stream.readline():
-                self._take(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        finally:
-            if not self._listening.done():
-                self._listening.set_exception(
-                    RuntimeError("fwproxy exited before it was listening")
-                )
-            if self._log is not None:
-                self._log.close()
-
-    def _take(self, line: str) -> None:
-        self.lines += 1
+    def take(self, line: str) -> None:
+        self.line_count += 1
         if self._log is not None:
             self._log.write(line + "\n")
         if len(self.first_lines) < 40:
             self.first_lines.append(line)
-        if not self._listening.done():
-            found = LISTENING.search(line)
-            if found:
-                self._listening.set_result(int(found.group(1)))
         if line.startswith("Traceback"):
             self.tracebacks += 1
         level = LOG_LEVEL.match(line)
@@ -367,52 +311,26 @@ class ProxyProcess:
             if text in self.notable or len(self.notable) < 50:
                 self.notable[text] += 1
 
-    async def listening(self) -> int:
-        self.port = await asyncio.wait_for(asyncio.shield(self._listening), START_TIMEOUT)
-        return self.port
+    async def stop(self) -> int:
+        try:
+            return await super().stop()
+        finally:
+            if self._log is not None:
+                self._log.close()
 
-    async def stop(self) -> tuple[int, float]:
+    async def stop_timed(self) -> tuple[int, float]:
         """SIGTERM by PID, wait, SIGKILL by PID; returns (exit status, seconds to exit)."""
-        started = time.monotonic()
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                await self.process.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drain_task, STOP_TIMEOUT)
-        assert self.process.returncode is not None
-        return self.process.returncode, time.monotonic() - started
-
-
-    def kill(self) -> None:
-        """SIGKILL by PID if it still runs (the last resort of an interrupted stop)."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        begun = time.monotonic()
+        code = await self.stop()
+        return code, time.monotonic() - begun
 
 
 async def start_proxy(config: Path, log_level: str, log_path: Path | None) -> ProxyProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fwproxy", "run", "--config", str(config),
-        "--log-level", log_level,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-        cwd=str(config.parent),
-        start_new_session=True,
-    )
-    proxy = ProxyProcess(process, log_path)
-    try:
-        await proxy.listening()
-    except BaseException:
-        await proxy.stop()
-        raise
+    """fwproxy in its own session (a ^C in the terminal reaches only this process, which
+    stops fwproxy by its PID)."""
+    process = await spawn_fwproxy(config, ["--log-level", log_level], new_session=True)
+    proxy = ProxyProcess(process, config, log_path)
+    await started(proxy, START_TIMEOUT)
     return proxy
 
 
@@ -954,7 +872,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await load.close_session()
         if proxy is not None:
             try:
-                code, took = await proxy.stop()
+                code, took = await proxy.stop_timed()
                 if report:
                     add_exit(report, proxy, code, took)
                 elif proxy.port == 0 and proxy.first_lines:  # it did not start
@@ -971,7 +889,7 @@ def add_exit(report: dict[str, Any], proxy: ProxyProcess, code: int, took: float
     report["fwproxy"]["exit_status"] = code
     report["fwproxy"]["stop_seconds"] = round(took, 2)
     report["fwproxy"]["log"] = {
-        "lines": proxy.lines,
+        "lines": proxy.line_count,
         "levels": dict(proxy.levels),
         "tracebacks": proxy.tracebacks,
         "warnings_and_errors": dict(proxy.notable.most_common(20)),
@@ -1208,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report = asyncio.run(main_async(args))
-    except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+    except (RuntimeError, OSError, asyncio.TimeoutError, AssertionError) as exc:
         print(f"soak: could not run: {exc!r}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
