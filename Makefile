@@ -28,7 +28,7 @@ demo: $(RUNTIME)
 	$(BIN)/fwproxy demo --port $(PORT) --write-config $(DEMO_CONFIG)
 
 test: $(STAMP)
-	$(BIN)/ruff check fwproxy tests
+	$(BIN)/ruff check fwproxy tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -45,21 +45,23 @@ image-test:
 MINUTES ?= 30
 .PHONY: soak soak-ci
 soak: $(STAMP)
-	$(BIN)/python bench/soak.py --minutes $(MINUTES)
+	$(BIN)/python -m bench.soak --minutes $(MINUTES)
 
 soak-ci: $(STAMP)
-	$(BIN)/python bench/soak.py --minutes 2
+	$(BIN)/python -m bench.soak --minutes 2
 
+# bench/ scripts run as modules from the repo root (python -m bench.bench): they import
+# tests/support, the process harness and /proc readers the e2e tests use.
 # Benchmark (bench/bench.py): fwproxy against nginx, mitmproxy and a bare aiohttp proxy on a
 # real nginx tenant over TLS. Installs nginx, wrk, openssl, curl (apt, as root) and mitmproxy,
 # py-spy (their own venvs under bench/). Prints one table, writes bench/results/latest.json.
 .PHONY: bench bench-smoke
 bench: $(STAMP)
 	bash bench/setup.sh full
-	$(BIN)/python bench/bench.py
+	$(BIN)/python -m bench.bench
 
 # The same harness in seconds (CI): tiny durations, 16 MiB transfers, no targets, mitmproxy
 # only if bench/.venv-mitm exists. Fails only when a contender does not work at all.
 bench-smoke: $(STAMP)
 	bash bench/setup.sh smoke
-	$(BIN)/python bench/bench.py --smoke
+	$(BIN)/python -m bench.bench --smoke

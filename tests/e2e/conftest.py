@@ -6,16 +6,14 @@ a blocking call would stop the tenant from answering the proxy.
 
 Every fwproxy process a test starts is stopped by its PID on teardown (SIGTERM, then
 SIGKILL if it does not exit in time). Its stderr is drained into a list from the first
-byte, so the pipe never fills and tests can assert on the log.
+byte, so the pipe never fills and tests can assert on the log. The process harness and the
+/proc readers live in tests/support (bench/ uses them too); this file holds the fixtures,
+curl and the relays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,176 +27,29 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import merge, tenant_config
+from tests.support.processes import (
+    LISTENING,
+    FwproxyProcess,
+    clean_env,
+    complete,
+    launch_fwproxy,
+)
+from tests.support.procfs import established_connections
+
+__all__ = [  # what the e2e tests take from here (the harness lives in tests/support)
+    "CURL", "LISTENING", "CommandResult", "CurlResult", "FwproxyProcess", "Relay",
+    "StartProxy", "clean_env", "complete", "curl", "curl_many",
+    "established_connections", "launch_fwproxy", "run_fwproxy", "write_config",
+]
 
 CURL = "/usr/bin/curl"
-START_TIMEOUT = 20.0  # for a hang, not a timing assertion
-STOP_TIMEOUT = 30.0
 CURL_TIMEOUT = 60.0  # a hang guard for the small requests
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
-_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment minus anything that could redirect curl or override fwproxy's config."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.lower() not in _PROXY_VARS and not name.upper().startswith("FWPROXY_")
-    }
-    env.update(extra or {})
-    return env
 
 
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     path.chmod(0o600)  # it may hold auth.client_secret: then only its owner may read it
     return path
-
-
-def _kill(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-class FwproxyProcess:
-    """One `python -m fwproxy run` subprocess, its port and its captured stderr."""
-
-    def __init__(self, process: asyncio.subprocess.Process, config_path: Path | None) -> None:
-        self.process = process
-        self.config_path = config_path
-        self.lines: list[str] = []
-        self.port = 0
-        self.eof = False
-        self._changed = asyncio.Condition()
-        assert process.stderr is not None
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(process.stderr))
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    # `lines` holds what was read so far: a line written just before a response can still be
-    # in the pipe when the client has the response. `stop()` reads to EOF: after it, the
-    # log is complete.
-
-    def log_text(self) -> str:
-        return "\n".join(self.lines)
-
-    def log_count(self, needle: str) -> int:
-        return sum(needle in line for line in self.lines)
-
-    def peak_rss(self) -> int:
-        """VmHWM (peak resident set) of the process, in bytes."""
-        return _status_kib(self.pid, "VmHWM") * 1024
-
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while True:
-            raw = await stream.readline()
-            async with self._changed:
-                if not raw:
-                    self.eof = True
-                else:
-                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
-                self._changed.notify_all()
-            if not raw:
-                return
-
-    async def wait_for_line(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT
-                            ) -> re.Match[str]:
-        """The first log line (already seen or still to come) containing `pattern` (a plain
-        string) or matching it (a compiled regex)."""
-        regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            for line in self.lines:
-                match = regex.search(line)
-                if match:
-                    found.append(match)
-                    return True
-            return self.eof
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(seen), timeout)
-            except asyncio.TimeoutError:
-                raise AssertionError(
-                    f"fwproxy logged no line matching {regex.pattern!r} within {timeout}s; "
-                    f"log so far:\n{self.log_text()}"
-                ) from None
-        if not found:
-            raise AssertionError(
-                f"fwproxy exited ({self.process.returncode}) before logging "
-                f"{regex.pattern!r}; log:\n{self.log_text()}"
-            )
-        return found[0]
-
-    async def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Wait for the process to exit on its own (after a signal the test sent)."""
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"fwproxy (pid {self.pid}) did not exit within {timeout}s"
-                                 ) from None
-        return await self.stop()
-
-    async def stop(self) -> int:
-        """SIGTERM by PID, wait, SIGKILL by PID if it hangs; returns the exit status."""
-        if self.process.returncode is None:
-            _kill(self.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                _kill(self.pid, signal.SIGKILL)
-                await self.process.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drain_task, STOP_TIMEOUT)
-        assert self.process.returncode is not None
-        return self.process.returncode
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"/proc/{pid}/status has no {field}")
-
-
-async def launch_fwproxy(
-    config_path: Path | None,
-    args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    wrapper: Sequence[str] = (),
-    pass_fds: Sequence[int] = (),
-    cwd: Path | None = None,
-) -> FwproxyProcess:
-    """Start `fwproxy run [--config PATH]` (behind `wrapper`, with `env` added) and wait for
-    its "listening on" line."""
-    config = ["--config", str(config_path)] if config_path is not None else []
-    process = await asyncio.create_subprocess_exec(
-        *wrapper, sys.executable, "-m", "fwproxy", "run", *config, *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(env),
-        cwd=cwd or (config_path.parent if config_path is not None else None),
-        pass_fds=tuple(pass_fds),
-    )
-    proxy = FwproxyProcess(process, config_path)
-    try:
-        match = await proxy.wait_for_line(LISTENING)
-    except BaseException:
-        await proxy.stop()
-        raise
-    proxy.port = int(match.group(1))
-    return proxy
 
 
 StartProxy = Callable[..., Awaitable[FwproxyProcess]]
@@ -260,22 +111,6 @@ async def curl(*args: str, timeout: float = CURL_TIMEOUT) -> CurlResult:
     return CurlResult(process.returncode, out, err)
 
 
-async def complete(
-    process: asyncio.subprocess.Process, timeout: float, what: str
-) -> tuple[bytes, bytes]:
-    """Wait for a subprocess's output; a hang is a failure, and the process is killed."""
-    try:
-        return await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        _kill(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise AssertionError(f"{what} hung for {timeout}s") from None
-    except BaseException:
-        _kill(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
-
-
 async def curl_many(urls: Iterable[str], parallel: int, *args: str) -> list[str]:
     """One curl fetching every URL concurrently (-Z); the status code of each transfer."""
     argv = ["-Z", "--parallel-immediate", "--parallel-max", str(parallel),
@@ -285,19 +120,6 @@ async def curl_many(urls: Iterable[str], parallel: int, *args: str) -> list[str]
     result = await curl(*argv)
     assert result.returncode == 0, result.stderr
     return result.text.split()
-
-
-def established_connections(port: int) -> int:
-    """ESTABLISHED TCP connections accepted on local `port` (loopback, this namespace)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
-                fields = line.split()
-                local, state = fields[1], fields[3]
-                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                    count += 1
-    return count
 
 
 # --- the other commands -----------------------------------------------------------------

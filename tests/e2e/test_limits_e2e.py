@@ -11,8 +11,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import merge, tenant_config
+from tests.support.procfs import status_kib as _status_kib
 
-from .conftest import FwproxyProcess, StartProxy, _status_kib, curl, write_config
+from .conftest import FwproxyProcess, StartProxy, curl, write_config
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,22 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ProxyFactory, Routes, wait_until
+from tests.support.procfs import open_fds, rss
 
 Client = TestClient[Any, Any]
 FD_SLACK = 12  # pooled keep-alive connections: both ends live in this process
 RSS_SLACK = 32 * 1024 * 1024
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 class Baseline:

