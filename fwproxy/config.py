@@ -27,7 +27,7 @@ from yarl import URL
 
 from . import eventloop
 from .access import DEFAULT_ACCEPT_HOSTS, Rule, compile_glob
-from .exceptions import ConfigError
+from .exceptions import ConfigError, MissingFile
 
 __all__ = [
     "AccessConfig",
@@ -875,10 +875,6 @@ def _token_url(text: str, tenant: TenantConfig, key: str) -> URL:
 
 
 # --- files that hold secrets: the client secret, API keys, the token store -----------------
-
-
-class MissingFile(ConfigError):
-    """The file does not exist (the token store treats that as "not logged in")."""
 
 
 def owner_ok(st_uid: int, my_uid: int) -> bool:

@@ -160,9 +160,9 @@ class RefreshTokenGrant:
                     self._session, auth.token_url, form, auth.refresh_margin, self._clock
                 )
             except TokenEndpointError as exc:
-                if exc.error in ("invalid_grant", "invalid_token"):
-                    raise self._refused(f"the tenant refused the refresh token: {exc.error}"
-                                        ) from None
+                if exc.oauth_error in ("invalid_grant", "invalid_token"):
+                    raise self._refused(
+                        f"the tenant refused the refresh token: {exc.oauth_error}") from None
                 raise
             self._store.save(StoredSession(
                 refresh_token=token.refresh_token or saved.refresh_token,

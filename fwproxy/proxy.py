@@ -39,9 +39,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .access import BadPath, normalize_path
+from .access import normalize_path
 from .config import Settings
-from .exceptions import NoTokenAvailable, UpstreamError
+from .exceptions import (
+    BadPath,
+    BodyTooLarge,
+    ClientBodyTimeout,
+    NoTokenAvailable,
+    UpstreamError,
+)
 from .guard import Admitted, Guard
 from .log import AccessLog
 from .observe import Metrics
@@ -191,19 +197,19 @@ class Proxy:
                 upstream = await self._exchange(out, note, own_token)
             except NoTokenAvailable as exc:
                 return note.answer(error_response(
-                    503, "no_token", str(exc),
+                    exc.status, exc.error, str(exc),
                     headers={"Retry-After": str(exc.retry_after)},
                 ), reason=exc.reason)
             except UpstreamError as exc:
                 if body is not None and body.timed_out:
                     return await _answer_and_close(request, note, error_response(
-                        408, "client_body_timeout",
+                        ClientBodyTimeout.status, ClientBodyTimeout.error,
                         f"no byte of the request body arrived for "
                         f"limits.client_body_timeout ({self._body_watch.timeout:g}s)",
                     ))
                 if body is not None and body.too_large:
                     return note.answer(error_response(
-                        413, "body_too_large",
+                        BodyTooLarge.status, BodyTooLarge.error,
                         f"the body exceeds limits.max_body ({body.limit} bytes)",
                     ))
                 return note.answer(error_response(exc.status, exc.error, str(exc)))

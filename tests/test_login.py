@@ -405,17 +405,21 @@ async def test_store_lock_gives_up_instead_of_hanging(tmp_path: Path) -> None:
     import fcntl
     import os
 
-    from fwproxy.exceptions import TokenError
+    from fwproxy.exceptions import TokenEndpointUnreachable, TokenError, TokenStoreBusy
 
     store = TokenStore(tmp_path / "tokens.json")
     other = os.open(tmp_path / "tokens.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(other, fcntl.LOCK_EX)  # "another process" holds it
     try:
-        with pytest.raises(TokenError, match="held by another process"):
+        with pytest.raises(TokenError, match="held by another process") as caught:
             async with store.locked(timeout=0.1):
                 pass
     finally:
         os.close(other)
+    # its own error: metrics and readiness must not blame the token endpoint for a lock
+    assert isinstance(caught.value, TokenStoreBusy)
+    assert not isinstance(caught.value, TokenEndpointUnreachable)
+    assert caught.value.reason == "token_store_busy"
     async with store.locked(timeout=1):  # free again
         pass
 

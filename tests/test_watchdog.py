@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from fwproxy.exceptions import UpstreamTimeout
-from fwproxy.replay import BodyTee, ClientBodyTimeout
+from fwproxy.exceptions import ClientBodyTimeout, UpstreamTimeout
+from fwproxy.replay import BodyTee
 from fwproxy.watchdog import ClientWatch, Watchdog
 
 
