@@ -236,7 +236,7 @@ class Proxy:
         """Send, and on a 401 to our own token renew and replay (theory, step 4)."""
         if not own_token:
             return await self._send(out, None, "header")
-        token = self._tokens.fresh() or await self._tokens.get()
+        token = await self._tokens.get()  # no wait (nor any further call) while fresh
         placement = self.placement
         note.query_token = token if placement == "query" else None
         sent = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -389,3 +390,25 @@ async def test_fresh_is_the_token_only_until_it_wants_renewing(
     clock.now = token.obtained_at
     manager.invalidate(token)  # a 401 dropped it
     assert manager.fresh() is None
+
+
+async def test_the_one_slot_holds_the_token_until_stale_and_only_for_its_credentials(
+    clock: Clock,
+) -> None:
+    """One slot, tagged with whose token it is: a reload to another client (or token
+    endpoint) never hands out the old client's token; the slot empties at `stale_at`."""
+    class Reloadable(FakeGrant):
+        def update(self, auth: Any) -> None:
+            self.cache_key = ("tenant", auth.client_id)
+
+    grant = Reloadable(clock)
+    manager = TokenManager(grant, clock=clock, rand=lambda: 0.0)
+    first = await manager.get()
+    assert manager.current() is first
+    manager.update(SimpleNamespace(client_id="other-client", idle_renewal=None))  # type: ignore[arg-type]
+    assert manager.current() is None
+    second = await manager.get()
+    assert second is not first
+    assert grant.calls == 2
+    clock.now = second.stale_at
+    assert manager.current() is None
