@@ -33,11 +33,11 @@ from .access import (
     refuse_cross_site,
     target_authority,
 )
+from .answers import error_response
 from .config import LOOPBACK_NETWORKS, Settings
 from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
-from .upstream import error_response
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
