@@ -1,4 +1,5 @@
-"""``fwproxy login``: seed 003's authorization-code flow with PKCE, on the command line.
+"""``fwproxy login``: the authorization-code flow with PKCE of Fotoware's "Web Application or
+API authorization" page, on the command line.
 
 Prints the authorize URL (and opens a browser unless told not to), listens on the
 redirect URI's loopback host and port for that one path, checks the ``state`` echo,

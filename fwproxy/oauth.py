@@ -45,7 +45,8 @@ def make_grant(session: aiohttp.ClientSession, auth: AuthConfig) -> Grant:
 
 
 class ClientCredentialsGrant:
-    """Seed 002: ``grant_type=client_credentials`` with the client's id and secret."""
+    """``grant_type=client_credentials`` with the client's id and secret, as Fotoware's
+    "Non-interactive application authorization with OAuth 2.0" page describes it."""
 
     name = "client_credentials"
 
@@ -87,7 +88,8 @@ class ClientCredentialsGrant:
 
 
 class RefreshTokenGrant:
-    """User context (seed 003): renew with the stored refresh token.
+    """User context (Fotoware's "Web Application or API authorization" page): renew with
+    the stored refresh token.
 
     FotoWeb may rotate refresh tokens, so a new one is written to the store (atomically)
     before the new access token is handed out, under the store's lock, which also makes

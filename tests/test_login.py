@@ -1,4 +1,5 @@
-"""User context (seed 003): PKCE, the token store, `fwproxy login`, running as a user.
+"""User context (Fotoware's "Web Application or API authorization" page): PKCE, the token
+store, `fwproxy login`, running as a user.
 
 The browser here is an aiohttp client that reads the tenant's HTML forms and submits them
 as a person would; tests/e2e/test_login_browser_e2e.py does the same in real Chromium.
@@ -54,7 +55,7 @@ def test_verifier_is_long_and_high_entropy() -> None:
         make_verifier(b"short")
 
 
-def test_authorize_url_is_exactly_seed_003() -> None:
+def test_authorize_url_is_exactly_as_fotoware_documents_it() -> None:
     from yarl import URL
 
     url = authorize_url(URL("https://acme.example/fotoweb/oauth2/authorize"), "my app",

@@ -270,7 +270,7 @@ async def real_manager(
         await session.close()
 
 
-async def test_client_credentials_request_is_exactly_as_seed_002(
+async def test_client_credentials_request_is_exactly_as_fotoware_documents_it(
     real_manager: Callable[..., TokenManager], tenant_state: TenantState
 ) -> None:
     token = await real_manager().get()
