@@ -30,8 +30,8 @@ Two attributes mean one thing each, wherever they appear in the tree:
 - ``reason``: a closed-set label for metrics and the readiness answer (`TokenError`); never
   free text, so it cannot grow a metric's label set or carry a secret.
 
-What a token endpoint itself said is `TokenEndpointError.oauth_error` (and its
-``description``), neither of the two.
+What a token endpoint itself said is `TokenEndpointError.oauth_error` (with its
+``description`` and ``endpoint_status``), neither of the two.
 
 Foreign exceptions (aiohttp's, asyncio's timeouts) are translated into these at the
 boundary where they arise: `upstream.translate` for the tenant, `oauth.post_token_request`
@@ -114,7 +114,7 @@ class TokenError(FwproxyError):
 class TokenEndpointError(TokenError):
     """The token endpoint refused: `oauth_error` and `description` are what it said, with
     control characters removed, secrets masked and the length bounded
-    (`tokens._error_from`); `status` is the endpoint's HTTP status."""
+    (`tokens._error_from`); `endpoint_status` is the HTTP status it answered with."""
 
     def __init__(
         self, status: int, oauth_error: str, description: str | None,
@@ -124,14 +124,14 @@ class TokenEndpointError(TokenError):
         if description:
             text += f" ({description})"
         super().__init__(text)
-        self.status = status
+        self.endpoint_status = status
         self.oauth_error = oauth_error
         self.description = description
         self.retry_after = retry_after
 
     @property
     def reason(self) -> str:
-        return oauth_reason(self.oauth_error, self.status)
+        return oauth_reason(self.oauth_error, self.endpoint_status)
 
 
 class TokenEndpointUnreachable(TokenError):

@@ -93,7 +93,10 @@ def test_error_is_a_client_facing_code_with_its_status(cls: type[FwproxyError]) 
 def test_reason_is_a_closed_set_label_and_error_is_not_the_endpoints_words() -> None:
     refused = TokenEndpointError(400, "made up by the endpoint", "free text")
     assert refused.oauth_error == "made up by the endpoint"
-    assert not hasattr(refused, "error")  # `error` is only ever what a client is answered
+    # `error` and `status` are only ever what a client is answered
+    assert not hasattr(refused, "error")
+    assert not hasattr(refused, "status")
+    assert refused.endpoint_status == 400
     assert refused.reason == "other"
     reasons = {TokenEndpointUnreachable("x").reason, TokenStoreBusy("x").reason,
                TokenError("x").reason, *OAUTH_ERRORS}

@@ -328,7 +328,7 @@ async def test_token_endpoint_refusal_names_the_token_url(
         "token endpoint refused (HTTP 404): http_404 (answered text/html, not OAuth JSON) "
         f"(POST {shown})"
     )
-    assert caught.value.status == 404
+    assert caught.value.endpoint_status == 404
 
 
 @pytest.mark.parametrize(
