@@ -102,7 +102,7 @@ def frame_area(frame: str) -> str:
     checks = [("fwproxy/", "fwproxy"), ("aiohttp/", "aiohttp"), ("multidict/", "multidict"),
               ("yarl/", "yarl"), ("prometheus_client/", "prometheus_client"),
               ("logging/", "logging"), ("sslproto.py", "ssl"), ("ssl.py", "ssl"),
-              ("asyncio/", "asyncio"), ("cachetools/", "cachetools")]
+              ("asyncio/", "asyncio")]
     for needle, name in checks:
         if needle in frame:
             return name

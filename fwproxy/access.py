@@ -57,6 +57,8 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import NamedTuple
 from urllib.parse import unquote
 
+from .exceptions import BadPath
+
 DEFAULT_ACCEPT_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CROSS = frozenset({"cross-site", "same-site"})
 
@@ -234,10 +236,6 @@ _DOUBLE_ENCODED = re.compile(r"%25(?:[0-9a-f]{2}|u)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COOKIELESS = re.compile(r"\([a-z]\(.*\)\)", re.IGNORECASE)  # ASP.NET's (S(...)), (A(...)), ...
 _STRUCTURAL = "/\\.;%()"  # what a look-alike must not fold into
-
-
-class BadPath(ValueError):
-    """A path that is refused (400) rather than guessed at."""
 
 
 def normalize_path(raw_path: str) -> str:

@@ -28,11 +28,15 @@ from .config import (
     is_loopback,
     load_config,
 )
-from .exceptions import ConfigError, TokenError
-from .keys import (
+from .exceptions import (
     ADD_FIRST,
+    ConfigError,
     KeyExists,
     MissingKeysFile,
+    TokenError,
+    UpstreamError,
+)
+from .keys import (
     add_key,
     load_keys,
     remove_key,
@@ -42,7 +46,7 @@ from .login import login
 from .oauth import make_grant, read_limited
 from .server import serve
 from .store import TokenStore
-from .upstream import create_session, translate
+from .upstream import create_session, map_upstream_errors
 from .workers import run_workers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -255,14 +259,16 @@ async def check(settings: Settings) -> int:
         print("token        ok")
         url = settings.tenant.url.with_path("/fotoweb/me")
         try:
-            async with session.get(
-                url, headers={"Authorization": f"Bearer {value}", "Accept": "application/json"},
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                body = await read_limited(resp, 1024 * 1024)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            print(f"/fotoweb/me  FAILED: {translate(exc)}")
+            with map_upstream_errors():
+                async with session.get(
+                    url,
+                    headers={"Authorization": f"Bearer {value}", "Accept": "application/json"},
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+                    body = await read_limited(resp, 1024 * 1024)
+        except UpstreamError as exc:
+            print(f"/fotoweb/me  FAILED: {exc}")
             return EXIT_FAILED
         except TokenError as exc:  # an answer larger than read_limited allows
             print(f"/fotoweb/me  FAILED: {exc}")

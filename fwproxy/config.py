@@ -27,7 +27,7 @@ from yarl import URL
 
 from . import eventloop
 from .access import DEFAULT_ACCEPT_HOSTS, Rule, compile_glob
-from .exceptions import ConfigError
+from .exceptions import ConfigError, MissingFile
 
 __all__ = [
     "AccessConfig",
@@ -107,7 +107,7 @@ class AuthConfig:
     token_placement: str = "auto"
     client_authorization: str = "keep"
     replay_max_body: int = 64 * 1024 * 1024
-    # user context (grant_type: authorization_code, seed 003)
+    # user context (grant_type: authorization_code, Fotoware's "Web Application or API authorization")
     redirect_uri: str | None = None
     authorize_url: URL | None = None
     token_store: Path | None = None
@@ -875,10 +875,6 @@ def _token_url(text: str, tenant: TenantConfig, key: str) -> URL:
 
 
 # --- files that hold secrets: the client secret, API keys, the token store -----------------
-
-
-class MissingFile(ConfigError):
-    """The file does not exist (the token store treats that as "not logged in")."""
 
 
 def owner_ok(st_uid: int, my_uid: int) -> bool:

@@ -20,7 +20,6 @@ new one gets a 503 and is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -29,6 +28,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from .answers import raw_error_response
 from .app import MAX_REQUEST_LINE
 from .config import LimitsConfig
 
@@ -44,13 +44,6 @@ def head_end(carry: bytes, data: bytes) -> int:
     joined = carry + data
     ends = [i + len(end) for end in _ENDS if (i := joined.find(end)) >= 0]
     return max(0, min(ends) - len(carry)) if ends else -1
-
-
-def _raw_response(status: int, reason: str, error: str, detail: str,
-                  extra: str = "") -> bytes:
-    body = json.dumps({"error": error, "detail": detail}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
-            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 class Connection(RequestHandler):
@@ -108,7 +101,7 @@ class Connection(RequestHandler):
         if self._request_in_progress or self._messages:  # an answer is due first: just cut
             self.force_close()
             return
-        transport.write(_raw_response(
+        transport.write(raw_error_response(
             431, "Request Header Fields Too Large", "headers_too_large",
             f"the request head exceeds limits.max_header_bytes ({limit - MAX_REQUEST_LINE}"
             f" bytes, plus up to {MAX_REQUEST_LINE} for the request line)"))
@@ -150,7 +143,7 @@ class Connections(web.Server):
         limit = self.max_connections
         if limit and len(self._connections) >= limit and not self._make_room():
             self.refused += 1
-            transport.write(_raw_response(
+            transport.write(raw_error_response(
                 503, "Service Unavailable", "busy",
                 f"limits.max_connections ({limit}) connections are open and none is idle; "
                 "try again", "Retry-After: 1\r\n"))

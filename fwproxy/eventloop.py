@@ -41,7 +41,7 @@ def run(main: Coroutine[Any, Any, T], choice: str) -> T:
     return asyncio.run(main)  # pragma: no cover
 
 
-def describe(loop: asyncio.AbstractEventLoop) -> str:
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     """For the startup line: ``uvloop 0.21.0`` or ``asyncio``."""
     module = type(loop).__module__
     if module.startswith("uvloop"):

@@ -1,23 +1,49 @@
-"""Every error fwproxy raises on purpose.
+"""Every error fwproxy raises on purpose: the whole tree (no module defines its own).
 
     FwproxyError
      ├── ConfigError                  bad or missing configuration (CLI exit 2)
+     │    ├── MissingFile             a configured file does not exist
+     │    └── MissingKeysFile         access.api_keys_file does not exist yet: `key add`
+     ├── KeyExists                    `fwproxy key add` of a name the keys file already has
      ├── TokenError                   no access token could be had
      │    ├── TokenEndpointError      the token endpoint answered with an OAuth error
      │    ├── TokenEndpointUnreachable  connect failure or timeout talking to it
      │    ├── TokenResponseInvalid    it answered 2xx, but not with a usable bearer token
+     │    ├── TokenStoreBusy          another process held the token store's lock too long
      │    ├── LoginRequired           user context: no session, or the refresh token refused
      │    └── NoTokenAvailable        no valid token now; carries the cause and a retry delay
+     ├── ClientFault                  the client's request cannot be forwarded as it is
+     │    ├── BadPath                 400 a path refused rather than guessed at
+     │    ├── BodyTooLarge            413 the body passed limits.max_body while streaming
+     │    └── ClientBodyTimeout       408 the client stopped sending the body it owes
+     ├── ReplayUnavailable            the body's replay copy was dropped (too large to keep)
      └── UpstreamError                the tenant could not be reached or misbehaved
           ├── UpstreamConnectError    502
           ├── UpstreamTimeout         504
           └── UpstreamProtocolError   502
+
+Two attributes mean one thing each, wherever they appear in the tree:
+
+- ``error``: the JSON ``"error"`` code a client sees in fwproxy's answer
+  (``{"error", "detail"}``), with ``status`` its HTTP status (`ClientFault`,
+  `UpstreamError`, `NoTokenAvailable`).
+- ``reason``: a closed-set label for metrics and the readiness answer (`TokenError`); never
+  free text, so it cannot grow a metric's label set or carry a secret.
+
+What a token endpoint itself said is `TokenEndpointError.oauth_error` (with its
+``description`` and ``endpoint_status``), neither of the two.
+
+Foreign exceptions (aiohttp's, asyncio's timeouts) are translated into these at the
+boundary where they arise: `upstream.translate` for the tenant, `oauth.post_token_request`
+for the token endpoint.
 
 Messages are written for operators and never contain a secret: client secrets, access
 tokens and refresh tokens are not passed into any of these.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 # What a token endpoint may say in "error" (RFC 6749 5.2, RFC 6750 3.1, RFC 8628 3.5, OpenID
 # Connect Core 3.1.2.6): the only values that become a reason (a metrics label, the
@@ -54,6 +80,28 @@ class ConfigError(FwproxyError):
         self.message = message
 
 
+class MissingFile(ConfigError):
+    """The file does not exist (the token store treats that as "not logged in")."""
+
+
+# what creates a keys file
+ADD_FIRST = "fwproxy key add NAME"
+
+
+class MissingKeysFile(ConfigError):
+    """`access.api_keys_file` names a file that does not exist yet: `fwproxy key add`
+    creates it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("access.api_keys_file",
+                         f"{path} does not exist; create it with its first key: {ADD_FIRST}")
+        self.path = path
+
+
+class KeyExists(FwproxyError):
+    """`fwproxy key add` of a name the file already has."""
+
+
 class TokenError(FwproxyError):
     """An access token could not be obtained."""
 
@@ -64,24 +112,26 @@ class TokenError(FwproxyError):
 
 
 class TokenEndpointError(TokenError):
-    """The token endpoint refused: `error` and `description` are what it said, with control
-    characters removed, secrets masked and the length bounded (`tokens._error_from`)."""
+    """The token endpoint refused: `oauth_error` and `description` are what it said, with
+    control characters removed, secrets masked and the length bounded
+    (`tokens._error_from`); `endpoint_status` is the HTTP status it answered with."""
 
     def __init__(
-        self, status: int, error: str, description: str | None, retry_after: float | None = None
+        self, status: int, oauth_error: str, description: str | None,
+        retry_after: float | None = None,
     ) -> None:
-        text = f"token endpoint refused (HTTP {status}): {error}"
+        text = f"token endpoint refused (HTTP {status}): {oauth_error}"
         if description:
             text += f" ({description})"
         super().__init__(text)
-        self.status = status
-        self.error = error
+        self.endpoint_status = status
+        self.oauth_error = oauth_error
         self.description = description
         self.retry_after = retry_after
 
     @property
     def reason(self) -> str:
-        return oauth_reason(self.error, self.status)
+        return oauth_reason(self.oauth_error, self.endpoint_status)
 
 
 class TokenEndpointUnreachable(TokenError):
@@ -100,6 +150,15 @@ class TokenResponseInvalid(TokenError):
         return "token_response_invalid"
 
 
+class TokenStoreBusy(TokenError):
+    """Another process held the token store's lock (a refresh in progress there, or a
+    stuck process) longer than we wait: not the token endpoint's fault."""
+
+    @property
+    def reason(self) -> str:
+        return "token_store_busy"
+
+
 class LoginRequired(TokenError):
     """User context: there is no stored session, or the tenant refused the refresh token."""
 
@@ -114,6 +173,9 @@ class LoginRequired(TokenError):
 class NoTokenAvailable(TokenError):
     """No valid token now. `cause` says why; try again after `retry_after` seconds."""
 
+    status = 503
+    error = "no_token"
+
     def __init__(self, cause: TokenError, retry_after: int) -> None:
         super().__init__(str(cause))
         self.cause = cause
@@ -122,6 +184,40 @@ class NoTokenAvailable(TokenError):
     @property
     def reason(self) -> str:
         return self.cause.reason
+
+
+class ClientFault(FwproxyError):
+    """The client's request cannot be forwarded as it is: fwproxy answers `status`."""
+
+    status = 400
+    error = "bad_request"
+
+
+class BadPath(ClientFault):
+    """A path that is refused (400) rather than guessed at (`access.normalize_path`)."""
+
+    status = 400
+    error = "bad_path"
+
+
+class BodyTooLarge(ClientFault):
+    """The body passed limits.max_body while streaming (a chunked upload)."""
+
+    status = 413
+    error = "body_too_large"
+
+
+class ClientBodyTimeout(ClientFault):
+    """The client sent no byte of the body it owes for limits.client_body_timeout.
+    (Not an OSError: aiohttp's body writer reports it as a failed upload, not the tenant's
+    network error.)"""
+
+    status = 408
+    error = "client_body_timeout"
+
+
+class ReplayUnavailable(FwproxyError):
+    """The replay copy of a request body was dropped (body larger than the replay limit)."""
 
 
 class UpstreamError(FwproxyError):

@@ -21,7 +21,6 @@ from yarl import URL
 
 from .access import (
     METHOD_OVERRIDES,
-    BadPath,
     HostRefused,
     authority,
     client_allowed,
@@ -34,10 +33,11 @@ from .access import (
     refuse_cross_site,
     target_authority,
 )
+from .answers import error_response
 from .config import LOOPBACK_NETWORKS, Settings
+from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
-from .upstream import error_response
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
@@ -177,7 +177,7 @@ class Guard:
         try:
             readings = _readings(path)
         except BadPath as exc:
-            return error_response(400, "bad_path", f"refused: {exc}")
+            return error_response(exc.status, exc.error, f"refused: {exc}")
         method = request.method
         overrides = _overrides(headers)
         if overrides:

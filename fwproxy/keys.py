@@ -20,30 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MissingFile, read_private
-from .exceptions import ConfigError
+from .config import read_private
+from .exceptions import ConfigError, KeyExists, MissingFile, MissingKeysFile
 
 HEADER = "X-Fwproxy-Key"
 PREFIX = "fwp_"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 RELOAD_EVERY = 2.0  # seconds between checks of the file's modification time
-
-
-ADD_FIRST = "fwproxy key add NAME"  # what creates a keys file
-
-
-class MissingKeysFile(ConfigError):
-    """`access.api_keys_file` names a file that does not exist yet: `fwproxy key add`
-    creates it."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("access.api_keys_file",
-                         f"{path} does not exist; create it with its first key: {ADD_FIRST}")
-        self.path = path
-
-
-class KeyExists(Exception):
-    """`fwproxy key add` of a name the file already has."""
 
 
 @dataclass(frozen=True)

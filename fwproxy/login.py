@@ -1,4 +1,5 @@
-"""``fwproxy login``: seed 003's authorization-code flow with PKCE, on the command line.
+"""``fwproxy login``: the authorization-code flow with PKCE of Fotoware's "Web Application or
+API authorization" page, on the command line.
 
 Prints the authorize URL (and opens a browser unless told not to), listens on the
 redirect URI's loopback host and port for that one path, checks the ``state`` echo,
@@ -24,12 +25,12 @@ from aiohttp import web
 from yarl import URL
 
 from .config import Settings
-from .exceptions import TokenError
+from .exceptions import TokenError, UpstreamError
 from .oauth import post_token_request, read_limited
 from .pkce import authorize_url, b64url, challenge, make_verifier, same_state
 from .store import StoredSession, TokenStore
 from .tokens import Token, authorization_code_form
-from .upstream import create_session
+from .upstream import create_session, map_upstream_errors
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -144,8 +145,7 @@ async def _finish(request: web.Request, state: str, verifier: str, settings: Set
 
 async def _who(session: aiohttp.ClientSession, settings: Settings, token: Token) -> str | None:
     """The user name /fotoweb/me reports for this token, if it answers."""
-    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, TokenError,
-                             ValueError):
+    with contextlib.suppress(UpstreamError, TokenError, ValueError), map_upstream_errors():
         async with session.get(
             settings.tenant.url.with_path("/fotoweb/me"),
             headers={"Authorization": f"Bearer {token.value}", "Accept": "application/json"},

@@ -45,7 +45,8 @@ def make_grant(session: aiohttp.ClientSession, auth: AuthConfig) -> Grant:
 
 
 class ClientCredentialsGrant:
-    """Seed 002: ``grant_type=client_credentials`` with the client's id and secret."""
+    """``grant_type=client_credentials`` with the client's id and secret, as Fotoware's
+    "Non-interactive application authorization with OAuth 2.0" page describes it."""
 
     name = "client_credentials"
 
@@ -87,7 +88,8 @@ class ClientCredentialsGrant:
 
 
 class RefreshTokenGrant:
-    """User context (seed 003): renew with the stored refresh token.
+    """User context (Fotoware's "Web Application or API authorization" page): renew with
+    the stored refresh token.
 
     FotoWeb may rotate refresh tokens, so a new one is written to the store (atomically)
     before the new access token is handed out, under the store's lock, which also makes
@@ -160,9 +162,9 @@ class RefreshTokenGrant:
                     self._session, auth.token_url, form, auth.refresh_margin, self._clock
                 )
             except TokenEndpointError as exc:
-                if exc.error in ("invalid_grant", "invalid_token"):
-                    raise self._refused(f"the tenant refused the refresh token: {exc.error}"
-                                        ) from None
+                if exc.oauth_error in ("invalid_grant", "invalid_token"):
+                    raise self._refused(
+                        f"the tenant refused the refresh token: {exc.oauth_error}") from None
                 raise
             self._store.save(StoredSession(
                 refresh_token=token.refresh_token or saved.refresh_token,

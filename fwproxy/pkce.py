@@ -1,4 +1,5 @@
-"""PKCE and the authorize URL of seed 003, pure: randomness comes in as bytes."""
+"""PKCE (RFC 7636) and the authorize URL of Fotoware's "Web Application or API
+authorization" page, pure: randomness comes in as bytes."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def challenge(verifier: str) -> str:
 def authorize_url(
     authorize: URL, client_id: str, redirect_uri: str | None, state: str, code_challenge: str
 ) -> str:
-    """Seed 003's authorize request; every value URL-encoded."""
+    """The authorize request of Fotoware's "Web Application or API authorization" page;
+    every value URL-encoded."""
     params = {"response_type": "code", "client_id": client_id}
     if redirect_uri is not None:
         params["redirect_uri"] = redirect_uri
@@ -41,5 +43,5 @@ def authorize_url(
 
 
 def same_state(expected: str, received: str | None) -> bool:
-    """The state echo check (CSRF, seed 003), in constant time."""
+    """The state echo check (CSRF, RFC 6749 10.12), in constant time."""
     return received is not None and hmac.compare_digest(expected.encode(), received.encode())

@@ -39,9 +39,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .access import BadPath, normalize_path
+from .access import normalize_path
+from .answers import error_response
 from .config import Settings
-from .exceptions import NoTokenAvailable, UpstreamError
+from .exceptions import (
+    BadPath,
+    BodyTooLarge,
+    ClientBodyTimeout,
+    NoTokenAvailable,
+    UpstreamError,
+)
 from .guard import Admitted, Guard
 from .log import AccessLog
 from .observe import Metrics
@@ -51,7 +58,6 @@ from .token_manager import TokenManager
 from .tokens import Token
 from .upstream import (
     add_param,
-    error_response,
     has_param,
     map_upstream_errors,
     request_headers,
@@ -124,33 +130,33 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for every path the proxy serves."""
         started = time.monotonic()
-        note = Note()
+        record = RequestRecord()
         self._metrics.in_flight += 1
         try:
-            response = await self._handle(request, note)
+            response = await self._handle(request, record)
         except asyncio.CancelledError:
-            note.status = 499  # client went away; its upstream request was cancelled with it
+            record.status = 499  # client went away; its upstream request was cancelled with it
             raise
         finally:
             self._metrics.in_flight -= 1
-            self._account(request, note, started)
+            self._account(request, record, started)
         return response
 
-    async def _handle(self, request: web.Request, note: Note) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         admitted = self.guard.admit(request)
         if not isinstance(admitted, Admitted):  # (Admitted is a tuple: a cheap check)
-            return note.answer(admitted)
+            return record.answer(admitted)
         slots = self._slots  # the one acquired is the one released, even across a reload
         if slots is None:
-            return await self._forward(request, admitted, note)
+            return await self._forward(request, admitted, record)
         if slots.locked() and self._queue_timeout <= 0:
-            return note.answer(self._busy())
+            return record.answer(self._busy())
         try:
             await asyncio.wait_for(slots.acquire(), self._queue_timeout or None)
         except asyncio.TimeoutError:
-            return note.answer(self._busy())
+            return record.answer(self._busy())
         try:
-            return await self._forward(request, admitted, note)
+            return await self._forward(request, admitted, record)
         finally:
             slots.release()
 
@@ -161,7 +167,7 @@ class Proxy:
         )
 
     async def _forward(
-        self, request: web.Request, admitted: Admitted, note: Note
+        self, request: web.Request, admitted: Admitted, record: RequestRecord
     ) -> web.StreamResponse:
         path, query = admitted.path, admitted.query
         headers = request_headers(
@@ -188,54 +194,54 @@ class Proxy:
         try:
             try:
                 out = Outgoing(request.method, path, query, headers, body, stall)
-                upstream = await self._exchange(out, note, own_token)
+                upstream = await self._exchange(out, record, own_token)
             except NoTokenAvailable as exc:
-                return note.answer(error_response(
-                    503, "no_token", str(exc),
+                return record.answer(error_response(
+                    exc.status, exc.error, str(exc),
                     headers={"Retry-After": str(exc.retry_after)},
                 ), reason=exc.reason)
             except UpstreamError as exc:
                 if body is not None and body.timed_out:
-                    return await _answer_and_close(request, note, error_response(
-                        408, "client_body_timeout",
+                    return await _answer_and_close(request, record, error_response(
+                        ClientBodyTimeout.status, ClientBodyTimeout.error,
                         f"no byte of the request body arrived for "
                         f"limits.client_body_timeout ({self._body_watch.timeout:g}s)",
                     ))
                 if body is not None and body.too_large:
-                    return note.answer(error_response(
-                        413, "body_too_large",
+                    return record.answer(error_response(
+                        BodyTooLarge.status, BodyTooLarge.error,
                         f"the body exceeds limits.max_body ({body.limit} bytes)",
                     ))
-                return note.answer(error_response(exc.status, exc.error, str(exc)))
+                return record.answer(error_response(exc.status, exc.error, str(exc)))
             finally:
                 if body is not None:
                     self._body_watch.unwatch(body.client)
-                    note.bytes_in = body.size
+                    record.bytes_in = body.size
                     body.close()
             transport = request.transport
             owed = None
             if transport is not None:  # (None: the client is gone already)
-                owed = self._send_watch.watch(_cut(transport, note),
+                owed = self._send_watch.watch(_cut(transport, record),
                                               transport.get_write_buffer_size)
             try:
-                return await self._stream_back(request, upstream, note, stall, admitted.host)
+                return await self._stream_back(request, upstream, record, stall, admitted.host)
             finally:
                 self._send_watch.unwatch(owed)
                 upstream.release()
         finally:
             self._watchdog.stop(stall)
 
-    async def _exchange(self, out: Outgoing, note: Note, own_token: bool
+    async def _exchange(self, out: Outgoing, record: RequestRecord, own_token: bool
                         ) -> aiohttp.ClientResponse:
         """Send, and on a 401 to our own token renew and replay (theory, step 4)."""
         if not own_token:
             return await self._send(out, None, "header")
-        token = self._tokens.fresh() or await self._tokens.get()
+        token = await self._tokens.get()  # no wait (nor any further call) while fresh
         placement = self.placement
-        note.query_token = token if placement == "query" else None
+        record.query_token = token if placement == "query" else None
         sent = time.monotonic()
         resp = await self._send(out, token, placement)
-        note.upstream_seconds = time.monotonic() - sent
+        record.upstream_seconds = time.monotonic() - sent
         if resp.status != 401:
             self._tokens.accepted(token)
             return resp
@@ -244,9 +250,9 @@ class Proxy:
             return resp  # too large to replay: the client sees the 401
         fresh = await self._tokens.get()
         resp.release()
-        note.replays += 1
+        record.replays += 1
         self.replays += 1
-        note.query_token = fresh if placement == "query" else None
+        record.query_token = fresh if placement == "query" else None
         resp = await self._send(out, fresh, placement)
         if resp.status != 401:
             self._tokens.accepted(fresh)
@@ -256,15 +262,15 @@ class Proxy:
             return resp  # kept by should_drop: a flaky 401, not a header-stripping proxy
         if not out.replayable:
             return resp
-        return await self._probe(out, note, fresh, resp)
+        return await self._probe(out, record, fresh, resp)
 
-    async def _probe(self, out: Outgoing, note: Note, token: Token,
+    async def _probe(self, out: Outgoing, record: RequestRecord, token: Token,
                      refused: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
         """Try `token`, refused in the header, as the access_token query parameter. Only a
         2xx is an answer the client gets (with the token scrubbed from its headers); any
         other is dropped unread, a login redirect carrying the token in its ``ReturnUrl``
         for one, and the client gets the tenant's 401 to the header (`refused`)."""
-        note.replays += 1
+        record.replays += 1
         try:
             probe = await self._send(out, token, "query")
         except BaseException:
@@ -279,7 +285,7 @@ class Proxy:
             return refused
         refused.release()
         self._query_took = token  # a later header 401 to it is the header's fault: probe
-        note.query_token = token
+        record.query_token = token
         return probe
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
@@ -309,7 +315,7 @@ class Proxy:
             return "the tenant did not answer within the configured timeout"
 
         # with a body, its writer says when the tenant is the one being waited for
-        with stall.guard(waiting=body is None, what=what) as attempt, map_upstream_errors():
+        with stall.timed(waiting=body is None, what=what) as attempt, map_upstream_errors():
             return await self._session.request(
                 out.method,
                 url,
@@ -319,10 +325,10 @@ class Proxy:
             )
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, note: Note, stall: Stall,
-        host: str,
+        self, request: web.Request, upstream: aiohttp.ClientResponse, record: RequestRecord,
+        stall: Stall, host: str,
     ) -> web.StreamResponse:
-        query_token = None if note.query_token is None else note.query_token.value
+        query_token = None if record.query_token is None else record.query_token.value
         reason = upstream.reason
         if query_token is not None:
             reason = response_reason(reason, query_token)
@@ -333,10 +339,10 @@ class Proxy:
         try:
             await out.prepare(request)
         except (ValueError, UnicodeError):  # a status line aiohttp cannot send
-            return note.answer(error_response(
+            return record.answer(error_response(
                 502, "upstream_protocol_error", "the tenant sent a response that cannot be relayed"
             ))
-        note.status = upstream.status
+        record.status = upstream.status
         content = upstream.content
         last = b""
         try:
@@ -345,24 +351,24 @@ class Proxy:
                     last = chunk
                     break
                 await out.write(chunk)  # a client gone mid-way: ConnectionError, below
-                note.bytes_out += len(chunk)
+                record.bytes_out += len(chunk)
         except UpstreamError as exc:
             # Headers are gone: the only honest signal left is to cut the connection
             # without the final chunk, so the client sees an incomplete transfer.
-            note.error, note.detail = exc.error, str(exc)
+            record.error, record.detail = exc.error, str(exc)
             log.warning("%s %s: %s; response aborted", request.method, request.raw_path, exc)
             if request.transport is not None:
                 request.transport.close()
             return out
         except ConnectionError:
-            note.error = note.error or "client_disconnected"  # or cut: client_send_timeout
+            record.error = record.error or "client_disconnected"  # or cut: client_send_timeout
             return out
         try:
             await out.write_eof(last)  # a small answer: headers, body and end in one write
         except ConnectionError:
-            note.error = note.error or "client_disconnected"
+            record.error = record.error or "client_disconnected"
             return out
-        note.bytes_out += len(last)
+        record.bytes_out += len(last)
         return out
 
     def _learn_query_placement(self, evidence: tuple[Probe, ...]) -> None:
@@ -377,18 +383,18 @@ class Proxy:
             len(evidence), "; ".join(map(str, evidence)), STRIP_HINT,
         )
 
-    def _account(self, request: web.Request, note: Note, started: float) -> None:
+    def _account(self, request: web.Request, record: RequestRecord, started: float) -> None:
         """The access log line, the request metrics, and the error remembered for the page
         (without the path and query: the page is no place for another client's request)."""
-        self._metrics.observe(request.method, note.status, note.bytes_in, note.bytes_out,
-                              note.upstream_seconds)
-        if note.status >= 500 or note.error:
-            self._metrics.error(request.method, note.error or str(note.status), note.detail)
+        self._metrics.observe(request.method, record.status, record.bytes_in, record.bytes_out,
+                              record.upstream_seconds)
+        if record.status >= 500 or record.error:
+            self._metrics.error(request.method, record.error or str(record.status), record.detail)
         access_log.info(
-            f'{request.remote or "-"} "{request.method} {request.raw_path}" {note.status} '
-            f"in={note.bytes_in} out={note.bytes_out} "
-            f"{(time.monotonic() - started) * 1000:.1f}ms replays={note.replays}"
-            + (f" error={note.error}" if note.error else "")
+            f'{request.remote or "-"} "{request.method} {request.raw_path}" {record.status} '
+            f"in={record.bytes_in} out={record.bytes_out} "
+            f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays}"
+            + (f" error={record.error}" if record.error else "")
         )
 
 
@@ -408,7 +414,7 @@ class Outgoing:
         return self.body is None or self.body.replayable
 
 
-class Note:
+class RequestRecord:
     """What the access log line says about one request."""
 
     __slots__ = ("bytes_in", "bytes_out", "detail", "error", "query_token", "replays",
@@ -438,7 +444,7 @@ class Note:
 async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
     """The next chunk of the tenant's body (b"" at the end); its faults become
     `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    with stall.guard(waiting=True, what=_stopped), map_upstream_errors():
+    with stall.timed(waiting=True, what=_stopped), map_upstream_errors():
         return await upstream.content.readany()
 
 
@@ -452,29 +458,29 @@ def _stalled(body: BodyTee, timeout: float) -> Callable[[], None]:
     return lambda: body.stalled(timeout)
 
 
-def _cut(transport: asyncio.Transport, note: Note) -> Callable[[], None]:
+def _cut(transport: asyncio.Transport, record: RequestRecord) -> Callable[[], None]:
     """What `limits.client_send_timeout` does to a client that takes no byte of the
     response: its connection is aborted (a close would wait for it to read); the handler is
     cancelled or its write fails, and the slot and the tenant's connection are released."""
 
     def cut() -> None:
-        note.error = "client_send_timeout"
+        record.error = "client_send_timeout"
         transport.abort()
 
     return cut
 
 
-async def _answer_and_close(request: web.Request, note: Note, response: web.Response
+async def _answer_and_close(request: web.Request, record: RequestRecord, response: web.Response
                             ) -> web.Response:
     """Send `response`, then close the connection without reading on: the client owes a
     body it is not sending (aiohttp would otherwise wait for the rest of it)."""
-    note.answer(response)
+    record.answer(response)
     response.force_close()
     try:
         await response.prepare(request)
         await response.write_eof()
     except ConnectionError:
-        note.error = "client_disconnected"
+        record.error = "client_disconnected"
     request.protocol.force_close()
     return response
 

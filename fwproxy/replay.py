@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, Protocol
 
+from .exceptions import BodyTooLarge, ClientBodyTimeout, ReplayUnavailable
 from .watchdog import Owed, Stall
 
 SPILL_AT = 1024 * 1024
@@ -27,20 +28,6 @@ class BodySource(Protocol):
     async def readany(self) -> bytes: ...
 
     def set_exception(self, exc: BaseException) -> None: ...
-
-
-class BodyTooLarge(Exception):
-    """The body passed limits.max_body while streaming (a chunked upload)."""
-
-
-class ClientBodyTimeout(Exception):
-    """The client sent no byte of the body it owes for limits.client_body_timeout.
-    (Not an OSError: aiohttp's body writer reports it as a failed upload, not the tenant's
-    network error.)"""
-
-
-class ReplayUnavailable(Exception):
-    """The copy was dropped (body larger than the replay limit)."""
 
 
 class BodyTee:

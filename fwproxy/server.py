@@ -80,10 +80,10 @@ async def serve(
         loop = asyncio.get_running_loop()
         if worker is None:
             for address in runner.addresses:
-                log.info("listening on %s -> %s (%s; %s)", _describe(address),
-                         settings.tenant.url, settings.source, eventloop.describe(loop))
+                log.info("listening on %s -> %s (%s; %s)", _address_text(address),
+                         settings.tenant.url, settings.source, eventloop.loop_name(loop))
         else:
-            log.info("worker %d serving (%s)", worker.index, eventloop.describe(loop))
+            log.info("worker %d serving (%s)", worker.index, eventloop.loop_name(loop))
             os.write(worker.ready_fd, b"r")
         app[TOKENS].start()  # renew on time; not before listening: a failed start asks none
         background = [loop.create_task(_warm_up(app)), loop.create_task(notifier.watchdog())]
@@ -132,7 +132,7 @@ async def _start_sites(
         os.chmod(path, 0o660)
 
 
-def _describe(address: object) -> str:
+def _address_text(address: object) -> str:
     if isinstance(address, tuple):
         host, port = address[0], address[1]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

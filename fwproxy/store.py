@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import MissingFile, read_private
-from .exceptions import ConfigError, TokenEndpointUnreachable
+from .config import read_private
+from .exceptions import ConfigError, MissingFile, TokenStoreBusy
 
 LOCK_TIMEOUT = 45.0  # longer than one token request may take (oauth.TOKEN_TIMEOUT)
 
@@ -121,7 +121,7 @@ class TokenStore:
             deadline = time.monotonic() + timeout
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
-                    raise TokenEndpointUnreachable(
+                    raise TokenStoreBusy(
                         f"{self.lock_path} is held by another process for over {timeout:g}s")
                 await asyncio.sleep(0.02)
             yield

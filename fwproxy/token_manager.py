@@ -1,5 +1,9 @@
 """The async shell around `tokens.decide` and `tokens.plan_renewal`: one cached token, at
-most one request in flight, and one timer task that renews it on time (`start`)."""
+most one request in flight, and one timer task that renews it on time (`start`).
+
+One slot, not a cache of several: a process runs exactly one grant, and the token is for
+one tenant, client and grant (`Grant.cache_key`). The slot remembers that key, so after a
+reload to other credentials the token of the old ones is not used."""
 
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ import random
 import time
 from collections.abc import Callable, Hashable
 from typing import Protocol
-
-from cachetools import TLRUCache
 
 from .config import AuthConfig
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
@@ -52,11 +54,6 @@ class Grant(Protocol):
     async def fetch(self) -> Token: ...
 
 
-def new_token_cache(clock: Callable[[], float] = time.monotonic) -> TLRUCache[Hashable, Token]:
-    """Tokens keyed by (tenant, client); each entry disappears at its own `stale_at`."""
-    return TLRUCache(maxsize=64, ttu=lambda _key, token, _now: token.stale_at, timer=clock)
-
-
 class TokenManager:
     """Hands out the current token, renewing it ahead of expiry and after a 401."""
 
@@ -64,7 +61,6 @@ class TokenManager:
         self,
         grant: Grant,
         *,
-        cache: TLRUCache[Hashable, Token] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         idle_renewal: float | None = None,
@@ -75,7 +71,7 @@ class TokenManager:
         self._wake = asyncio.Event()
         self._clock = clock
         self._rand = rand
-        self._cache = cache if cache is not None else new_token_cache(clock)
+        self._slot: tuple[Hashable, Token] | None = None  # (grant.cache_key, its token)
         self._task: asyncio.Task[Token] | None = None
         self._failures = 0
         self._backoff_until = 0.0
@@ -94,11 +90,19 @@ class TokenManager:
             self._keep(seed)
 
     def current(self) -> Token | None:
-        """The cached token if it may still be injected."""
-        return self._cache.get(self._grant.cache_key)
+        """The cached token if it may still be injected (until its `stale_at`), and is for
+        the grant's present credentials."""
+        slot = self._slot
+        if slot is None:
+            return None
+        key, token = slot
+        if self._clock() < token.stale_at and key == self._grant.cache_key:
+            return token
+        return None
 
     def fresh(self) -> Token | None:
-        """The cached token if it needs no renewal yet: `get` without a coroutine."""
+        """The cached token if it needs no renewal yet: `get`'s fast path, without a
+        coroutine."""
         fresh = self._fresh
         now = self._last_use = self._clock()
         if fresh is not None and now < fresh.renew_at:
@@ -155,7 +159,7 @@ class TokenManager:
         if not should_drop(self.current(), stale, now, after_rejection, self._last_drop):
             return False
         self._last_drop = now
-        self._cache.pop(self._grant.cache_key, None)
+        self._slot = None
         self._fresh = None
         self._rejected = True
         self._wake.set()
@@ -210,7 +214,7 @@ class TokenManager:
         REDACT.add(token.value)  # fetched, or seeded from a store: masked wherever echoed
         if token.refresh_token is not None:
             REDACT.add(token.refresh_token)
-        self._cache[self._grant.cache_key] = token
+        self._slot = (self._grant.cache_key, token)
         self._fresh = token
 
     def _in_flight(self) -> asyncio.Task[Token] | None:

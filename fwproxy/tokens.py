@@ -75,7 +75,8 @@ class Token:
     expires_at: float
     renew_at: float
     stale_at: float
-    refresh_token: str | None = field(default=None, repr=False)  # user context (seed 003)
+    # user context: Fotoware's "Web Application or API authorization" page
+    refresh_token: str | None = field(default=None, repr=False)
 
     @property
     def lifetime(self) -> float:
@@ -218,7 +219,8 @@ def retry_after_seconds(backoff_until: float, now: float) -> int:
 
 
 def client_credentials_form(client_id: str, client_secret: str) -> bytes:
-    """The body of a client-credentials token request, URL-encoded as seed 002 requires."""
+    """The body of a client-credentials token request, URL-encoded as Fotoware's
+    "Non-interactive application authorization with OAuth 2.0" page requires."""
     fields = {"grant_type": "client_credentials", "client_id": client_id,
               "client_secret": client_secret}
     return urlencode(fields).encode("ascii")
@@ -228,8 +230,9 @@ def authorization_code_form(
     client_id: str, client_secret: str | None, code: str, redirect_uri: str | None,
     code_verifier: str,
 ) -> bytes:
-    """Seed 003's code exchange. The secret only for a confidential client; `redirect_uri`
-    if and only if the authorize request carried it."""
+    """The code exchange of Fotoware's "Web Application or API authorization" page. The
+    secret only for a confidential client; `redirect_uri` if and only if the authorize
+    request carried it."""
     fields = {"grant_type": "authorization_code", "client_id": client_id}
     if client_secret is not None:
         fields["client_secret"] = client_secret

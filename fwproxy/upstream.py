@@ -6,12 +6,11 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import quote, unquote
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -22,7 +21,6 @@ from .exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .log import outward
 
 log = logging.getLogger("fwproxy.upstream")
 
@@ -54,7 +52,9 @@ _REQUEST_DROP_AUTH = REQUEST_DROP | {"authorization"}
 _TRUSTED_DROP = _OWN
 _TRUSTED_DROP_AUTH = _OWN | {"authorization"}
 _LOCATIONS = frozenset({"location", "content-location"})
-_NOT_NEW = HOP_BY_HOP  # Connection tokens that name no further header (keep-alive, ...)
+# A Connection header naming only these (keep-alive, te, ...) adds nothing to drop: the
+# shared drop set serves, no per-request copy is built
+_DROPPED_ANYWAY = HOP_BY_HOP
 # aiohttp would add these on its own; a transparent proxy sends only what the client sent.
 MAX_HEADER_LINE = 64 * 1024
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
@@ -100,7 +100,7 @@ def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset
     if "Connection" not in headers:
         return base
     named = _connection_named(headers)
-    return base if named <= _NOT_NEW else base | named
+    return base if named <= _DROPPED_ANYWAY else base | named
 
 
 def request_headers(
@@ -293,13 +293,3 @@ def translate(exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientResponseError):  # its message quotes the tenant's bytes
         return UpstreamProtocolError("the tenant sent a malformed response")
     return UpstreamProtocolError(f"exchange with the tenant failed: {type(exc).__name__}")
-
-
-def error_response(
-    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """Every error fwproxy itself answers: JSON ``{"error", "detail"}``. The detail goes
-    out through `outward` (no secret, no control character, bounded length) like every
-    other text a client or a scraper sees."""
-    return web.json_response({"error": error, "detail": outward(detail)}, status=status,
-                             headers=headers)

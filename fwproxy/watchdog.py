@@ -5,9 +5,9 @@ few thousand requests a second that timer work costs more than all of fwproxy's 
 checks. Here each exchange only notes when it starts and stops waiting for the tenant (two
 clock reads), and one timer, armed while anything is in flight, sweeps a few times per
 timeout period: an exchange that has waited longer than the timeout has its task cancelled,
-and leaving `Stall.guard` turns that cancellation into `UpstreamTimeout` at the await it
+and leaving `Stall.timed` turns that cancellation into `UpstreamTimeout` at the await it
 interrupted (the way `asyncio.timeout` does it). Only an exchange inside one of those
-awaits (``with Stall.guard(...)``) is ever cancelled. A timeout fires between `timeout` and
+awaits (``with Stall.timed(...)``) is ever cancelled. A timeout fires between `timeout` and
 `timeout + tick` after the wait began.
 
 Only waiting for the tenant counts: not a slow client's upload, not a slow client reading
@@ -31,31 +31,31 @@ from .exceptions import UpstreamTimeout
 class Stall:
     """One exchange's waiting state, for `Watchdog`.
 
-    The handler *guards* the awaits that turn a cancellation into a timeout
-    (``with stall.guard(...)``), and only then can the watchdog fire. Within a guard the
-    wait counts from `since`: at once for a request without a body and for the next piece
+    The handler *times* the awaits that turn a cancellation into a timeout
+    (``with stall.timed(...)``), and only then can the watchdog fire. Within one the wait
+    counts from `since`: at once for a request without a body and for the next piece
     of the answer; for an upload, from when the body's writer (aiohttp runs it in a task of
     its own) hands the tenant a chunk, and once the whole body is sent. The writer names
     the attempt it belongs to, so a writer of an earlier attempt, still finishing, cannot
     move the clock.
     """
 
-    __slots__ = ("_what", "attempt", "fired", "guarded", "since", "task")
+    __slots__ = ("_what", "attempt", "fired", "since", "task", "timing")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self._what: Callable[[], str] = str
         self.attempt = 0
-        self.guarded = False
+        self.timing = False
         self.since = math.inf  # when it began waiting for the tenant; inf: not waiting
         self.fired = False
 
-    def guard(self, waiting: bool, what: Callable[[], str]) -> Stall:
-        """Use as ``with stall.guard(...) as attempt:`` around one await on the tenant. In
+    def timed(self, waiting: bool, what: Callable[[], str]) -> Stall:
+        """Use as ``with stall.timed(...) as attempt:`` around one await on the tenant. In
         it the watchdog may fire; its cancellation leaves the block as `UpstreamTimeout`
         saying `what()`. `attempt` is for the body's writer (`waiting`, `idle`)."""
         self.attempt += 1
-        self.guarded = True
+        self.timing = True
         self.since = time.monotonic() if waiting else math.inf
         self._what = what
         return self
@@ -65,7 +65,7 @@ class Stall:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.guarded = False
+        self.timing = False
         self.since = math.inf
         if not self.fired or not isinstance(exc, asyncio.CancelledError):
             return
@@ -77,12 +77,12 @@ class Stall:
 
     def waiting(self, attempt: int) -> None:
         """From the body's writer: the tenant has a chunk to take, or the whole body."""
-        if attempt == self.attempt and self.guarded:
+        if attempt == self.attempt and self.timing:
             self.since = time.monotonic()
 
     def idle(self, attempt: int) -> None:
         """From the body's writer: waiting for the client's next bytes, not the tenant."""
-        if attempt == self.attempt and self.guarded:
+        if attempt == self.attempt and self.timing:
             self.since = math.inf
 
 
@@ -140,7 +140,7 @@ class Watchdog:
             return
         deadline = time.monotonic() - self.timeout
         for stall in self._stalls:
-            if stall.guarded and stall.since < deadline and not stall.fired:
+            if stall.timing and stall.since < deadline and not stall.fired:
                 stall.fired = True
                 stall.task.cancel()
         assert self._loop is not None

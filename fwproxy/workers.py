@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from . import eventloop
 from .config import Settings, reload_plan
@@ -34,7 +35,6 @@ READY_TIMEOUT = 60.0
 RESPAWN_PAUSE = 1.0  # doubled for each death within DEATH_WINDOW
 DEATH_WINDOW = 60.0
 MAX_DEATHS = 5
-GIVE_UP = -1
 
 
 def _free_port(host: str, port: int) -> int:
@@ -57,6 +57,13 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+class Reaped(NamedTuple):
+    """What one collection of exited workers found."""
+
+    died: int  # workers that exited (not asked to)
+    give_up: bool = False  # they die too often to keep restarting them
 
 
 class Supervisor:
@@ -134,7 +141,7 @@ class Supervisor:
             info = signal.sigtimedwait(SIGNALS, 0.1)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 return False
-            if self._reap(during_start=True):
+            if self._reap(during_start=True).died:
                 log.error("a worker failed while starting; stopping")
                 return False
             if time.monotonic() > deadline:
@@ -157,7 +164,7 @@ class Supervisor:
                     self._stop_all()
             elif info is not None and info.si_signo == signal.SIGHUP:
                 self._reload()
-            if self._reap(during_start=False) == GIVE_UP:
+            if self._reap(during_start=False).give_up:
                 self._stop_all()
                 return 1
             self._restart_due()
@@ -183,9 +190,9 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    def _reap(self, during_start: bool) -> int:
-        """Collect exited workers and plan their replacement; returns how many died, or
-        GIVE_UP when they die too often to keep trying."""
+    def _reap(self, during_start: bool) -> Reaped:
+        """Collect exited workers and plan their replacement: how many died, and whether
+        they die too often to keep trying."""
         died = 0
         while self.children:
             try:
@@ -199,7 +206,7 @@ class Supervisor:
             if index is None or self.stopping:
                 continue
             died += 1
-            log.error("worker %d (pid %d) died (%s)", index, pid, _describe_status(status))
+            log.error("worker %d (pid %d) died (%s)", index, pid, _exit_text(status))
             if during_start:
                 continue
             now = time.monotonic()
@@ -207,10 +214,10 @@ class Supervisor:
             if len(self.deaths) > MAX_DEATHS:
                 log.error("workers died %d times within %gs; giving up", len(self.deaths),
                           DEATH_WINDOW)
-                return GIVE_UP
+                return Reaped(died, give_up=True)
             pause = RESPAWN_PAUSE * 2 ** (len(self.deaths) - 1)
             self.pending.append((now + pause, index))
-        return died
+        return Reaped(died)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -238,7 +245,7 @@ def _runtime_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _describe_status(status: int) -> str:
+def _exit_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {os.WTERMSIG(status)}"
     return f"exit {os.waitstatus_to_exitcode(status)}"

@@ -275,7 +275,7 @@ grep -q -- '--config' <<<"$out" || die "fwproxy check --help does not mention --
 ok "mentions --config"
 
 step "runtime imports (aiohttp and the C extensions, as the image user)"
-out=$(in_image python3 -c 'import aiohttp, yarl, multidict, yaml, cachetools, uvloop, fwproxy.app, fwproxy.cli; print(aiohttp.__version__, uvloop.__version__)' 2>&1) \
+out=$(in_image python3 -c 'import aiohttp, yarl, multidict, yaml, uvloop, fwproxy.app, fwproxy.cli; print(aiohttp.__version__, uvloop.__version__)' 2>&1) \
   || die "importing fwproxy's runtime (uvloop included) failed in the image: $out"
 ok "aiohttp, uvloop: $out"
 

@@ -9,7 +9,6 @@ import pytest
 
 from fwproxy.access import (
     DEFAULT_ACCEPT_HOSTS,
-    BadPath,
     HostRefused,
     Rule,
     authority,
@@ -27,7 +26,7 @@ from fwproxy.access import (
     target_authority,
 )
 from fwproxy.config import parse_config, parse_networks
-from fwproxy.exceptions import ConfigError
+from fwproxy.exceptions import BadPath, ConfigError
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from fwproxy import keys
+from fwproxy.answers import error_response, raw_error_response
 from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
 from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
 from fwproxy.sim import TENANT, TenantState, token_endpoint
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response
-from fwproxy.upstream import error_response
 from tests.conftest import ProxyFactory
 from tests.test_log import Recording
 
@@ -189,6 +189,22 @@ def test_error_bodies_go_out_masked_cleaned_and_bounded() -> None:
     assert "\r" not in detail
     assert "\n" not in detail
     assert len(detail) <= 400
+
+
+def test_raw_error_answers_go_out_like_the_others() -> None:
+    """The connection layer's answers (431, 503 busy), written as bytes before aiohttp
+    parses a request, carry the same JSON as `error_response`, through `outward` too."""
+    detail = "the head of http://h/x?access_token=t0k3n-in-url\r\nX-Forged: 1 " + "y" * 1000
+    raw = raw_error_response(431, "Request Header Fields Too Large", "headers_too_large",
+                             detail)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert b"Connection: close" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    same = error_response(431, "headers_too_large", detail)
+    assert isinstance(same.body, bytes)
+    assert json.loads(body) == json.loads(same.body)
+    assert b"t0k3n-in-url" not in body
 
 
 @pytest.mark.parametrize(

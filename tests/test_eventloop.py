@@ -10,7 +10,7 @@ from fwproxy import eventloop
 
 
 async def loop_name() -> str:
-    return eventloop.describe(asyncio.get_running_loop())
+    return eventloop.loop_name(asyncio.get_running_loop())
 
 
 def test_asyncio_is_the_plain_loop() -> None:

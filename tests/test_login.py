@@ -1,4 +1,5 @@
-"""User context (seed 003): PKCE, the token store, `fwproxy login`, running as a user.
+"""User context (Fotoware's "Web Application or API authorization" page): PKCE, the token
+store, `fwproxy login`, running as a user.
 
 The browser here is an aiohttp client that reads the tenant's HTML forms and submits them
 as a person would; tests/e2e/test_login_browser_e2e.py does the same in real Chromium.
@@ -54,7 +55,7 @@ def test_verifier_is_long_and_high_entropy() -> None:
         make_verifier(b"short")
 
 
-def test_authorize_url_is_exactly_seed_003() -> None:
+def test_authorize_url_is_exactly_as_fotoware_documents_it() -> None:
     from yarl import URL
 
     url = authorize_url(URL("https://acme.example/fotoweb/oauth2/authorize"), "my app",
@@ -405,17 +406,21 @@ async def test_store_lock_gives_up_instead_of_hanging(tmp_path: Path) -> None:
     import fcntl
     import os
 
-    from fwproxy.exceptions import TokenError
+    from fwproxy.exceptions import TokenEndpointUnreachable, TokenError, TokenStoreBusy
 
     store = TokenStore(tmp_path / "tokens.json")
     other = os.open(tmp_path / "tokens.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(other, fcntl.LOCK_EX)  # "another process" holds it
     try:
-        with pytest.raises(TokenError, match="held by another process"):
+        with pytest.raises(TokenError, match="held by another process") as caught:
             async with store.locked(timeout=0.1):
                 pass
     finally:
         os.close(other)
+    # its own error: metrics and readiness must not blame the token endpoint for a lock
+    assert isinstance(caught.value, TokenStoreBusy)
+    assert not isinstance(caught.value, TokenEndpointUnreachable)
+    assert caught.value.reason == "token_store_busy"
     async with store.locked(timeout=1):  # free again
         pass
 

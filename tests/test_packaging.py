@@ -74,3 +74,10 @@ def test_pip_install_fwproxy_brings_uvloop_where_it_builds() -> None:
     # the old instructions (`pip install 'fwproxy[uvloop]'`) still work
     assert [r.name for r in requirements("options.extras_require", "uvloop")] == ["uvloop"]
     assert "uvloop" not in {r.name for r in requirements("options.extras_require", "test")}
+
+
+def test_no_cache_library_is_installed_for_one_token() -> None:
+    """The token manager holds one token in one slot: no cache dependency, nor its stubs."""
+    needed = [*requirements("options", "install_requires"),
+              *requirements("options.extras_require", "test")]
+    assert not [r.name for r in needed if "cachetools" in r.name]

@@ -22,9 +22,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fwproxy.access import BadPath, Rule, compile_glob, decide_all, path_readings
+from fwproxy.access import Rule, compile_glob, decide_all, path_readings
 from fwproxy.app import create_app
 from fwproxy.config import parse_config
+from fwproxy.exceptions import BadPath
 from fwproxy.keys import add_key
 from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from fwproxy.upstream import HOP_BY_HOP

@@ -466,7 +466,7 @@ async def test_401_forever_is_one_renewal_and_one_replay(
     assert len(tenant_state.seen) == 2
 
 
-# --- header-stripping reverse proxies (seed 001) ------------------------------------------------
+# --- header-stripping reverse proxies (Fotoware's "Using application access tokens" page) ---
 
 
 async def test_stripped_authorization_falls_back_to_query(

@@ -54,8 +54,9 @@ async def test_an_idle_proxy_renews_a_users_token_with_the_refresh_token(
     tenant_state: TenantState, logged_in: Settings,  # noqa: F811 (the fixture)
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
-    """User context (seed 003): the timer refreshes too, and each rotated refresh token is
-    stored before the next refresh uses it."""
+    """User context (Fotoware's "Web Application or API authorization" page): the timer
+    refreshes too, and each rotated refresh token is stored before the next refresh uses
+    it."""
     refreshes = sum(form["grant_type"] == "refresh_token" for form in tenant_state.token_forms)
     assert refreshes == 0
     proxy = await aiohttp_client(create_app(logged_in))

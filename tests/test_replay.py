@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fwproxy.replay import SPILL_AT, BodyTee, ReplayUnavailable
+from fwproxy.exceptions import ReplayUnavailable
+from fwproxy.replay import SPILL_AT, BodyTee
 
 
 class Source:

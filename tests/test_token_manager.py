@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -295,7 +296,7 @@ async def real_manager(
         await session.close()
 
 
-async def test_client_credentials_request_is_exactly_as_seed_002(
+async def test_client_credentials_request_is_exactly_as_fotoware_documents_it(
     real_manager: Callable[..., TokenManager], tenant_state: TenantState
 ) -> None:
     token = await real_manager().get()
@@ -353,7 +354,7 @@ async def test_token_endpoint_refusal_names_the_token_url(
         "token endpoint refused (HTTP 404): http_404 (answered text/html, not OAuth JSON) "
         f"(POST {shown})"
     )
-    assert caught.value.status == 404
+    assert caught.value.endpoint_status == 404
 
 
 @pytest.mark.parametrize(
@@ -415,3 +416,25 @@ async def test_fresh_is_the_token_only_until_it_wants_renewing(
     clock.now = token.obtained_at
     manager.invalidate(token)  # a 401 dropped it
     assert manager.fresh() is None
+
+
+async def test_the_one_slot_holds_the_token_until_stale_and_only_for_its_credentials(
+    clock: Clock,
+) -> None:
+    """One slot, tagged with whose token it is: a reload to another client (or token
+    endpoint) never hands out the old client's token; the slot empties at `stale_at`."""
+    class Reloadable(FakeGrant):
+        def update(self, auth: Any) -> None:
+            self.cache_key = ("tenant", auth.client_id)
+
+    grant = Reloadable(clock)
+    manager = TokenManager(grant, clock=clock, rand=lambda: 0.0)
+    first = await manager.get()
+    assert manager.current() is first
+    manager.update(SimpleNamespace(client_id="other-client", idle_renewal=None))  # type: ignore[arg-type]
+    assert manager.current() is None
+    second = await manager.get()
+    assert second is not first
+    assert grant.calls == 2
+    clock.now = second.stale_at
+    assert manager.current() is None

@@ -164,7 +164,7 @@ def test_oauth_error_is_surfaced_verbatim() -> None:
     body = answer(error="invalid_client", error_description="Client authentication failed")
     with pytest.raises(TokenEndpointError) as caught:
         parse_token_response(401, JSON, body, 0.0, 10)
-    assert caught.value.error == "invalid_client"
+    assert caught.value.oauth_error == "invalid_client"
     assert caught.value.description == "Client authentication failed"
     assert "invalid_client (Client authentication failed)" in str(caught.value)
 
@@ -173,7 +173,7 @@ def test_html_error_page_is_described_not_echoed() -> None:
     body = b"<html><body>502 Bad Gateway secret-ish internals</body></html>"
     with pytest.raises(TokenEndpointError) as caught:
         parse_token_response(502, "text/html", body, 0.0, 10, retry_after=30)
-    assert caught.value.error == "http_502"
+    assert caught.value.oauth_error == "http_502"
     assert "text/html" in str(caught.value)
     assert "internals" not in str(caught.value)
     assert caught.value.retry_after == 30

@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from fwproxy.exceptions import UpstreamTimeout
-from fwproxy.replay import BodyTee, ClientBodyTimeout
+from fwproxy.exceptions import ClientBodyTimeout, UpstreamTimeout
+from fwproxy.replay import BodyTee
 from fwproxy.watchdog import ClientWatch, Watchdog
 
 
@@ -30,10 +30,10 @@ def no_answer() -> str:
 
 
 async def wait_for_tenant(dog: Watchdog, forever: asyncio.Event, waiting: bool = True) -> str:
-    """What an exchange does: one guarded wait (for the tenant, or not)."""
+    """What an exchange does: one timed wait (for the tenant, or not)."""
     stall = dog.start()
     try:
-        with stall.guard(waiting=waiting, what=no_answer):
+        with stall.timed(waiting=waiting, what=no_answer):
             await forever.wait()
     finally:
         dog.stop(stall)
@@ -75,15 +75,15 @@ def test_tick_is_a_fraction_of_the_timeout_within_bounds() -> None:
     assert Watchdog(0.001).tick == 0.01
 
 
-async def test_no_cancellation_outside_a_guarded_wait() -> None:
+async def test_no_cancellation_outside_a_timed_wait() -> None:
     """A body writer can outlive its attempt (aiohttp runs it in its own task): what it says
-    after the handler left the guarded await must not start the clock."""
+    after the handler left the timed await must not start the clock."""
     dog = Watchdog(0.05)
     stall = dog.start()
-    with stall.guard(waiting=False, what=no_answer) as attempt:
+    with stall.timed(waiting=False, what=no_answer) as attempt:
         pass  # the answer came; the handler now streams it to a slow client
     stall.waiting(attempt)  # the writer, finishing late: "the whole body is sent"
-    for _ in range(20):  # unguarded time, however long, never fires
+    for _ in range(20):  # time outside a timed await, however long, never fires
         await asyncio.sleep(dog.tick)
     assert not stall.fired
     dog.stop(stall)
@@ -92,9 +92,9 @@ async def test_no_cancellation_outside_a_guarded_wait() -> None:
 async def test_a_writer_of_an_earlier_attempt_cannot_move_the_clock() -> None:
     dog = Watchdog(60)
     stall = dog.start()
-    with stall.guard(waiting=False, what=no_answer) as first:
+    with stall.timed(waiting=False, what=no_answer) as first:
         pass
-    with stall.guard(waiting=True, what=no_answer) as second:  # a replay, waiting
+    with stall.timed(waiting=True, what=no_answer) as second:  # a replay, waiting
         since = stall.since
         stall.idle(first)  # the first attempt's writer, finalized late
         assert stall.since == since
@@ -106,7 +106,7 @@ async def test_a_writer_of_an_earlier_attempt_cannot_move_the_clock() -> None:
 async def test_zero_means_no_read_timeout() -> None:
     dog = Watchdog(0)
     stall = dog.start()
-    with stall.guard(waiting=True, what=no_answer):
+    with stall.timed(waiting=True, what=no_answer):
         assert not dog.armed  # nothing is watched
     dog.stop(stall)
 
