@@ -107,7 +107,7 @@ class AuthConfig:
     token_placement: str = "auto"
     client_authorization: str = "keep"
     replay_max_body: int = 64 * 1024 * 1024
-    # user context (grant_type: authorization_code, Fotoware's "Web Application or API authorization")
+    # user context (grant_type: authorization_code; Fotoware's web application flow)
     redirect_uri: str | None = None
     authorize_url: URL | None = None
     token_store: Path | None = None
