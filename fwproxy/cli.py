@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ from .keys import (
 from .log import setup_logging
 from .login import login
 from .oauth import make_grant, read_limited
+from .private import write_private
 from .server import serve
 from .store import TokenStore
 from .upstream import create_session, translate
@@ -327,7 +327,7 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
         if write_config is not None:
             keys = write_config.with_suffix(".keys").absolute()
             try:
-                _write_private(write_config, demo_config_text(port, tenant_port, keys))
+                write_private(write_config, demo_config_text(port, tenant_port, keys))
                 if not keys.exists():
                     write_keys(keys, [])
             except OSError as exc:
@@ -341,15 +341,3 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
 
 def _why(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text`, atomically, readable by the owner only (0600)."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import TenantConfig, read_ca_file
+from .config import TenantConfig
 from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
@@ -23,6 +23,7 @@ from .exceptions import (
     UpstreamTimeout,
 )
 from .log import outward
+from .private import read_ca_file
 
 log = logging.getLogger("fwproxy.upstream")
 

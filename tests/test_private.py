@@ -14,18 +14,19 @@ from typing import Any, cast
 import pytest
 
 from fwproxy import keys
-from fwproxy.config import (
+from fwproxy.config import parse_config
+from fwproxy.exceptions import ConfigError
+from fwproxy.oauth import SharedGrant
+from fwproxy.private import (
     CREDENTIAL,
     PRIVATE,
     TRUSTED,
     directory_problem,
     file_problem,
     owner_ok,
-    parse_config,
     read_private,
+    write_private,
 )
-from fwproxy.exceptions import ConfigError
-from fwproxy.oauth import SharedGrant
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.token_manager import Grant
 
@@ -173,6 +174,38 @@ def test_what_is_read_is_what_was_checked(tmp_path: Path) -> None:
     read = read_private(path, "k")
     assert (read.text, read.info.st_ino) == ("from-file", path.stat().st_ino)
     assert "from-file" not in repr(read)
+
+
+def test_one_atomic_0600_write_for_every_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private(path, "new")
+    assert path.read_text() == "new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # a replacement, not the old inode
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary file left behind
+    assert read_private(path, "k").text == "new"  # what it writes, the checked reader takes
+    keys.add_key(tmp_path / "keys", "one")
+    TokenStore(tmp_path / "state" / "tokens.json").save(StoredSession(refresh_token="r"))
+    for written in (tmp_path / "keys", tmp_path / "state" / "tokens.json"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["tokens.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f"
+    write_private(path, "old")
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        write_private(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
 # --- systemd's credential ----------------------------------------------------------------
