@@ -25,11 +25,8 @@ from .config import (
     ListenConfig,
     Settings,
     StatusConfig,
-    describe,
-    find_config,
+    effective_config_lines,
     is_loopback,
-    load_config,
-    parse_config,
 )
 from .demo import (
     DEMO_PORT,
@@ -49,6 +46,7 @@ from .keys import (
     remove_key,
     write_keys,
 )
+from .loading import find_config, load_config, load_mapping
 from .log import setup_logging
 from .login import login
 from .oauth import make_grant, read_limited
@@ -259,7 +257,7 @@ async def token(settings: Settings) -> int:
 async def check(settings: Settings) -> int:
     """Validate, get a token, call GET /fotoweb/me; print a short report."""
     print(f"config       {settings.source}: ok")
-    for line in describe(settings):
+    for line in effective_config_lines(settings):
         print(f"  {line}")
     async with create_session(settings.tenant) as session:
         try:
@@ -323,7 +321,7 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
                   "port with --port N", file=sys.stderr)
             return EXIT_FAILED
         text = demo_config_text(port, tenant_port)
-        settings = parse_config(yaml.safe_load(text), environ={}, source="<demo>")
+        settings = load_mapping(yaml.safe_load(text), environ={}, source="<demo>")
         if write_config is not None:
             keys = write_config.with_suffix(".keys").absolute()
             try:

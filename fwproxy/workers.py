@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from . import eventloop
-from .config import Settings, reload_plan
+from .config import Settings
 from .exceptions import ConfigError
+from .reload import reload_plan
 from .server import Reloader, WorkerRole, serve
 from .systemd import Notifier
 

@@ -24,8 +24,9 @@ from fwproxy.access import (
     refuse_cross_site,
     target_authority,
 )
-from fwproxy.config import parse_config, parse_networks
+from fwproxy.config import parse_config
 from fwproxy.exceptions import ConfigError
+from fwproxy.values import parse_networks
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import pytest
 
 from fwproxy import __version__
 from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
-from fwproxy.config import load_config
 from fwproxy.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from fwproxy.demo_login import (
     DEMO_NATIVE_CLIENT,
@@ -23,6 +22,7 @@ from fwproxy.demo_login import (
     default_apps,
 )
 from fwproxy.keys import load_keys
+from fwproxy.loading import load_config
 from fwproxy.store import StoredSession, TokenStore
 
 

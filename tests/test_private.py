@@ -14,8 +14,8 @@ from typing import Any, cast
 import pytest
 
 from fwproxy import keys
-from fwproxy.config import parse_config
 from fwproxy.exceptions import ConfigError
+from fwproxy.loading import load_mapping
 from fwproxy.oauth import SharedGrant
 from fwproxy.private import (
     CREDENTIAL,
@@ -117,7 +117,7 @@ def secret_file(directory: Path, text: str = "from-file") -> Path:
 
 def load_secret(path: Path) -> Any:
     auth = {"client_id": "app", "client_secret_file": str(path)}
-    return parse_config({"tenant": TENANT, "auth": auth}, environ={})
+    return load_mapping({"tenant": TENANT, "auth": auth}, environ={})
 
 
 def refused(path: Path, key: str = "auth.client_secret_file") -> str:
@@ -222,7 +222,7 @@ def credential(tmp_path: Path, mode: int, owner: int = 0) -> dict[str, str]:
 
 
 def load_credential(environ: dict[str, str]) -> Any:
-    return parse_config({"tenant": TENANT, "auth": {"client_id": "app"}}, environ=environ)
+    return load_mapping({"tenant": TENANT, "auth": {"client_id": "app"}}, environ=environ)
 
 
 @pytest.mark.parametrize("mode", [0o400, 0o440])  # 0440: root's file, the ACL mask for us
@@ -249,7 +249,7 @@ def test_an_api_keys_file_of_another_user_is_refused(tmp_path: Path) -> None:
     keys.add_key(path, "one")
     os.chown(path, NOBODY, NOBODY)
     with pytest.raises(ConfigError, match="chown") as caught:
-        parse_config({"tenant": TENANT, "auth": {"client_id": "a", "client_secret": "b"},
+        load_mapping({"tenant": TENANT, "auth": {"client_id": "a", "client_secret": "b"},
                       "access": {"api_keys_file": str(path)}}, environ={})
     assert caught.value.key == "access.api_keys_file"
 
@@ -317,7 +317,7 @@ def test_the_shared_token_file_is_used_only_when_safe(tmp_path: Path) -> None:
 
 
 def load_ca(path: Path) -> Any:
-    return parse_config({"tenant": {**TENANT, "ca_file": str(path)},
+    return load_mapping({"tenant": {**TENANT, "ca_file": str(path)},
                          "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
 
 
@@ -372,7 +372,7 @@ async def test_the_tenant_session_trusts_the_checked_ca_file(
     app = web.Application()
     app.router.add_get("/", hello)
     server = await aiohttp_server(app, host="127.0.0.1", ssl=served)
-    settings = parse_config({"tenant": {"url": f"https://127.0.0.1:{server.port}",
+    settings = load_mapping({"tenant": {"url": f"https://127.0.0.1:{server.port}",
                                         "ca_file": str(cert)},
                              "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
     session = create_session(settings.tenant)
