@@ -1,4 +1,8 @@
 """Configuration: a YAML file plus environment overrides, validated into frozen dataclasses.
+Longer than 400 lines because the dataclasses (the typed shape of each section) and the
+rules that build them from a mapping (merging, names, the client secret's one source,
+policy across keys) are one job and read best together; the value parsers (values.py),
+all I/O (loading.py) and the reload plan (reload.py) live elsewhere.
 
 The key names are a contract with users' files. Every key may also come from the
 environment as ``FWPROXY_<SECTION>_<KEY>`` (environment beats file), and the client secret
