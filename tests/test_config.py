@@ -40,6 +40,13 @@ def config(**sections: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def file_with(path: Path, text: str, mode: int = 0o600) -> Path:
+    """`path`, written with `text` and then given `mode` (a secret's 0600 unless told)."""
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
 def test_defaults_match_the_documented_contract() -> None:
     settings = parse_config(config(), environ={})
     assert settings.listen.host == "127.0.0.1"
@@ -143,9 +150,7 @@ def test_secret_never_shows_in_repr() -> None:
 
 
 def test_secret_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("from-file\n")
-    path.chmod(0o600)
+    path = file_with(tmp_path / "secret", "from-file\n")
     auth = {"client_id": "app", "client_secret_file": str(path)}
     settings = load_mapping({"tenant": BASE["tenant"], "auth": auth}, environ={})
     assert settings.auth.client_secret == Secret("from-file")
@@ -153,9 +158,7 @@ def test_secret_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
 def test_secret_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "secret"
-    path.write_text("from-file")
-    path.chmod(mode)
+    path = file_with(tmp_path / "secret", "from-file", mode)
     auth = {"client_id": "app", "client_secret_file": str(path)}
     with pytest.raises(ConfigError, match="too open") as caught:
         load_mapping({"tenant": BASE["tenant"], "auth": auth}, environ={})
@@ -164,9 +167,7 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path, mode: int) ->
 
 
 def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("x")
-    path.chmod(0o600)
+    path = file_with(tmp_path / "secret", "x")
     with pytest.raises(ConfigError) as caught:
         parse_config(config(auth={"client_secret_file": str(path)}), environ={})
     assert str(caught.value) == (
@@ -176,9 +177,7 @@ def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
 
 
 def test_secret_file_from_environment(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("docker-secret")
-    path.chmod(0o400)
+    path = file_with(tmp_path / "secret", "docker-secret", 0o400)
     environ = {"FWPROXY_CLIENT_SECRET_FILE": str(path)}
     settings = load_mapping({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("docker-secret")
@@ -433,9 +432,7 @@ def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
 
 def _secret_source(source: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """(auth section, environ) that configure the secret through `source` alone."""
-    path = tmp_path / f"secret-{source}"
-    path.write_text(f"from-{source}\n")
-    path.chmod(0o600)
+    path = file_with(tmp_path / f"secret-{source}", f"from-{source}\n")
     value = str(path) if source.lower().endswith("_file") else f"from-{source}"
     if source.startswith("auth."):
         return {source.partition(".")[2]: value}, {}
@@ -484,9 +481,7 @@ def test_an_empty_secret_variable_is_refused(name: str) -> None:
 
 
 def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("the-secret")
-    path.chmod(0o644)
+    path = file_with(tmp_path / "secret", "the-secret", 0o644)
     with pytest.raises(ConfigError) as caught:
         load_mapping({**config(), "auth": {"client_id": "app"}},
                       environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
@@ -497,8 +492,7 @@ def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Pat
 
 
 def test_systemd_credential_is_only_the_fallback(tmp_path: Path) -> None:
-    (tmp_path / "client_secret").write_text("from-systemd\n")
-    (tmp_path / "client_secret").chmod(0o400)  # as systemd hands it over
+    file_with(tmp_path / "client_secret", "from-systemd\n", 0o400)  # as systemd hands it over
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     settings = load_mapping({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("from-systemd")
@@ -531,21 +525,16 @@ def test_a_readable_config_without_a_secret_is_fine(tmp_path: Path, secret_line:
     path.write_text("tenant:\n  url: https://t.example\nauth:\n  client_id: app\n"
                     + secret_line + "  client_secret_file: null\n")
     path.chmod(0o644)
-    secret = tmp_path / "client_secret"
-    secret.write_text("from-file")
-    secret.chmod(0o600)
+    secret = file_with(tmp_path / "client_secret", "from-file")
     settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
     assert settings.auth.client_secret == Secret("from-file")
 
 
 def test_the_example_config_installed_644_works_as_readme_says(tmp_path: Path) -> None:
     """README, systemd step 2: install -m 644 config.example.yaml; FWPROXY_CLIENT_SECRET_FILE."""
-    path = tmp_path / "config.yaml"
-    path.write_text((Path(__file__).parent.parent / "config.example.yaml").read_text())
-    path.chmod(0o644)
-    secret = tmp_path / "client_secret"
-    secret.write_text("from-file")
-    secret.chmod(0o600)
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    path = file_with(tmp_path / "config.yaml", example, 0o644)
+    secret = file_with(tmp_path / "client_secret", "from-file")
     settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
     assert settings.auth.client_secret == Secret("from-file")
     settings = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})

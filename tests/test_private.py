@@ -73,12 +73,17 @@ REG, DIR = stat.S_IFREG, stat.S_IFDIR
 )
 def test_file_problems(mode: int, uid: int, forbidden: int, wanted: str | None) -> None:
     problem = file_problem(fake_stat(mode, uid), 1000, "/p/f", "alice", forbidden)
+    assert_problem(problem, wanted, "/p/f")
+
+
+def assert_problem(problem: str | None, wanted: str | None, path: str) -> None:
+    """None when nothing is `wanted`; else a problem that says `wanted` and names `path`."""
     if wanted is None:
         assert problem is None
     else:
         assert problem is not None
         assert wanted in problem
-        assert "/p/f" in problem
+        assert path in problem
 
 
 @pytest.mark.parametrize(
@@ -96,12 +101,7 @@ def test_file_problems(mode: int, uid: int, forbidden: int, wanted: str | None) 
 )
 def test_directory_problems(mode: int, uid: int, wanted: str | None) -> None:
     problem = directory_problem(fake_stat(mode, uid), 1000, "/p", "alice", "f")
-    if wanted is None:
-        assert problem is None
-    else:
-        assert problem is not None
-        assert wanted in problem
-        assert "/p" in problem
+    assert_problem(problem, wanted, "/p")
 
 
 # --- the real thing, through each file's own reader -------------------------------------
