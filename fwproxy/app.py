@@ -9,13 +9,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .config import LimitsConfig, ReloadPlan, Settings, reload_plan
+from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
 from .observe import Observer, StatusInfo
 from .proxy import Proxy
+from .reload import ReloadPlan, reload_plan
 from .store import TokenStore
 from .token_manager import TokenManager
 from .upstream import create_session
@@ -96,7 +97,7 @@ def _acting_as(settings: Settings) -> Callable[[], str]:
 
 def reconfigure(app: web.Application, loaded: Settings) -> ReloadPlan:
     """Apply a reloaded config to a running app (SIGHUP): every key in
-    `config.APPLIES_ON_RELOAD` takes effect at once (the connection settings for new
+    `reload.APPLIES_ON_RELOAD` takes effect at once (the connection settings for new
     connections: server.py), the cached token stays unless the client changed. The plan
     names the keys applied and those that need a restart, which keep their running value."""
     proxy = app[PROXY]

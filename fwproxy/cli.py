@@ -23,10 +23,8 @@ from .config import (
     ListenConfig,
     Settings,
     StatusConfig,
-    describe,
-    find_config,
+    effective_config_lines,
     is_loopback,
-    load_config,
 )
 from .exceptions import (
     ADD_FIRST,
@@ -41,6 +39,7 @@ from .keys import (
     load_keys,
     remove_key,
 )
+from .loading import find_config, load_config
 from .log import setup_logging
 from .login import login
 from .oauth import make_grant, read_limited
@@ -248,7 +247,7 @@ async def token(settings: Settings) -> int:
 async def check(settings: Settings) -> int:
     """Validate, get a token, call GET /fotoweb/me; print a short report."""
     print(f"config       {settings.source}: ok")
-    for line in describe(settings):
+    for line in effective_config_lines(settings):
         print(f"  {line}")
     async with create_session(settings.tenant) as session:
         try:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import read_private
 from .exceptions import ConfigError, KeyExists, MissingFile, MissingKeysFile
+from .private import read_private, write_private
 
 HEADER = "X-Fwproxy-Key"
 PREFIX = "fwp_"
@@ -75,7 +73,7 @@ def load_keys(path: Path) -> list[ApiKey]:
 
 
 def _read_keys(path: Path) -> tuple[list[ApiKey], int]:
-    """The keys and the file's modification time, from one checked open (config.py)."""
+    """The keys and the file's modification time, from one checked open (private.py)."""
     try:
         read = read_private(path, "access.api_keys_file")
     except MissingFile:
@@ -89,16 +87,7 @@ def write_keys(path: Path, keys: list[ApiKey]) -> None:
     if not path.parent.is_dir():
         raise ConfigError("access.api_keys_file",
                           f"cannot create {path}: directory {path.parent} does not exist")
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(format_keys(keys))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_private(path, format_keys(keys))
 
 
 def add_key(path: Path, name: str, read_only: bool = False) -> str:

@@ -13,14 +13,13 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import read_private
 from .exceptions import ConfigError, MissingFile, TokenStoreBusy
+from .private import read_private, write_private
 
 LOCK_TIMEOUT = 45.0  # longer than one token request may take (oauth.TOKEN_TIMEOUT)
 
@@ -73,21 +72,7 @@ class TokenStore:
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".tokens.")  # created 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(asdict(session), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, json.dumps(asdict(session)))
 
     def remove(self) -> bool:
         try:

@@ -14,13 +14,14 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import TenantConfig, read_ca_file
+from .config import TenantConfig
 from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from .private import read_ca_file
 
 log = logging.getLogger("fwproxy.upstream")
 

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import eventloop
-from .config import Settings, reload_plan
+from .config import Settings
 from .exceptions import ConfigError
+from .reload import reload_plan
 from .server import Reloader, WorkerRole, serve
 from .systemd import Notifier
 

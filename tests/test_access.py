@@ -25,8 +25,9 @@ from fwproxy.access import (
     refuse_cross_site,
     target_authority,
 )
-from fwproxy.config import parse_config, parse_networks
+from fwproxy.config import parse_config
 from fwproxy.exceptions import BadPath, ConfigError
+from fwproxy.values import parse_networks
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import pytest
 
 from fwproxy import __version__
 from fwproxy.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
-from fwproxy.config import load_config
 from fwproxy.keys import load_keys
+from fwproxy.loading import load_config
 from fwproxy.store import StoredSession, TokenStore
 
 

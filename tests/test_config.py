@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -13,20 +14,18 @@ from yarl import URL
 
 from fwproxy.config import (
     NON_KEY_VARIABLES,
-    SCHEMA,
     SECRET_SOURCES,
     Secret,
+    SecretFile,
     check_environment,
-    describe,
+    effective_config_lines,
     env_name,
-    find_config,
-    load_config,
     parse_config,
-    parse_duration,
-    parse_list,
-    parse_size,
 )
 from fwproxy.exceptions import ConfigError
+from fwproxy.loading import find_config, load_config, load_mapping
+from fwproxy.private import CREDENTIAL
+from fwproxy.values import AUTO_WORKERS, SCHEMA
 
 BASE: dict[str, Any] = {
     "tenant": {"url": "https://acme.fotoware.cloud"},
@@ -39,6 +38,13 @@ def config(**sections: dict[str, Any]) -> dict[str, Any]:
     for section, values in sections.items():
         out.setdefault(section, {}).update(values)
     return out
+
+
+def file_with(path: Path, text: str, mode: int = 0o600) -> Path:
+    """`path`, written with `text` and then given `mode` (a secret's 0600 unless told)."""
+    path.write_text(text)
+    path.chmod(mode)
+    return path
 
 
 def test_defaults_match_the_documented_contract() -> None:
@@ -70,22 +76,6 @@ def test_example_config_parses_and_lists_every_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [("64MiB", 64 * 2**20), ("1.5GB", 1_500_000_000), (1024, 1024), ("512 KiB", 524288),
-     ("10", 10), ("0", 0)],
-)
-def test_sizes(text: object, expected: int) -> None:
-    assert parse_size(text, "k") == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"), [("5m", 300.0), ("90", 90.0), (1.5, 1.5), ("500ms", 0.5), ("1h", 3600.0)]
-)
-def test_durations(text: object, expected: float) -> None:
-    assert parse_duration(text, "k") == expected
-
-
-@pytest.mark.parametrize(
     ("sections", "key"),
     [
         ({"tenant": {"urll": "x"}}, "tenant.urll"),
@@ -106,7 +96,7 @@ def test_durations(text: object, expected: float) -> None:
 )
 def test_errors_name_the_key(sections: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(config(**sections), environ={})
+        load_mapping(config(**sections), environ={})
     assert caught.value.key == key
     assert str(caught.value).startswith(key)
 
@@ -160,30 +150,24 @@ def test_secret_never_shows_in_repr() -> None:
 
 
 def test_secret_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("from-file\n")
-    path.chmod(0o600)
+    path = file_with(tmp_path / "secret", "from-file\n")
     auth = {"client_id": "app", "client_secret_file": str(path)}
-    settings = parse_config({"tenant": BASE["tenant"], "auth": auth}, environ={})
+    settings = load_mapping({"tenant": BASE["tenant"], "auth": auth}, environ={})
     assert settings.auth.client_secret == Secret("from-file")
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
 def test_secret_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "secret"
-    path.write_text("from-file")
-    path.chmod(mode)
+    path = file_with(tmp_path / "secret", "from-file", mode)
     auth = {"client_id": "app", "client_secret_file": str(path)}
     with pytest.raises(ConfigError, match="too open") as caught:
-        parse_config({"tenant": BASE["tenant"], "auth": auth}, environ={})
+        load_mapping({"tenant": BASE["tenant"], "auth": auth}, environ={})
     assert caught.value.key == "auth.client_secret_file"
     assert "from-file" not in str(caught.value)
 
 
 def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("x")
-    path.chmod(0o600)
+    path = file_with(tmp_path / "secret", "x")
     with pytest.raises(ConfigError) as caught:
         parse_config(config(auth={"client_secret_file": str(path)}), environ={})
     assert str(caught.value) == (
@@ -193,11 +177,9 @@ def test_secret_and_secret_file_together_is_ambiguous(tmp_path: Path) -> None:
 
 
 def test_secret_file_from_environment(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("docker-secret")
-    path.chmod(0o400)
+    path = file_with(tmp_path / "secret", "docker-secret", 0o400)
     environ = {"FWPROXY_CLIENT_SECRET_FILE": str(path)}
-    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
+    settings = load_mapping({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("docker-secret")
 
 
@@ -445,24 +427,12 @@ def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
         assert (parsed.methods, parsed.paths) == message_or_methods
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("a", ["a"]), ("a,b", ["a", "b"]), ("a b", ["a", "b"]), ("a, b", ["a", "b"]),
-     (" a\tb\n", ["a", "b"]), ("a,,b", ["a", "b"]), (",", []), ("", []), (["a b"], ["a b"]),
-     (("a", "a", "b"), ["a", "b"]), ([1, 2.5], ["1", "2.5"])],
-)
-def test_parse_list(text: object, expected: list[str]) -> None:
-    assert list(parse_list(text, "k", str)) == expected
-
-
 # --- the client secret: one source, and never in a file others may read -------------------
 
 
 def _secret_source(source: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """(auth section, environ) that configure the secret through `source` alone."""
-    path = tmp_path / f"secret-{source}"
-    path.write_text(f"from-{source}\n")
-    path.chmod(0o600)
+    path = file_with(tmp_path / f"secret-{source}", f"from-{source}\n")
     value = str(path) if source.lower().endswith("_file") else f"from-{source}"
     if source.startswith("auth."):
         return {source.partition(".")[2]: value}, {}
@@ -472,7 +442,7 @@ def _secret_source(source: str, tmp_path: Path) -> tuple[dict[str, Any], dict[st
 @pytest.mark.parametrize("source", SECRET_SOURCES)
 def test_each_secret_source_alone(source: str, tmp_path: Path) -> None:
     auth, environ = _secret_source(source, tmp_path)
-    settings = parse_config({**config(), "auth": {"client_id": "app", **auth}}, environ=environ)
+    settings = load_mapping({**config(), "auth": {"client_id": "app", **auth}}, environ=environ)
     assert settings.auth.client_secret == Secret(f"from-{source}")
 
 
@@ -511,12 +481,10 @@ def test_an_empty_secret_variable_is_refused(name: str) -> None:
 
 
 def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("the-secret")
-    path.chmod(0o644)
+    path = file_with(tmp_path / "secret", "the-secret", 0o644)
     with pytest.raises(ConfigError) as caught:
-        parse_config({**config(), "auth": {"client_id": "app"}},
-                     environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
+        load_mapping({**config(), "auth": {"client_id": "app"}},
+                      environ={"FWPROXY_CLIENT_SECRET_FILE": str(path)})
     assert str(caught.value) == (
         f"FWPROXY_CLIENT_SECRET_FILE: permissions 0644 for {path} are too open "
         f"(group or others may use it); run: chmod 600 {path}"
@@ -524,12 +492,11 @@ def test_a_secret_file_from_the_environment_is_named_when_too_open(tmp_path: Pat
 
 
 def test_systemd_credential_is_only_the_fallback(tmp_path: Path) -> None:
-    (tmp_path / "client_secret").write_text("from-systemd\n")
-    (tmp_path / "client_secret").chmod(0o400)  # as systemd hands it over
+    file_with(tmp_path / "client_secret", "from-systemd\n", 0o400)  # as systemd hands it over
     environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    settings = parse_config({**config(), "auth": {"client_id": "app"}}, environ=environ)
+    settings = load_mapping({**config(), "auth": {"client_id": "app"}}, environ=environ)
     assert settings.auth.client_secret == Secret("from-systemd")
-    settings = parse_config(config(), environ=environ)  # an explicit secret wins, no error
+    settings = load_mapping(config(), environ=environ)  # an explicit secret wins, no error
     assert settings.auth.client_secret == Secret("s3cr3t-value")
 
 
@@ -558,21 +525,16 @@ def test_a_readable_config_without_a_secret_is_fine(tmp_path: Path, secret_line:
     path.write_text("tenant:\n  url: https://t.example\nauth:\n  client_id: app\n"
                     + secret_line + "  client_secret_file: null\n")
     path.chmod(0o644)
-    secret = tmp_path / "client_secret"
-    secret.write_text("from-file")
-    secret.chmod(0o600)
+    secret = file_with(tmp_path / "client_secret", "from-file")
     settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
     assert settings.auth.client_secret == Secret("from-file")
 
 
 def test_the_example_config_installed_644_works_as_readme_says(tmp_path: Path) -> None:
     """README, systemd step 2: install -m 644 config.example.yaml; FWPROXY_CLIENT_SECRET_FILE."""
-    path = tmp_path / "config.yaml"
-    path.write_text((Path(__file__).parent.parent / "config.example.yaml").read_text())
-    path.chmod(0o644)
-    secret = tmp_path / "client_secret"
-    secret.write_text("from-file")
-    secret.chmod(0o600)
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    path = file_with(tmp_path / "config.yaml", example, 0o644)
+    secret = file_with(tmp_path / "client_secret", "from-file")
     settings = load_config(path, environ={"FWPROXY_CLIENT_SECRET_FILE": str(secret)})
     assert settings.auth.client_secret == Secret("from-file")
     settings = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
@@ -594,14 +556,14 @@ def test_example_config_describe_and_schema_have_the_same_keys() -> None:
     assert len(example_keys) == len(set(example_keys))
     assert sorted(example_keys) == sorted(_schema_keys())
     settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
-    shown = [line.partition(": ")[0] for line in describe(settings)]
+    shown = [line.partition(": ")[0] for line in effective_config_lines(settings)]
     assert shown == _schema_keys()  # every key once, in SCHEMA's order
 
 
 def test_check_shows_the_example_defaults_as_the_example_writes_them() -> None:
     """No ``None`` where the example has a default, no key twice in a list."""
     settings = load_config(ROOT / "config.example.yaml", environ={"FWPROXY_CLIENT_SECRET": "x"})
-    shown = dict(line.split(": ", 1) for line in describe(settings))
+    shown = dict(line.split(": ", 1) for line in effective_config_lines(settings))
     assert shown["auth.authorize_url"] == "https://acme.fotoware.cloud/fotoweb/oauth2/authorize"
     assert shown["access.accept_hosts"] == "[localhost, 127.0.0.1, ::1]"
     assert shown["auth.redirect_uri"] == "null"
@@ -673,3 +635,72 @@ def test_connection_and_client_limits() -> None:
                      ("client_send_timeout", "-5")):
         with pytest.raises(ConfigError, match=rf"^limits\.{key}"):
             parse_config(config(limits={key: bad}), environ={})
+
+
+# --- parse_config is pure: every file is read in one later step (loading.resolve_files) ---
+
+CREDENTIALS = "/nonexistent/credentials"
+
+
+@pytest.mark.parametrize(
+    ("sections", "environ", "secret_file"),
+    [
+        ({"auth": {"client_secret": None, "client_secret_file": "/nonexistent/secret"}}, {},
+         SecretFile(Path("/nonexistent/secret"), "auth.client_secret_file")),
+        ({"auth": {"client_secret": None}}, {"FWPROXY_CLIENT_SECRET_FILE": "/nonexistent/s"},
+         SecretFile(Path("/nonexistent/s"), "FWPROXY_CLIENT_SECRET_FILE")),
+        ({"auth": {"client_secret": None}}, {"FWPROXY_AUTH_CLIENT_SECRET_FILE": "/n/s"},
+         SecretFile(Path("/n/s"), "FWPROXY_AUTH_CLIENT_SECRET_FILE")),
+        ({"auth": {"client_secret": None}}, {"CREDENTIALS_DIRECTORY": CREDENTIALS},
+         SecretFile(Path(CREDENTIALS) / "client_secret", "auth.client_secret", CREDENTIAL,
+                    optional=True)),
+        ({}, {"CREDENTIALS_DIRECTORY": CREDENTIALS}, None),  # an explicit secret wins
+        ({"tenant": {"ca_file": "/nonexistent/ca.pem"},
+          "access": {"api_keys_file": "/nonexistent/keys"}, "listen": {"workers": "auto"}},
+         {}, None),
+    ],
+)
+def test_parse_config_reads_no_file(
+    sections: dict[str, Any], environ: dict[str, str], secret_file: SecretFile | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"parse_config did I/O: {args}")
+
+    for name in ("open", "stat", "lstat", "sched_getaffinity"):
+        monkeypatch.setattr(os, name, no_io)
+    monkeypatch.setattr("builtins.open", no_io)
+    settings = parse_config(config(**sections), environ=environ)
+    assert settings.secret_file == secret_file
+    if secret_file is not None:
+        assert settings.auth.client_secret is None  # not read yet
+        assert settings.auth.client_secret_file == (
+            None if secret_file.optional else secret_file.path)
+    if sections.get("listen"):
+        assert settings.listen.workers == AUTO_WORKERS
+
+
+def test_loading_counts_the_cpus_for_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    settings = load_mapping(config(listen={"workers": "auto"}), environ={})
+    assert (settings.listen.workers, settings.secret_file) == (3, None)
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(config(listen={"workers": "auto", "unix_socket": "/run/f.sock"}),
+                     environ={})
+    assert str(caught.value) == ("listen.unix_socket: cannot be combined with "
+                                 "listen.workers > 1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    settings = load_mapping(config(listen={"workers": "auto", "unix_socket": "/run/f.sock"}),
+                            environ={})
+    assert settings.listen.workers == 1
+
+
+def test_a_missing_credential_without_another_secret_is_required(tmp_path: Path) -> None:
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}  # empty: systemd gave no credential
+    with pytest.raises(ConfigError) as caught:
+        load_mapping({**config(), "auth": {"client_id": "app"}}, environ=environ)
+    assert str(caught.value).startswith("auth.client_secret: is required")
+    user = {"client_id": "app", "grant_type": "authorization_code",
+            "redirect_uri": "http://127.0.0.1:8765/callback"}
+    settings = load_mapping({**config(), "auth": user}, environ=environ)
+    assert settings.auth.client_secret is None  # a public client needs none

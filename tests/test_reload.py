@@ -1,4 +1,4 @@
-"""SIGHUP: which keys a reload applies and which need a restart (config.reload_plan), as a
+"""SIGHUP: which keys a reload applies and which need a restart (reload.reload_plan), as a
 table over every key, and the rule that no key may be in neither list."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from fwproxy import config as config_module
-from fwproxy.config import (
+from fwproxy import reload as reload_module
+from fwproxy.config import Settings
+from fwproxy.loading import load_mapping
+from fwproxy.reload import (
     APPLIES_ON_RELOAD,
     NEEDS_RESTART,
-    Settings,
-    parse_config,
     reload_plan,
     sections,
 )
@@ -33,7 +33,7 @@ def settings(sections: dict[str, dict[str, Any]], tmp: Path) -> Settings:
         raw.setdefault(section, {}).update(
             {k: v.replace("{tmp}", str(tmp)) if isinstance(v, str) else v
              for k, v in values.items()})
-    return parse_config(raw, environ={})
+    return load_mapping(raw, environ={})
 
 
 def all_keys() -> set[str]:
@@ -138,15 +138,15 @@ def test_every_key_is_either_applied_on_reload_or_needs_a_restart() -> None:
     assert not APPLIES_ON_RELOAD & NEEDS_RESTART
     unlisted = keys - APPLIES_ON_RELOAD - NEEDS_RESTART
     assert not unlisted, (
-        f"{sorted(unlisted)}: add each to config.APPLIES_ON_RELOAD (and take it up in "
-        "app.reconfigure) or to config.NEEDS_RESTART")
+        f"{sorted(unlisted)}: add each to reload.APPLIES_ON_RELOAD (and take it up in "
+        "app.reconfigure) or to reload.NEEDS_RESTART")
     assert (APPLIES_ON_RELOAD | NEEDS_RESTART) - keys == set()  # no stale names
 
 
 def test_an_unlisted_key_is_reported_as_needing_a_restart(
     files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_module, "APPLIES_ON_RELOAD",
+    monkeypatch.setattr(reload_module, "APPLIES_ON_RELOAD",
                         APPLIES_ON_RELOAD - {"limits.max_body"})
     old = settings({}, files)
     plan = reload_plan(old, settings({"limits": {"max_body": "1MiB"}}, files))

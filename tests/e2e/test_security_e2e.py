@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from fwproxy.config import SCHEMA
 from fwproxy.sim import DEMO_CLIENT_SECRET, TenantState
+from fwproxy.values import SCHEMA
 from tests.conftest import tenant_config
 
 from .conftest import (

@@ -14,18 +14,19 @@ from typing import Any, cast
 import pytest
 
 from fwproxy import keys
-from fwproxy.config import (
+from fwproxy.exceptions import ConfigError
+from fwproxy.loading import load_mapping
+from fwproxy.oauth import SharedGrant
+from fwproxy.private import (
     CREDENTIAL,
     PRIVATE,
     TRUSTED,
     directory_problem,
     file_problem,
     owner_ok,
-    parse_config,
     read_private,
+    write_private,
 )
-from fwproxy.exceptions import ConfigError
-from fwproxy.oauth import SharedGrant
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.token_manager import Grant
 
@@ -72,12 +73,17 @@ REG, DIR = stat.S_IFREG, stat.S_IFDIR
 )
 def test_file_problems(mode: int, uid: int, forbidden: int, wanted: str | None) -> None:
     problem = file_problem(fake_stat(mode, uid), 1000, "/p/f", "alice", forbidden)
+    assert_problem(problem, wanted, "/p/f")
+
+
+def assert_problem(problem: str | None, wanted: str | None, path: str) -> None:
+    """None when nothing is `wanted`; else a problem that says `wanted` and names `path`."""
     if wanted is None:
         assert problem is None
     else:
         assert problem is not None
         assert wanted in problem
-        assert "/p/f" in problem
+        assert path in problem
 
 
 @pytest.mark.parametrize(
@@ -95,12 +101,7 @@ def test_file_problems(mode: int, uid: int, forbidden: int, wanted: str | None) 
 )
 def test_directory_problems(mode: int, uid: int, wanted: str | None) -> None:
     problem = directory_problem(fake_stat(mode, uid), 1000, "/p", "alice", "f")
-    if wanted is None:
-        assert problem is None
-    else:
-        assert problem is not None
-        assert wanted in problem
-        assert "/p" in problem
+    assert_problem(problem, wanted, "/p")
 
 
 # --- the real thing, through each file's own reader -------------------------------------
@@ -116,7 +117,7 @@ def secret_file(directory: Path, text: str = "from-file") -> Path:
 
 def load_secret(path: Path) -> Any:
     auth = {"client_id": "app", "client_secret_file": str(path)}
-    return parse_config({"tenant": TENANT, "auth": auth}, environ={})
+    return load_mapping({"tenant": TENANT, "auth": auth}, environ={})
 
 
 def refused(path: Path, key: str = "auth.client_secret_file") -> str:
@@ -175,6 +176,38 @@ def test_what_is_read_is_what_was_checked(tmp_path: Path) -> None:
     assert "from-file" not in repr(read)
 
 
+def test_one_atomic_0600_write_for_every_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private(path, "new")
+    assert path.read_text() == "new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # a replacement, not the old inode
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary file left behind
+    assert read_private(path, "k").text == "new"  # what it writes, the checked reader takes
+    keys.add_key(tmp_path / "keys", "one")
+    TokenStore(tmp_path / "state" / "tokens.json").save(StoredSession(refresh_token="r"))
+    for written in (tmp_path / "keys", tmp_path / "state" / "tokens.json"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["tokens.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f"
+    write_private(path, "old")
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        write_private(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
 # --- systemd's credential ----------------------------------------------------------------
 
 
@@ -189,7 +222,7 @@ def credential(tmp_path: Path, mode: int, owner: int = 0) -> dict[str, str]:
 
 
 def load_credential(environ: dict[str, str]) -> Any:
-    return parse_config({"tenant": TENANT, "auth": {"client_id": "app"}}, environ=environ)
+    return load_mapping({"tenant": TENANT, "auth": {"client_id": "app"}}, environ=environ)
 
 
 @pytest.mark.parametrize("mode", [0o400, 0o440])  # 0440: root's file, the ACL mask for us
@@ -216,7 +249,7 @@ def test_an_api_keys_file_of_another_user_is_refused(tmp_path: Path) -> None:
     keys.add_key(path, "one")
     os.chown(path, NOBODY, NOBODY)
     with pytest.raises(ConfigError, match="chown") as caught:
-        parse_config({"tenant": TENANT, "auth": {"client_id": "a", "client_secret": "b"},
+        load_mapping({"tenant": TENANT, "auth": {"client_id": "a", "client_secret": "b"},
                       "access": {"api_keys_file": str(path)}}, environ={})
     assert caught.value.key == "access.api_keys_file"
 
@@ -284,7 +317,7 @@ def test_the_shared_token_file_is_used_only_when_safe(tmp_path: Path) -> None:
 
 
 def load_ca(path: Path) -> Any:
-    return parse_config({"tenant": {**TENANT, "ca_file": str(path)},
+    return load_mapping({"tenant": {**TENANT, "ca_file": str(path)},
                          "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
 
 
@@ -339,7 +372,7 @@ async def test_the_tenant_session_trusts_the_checked_ca_file(
     app = web.Application()
     app.router.add_get("/", hello)
     server = await aiohttp_server(app, host="127.0.0.1", ssl=served)
-    settings = parse_config({"tenant": {"url": f"https://127.0.0.1:{server.port}",
+    settings = load_mapping({"tenant": {"url": f"https://127.0.0.1:{server.port}",
                                         "ca_file": str(cert)},
                              "auth": {"client_id": "a", "client_secret": "b"}}, environ={})
     session = create_session(settings.tenant)
