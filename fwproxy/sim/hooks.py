@@ -17,6 +17,7 @@ import json
 
 from aiohttp import web
 
+from . import limits
 from .state import TENANT
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes for downloads
@@ -30,6 +31,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/sim/gzip", gzipped)
     app.router.add_get("/sim/redirect", redirect)
     app.router.add_get("/sim/forbidden", forbidden)
+    app.router.add_route("*", limits.HOOK_PATH, limits.hook(lambda app: app[TENANT].limits))
 
 
 async def echo(request: web.Request) -> web.Response:
