@@ -27,6 +27,7 @@ limits off); a switch resets the record and the rate window. ``GET /sim/limits``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -207,8 +208,9 @@ async def _answer(request: web.Request, response: web.StreamResponse) -> None:
     """Hand the answer to the socket inside the slot, not after it (aiohttp's own prepare
     and write_eof then do nothing)."""
     if not response.prepared:
-        await response.prepare(request)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):  # gone: aiohttp's own write says so
+            await response.prepare(request)
+            await response.write_eof()
 
 
 def refusal(request: web.Request, decision: Decision) -> web.StreamResponse:

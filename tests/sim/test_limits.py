@@ -256,3 +256,14 @@ async def test_app_factory_switches_limits_on_at_start(aiohttp_client: ClientFac
     for expected in (200, 503):
         async with sim.get("/fotoweb/me", headers=headers) as resp:
             assert resp.status == expected
+
+
+async def test_errors_raised_by_handlers_are_answered_inside_the_slot(
+        sim: Client, state: TenantState) -> None:
+    state.limits.switch(Limits(max_concurrent=5))
+    headers = bearer(state)
+    async with sim.get("/fotoweb/archives/9999/", headers=headers) as resp:  # HTTPNotFound
+        assert resp.status == 404
+    async with sim.get("/no/such/route", headers=headers) as resp:
+        assert resp.status == 404
+    assert (state.limits.admitted, state.limits.in_flight) == (2, 0)
