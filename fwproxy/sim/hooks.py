@@ -6,7 +6,8 @@ and the tenant. ``/sim/echo`` says what arrived (method, raw target, headers, bo
 digest); ``/sim/bytes/{n}`` streams ``n`` bytes of `PATTERN` with a Content-Length;
 ``/sim/upload`` consumes a body as it streams and records its size; ``/sim/gzip`` answers
 `GZIP_PAYLOAD` compressed; ``/sim/redirect`` points at the tenant's own absolute URL (or
-``?elsewhere=``); ``/sim/forbidden`` is a 403. Like the API, they want a bearer token.
+``?elsewhere=``); ``/sim/forbidden`` is a 403; ``/sim/limits`` reads and switches the
+tenant's request limits (limits.py). Like the API, they want a bearer token.
 """
 
 from __future__ import annotations
