@@ -130,7 +130,7 @@ async def crowd(sim: Client, state: TenantState, n: int, path: str = "/fotoweb/m
 
 async def test_over_concurrency_the_connection_is_dropped_without_an_answer(
         sim: Client, state: TenantState) -> None:
-    state.limits.switch(Limits(max_concurrent=3, delay=0.3))
+    state.limits.switch(Limits(max_concurrent=3, delay=1.0))  # held while all arrive
     results = await crowd(sim, state, 8)
     assert results.count(200) == 3
     assert sorted(set(results) - {200}) == ["ServerDisconnectedError"]  # no status at all
@@ -169,7 +169,7 @@ async def test_refusal_without_retry_after(sim: Client, state: TenantState,
 
 async def test_503_with_retry_after_auto_says_when_the_window_opens(
         sim: Client, state: TenantState) -> None:
-    state.limits.switch(Limits(max_rate=0.2, action="503", retry_after="auto"))
+    state.limits.switch(Limits(max_rate=0.01, action="503", retry_after="auto"))
     headers = bearer(state)
     statuses = []
     for _ in range(2):
@@ -177,12 +177,13 @@ async def test_503_with_retry_after_auto_says_when_the_window_opens(
             statuses.append(resp.status)
             retry = resp.headers.get("Retry-After")
     assert statuses == [200, 503]
-    assert retry == "5"  # one request per 5 s
+    assert retry is not None
+    assert 90 < int(retry) <= 100  # one request per 100 s: the next in about 100 s
 
 
 async def test_rate_limit_admits_the_burst_then_refuses(sim: Client,
                                                         state: TenantState) -> None:
-    state.limits.switch(Limits(max_rate=1, burst=3, action="429"))
+    state.limits.switch(Limits(max_rate=0.01, burst=3, action="429"))
     headers = bearer(state)
     statuses = []
     for _ in range(5):
@@ -192,7 +193,7 @@ async def test_rate_limit_admits_the_burst_then_refuses(sim: Client,
 
 
 async def test_peak_is_recorded_without_limits(sim: Client, state: TenantState) -> None:
-    state.limits.switch(Limits(delay=0.3))  # no limit; requests take 0.3 s
+    state.limits.switch(Limits(delay=1.0))  # no limit; requests take 1 s
     assert await crowd(sim, state, 6) == [200] * 6
     assert (state.limits.peak, state.limits.admitted, state.limits.in_flight) == (6, 6, 0)
 
