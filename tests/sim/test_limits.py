@@ -141,7 +141,7 @@ async def test_over_concurrency_the_connection_is_dropped_without_an_answer(
 
 
 async def test_429_with_retry_after(sim: Client, state: TenantState) -> None:
-    state.limits.switch(Limits(max_concurrent=1, action="429", retry_after=4, delay=0.3))
+    state.limits.switch(Limits(max_concurrent=1, action="429", retry_after=4, delay=2.0))
     headers = bearer(state)
     first = asyncio.ensure_future(sim.get("/fotoweb/me", headers=headers))
     await wait_until(lambda: state.limits.in_flight == 1, "the first request held")
