@@ -117,13 +117,14 @@ import yaml
 from aiohttp import web
 
 from fwproxy.sim import (
-    ARCHIVES,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     PATTERN,
+    Catalog,
     TenantState,
     create_tenant_app,
 )
+from fwproxy.sim.api import collection
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
@@ -145,15 +146,18 @@ DRAIN_TIMEOUT = 200.0  # waiting for the last requests at a quiet point
 SETTLE_TIMEOUT = 10.0  # waiting for the proxy to close client connections
 RETRY_AFTER_CAP = 2.0  # a worker that got a 503 waits its Retry-After, at most this long
 
-# What the simulated tenant answers (fwproxy/sim/api.py: me, archives, archive).
+# What the simulated tenant answers (fwproxy/sim/api.py: me, archives, archive): each
+# answer must hold these fields with these values (me holds more: the API descriptor).
+_CATALOG = Catalog.seeded()
 EXPECTED_JSON: dict[str, Any] = {
     "/fotoweb/me": {
         "userName": "demo-app",
         "fullName": "fwproxy demo application (client credentials)",
         "isGuest": False,
     },
-    "/fotoweb/archives/": {"data": ARCHIVES},
-    "/fotoweb/archives/5000/": ARCHIVES[0],
+    "/fotoweb/archives/": {
+        "data": [collection(_CATALOG, item) for item in _CATALOG.archives.values()]},
+    "/fotoweb/archives/5000/": collection(_CATALOG, _CATALOG.archives["5000"]),
 }
 DOWNLOAD_MAX = 10 * MIB
 EXPECTED_BYTES = memoryview(PATTERN * (DOWNLOAD_MAX // len(PATTERN) + 1))
@@ -643,7 +647,8 @@ class Load:
             document = json.loads(body)
         except ValueError:
             return Answer(200, problem="200 with a body that is not JSON")
-        if document != EXPECTED_JSON[path]:
+        expected = EXPECTED_JSON[path]
+        if not isinstance(document, dict) or {k: document.get(k) for k in expected} != expected:
             return Answer(200, problem=f"200 with the wrong JSON for {path}")
         return Answer(200, correct=True)
 
