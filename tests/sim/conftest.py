@@ -27,4 +27,5 @@ async def api(aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
 
 def state_of(client: Client) -> TenantState:
     assert client.app is not None
-    return client.app[TENANT]
+    state: TenantState = client.app[TENANT]
+    return state
