@@ -85,7 +85,7 @@ async def me(request: web.Request) -> web.Response:
     else:
         who = {"userName": "demo-app",
                "fullName": "fwproxy demo application (client credentials)", "isGuest": False}
-    return answer({**who, "href": "/fotoweb/me", "user": dict(who),
+    return answer({**who, "href": "/fotoweb/me",
                    "archives": "/fotoweb/me/archives/", "services": services(),
                    "searchURL": SEARCH_URL, "server": "fwproxy simulated tenant"}, kind)
 
