@@ -12,6 +12,8 @@ Runs once fwproxy has the local token endpoint (`local_tokens` in the config SCH
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,15 @@ from authlib.integrations.requests_client import OAuth2Session
 from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session as RequestsOAuth2Session
 
-from fwproxy.config import SCHEMA
 from fwproxy.sim import DEMO_CLIENT_ID, TENANT, TOKEN_PATH, TenantState
 from fwproxy.sim.catalog import preview_bytes
 from tests.sim.workflow import QUERY, UPLOAD, UPLOAD_NAME, Outcome, run_async, run_sync
 
 from .conftest import StartProxy, run_fwproxy
 
+# SCHEMA lives in fwproxy/values.py since issue 13 (fwproxy/config.py before)
+_SCHEMA_HOME = "fwproxy.values" if importlib.util.find_spec("fwproxy.values") else "fwproxy.config"
+SCHEMA = importlib.import_module(_SCHEMA_HOME).SCHEMA
 pytestmark = pytest.mark.skipif("local_tokens" not in SCHEMA,
                                 reason="needs the local token endpoint")
 
