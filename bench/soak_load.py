@@ -28,7 +28,8 @@ from typing import Any
 import aiohttp
 
 from bench.soak_proxy import KIB, MIB, REPLAY_MAX, ProxyProcess, Snapshot, snapshot
-from fwproxy.sim import ARCHIVES, PATTERN, TenantState
+from fwproxy.sim import PATTERN, Catalog, TenantState
+from fwproxy.sim.api import collection
 
 WINDOW_SLACK = 1.0  # seconds a fault or revocation window stays open after recovery
 BACKOFF_CAP = 60.0  # fwproxy's token backoff cap: recovery after a blip must come sooner
@@ -37,15 +38,18 @@ DRAIN_TIMEOUT = 200.0  # waiting for the last requests at a quiet point
 SETTLE_TIMEOUT = 10.0  # waiting for the proxy to close client connections
 RETRY_AFTER_CAP = 2.0  # a worker that got a 503 waits its Retry-After, at most this long
 
-# What the simulated tenant answers (fwproxy/demo.py: me, archives, archive).
+# What the simulated tenant answers (fwproxy/sim/api.py: me, archives, archive): each
+# answer must hold these fields with these values (me holds more: the API descriptor).
+_CATALOG = Catalog.seeded()
 EXPECTED_JSON: dict[str, Any] = {
     "/fotoweb/me": {
         "userName": "demo-app",
         "fullName": "fwproxy demo application (client credentials)",
         "isGuest": False,
     },
-    "/fotoweb/archives/": {"data": ARCHIVES},
-    "/fotoweb/archives/5000/": ARCHIVES[0],
+    "/fotoweb/archives/": {
+        "data": [collection(_CATALOG, item) for item in _CATALOG.archives.values()]},
+    "/fotoweb/archives/5000/": collection(_CATALOG, _CATALOG.archives["5000"]),
 }
 DOWNLOAD_MAX = 10 * MIB
 EXPECTED_BYTES = memoryview(PATTERN * (DOWNLOAD_MAX // len(PATTERN) + 1))
@@ -321,7 +325,8 @@ class Load:
             document = json.loads(body)
         except ValueError:
             return Answer(200, problem="200 with a body that is not JSON")
-        if document != EXPECTED_JSON[path]:
+        expected = EXPECTED_JSON[path]
+        if not isinstance(document, dict) or {k: document.get(k) for k in expected} != expected:
             return Answer(200, problem=f"200 with the wrong JSON for {path}")
         return Answer(200, correct=True)
 

@@ -34,7 +34,10 @@ raw bytes 0x80-0xFF                            refused (percent-encode them)
 ``..%2e%20``, ``...``, ``%20``                 dot segment once Windows trims it
 controls: ``%00``, ``%09``, ``%0a``, ``%0d``,  refused
 ``%7f``
-``;`` (a path parameter: ``/admin;x/``)        refused (``%3B`` is a literal character)
+``;`` (a path parameter: ``/admin;x/``)        refused before the last segment (``%3B`` is a
+                                               literal character); in the last one (FotoWeb's
+                                               listing pages ``…/;o=+;p=2``) judged both as
+                                               written and without its parameters
 ``(S(x))``, ``(A(x))``, ... segments           refused: ASP.NET's cookieless state, removed
                                                from the path before routing
 look-alikes of ``/ \ . ; % ( )`` (fullwidth    refused
@@ -236,6 +239,7 @@ _DOUBLE_ENCODED = re.compile(r"%25(?:[0-9a-f]{2}|u)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COOKIELESS = re.compile(r"\([a-z]\(.*\)\)", re.IGNORECASE)  # ASP.NET's (S(...)), (A(...)), ...
 _STRUCTURAL = "/\\.;%()"  # what a look-alike must not fold into
+_SEPARATOR = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)  # what IIS reads as a slash
 
 
 def normalize_path(raw_path: str) -> str:
@@ -249,8 +253,8 @@ def normalize_path(raw_path: str) -> str:
     """
     if not raw_path.isascii():
         raise BadPath("raw non-ASCII bytes in the path (percent-encode them)")
-    if ";" in raw_path:
-        raise BadPath("';' (a path parameter) in the path")
+    if ";" in raw_path and any(";" in part for part in _SEPARATOR.split(raw_path)[:-1]):
+        raise BadPath("';' (a path parameter) before the last segment of the path")
     path = raw_path
     if "%" in raw_path:
         if _NOT_AN_ESCAPE.search(raw_path):
@@ -286,8 +290,18 @@ def path_readings(raw_path: str) -> tuple[str, ...]:
 
     An ASCII path has one. A path with other characters is also read ASCII-folded
     (compatibility forms such as fullwidth letters, accents dropped), as Windows' best-fit
-    mappings may; a look-alike of a character that structures the path is refused.
+    mappings may; a look-alike of a character that structures the path is refused. A path
+    with ``;`` parameters in its last segment (FotoWeb's listing pages, ``…/;o=+;p=2``;
+    `normalize_path` refuses them anywhere else) is also read without them, as a server
+    that strips path parameters would.
     """
+    readings = _readings(raw_path)
+    if ";" in raw_path:
+        readings += _readings(raw_path[: raw_path.index(";")])
+    return tuple(dict.fromkeys(readings))
+
+
+def _readings(raw_path: str) -> tuple[str, ...]:
     path = normalize_path(raw_path)
     if path.isascii():
         return (path,)

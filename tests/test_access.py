@@ -249,6 +249,11 @@ NORMALIZED = [
     ("/fotoweb//admin.. /users.", ("/fotoweb/admin/users",)),  # trailing dots and spaces
     ("/fotoweb/100%25.jpg", ("/fotoweb/100%.jpg",)),  # a literal % is fine
     ("/fotoweb/a%3Bb", ("/fotoweb/a;b",)),  # an encoded ; is a character, not a parameter
+    # FotoWeb's listing pages: parameters in the last segment, read with and without them
+    ("/fotoweb/archives/5000/;o=+;p=2", ("/fotoweb/archives/5000/;o=+;p=2",
+                                         "/fotoweb/archives/5000")),
+    ("/fotoweb/admin;x", ("/fotoweb/admin;x", "/fotoweb/admin")),
+    ("/fotoweb/a%3Bb;p=1", ("/fotoweb/a;b;p=1", "/fotoweb/a;b")),
     ("/fotoweb/(draft)/x", ("/fotoweb/(draft)/x",)),  # parentheses, but not cookieless
     ("/fotoweb/adm%C4%B1n", ("/fotoweb/adm\u0131n",)),  # dotless i: the rule matches it
     ("/fotoweb/caf%C3%A9", ("/fotoweb/caf\u00e9", "/fotoweb/cafe")),
@@ -293,6 +298,11 @@ REFUSED = [
     ("/fotoweb/a%7fb", "control"),
     ("/fotoweb/admin;x/users", "';'"),
     ("/fotoweb/admin;/users", "';'"),
+    ("/fotoweb/admin;x%2Fusers", "';'"),  # an encoded slash after the parameter
+    ("/fotoweb/admin;x%5cusers", "';'"),
+    ("/fotoweb/admin;x\\users", "';'"),
+    ("/fotoweb/archives/..;x", "'..'"),  # without its parameter, a dot segment
+    ("/fotoweb/x;%EF%BC%8Fadmin", "look-alike"),
     ("/fotoweb/(S(x))/admin/x", "cookieless"),
     ("/fotoweb/(A(abc)S(def))/admin/x", "cookieless"),
     ("/fotoweb/%28S%28x%29%29/admin/x", "cookieless"),
@@ -336,8 +346,10 @@ def test_normalize_path(raw: str, normalized: str) -> None:
 @pytest.mark.parametrize(("raw", "why"), [(raw, why) for raw, why in REFUSED
                                           if why != "look-alike"])
 def test_normalize_path_refuses(raw: str, why: str) -> None:
+    """What admission refuses: every reading of the path (`path_readings`; the first is
+    `normalize_path`'s, a ``;`` parameter in the last segment adds the reading without it)."""
     with pytest.raises(BadPath) as caught:
-        normalize_path(raw)
+        path_readings(raw)
     assert why in str(caught.value)
 
 

@@ -107,6 +107,9 @@ def test_listening_publicly_needs_a_deliberate_choice(
         ("GET", "/fotoweb/archives/..%2e%20/admin/x", 400),
         ("GET", "/fotoweb/(S(x))/admin/x", 400),  # ASP.NET cookieless segment
         ("GET", "/fotoweb/admin;x/users", 400),  # path parameter
+        ("GET", "/fotoweb/admin;x%2Fusers", 400),
+        ("GET", "/fotoweb/archives/5000/;o=+;p=1", 200),  # FotoWeb's listing page
+        ("GET", "/fotoweb/admin;x", 403),  # judged without its parameter too
         ("GET", "/fotoweb/%c0%afadmin/x", 400),  # overlong UTF-8
         ("GET", "/fotoweb/admin%09/x", 400),  # tab
         ("GET", "/fotoweb%EF%BC%8Fadmin/x", 400),  # fullwidth solidus

@@ -224,7 +224,7 @@ def iis_view(raw_path: str) -> str:
 PATH_TOKEN = st.sampled_from([
     "fotoweb", "FotoWeb", "admin", "ADMIN", "archives", "x", "", ".", "..", "...", "%2e%2e",
     "%61dmin", "%u0061dmin", "%U0041DMIN", "%u002f", "%u002e%u002e", "adm%C4%B1n",
-    "%EF%BD%81dmin", "a%CC%81dmin", "admin.", "admin%20", "admin;x", ";", "(S(x))",
+    "%EF%BD%81dmin", "a%CC%81dmin", "admin.", "admin%20", "admin;x", ";", ";o=+;p=1", "(S(x))",
     "%28S%28x%29%29", "..%20", "..%2e%20", ". .", "%c0%ae%c0%ae", "%c0%af", "%e0%80%af",
     "%EF%BC%8F", "%EF%BC%8E%EF%BC%8E", "%2f", "%2F", "%5c", "\\", "%00", "%09", "%2561dmin",
     "%25u0061dmin", "%zz", "%", "caf%C3%A9", "%E2%80%A5",

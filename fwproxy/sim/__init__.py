@@ -1,5 +1,6 @@
 """A simulated FotoWeb tenant: the OAuth 2.0 token endpoint and login of FotoWeb's
-documents, a few API resources, and ``/sim/`` test hooks.
+documents, a small FotoWeb (archives, assets, search, renditions, uploads), and ``/sim/``
+test hooks.
 
 `fwproxy demo` runs it on loopback behind the proxy (runner.py); the tests and the
 benchmarks run the very same app. It checks what a real tenant checks (form encoding,
@@ -9,13 +10,16 @@ configured NGINX, revoke tokens, refuse them, answer the token endpoint slowly o
 
 The rooms: state.py (what the tenant knows, issued and saw; its switches), app.py (the
 aiohttp app: record, bearer check, routes), oauth.py (token endpoint, authorize, login and
-consent), pages.py (the HTML forms), api.py (FotoWeb API resources), hooks.py (``/sim/*``),
-runner.py (``fwproxy demo``). The product (everything outside this package) never imports
-it; the CLI imports runner.py inside its ``demo`` command.
+consent), pages.py (the HTML forms), catalog.py (seeded archives and assets, rendition
+tasks, uploads), media.py (FotoWeb's media types, Accept negotiation), api.py (the API
+descriptors, ``/fotoweb/me``, archives), assets.py (listings, search, assets, metadata,
+previews), renditions.py, uploads.py, hooks.py (``/sim/*``), runner.py (``fwproxy demo``).
+The product (everything outside this package) never imports it; the CLI imports runner.py
+inside its ``demo`` command.
 """
 
-from .api import ARCHIVES
 from .app import create_tenant_app
+from .catalog import Catalog
 from .hooks import GZIP_PAYLOAD, PATTERN
 from .oauth import TOKEN_PATH, token_endpoint
 from .state import (
@@ -35,7 +39,6 @@ from .state import (
 )
 
 __all__ = [
-    "ARCHIVES",
     "DEMO_CLIENT_ID",
     "DEMO_CLIENT_SECRET",
     "DEMO_NATIVE_CLIENT",
@@ -48,6 +51,7 @@ __all__ = [
     "PATTERN",
     "TENANT",
     "TOKEN_PATH",
+    "Catalog",
     "InteractiveApp",
     "SeenRequest",
     "TenantState",

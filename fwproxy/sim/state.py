@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .catalog import Catalog
 from .limits import Limiter
 
 # The application registered for the non-interactive flow ("Non-interactive application
@@ -102,6 +103,8 @@ class TenantState:
     codes: dict[str, PendingCode] = field(default_factory=dict)
     pending: dict[str, dict[str, str]] = field(default_factory=dict)  # login in progress
     limits: Limiter = field(default_factory=Limiter)  # over N concurrent or R/s: limits.py
+    # the FotoWeb side: archives, assets, rendition tasks, uploads (catalog.py)
+    catalog: Catalog = field(default_factory=Catalog.seeded)
 
     def issue(self, user: str | None = None) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from fwproxy.pkce import challenge, make_verifier
 from fwproxy.sim import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
     DEMO_PASSWORD,
     DEMO_REDIRECT,
     DEMO_USER,
@@ -20,7 +23,13 @@ from fwproxy.sim import (
     TOKEN_PATH,
     create_tenant_app,
 )
-from fwproxy.sim.oauth import AUTHORIZE_PATH, CONSENT_PATH, LOGIN_PATH, verifier_matches
+from fwproxy.sim.oauth import (
+    AUTHORIZE_PATH,
+    CONSENT_PATH,
+    LOGIN_PATH,
+    basic_credentials,
+    verifier_matches,
+)
 
 Client = TestClient[Any, Any]
 VERIFIER = make_verifier(bytes(range(48)))
@@ -102,3 +111,35 @@ async def test_the_code_exchange_checks_the_pkce_verifier(
 def test_verifier_matches_is_s256_and_total(verifier: str, code_challenge: str,
                                              matches: bool) -> None:
     assert verifier_matches(verifier, code_challenge) is matches
+
+
+@pytest.mark.parametrize(("header", "parsed"), [
+    (None, None),
+    ("Bearer x", None),
+    ("Basic " + base64.b64encode(b"app:s3cret").decode(), ("app", "s3cret")),
+    ("basic " + base64.b64encode(b"a%3Ab:s%2Bc+d").decode(), ("a:b", "s+c d")),  # 2.3.1
+    ("Basic " + base64.b64encode(b"no-colon").decode(), ("", "")),
+    ("Basic !!!", ("", "")),
+    ("Basic " + base64.b64encode(b"\xff:x").decode(), ("", "")),
+])
+def test_basic_credentials(header: str | None, parsed: tuple[str, str] | None) -> None:
+    assert basic_credentials(header) == parsed
+
+
+@pytest.mark.parametrize(("secret_in", "status"), [
+    ("basic", 200), ("post", 200), ("both", 400), ("wrong-basic", 401), ("neither", 401),
+])
+async def test_client_credentials_by_post_or_basic(sim: Client, secret_in: str,
+                                                   status: int) -> None:
+    form = {"grant_type": "client_credentials"}
+    headers = {}
+    secret = "nope" if secret_in == "wrong-basic" else DEMO_CLIENT_SECRET
+    if secret_in in ("basic", "both", "wrong-basic"):
+        pair = f"{DEMO_CLIENT_ID}:{secret}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    if secret_in in ("post", "both"):
+        form |= {"client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET}
+    async with sim.post(TOKEN_PATH, data=form, headers=headers) as resp:
+        assert resp.status == status
+        body = await resp.json()
+    assert ("access_token" in body) == (status == 200)
