@@ -1,6 +1,7 @@
 """Query parameters and other places the tenant reads a method or a path from, besides the
 request line: names read as ASP.NET reads them (`form_decode`, `param_name`), method
-overrides in the query string or a form body, a WebDAV ``Destination``. Pure functions.
+overrides in the query string or a form body, a WebDAV ``Destination``; and the form an
+``access.rules`` path must be in to be matched at all (`check_rule_paths`). Pure functions.
 
 A method-override header names a method some frameworks execute instead of the request
 line's (access.py judges the three names). ASP.NET MVC also reads the override from a POST's
@@ -32,16 +33,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from .access import (
     METHOD_OVERRIDES,
     Rule,
     decide_access,
+    normalize_path,
     overridden_methods,
     target_authority,
 )
-from .exceptions import BadPath
+from .exceptions import BadPath, ConfigError
 
 # Method-override names as a query parameter or form field, folded by `param_name`
 _OVERRIDE_PARAMS = frozenset({*(name.lower() for name in METHOD_OVERRIDES), "-method"})
@@ -112,3 +114,34 @@ def form_override_denied(
             if not decide_access(rules, default, read_only, method, path)[0]:
                 return method
     return None
+
+
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
+def rule_path_form(pattern: str) -> str:
+    """`pattern` (an ``access.rules`` path) the way `normalize_path` writes the paths it is
+    matched against; BadPath for one no request path can be normalized to (``..``, ``;``,
+    ``:``, ...). ``/fotoweb/%61dmin/`` -> ``/fotoweb/admin``."""
+    if "?" in pattern or "#" in pattern:
+        raise BadPath("a '?' or '#' (rules match the path, never the query)")
+    return normalize_path(quote(pattern, safe=_PRINTABLE_ASCII))  # (non-ASCII as %XX)
+
+
+def check_rule_paths(raw: object, paths: Sequence[str], key: str) -> None:
+    """Refuse (ConfigError naming ``key[j]``) a rule path that can never match: one not in
+    the form `rule_path_form` gives it, with that form suggested. `raw` is the value as
+    configured (a list, or the environment's string), for the index."""
+    for index, pattern in enumerate(paths):
+        if isinstance(raw, list):
+            index = next((i for i, item in enumerate(raw) if str(item).strip() == pattern),
+                         index)
+        try:
+            form = rule_path_form(pattern)
+        except BadPath as exc:
+            raise ConfigError(f"{key}[{index}]", f"{pattern!r} can never match a request "
+                                                 f"path: refused: {exc}") from None
+        if form != pattern:
+            raise ConfigError(f"{key}[{index}]",
+                              f"{pattern!r} can never match: requests are matched in their "
+                              f"normalized form; write {form!r}")
