@@ -1,4 +1,6 @@
 r"""Who may use the proxy, and for what: pure checks, each a function of the request's parts.
+Longer than 400 lines because its docstring carries the table of how the tenant (IIS,
+ASP.NET) reads a path, which the path checks below implement row by row.
 
 Client address (``allow_from``), Host and browser origin, method and path rules.
 
@@ -40,6 +42,11 @@ controls: ``%00``, ``%09``, ``%0a``, ``%0d``,  refused
                                                written and without its parameters
 ``(S(x))``, ``(A(x))``, ... segments           refused: ASP.NET's cookieless state, removed
                                                from the path before routing
+``:`` (``admin::$INDEX_ALLOCATION``,           refused: an NTFS stream name opens the
+``admin:$DATA``), ``%3A``                      directory or file ``admin`` (ASP.NET's
+                                               requestPathInvalidCharacters refuses it too)
+``~`` then a digit (``ADMIN~1``)               refused: a Windows 8.3 short name reaches the
+                                               long name it abbreviates
 look-alikes of ``/ \ . ; % ( )`` (fullwidth    refused
 solidus U+FF0F, full stop U+FF0E, ...)
 =============================================  ===============================================
@@ -47,7 +54,8 @@ solidus U+FF0F, full stop U+FF0E, ...)
 Methods are judged too: a ``X-HTTP-Method-Override``, ``X-HTTP-Method`` or
 ``X-Method-Override`` header names a method some frameworks execute instead of the request
 line's, so each method named must be allowed as well (``read_only``, method rules), and one
-that is never forwarded (TRACE, ...) gets 405.
+that is never forwarded (TRACE, ...) gets 405. Overrides named elsewhere (the query string,
+a form body) and WebDAV's ``Destination``: see the table in params.py.
 """
 
 from __future__ import annotations
@@ -240,6 +248,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COOKIELESS = re.compile(r"\([a-z]\(.*\)\)", re.IGNORECASE)  # ASP.NET's (S(...)), (A(...)), ...
 _STRUCTURAL = "/\\.;%()"  # what a look-alike must not fold into
 _SEPARATOR = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)  # what IIS reads as a slash
+_SHORT_NAME = re.compile(r"~[0-9]")  # Windows 8.3 names: ADMIN~1
 
 
 def normalize_path(raw_path: str) -> str:
@@ -273,6 +282,10 @@ def _resolve(path: str) -> str:
     path = path.replace("\\", "/")
     if _CONTROL.search(path):
         raise BadPath("a control character (NUL, tab, CR, LF, ...) in the path")
+    if ":" in path:
+        raise BadPath("':' (an NTFS stream name such as admin::$DATA) in the path")
+    if "~" in path and _SHORT_NAME.search(path):
+        raise BadPath("'~' and a digit (a Windows 8.3 short name such as ADMIN~1) in the path")
     kept_segments = []
     for segment in path.split("/"):
         kept = segment.rstrip(". ")  # Windows ignores trailing dots and spaces in a name

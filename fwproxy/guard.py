@@ -38,6 +38,7 @@ from .config import LOOPBACK_NETWORKS, Settings
 from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
+from .params import destination_path, form_override_denied, query_overrides
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
@@ -179,7 +180,7 @@ class Guard:
         except BadPath as exc:
             return error_response(exc.status, exc.error, f"refused: {exc}")
         method = request.method
-        overrides = _overrides(headers)
+        overrides = _overrides(headers) + query_overrides(query)
         if overrides:
             refused = REFUSED_METHODS.intersection(overrides)
             if refused:
@@ -197,12 +198,48 @@ class Guard:
         if not allowed:
             return error_response(403, "forbidden",
                                   f"{method} {normalized} is denied by access rule {rule!r}")
+        if "Destination" in headers:  # WebDAV MOVE, COPY: a second path the method acts on
+            denial = self._judge_destination(headers.getall("Destination"), request.method,
+                                             overrides, read_only)
+            if denial is not None:
+                return denial
+        if access.rules and request.method == "POST" and request.body_exists and _form(headers):
+            denied = form_override_denied(access.rules, access.default, read_only, readings)
+            if denied is not None:
+                named = "a method no rule names" if denied == "UNNAMED" else denied
+                return error_response(
+                    403, "forbidden",
+                    f"a form POST to {readings[0]} may name a method override in its body, "
+                    f"which fwproxy does not read, and {named} is denied there; send the "
+                    "form as another content type, or allow the method on this path")
         length = request.content_length if limits.max_body and request.body_exists else None
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
         trusted = bool(access.trust_forwarded_from) and self._peer_trusted(request.remote)
         return Admitted(path, query, key, host, trusted)
+
+
+    def _judge_destination(self, values: list[str], method: str, overrides: tuple[str, ...],
+                           read_only: bool) -> web.Response | None:
+        access = self._access
+        try:
+            readings = tuple(chain.from_iterable(
+                _readings(destination_path(value)) for value in values))
+        except BadPath as exc:
+            return error_response(exc.status, exc.error, f"refused (Destination): {exc}")
+        allowed, rule, method, normalized = decide_all(
+            access.rules, access.default, read_only, (method, *overrides), readings)
+        if allowed:
+            return None
+        return error_response(403, "forbidden", f"{method} to the Destination {normalized} "
+                                                f"is denied by access rule {rule!r}")
+
+
+def _form(headers: CIMultiDictProxy[str]) -> bool:
+    """A body ASP.NET parses into form fields (application/x-www-form-urlencoded,
+    multipart/form-data: it compares the start of Content-Type; any "form" is refused)."""
+    return any("form" in value.lower() for value in headers.getall("Content-Type", ()))
 
 
 def _key_required() -> web.Response:

@@ -26,6 +26,7 @@ from .exceptions import ConfigError, MissingFile
 from .keys import load_keys
 from .private import Secret, ensure_private, read_ca_file, read_secret_file
 from .values import AUTO_WORKERS
+from .yamlread import load_yaml
 
 DEFAULT_LOCATIONS = (Path("fwproxy.yaml"), Path("/etc/fwproxy/config.yaml"))
 
@@ -67,7 +68,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
                 "", f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8"
             ) from None
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

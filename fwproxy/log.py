@@ -154,6 +154,25 @@ def outward(text: str, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+def quoted(text: str) -> str:
+    """`text` safe between the access log's double quotes: ``"`` and ``\\`` escaped with a
+    backslash, every control or other unprintable character as ``\\xNN``/``\\uNNNN``, so a
+    request target cannot end the quoted field or the line. The usual target passes as it is."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(_escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    if char == '"' or char == "\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else (
+        f"\\U{code:08x}")
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message and traceback through `REDACT` before it is written."""
 

@@ -1,8 +1,8 @@
 """Private files: one home for every file that holds a secret.
 
 Reading: `open_private` opens a file once and checks what it opened (owner, mode, file
-type, no symbolic link, a directory nobody else may change), so nothing can be swapped in
-between; `read_private` and `read_secret_file` read from that one fd. Writing:
+type, no symbolic link, directories up to ``/`` nobody else may change), so nothing can be
+swapped in between; `read_private` and `read_secret_file` read from that one fd. Writing:
 `write_private` replaces a file atomically, 0600. `Secret` is a string that never shows
 itself. Used by config loading (the client secret, the CA file, systemd's credential),
 keys.py (the API keys file), store.py (the token store) and the workers' shared token.
@@ -94,6 +94,43 @@ def directory_problem(info: os.stat_result, my_uid: int, path: str, me: str, nam
     return None
 
 
+def path_problem(directories: list[tuple[str, os.stat_result]], my_uid: int, me: str,
+                 name: str) -> str | None:
+    """`directory_problem` of the first of `directories` (every directory from ``/`` down to
+    the one `name` is in) that has one, or None. Whoever may change an ancestor can rename
+    the directory below it and put another in its place, so each is held to the same rule
+    (as ssh does for its keys)."""
+    for path, info in directories:
+        problem = directory_problem(info, my_uid, path, me, name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _open_directory(directory: Path, key: str, my_uid: int, name: str) -> int:
+    """Open `directory` component by component from ``/`` (its real path; O_NOFOLLOW for
+    each, so nothing can be swapped in between) and check every one (`path_problem`)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_DIRECTORY
+    real = os.path.realpath(directory)
+    fd = os.open("/", flags)
+    try:
+        current = "/"
+        seen = [(current, os.fstat(fd))]
+        for part in [p for p in real.split("/") if p]:
+            inner = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            current = os.path.join(current, part)
+            seen.append((current, os.fstat(fd)))
+        problem = path_problem(seen, my_uid, _user_name(my_uid), name)
+        if problem is not None:
+            raise ConfigError(key, problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _kind(mode: int) -> str:
     for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -115,21 +152,17 @@ def open_private(path: Path, key: str, forbidden: int = PRIVATE) -> int:
     can be swapped in between): no symbolic link (O_NOFOLLOW), a regular file (O_NONBLOCK:
     a FIFO cannot hang us), owned by us or root, no access for group or others, in a
     directory that only we or root may change. Returns the fd; errors name `key` and say
-    how to fix the file."""
+    how to fix the file. Every directory above it is held to the same rule."""
     my_uid = os.geteuid()
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     directory = path.parent
     try:
-        dir_fd = os.open(directory, flags | os.O_DIRECTORY)
+        dir_fd = _open_directory(directory, key, my_uid, path.name)
     except FileNotFoundError:
         raise MissingFile(key, f"no such file: {path}") from None
     except OSError as exc:
         raise ConfigError(key, f"cannot open the directory of {path}: {exc.strerror}") from None
     try:
-        problem = directory_problem(os.fstat(dir_fd), my_uid, str(directory),
-                                    _user_name(my_uid), path.name)
-        if problem is not None:
-            raise ConfigError(key, problem)
         try:
             fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         except FileNotFoundError:

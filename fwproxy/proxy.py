@@ -50,7 +50,7 @@ from .exceptions import (
     UpstreamError,
 )
 from .guard import Admitted, Guard
-from .log import AccessLog
+from .log import AccessLog, quoted
 from .observe import Metrics
 from .placement import Probe, weigh
 from .replay import BodyTee
@@ -391,7 +391,8 @@ class Proxy:
         if record.status >= 500 or record.error:
             self._metrics.error(request.method, record.error or str(record.status), record.detail)
         access_log.info(
-            f'{request.remote or "-"} "{request.method} {request.raw_path}" {record.status} '
+            f'{request.remote or "-"} "{request.method} {quoted(request.raw_path)}" '
+            f"{record.status} "
             f"in={record.bytes_in} out={record.bytes_out} "
             f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays}"
             + (f" error={record.error}" if record.error else "")

@@ -21,6 +21,7 @@ from .exceptions import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from .params import may_name, names_param
 from .private import read_ca_file
 
 log = logging.getLogger("fwproxy.upstream")
@@ -125,8 +126,11 @@ def request_headers(
         base = _REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP
     drop = _drop_set(base, incoming)
     out: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in incoming.items() if name.lower() not in drop]
+        [(name, value) for name, value in incoming.items()
+         if name.lower() not in drop and "_" not in name]
     )
+    if not _underscores_logged and len(out) < len(incoming):
+        _dropped_underscores(incoming)
     if trusted:
         previous = out.popall("X-Forwarded-For", None)
         if client_ip:
@@ -141,6 +145,22 @@ def request_headers(
     out.add("X-Forwarded-Proto", "http")
     out.add("X-Forwarded-Host", proxy_host)
     return out
+
+
+_underscores_logged = False
+
+
+def _dropped_underscores(incoming: CIMultiDictProxy[str]) -> None:
+    """Say once per process that request headers with ``_`` in their names are dropped."""
+    global _underscores_logged
+    if _underscores_logged:
+        return
+    names = sorted({name for name in incoming if "_" in name})
+    if names:
+        _underscores_logged = True
+        log.warning("request headers whose names hold '_' are dropped, as nginx does: IIS "
+                    "reads X_Original_URL as X-Original-URL (first seen: %s; said once)",
+                    ", ".join(repr(name[:40]) for name in names[:3]))
 
 
 def response_headers(
@@ -242,19 +262,20 @@ def _same_origin(url: URL, tenant: URL) -> bool:
 
 
 def has_param(query: str, name: str) -> bool:
-    """Whether the raw query string carries parameter `name`."""
-    if name not in query:
+    """Whether the raw query string carries parameter `name` (lower-case ASCII), its name
+    read as the tenant reads it: percent-decoded, case-insensitively (`names_param`), so
+    ``ACCESS_TOKEN`` and ``access%5Ftoken`` are ``access_token`` too."""
+    if not may_name(query, name):
         return False
-    prefix = name + "="
-    return any(part == name or part.startswith(prefix) for part in query.split("&"))
+    return any(names_param(part, name) for part in query.split("&"))
 
 
 def without_param(query: str, name: str) -> str:
-    """Remove every `name` parameter, leaving the other bytes exactly as they were."""
-    if name not in query:
+    """Remove every `name` parameter (as `has_param` finds them), leaving the other bytes
+    exactly as they were."""
+    if not may_name(query, name):
         return query
-    prefix = name + "="
-    return "&".join(p for p in query.split("&") if p != name and not p.startswith(prefix))
+    return "&".join(part for part in query.split("&") if not names_param(part, name))
 
 
 def add_param(query: str, name: str, value: str) -> str:

@@ -19,6 +19,8 @@ import yaml
 from . import eventloop
 from .access import Rule, compile_glob
 from .exceptions import ConfigError
+from .params import check_rule_paths
+from .yamlread import load_yaml
 
 T = TypeVar("T")
 AUTO_WORKERS = 0  # listen.workers: auto, one per CPU, counted when the config is loaded
@@ -268,9 +270,11 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
     """``[{methods: [GET], paths: ["/fotoweb/archives/**"], action: allow, name: ...}]``."""
     if isinstance(value, str):  # from the environment: YAML (or JSON) text
         try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(key, "expected a YAML list of rules") from None
+            value = load_yaml(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", ""))
+            raise ConfigError(key, problem if problem.startswith("duplicate key") else
+                              "expected a YAML list of rules") from None
     if not isinstance(value, list):
         raise ConfigError(key, "expected a list of rules")
     rules = []
@@ -286,6 +290,7 @@ def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
         paths = parse_list(item.get("paths", ()), f"{where}.paths", path_item)
         if not paths:
             raise ConfigError(f"{where}.paths", "expected a list of paths starting with '/'")
+        check_rule_paths(item.get("paths"), paths, f"{where}.paths")
         methods = item.get("methods")
         if methods is not None:
             methods = frozenset(parse_list(methods, f"{where}.methods", method_item))

@@ -268,6 +268,7 @@ def test_path_readings(raw: str, readings: tuple[str, ...]) -> None:
     assert path_readings(raw) == readings
 
 
+FOLDED = ["/fotoweb/admin%EF%BC%9A$DATA/x", "/fotoweb/admin~%EF%BC%91/x"]  # refused once folded
 REFUSED = [
     ("/fotoweb/%u0061dmin/x", "%uNNNN"),  # IIS decodes %uNNNN
     ("/fotoweb/%u0041DMIN/x", "%uNNNN"),
@@ -312,6 +313,15 @@ REFUSED = [
     ("/fotoweb/%E2%80%A5/admin", "look-alike"),  # two dot leader
     ("/fotoweb/%EF%BC%9Bx", "look-alike"),  # fullwidth semicolon
     ("/fotoweb/%EF%BC%88S%EF%BC%88x%EF%BC%89%EF%BC%89/admin", "look-alike"),
+    # NTFS stream names and 8.3 short names reach /fotoweb/admin (red team)
+    ("/fotoweb/admin::$INDEX_ALLOCATION/", "NTFS stream"),
+    ("/fotoweb/admin:$DATA/", "NTFS stream"),
+    ("/fotoweb/admin%3A$DATA/x", "NTFS stream"),
+    (FOLDED[0], "NTFS stream"),  # a fullwidth colon, folded
+    ("/fotoweb/ADMIN~1/", "8.3 short name"),
+    ("/fotoweb/admin%7E1/x", "8.3 short name"),
+    ("/fotoweb/FOTOWE~2/x", "8.3 short name"),
+    (FOLDED[1], "8.3 short name"),  # a fullwidth digit, folded
 ]
 
 
@@ -344,7 +354,7 @@ def test_normalize_path(raw: str, normalized: str) -> None:
 
 
 @pytest.mark.parametrize(("raw", "why"), [(raw, why) for raw, why in REFUSED
-                                          if why != "look-alike"])
+                                          if why != "look-alike" and raw not in FOLDED])
 def test_normalize_path_refuses(raw: str, why: str) -> None:
     """What admission refuses: every reading of the path (`path_readings`; the first is
     `normalize_path`'s, a ``;`` parameter in the last segment adds the reading without it)."""

@@ -190,6 +190,36 @@ def test_load_reports_yaml_errors_with_position(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        # a second section silently replaced the first (red team)
+        ("tenant:\n  url: https://a.example\naccess:\n  read_only: true\n"
+         "access:\n  default: allow\n", "access", "lines 3 and 5"),
+        ("tenant:\n  url: https://a.example\naccess:\n  read_only: true\n"
+         "  read_only: false\n", "read_only", "lines 4 and 5"),
+        ("tenant:\n  url: https://a.example\naccess:\n  rules:\n"
+         "    - {paths: [/a], action: deny, action: allow}\n", "action", "lines 5 and 5"),
+        ("tenant: {url: https://a.example, url: https://b.example}\n", "url", "lines 1 and 1"),
+    ],
+)
+def test_load_refuses_a_key_given_twice(tmp_path: Path, text: str, key: str, lines: str
+                                        ) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert f"duplicate key {key!r} ({lines})" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_rules_from_the_environment_refuse_a_key_given_twice() -> None:
+    environ = {"FWPROXY_ACCESS_RULES": "[{paths: [/a], action: deny, action: allow}]"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(), environ=environ)
+    assert str(caught.value).startswith("FWPROXY_ACCESS_RULES: duplicate key 'action'")
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml", environ={})
@@ -425,6 +455,46 @@ def test_rule_lists(rule: dict[str, Any], message_or_methods: object) -> None:
     else:
         (parsed,) = parse_config(raw, environ={}).access.rules
         assert (parsed.methods, parsed.paths) == message_or_methods
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # paths no request is ever normalized to (red team): the form it would be written in
+        ("/fotoweb/%61dmin/**", "write '/fotoweb/admin/**'"),
+        ("/fotoweb/admin./**", "write '/fotoweb/admin/**'"),
+        ("/fotoweb//admin/**", "write '/fotoweb/admin/**'"),
+        ("/fotoweb\\admin/**", "write '/fotoweb/admin/**'"),
+        ("/fotoweb/admin /**", "write '/fotoweb/admin/**'"),
+        ("/fotoweb/admin/", "write '/fotoweb/admin'"),
+        ("/fotoweb/caf%C3%A9/**", "write '/fotoweb/caf\u00e9/**'"),
+        ("/fotoweb/../fotoweb/admin/**", "refused: '.' or '..' segments"),
+        ("/fotoweb/admin6?x", "refused: a '?' or '#'"),
+        ("/fotoweb/admin#x", "refused: a '?' or '#'"),
+        ("/fotoweb/admin;x/**", "refused: ';'"),
+        ("/fotoweb/admin::$DATA", "refused: ':'"),
+        ("/fotoweb/ADMIN~1/**", "refused: '~' and a digit"),
+        ("/fotoweb/%zz", "refused: a '%' that is not a %XX escape"),
+    ],
+)
+def test_rule_paths_that_can_never_match_are_refused(path: str, message: str) -> None:
+    raw = config(access={"rules": [
+        {"paths": ["/fotoweb/x/**"], "action": "deny"},
+        {"paths": ["/ok/**", path], "action": "deny"}]})
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, environ={})
+    assert caught.value.key == "access.rules[1].paths[1]"
+    assert message in str(caught.value)
+    assert repr(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["/", "/**", "/fotoweb/admin/**", "/FotoWeb/Admin",
+                                  "/fotoweb/*/x", "/My Archive/**", "/caf\u00e9/**",
+                                  "/fotoweb/~me/**"])
+def test_rule_paths_in_normalized_form_are_accepted(path: str) -> None:
+    raw = config(access={"rules": [{"paths": [path], "action": "deny"}]})
+    (rule,) = parse_config(raw, environ={}).access.rules
+    assert rule.paths == (path,)
 
 
 # --- the client secret: one source, and never in a file others may read -------------------

@@ -116,6 +116,10 @@ def test_listening_publicly_needs_a_deliberate_choice(
         ("GET", "/fotoweb/%EF%BD%81dmin/x", 403),  # fullwidth a: folded, then denied
         ("GET", "/fotoweb/adm%C4%B1n/x", 403),  # dotless i: .NET upper-cases it to I
         ("GET", "/fotoweb/caf%C3%A9/", 200),  # other characters pass
+        ("GET", "/fotoweb/admin::$INDEX_ALLOCATION/", 400),  # NTFS streams (red team)
+        ("GET", "/fotoweb/admin:$DATA/", 400),
+        ("GET", "/fotoweb/ADMIN~1/", 400),  # an 8.3 short name
+        ("GET", "/fotoweb/archives/~me/", 200),  # '~' without a digit passes
     ],
 )
 async def test_rules_match_the_path_the_tenant_will_see(
@@ -199,6 +203,127 @@ async def test_method_override_to_an_echoing_method_is_refused(
     assert [seen.method for seen in tenant_state.seen] == ["POST"]
 
 
+NO_DELETE = {"rules": [{"name": "no-delete", "methods": ["DELETE"], "paths": ["/**"],
+                        "action": "deny"}]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["x-http-method-override=DELETE", "X-HTTP-Method-Override=delete", "x_http_method=DELETE",
+     "a=1&X-METHOD-OVERRIDE=put,delete", "x-http-method-override=%44ELETE",
+     "x%2Dhttp%2Dmethod%2Doverride=DELETE", "%78-http-method=DELETE",
+     "x-http-%u006dethod=DELETE", "_method=delete", "_METHOD=DELETE"],
+)
+async def test_method_override_in_the_query_is_judged(
+    make_proxy: ProxyFactory, tenant_state: TenantState, query: str
+) -> None:
+    # ASP.NET MVC reads the override from the query string too (red team: 200 before)
+    client = await make_proxy(access=NO_DELETE)
+    answer = await raw_exchange(client.port, f"POST /sim/echo?{query}".encode() + CLOSE)
+    assert status(answer) == 403, answer
+    assert b"DELETE /sim/echo" in answer
+    assert not tenant_state.seen
+
+
+async def test_method_override_in_the_query_to_an_echoing_method_is_refused(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    answer = await raw_exchange(proxy.port, b"GET /sim/echo?X-HTTP-Method=trace" + CLOSE)
+    assert status(answer) == 405
+    # names that only look alike pass untouched, as do values of other parameters
+    for target in (b"/sim/echo?x-http-method-overrides=DELETE", b"/sim/echo?q=_method%3DPUT",
+                   b"/sim/echo?method=DELETE"):
+        answer = await raw_exchange(proxy.port, b"POST " + target + CLOSE)
+        assert status(answer) == 200, answer
+    assert not any(seen.method == "TRACE" for seen in tenant_state.seen)
+
+
+async def test_underscore_method_override_header_never_reaches_the_tenant(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    # IIS would read X_HTTP_Method_Override as X-HTTP-Method-Override (red team: forwarded)
+    client = await make_proxy(access={"read_only": True})
+    answer = await raw_exchange(client.port, b"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"X_HTTP_Method_Override: DELETE\r\nx_method_override: PUT"
+                                b"\r\nConnection: close\r\n\r\n")
+    assert status(answer) == 200
+    assert not [name for name in tenant_state.seen[-1].headers if "_" in name]
+
+
+FORM_TYPES = ["application/x-www-form-urlencoded", "multipart/form-data; boundary=b",
+              "Application/X-WWW-Form-URLencoded; charset=utf-8"]
+
+
+@pytest.mark.parametrize("content_type", FORM_TYPES)
+async def test_form_post_that_could_override_a_denied_method_is_refused(
+    make_proxy: ProxyFactory, tenant_state: TenantState, content_type: str
+) -> None:
+    # fwproxy does not read the body, where ASP.NET MVC finds x-http-method-override=delete
+    client = await make_proxy(access={"rules": [
+        {"name": "no-delete", "methods": ["DELETE"], "paths": ["/sim/echo"], "action": "deny"}]})
+    async with client.post("/sim/echo", data=b"x-http-method-override=delete",
+                           headers={"Content-Type": content_type}) as resp:
+        assert resp.status == 403
+        detail = (await resp.json())["detail"]
+        assert "form POST to /sim/echo" in detail
+        assert "DELETE" in detail
+    assert not tenant_state.seen
+    # where every method is allowed, or with another content type, the POST goes through
+    async with client.post("/sim/upload", data=b"x-http-method-override=delete",
+                           headers={"Content-Type": content_type}) as resp:
+        assert resp.status == 200
+    async with client.post("/sim/echo", data=b"{}",
+                           headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200
+    assert [seen.path_qs for seen in tenant_state.seen] == ["/sim/upload", "/sim/echo"]
+
+
+async def test_form_post_against_default_deny_names_the_unnamed_methods(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(access={"default": "deny", "rules": [
+        {"name": "writers", "methods": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH",
+                                        "DELETE"], "paths": ["/sim/**"], "action": "allow"}]})
+    async with client.post("/sim/echo", data={"a": "1"}) as resp:  # urlencoded by aiohttp
+        assert resp.status == 403
+        assert "a method no rule names" in (await resp.json())["detail"]
+    async with client.post("/sim/echo", data=b"a=1") as resp:  # no form content type
+        assert resp.status == 200
+    async with client.get("/sim/echo") as resp:
+        assert resp.status == 200
+    assert [seen.method for seen in tenant_state.seen] == ["POST", "GET"]
+
+
+async def test_form_post_without_rules_is_not_looked_at(
+    proxy: Client, tenant_state: TenantState
+) -> None:
+    async with proxy.post("/sim/echo", data={"x-http-method-override": "DELETE"}) as resp:
+        assert resp.status == 200
+    assert [seen.method for seen in tenant_state.seen] == ["POST"]
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/fotoweb/admin/x", "http://127.0.0.1/fotoweb/admin/x", "HTTP://other/FotoWeb/Admin",
+     "/fotoweb/%61dmin/x", "/fotoweb/archives/../admin/x", "/fotoweb/admin::$DATA",
+     "/fotoweb/ADMIN~1/x", "ftp://h/fotoweb/admin/x", "fotoweb/admin"],
+)
+@pytest.mark.parametrize("method", ["MOVE", "COPY"])
+async def test_webdav_destination_is_judged(
+    make_proxy: ProxyFactory, tenant_state: TenantState, method: str, destination: str
+) -> None:
+    client = await make_proxy(access={"rules": RULES[1:]})
+    request = (f"{method} /fotoweb/archives/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Destination: {destination}\r\nConnection: close\r\n\r\n").encode()
+    answer = await raw_exchange(client.port, request)
+    assert status(answer) in (400, 403), answer
+    assert b"Destination" in answer
+    assert not tenant_state.seen
+    request = request.replace(destination.encode(), b"/fotoweb/archives/2")
+    assert status(await raw_exchange(client.port, request)) != 403
+    assert [seen.method for seen in tenant_state.seen] == [method]
+
+
 async def test_read_only(make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
     client = await make_proxy(access={"read_only": True})
     for method in ("GET", "HEAD", "OPTIONS"):
@@ -250,6 +375,22 @@ async def test_api_keys(
     assert keys.remove_key(keys_file, "writer")
     async with client.get("/sim/echo", headers={"X-Fwproxy-Key": writer}) as resp:
         assert resp.status == 401
+
+
+async def test_api_key_in_an_underscore_header_is_neither_accepted_nor_forwarded(
+    make_proxy: ProxyFactory, tenant_state: TenantState, keys_file: Path
+) -> None:
+    key = keys.add_key(keys_file, "writer")
+    client = await make_proxy(access={"api_keys_file": str(keys_file)})
+    for name in ("X_Fwproxy_Key", "x_fwproxy_key", "X-Fwproxy_Key"):
+        request = (f"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n{name}: {key}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        assert status(await raw_exchange(client.port, request)) == 401, name
+    assert not tenant_state.seen
+    request = (f"GET /sim/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Fwproxy-Key: {key}\r\n"
+               f"X_Fwproxy_Key: {key}\r\nConnection: close\r\n\r\n").encode()
+    assert status(await raw_exchange(client.port, request)) == 200
+    assert not [name for name in tenant_state.seen[-1].headers if "fwproxy" in name]
 
 
 def test_keys_file_readable_by_others_is_refused(keys_file: Path) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from fwproxy.log import MASK, AccessLog, Redactor, setup_logging
+from fwproxy.log import MASK, AccessLog, Redactor, quoted, setup_logging
+from tests.conftest import CLOSE, raw_exchange, wait_until
 
 
 @pytest.fixture
@@ -224,3 +225,34 @@ def test_non_ascii_text_is_always_checked_against_the_patterns() -> None:
     # re.IGNORECASE lets "i" match the dotless i (U+0131): the pattern would mask this, so
     # the cheap pre-check must not skip it
     assert "v3rifier" not in redact("code_ver\u0131f\u0131er=v3rifier")
+
+
+# --- the access line's quoted target cannot be spoofed (red team) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("/fotoweb/me?x=1", "/fotoweb/me?x=1"),
+        ('/fotoweb/me?x="<script>{|}`', '/fotoweb/me?x=\\"<script>{|}`'),
+        ("/a\\b", "/a\\\\b"),
+        ("/a\nb\r\x00\x7f\x1b", "/a\\x0ab\\x0d\\x00\\x7f\\x1b"),
+        ("/caf\u00e9\u2028\U000e0001", "/caf\u00e9\\u2028\\U000e0001"),
+    ],
+)
+def test_quoted(target: str, shown: str) -> None:
+    assert quoted(target) == shown
+
+
+async def test_a_quote_in_the_target_does_not_end_the_logged_field(
+    make_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    with caplog.at_level(logging.INFO, logger="fwproxy.access"):
+        answer = await raw_exchange(proxy.port, b'GET /fotoweb/me?x="<script>{|}`' + CLOSE)
+        await wait_until(lambda: any("script" in r.getMessage() for r in caplog.records),
+                         "the access line")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    line = next(r.getMessage() for r in caplog.records if "script" in r.getMessage())
+    assert '"GET /fotoweb/me?x=\\"<script>{|}`" 200 ' in line
+    assert line.count('"') - line.count('\\"') == 2

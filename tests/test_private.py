@@ -24,6 +24,7 @@ from fwproxy.private import (
     directory_problem,
     file_problem,
     owner_ok,
+    path_problem,
     read_private,
     write_private,
 )
@@ -104,6 +105,38 @@ def test_directory_problems(mode: int, uid: int, wanted: str | None) -> None:
     assert_problem(problem, wanted, "/p")
 
 
+ROOT_DIR = fake_stat(DIR | 0o755, 0)
+
+
+@pytest.mark.parametrize(
+    ("chain", "wanted", "where"),
+    [
+        ([("/", ROOT_DIR), ("/home", ROOT_DIR), ("/home/alice", fake_stat(DIR | 0o700, 1000))],
+         None, None),
+        ([("/", ROOT_DIR), ("/tmp", fake_stat(DIR | 0o1777, 0)),
+          ("/tmp/a", fake_stat(DIR | 0o700, 1000))], None, None),
+        # every ancestor counts, not only the file's own directory (red team)
+        ([("/", ROOT_DIR), ("/srv", fake_stat(DIR | 0o777, 0)),
+          ("/srv/a", fake_stat(DIR | 0o700, 1000))], "chmod go-w", "/srv"),
+        ([("/", ROOT_DIR), ("/srv", fake_stat(DIR | 0o775, 1000)),
+          ("/srv/a", fake_stat(DIR | 0o700, 1000))], "chmod go-w", "/srv"),
+        ([("/", ROOT_DIR), ("/srv", fake_stat(DIR | 0o755, NOBODY)),
+          ("/srv/a", fake_stat(DIR | 0o700, 1000))], "chown alice", "/srv"),
+        ([("/", fake_stat(DIR | 0o757, 0)), ("/a", ROOT_DIR)], "chmod go-w", "/"),
+        # the first problem from the top is named
+        ([("/", ROOT_DIR), ("/x", fake_stat(DIR | 0o777, 0)),
+          ("/x/y", fake_stat(DIR | 0o755, NOBODY))], "chmod go-w", "/x"),
+    ],
+)
+def test_path_problem_checks_every_ancestor(
+    chain: list[tuple[str, os.stat_result]], wanted: str | None, where: str | None
+) -> None:
+    problem = path_problem(chain, 1000, "alice", "f")
+    assert_problem(problem, wanted, where or "")
+    if problem is not None:
+        assert f"the directory {where} " in problem
+
+
 # --- the real thing, through each file's own reader -------------------------------------
 
 
@@ -160,6 +193,34 @@ def test_a_file_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> No
     assert f"run: chmod go-w {shared}" in refused(path)
     shared.chmod(0o1777)  # like /tmp: root's, sticky
     assert load_secret(path).auth.client_secret.reveal() == "from-file"
+
+
+def test_a_file_below_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = secret_file(shared / "mine")  # its own directory is private; its parent is not
+    shared.chmod(0o777)
+    (shared / "mine").chmod(0o700)
+    message = refused(path)
+    assert f"the directory {shared} can be written by group or others" in message
+    assert f"run: chmod go-w {shared}" in message
+    shared.chmod(0o1777)  # sticky: nobody else may rename mine
+    assert load_secret(path).auth.client_secret.reveal() == "from-file"
+    os.chown(shared, NOBODY, NOBODY)
+    assert f"the directory {shared} is owned by uid {NOBODY}" in refused(path)
+
+
+def test_a_symlinked_ancestor_is_checked_where_it_leads(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    path = secret_file(real / "d")
+    (tmp_path / "link").symlink_to(real)
+    real.chmod(0o777)
+    assert f"the directory {real} can be written" in refused(tmp_path / "link" / "d" / "secret")
+    real.chmod(0o755)
+    assert load_secret(tmp_path / "link" / "d" / "secret").auth.client_secret.reveal() == (
+        "from-file")
+    assert path.exists()
 
 
 def test_a_file_in_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:

@@ -383,6 +383,31 @@ async def test_client_access_token_in_query_is_kept(
     assert tenant_state.seen[-1].path_qs == "/sim/echo?access_token=client-own"
 
 
+@pytest.mark.parametrize("name", ["ACCESS_TOKEN", "Access_Token", "access%5Ftoken",
+                                  "%61ccess_token", "access%u005Ftoken"])
+async def test_client_access_token_in_any_spelling_is_kept(
+    proxy: Client, tenant_state: TenantState, name: str
+) -> None:
+    # ASP.NET reads each as access_token: the client's own credentials (red team)
+    answer = await raw_exchange(proxy.port, f"GET /sim/echo?{name}=client-own".encode() + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert "authorization" not in tenant_state.seen[-1].headers
+    assert tenant_state.seen[-1].path_qs == f"/sim/echo?{name}=client-own"
+    assert tenant_state.token_requests == 0
+
+
+async def test_client_access_token_in_any_spelling_is_replaced(
+    make_proxy: ProxyFactory, tenant_state: TenantState
+) -> None:
+    client = await make_proxy(auth={"client_authorization": "replace"})
+    answer = await raw_exchange(client.port, b"GET /sim/echo?ACCESS_TOKEN=mine&x=1&access%5F"
+                                b"token=x&Access%u005FToken=y&access-token=z" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    seen = tenant_state.seen[-1]
+    assert seen.path_qs == "/sim/echo?x=1&access-token=z"
+    assert seen.headers["authorization"][0].startswith("Bearer ")
+
+
 async def test_client_authorization_replace(make_proxy: ProxyFactory) -> None:
     client = await make_proxy(auth={"client_authorization": "replace"})
     seen = await echo(client, path="/sim/echo?access_token=old&x=1",

@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from fwproxy import upstream
 from fwproxy.upstream import (
     add_param,
     carries,
@@ -31,6 +32,8 @@ FORGED = {
     "True-Client-IP": "10.9.8.7", "X-Original-URL": "/fotoweb/admin/",
     "X-Rewrite-URL": "/fotoweb/admin/", "X-Forwarded-Uri": "/fotoweb/admin/",
 }
+UNDERSCORED = {**{name.replace("-", "_"): value for name, value in FORGED.items()},
+               "X_Fwproxy_Key": "k", "X_HTTP_Method_Override": "DELETE", "_": "x"}
 OURS = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
         "x-forwarded-host": ["localhost:8080"]}
 
@@ -57,6 +60,11 @@ OURS = {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"],
         ({"X-Forwarded-Proto": "https"}, True, {**OURS, "x-forwarded-proto": ["https"]}),
         # a header the client names in Connection is hop-by-hop even from a trusted peer
         ({"Connection": "X-Forwarded-Host", "X-Forwarded-Host": "evil.example"}, True, OURS),
+        # '_' for '-' (IIS reads X_Original_URL as X-Original-URL): every name with '_' goes,
+        # whoever sends it (red team)
+        (UNDERSCORED, False, OURS),
+        (UNDERSCORED, True, OURS),
+        ({"X_Custom": "1", "X-Custom": "2"}, False, {**OURS, "x-custom": ["2"]}),
     ],
 )
 def test_request_headers_replace_forwarding_headers(
@@ -70,6 +78,18 @@ def test_request_headers_replace_forwarding_headers(
         got.setdefault(name.lower(), []).append(value)
     got.pop("connection", None)
     assert got == expected
+
+
+def test_underscore_headers_are_logged_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream, "_underscores_logged", False)
+    for name in ("X_Original_URL", "X_Other", "X_Third"):
+        request_headers(CIMultiDictProxy(CIMultiDict({name: "1", "Host": "h"})),
+                        drop_authorization=False, client_ip=None, proxy_host="h")
+    said = [r.getMessage() for r in caplog.records if "'_'" in r.getMessage()]
+    assert len(said) == 1
+    assert "'X_Original_URL'" in said[0]
 
 
 def test_request_headers_without_a_peer_address() -> None:
@@ -183,7 +203,15 @@ def test_rewrite_location(value: str, strip_token: bool, expected: str) -> None:
         ("access_tokens=1", False),
         ("x_access_token=1", False),
         ("a=access_token", False),
-        ("ACCESS_TOKEN=x", False),  # names are case-sensitive
+        # names read as ASP.NET reads them: case-insensitive, percent-decoded (red team)
+        ("ACCESS_TOKEN=x", True),
+        ("Access_Token=x", True),
+        ("access%5Ftoken=x", True),
+        ("%61ccess_token=x", True),
+        ("access%u005ftoken=x", True),  # HttpUtility.UrlDecode's %uNNNN
+        ("acce%C5%BFs_token=x", True),  # U+017F long s: case-folds to s
+        ("access-token=x", False),
+        ("access+token=x", False),  # "access token"
         ("access_token%3Dx", False),
     ],
 )
@@ -203,6 +231,8 @@ def test_has_param(query: str, expected: bool) -> None:
         ("access_tokens=1&x_access_token=2", "access_tokens=1&x_access_token=2"),
         ("b=2&a=1", "b=2&a=1"),  # nothing to remove: the order and bytes stay
         ("", ""),
+        ("a=1&ACCESS_TOKEN=mine&access%5Ftoken=x&b=%2F", "a=1&b=%2F"),  # as has_param finds
+        ("access-token=1&a=%5F", "access-token=1&a=%5F"),
     ],
 )
 def test_without_param(query: str, expected: str) -> None:
