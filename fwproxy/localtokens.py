@@ -194,7 +194,7 @@ def issue(signing: SigningKey, holder: Holder, now: float, lifetime: float,
     """A new token for `holder`, valid from `now` (wall clock) for `lifetime` seconds."""
     if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
         raise ValueError(f"lifetime must be {MIN_LIFETIME} to {MAX_LIFETIME} seconds")
-    name = holder.name.encode("ascii", "surrogateescape") if holder.name.isascii() else b""
+    name = holder.name.encode("ascii") if holder.name.isascii() else b""
     if not _NAME.fullmatch(name) or len(holder.fingerprint) != FINGERPRINT_BYTES:
         raise ValueError("a token holder's name is 1 to 255 printable ASCII characters")
     nonce = rng(NONCE_BYTES)
@@ -310,6 +310,9 @@ def file_signing_keys(path: Path, setting: str = "local_tokens",
         if not path.parent.is_dir():
             raise ConfigError(setting, f"cannot create {path}: directory "
                                        f"{path.parent} does not exist") from None
-        publish(path, format_keys([SigningKey(1, rng(KEY_BYTES))]))
+        try:
+            publish(path, format_keys([SigningKey(1, rng(KEY_BYTES))]))
+        except OSError as exc:
+            raise ConfigError(setting, f"cannot create {path}: {exc.strerror}") from None
         read = read_private(path, setting)  # ours or the winner's: the one all use
     return parse_keys(read.text, str(path), setting)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import stat
 import threading
@@ -310,6 +311,17 @@ def test_key_file_symlink_is_refused(tmp_path: Path) -> None:
 def test_key_file_directory_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         file_signing_keys(tmp_path / "missing" / "k")
+
+
+def test_key_file_that_cannot_be_created_is_a_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    with pytest.raises(ConfigError, match=r"cannot create .*Operation not permitted"):
+        file_signing_keys(tmp_path / "k")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 @pytest.mark.parametrize("text", [
