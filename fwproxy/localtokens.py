@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .config import MissingFile, read_private
-from .exceptions import ConfigError
+from .exceptions import ConfigError, MissingFile
+from .private import read_private
 
 if TYPE_CHECKING:
     from .keys import ApiKey
