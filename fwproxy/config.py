@@ -203,6 +203,10 @@ def parse_config(
     limits = LimitsConfig(**values["limits"])
     status = StatusConfig(**values["status"])
     local_tokens = LocalTokensConfig(**values["local_tokens"])
+    lifetime = local_tokens.lifetime
+    if not 1 <= lifetime <= 86400 or lifetime != int(lifetime):
+        raise ConfigError("local_tokens.lifetime",
+                          f"expected whole seconds from 1s to 1d (86400), got {lifetime:g}s")
     key_file = None
     if local_tokens.enabled:
         key_file = (auth.token_store or default_store_path(environ)).parent / LOCAL_TOKEN_KEY

@@ -100,9 +100,9 @@ class Proxy:
 
     def reconfigure(self, settings: Settings) -> None:
         """Take up new settings (on start and on SIGHUP); a learned placement is kept."""
-        guard = Guard(settings)  # the one part that can fail (the keys file): first
+        # the one part that can fail (the keys file, the signing key): first
+        guard = Guard(settings, self._metrics.local_tokens)
         self._settings = settings
-        self._replace_auth = settings.auth.client_authorization == "replace"
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
         if settings.auth.token_placement != "auto":
@@ -146,6 +146,11 @@ class Proxy:
         admitted = self.guard.admit(request)
         if not isinstance(admitted, Admitted):  # (Admitted is a tuple: a cheap check)
             return record.answer(admitted)
+        if admitted.endpoint:
+            gate = self.guard.gate
+            assert gate is not None  # (only a guard with a gate admits to the endpoint)
+            return record.answer(await gate.answer(
+                request, admitted.query, self._body_watch.timeout))
         slots = self._slots  # the one acquired is the one released, even across a reload
         if slots is None:
             return await self._forward(request, admitted, record)
@@ -172,14 +177,15 @@ class Proxy:
         path, query = admitted.path, admitted.query
         headers = request_headers(
             request.headers,
-            drop_authorization=self._replace_auth,
+            drop_authorization=admitted.drop_authorization,
             client_ip=request.remote,
             proxy_host=admitted.host,  # validated: never aiohttp's request.host (see guard)
             trusted=admitted.trusted,
         )
-        if self._replace_auth:
+        if admitted.drop_authorization:
             query = without_param(query, "access_token")
-        own_token = "Authorization" not in headers and not has_param(query, "access_token")
+        own_token = (admitted.own_token and "Authorization" not in headers
+                     and not has_param(query, "access_token"))
 
         body = None
         if request.body_exists:

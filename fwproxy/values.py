@@ -80,15 +80,6 @@ def parse_idle_renewal(value: object, key: str) -> float | None:
                                f"got {value!r}") from None
 
 
-def parse_lifetime(value: object, key: str) -> float:
-    """``local_tokens.lifetime``: a duration from 1 s to a day, in whole seconds (a token's
-    times are whole seconds: localtokens.py)."""
-    seconds = parse_duration(value, key)
-    if not 1 <= seconds <= 86400 or seconds != int(seconds):
-        raise ConfigError(key, f"expected whole seconds from 1s to 1d (86400), got {value!r}")
-    return seconds
-
-
 def parse_bool(value: object, key: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -383,7 +374,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_body_timeout": parse_duration,
         "client_send_timeout": parse_duration,
     },
-    "local_tokens": {"enabled": parse_bool, "lifetime": parse_lifetime},
+    "local_tokens": {"enabled": parse_bool, "lifetime": parse_duration},
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }
