@@ -324,6 +324,7 @@ async def test_a_401_on_the_authorize_path_does_not_drop_fwproxys_token(
     async with proxy.post("/auth/authorize", data=b"x") as resp:
         assert resp.status == 401
     assert tenant_state.token_requests == 1  # not dropped, not renewed, not replayed
+    assert [seen.path_qs for seen in tenant_state.seen].count("/auth/authorize") == 1  # nor probed
     assert "authorization" not in tenant_state.seen[-1].headers
     app = proxy.app
     assert app is not None
@@ -350,6 +351,16 @@ async def test_tokens_survive_a_reload_and_a_restart(
     reconfigure(app, make_settings(local_tokens={"enabled": False}))
     async with proxy.get("/fotoweb/me", headers=bearer(token)) as resp:
         assert resp.status == 401  # off: a bearer like any other, which the tenant refuses
+
+
+async def test_deleting_the_signing_key_revokes_every_token(
+        start: Callable[..., Awaitable[Client]], state_dir: Path) -> None:
+    token = (await get_token(await start()))["access_token"]
+    (state_dir / "local-tokens.key").unlink()
+    proxy = await start()  # a restart makes a new key
+    async with proxy.get("/fotoweb/me", headers=bearer(token)) as resp:
+        assert resp.status == 401
+        assert "not issued by this proxy" in (await resp.json())["detail"]
 
 
 async def test_user_context_tools_get_local_tokens_tenant_sees_the_user(
