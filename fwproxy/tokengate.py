@@ -99,7 +99,7 @@ class Gate:
                                               body_timeout or None)
             except asyncio.TimeoutError:
                 self.counts.refuse("invalid_request")
-                return _closing(_response(OAuthError(
+                return await _send_and_close(request, _response(OAuthError(
                     408, "invalid_request", "the request body did not arrive").answer()))
         parsed = parse_token_request(request.method, request.headers.get("Content-Type"),
                                      body, request.headers.get("Authorization"), query=query)
@@ -113,7 +113,7 @@ class Gate:
             parsed = holder
         self.counts.refuse(parsed.error)
         response = _response(parsed.answer())
-        return _closing(response) if len(body) > MAX_BODY else response
+        return await _send_and_close(request, response) if len(body) > MAX_BODY else response
 
 
 def bearer(authorization: str) -> str | None:
@@ -208,7 +208,14 @@ def _response(answer: Answer) -> web.Response:
     return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
 
 
-def _closing(response: web.Response) -> web.Response:
-    """The body was not read to its end: the connection cannot carry another request."""
+async def _send_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection without reading on: the body was not
+    read to its end (aiohttp would otherwise linger, reading what is left of it)."""
     response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    request.protocol.force_close()
     return response

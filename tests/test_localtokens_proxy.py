@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fwproxy import keys as keys_module
 from fwproxy.app import PROXY, TOKENS, create_app, reconfigure
 from fwproxy.config import Settings
+from fwproxy.exceptions import ConfigError
 from fwproxy.keys import add_key, remove_key
 from fwproxy.loading import load_mapping
 from fwproxy.localtokens import Holder, file_signing_keys, issue
@@ -29,7 +30,7 @@ from fwproxy.sim import (
     TenantState,
 )
 from fwproxy.store import StoredSession, TokenStore
-from tests.conftest import merge, tenant_config
+from tests.conftest import merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]
 TOKEN_PATH = "/fotoweb/oauth2/token"
@@ -179,6 +180,39 @@ async def test_endpoint_rules(start: Callable[..., Awaitable[Client]],
         assert resp.status == 200
     fwproxy_tokens_only(tenant_state)
     assert all(seen.path_qs.lower().rstrip("/") != TOKEN_PATH for seen in tenant_state.seen)
+
+
+async def test_a_token_request_whose_body_never_comes_gets_408_and_a_closed_connection(
+        start: Callable[..., Awaitable[Client]], tenant_state: TenantState) -> None:
+    proxy = await start(limits={"client_body_timeout": 0.2})
+    answer = await raw_exchange(proxy.port, (
+        f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+        "grant_type=client").encode())
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"invalid_request"' in answer
+    assert tenant_state.token_requests == 0
+
+
+async def test_a_token_request_too_large_gets_413_and_a_closed_connection(
+        start: Callable[..., Awaitable[Client]]) -> None:
+    proxy = await start()
+    body = b"grant_type=client_credentials&client_id=x&pad=" + b"x" * 20000
+    answer = await raw_exchange(proxy.port, (
+        f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\n").encode() + body[:9000])
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"access_token" not in answer
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    raw = {"tenant": {"url": "https://acme.fotoware.cloud"},
+           "auth": {"client_id": "a", "client_secret": "b"}, "local_tokens": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"local_tokens\.enabled: cannot create the "
+                                          r"state directory"):
+        load_mapping(raw, {"STATE_DIRECTORY": str(blocker / "state")})
 
 
 # --- refused local tokens never reach the tenant --------------------------------------------
