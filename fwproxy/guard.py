@@ -205,12 +205,17 @@ class Guard:
         if gate is not None:
             if special == TOKEN_PATH:  # answered by fwproxy: client credentials, no API key
                 return Admitted(path, query, None, host, False, False, False, True)
-            # (the one look-up local tokens cost a request without Authorization)
-            passed = admit_credentials(gate, self._keys, self._keep,
-                                       headers.get("Authorization"), query, headers)
-            if isinstance(passed, web.Response):
-                return passed
-            key, local_read_only, own_token, drop_authorization, query = passed
+            authorization = headers.get("Authorization")  # all a plain request pays
+            if authorization is not None or query:
+                passed = admit_credentials(gate, self._keys, self._keep, authorization, query,
+                                           headers)
+                if isinstance(passed, web.Response):
+                    return passed
+                key, local_read_only, own_token, drop_authorization, query = passed
+            elif self._keys is not None:
+                key = self._keys.find(headers.get(KEY_HEADER))
+                if key is None:
+                    return _key_required()
         elif self._keys is not None:
             key = self._keys.find(headers.get(KEY_HEADER))
             if key is None:

@@ -267,6 +267,20 @@ async def test_read_only_keys_stay_read_only(start: Callable[..., Awaitable[Clie
         assert "read_only" in (await resp.json())["detail"]
 
 
+async def test_a_plain_request_pays_only_the_authorization_look_up(
+        start: Callable[..., Awaitable[Client]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Authorization or a query, admission never looks further for a local token."""
+    from fwproxy import guard
+
+    def never(*args: object) -> None:
+        raise AssertionError("a plain request went through admit_credentials")
+
+    proxy = await start()
+    monkeypatch.setattr(guard, "admit_credentials", never)
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+
+
 # --- a credential of the client's own -------------------------------------------------------
 
 
