@@ -9,7 +9,11 @@ Theory of operation
    forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
-   (``client_authorization: keep``) and gets no token and no replay.
+   (``client_authorization: keep``) and gets no token and no replay. A local token
+   (tokengate.py) was verified by the guard and is removed here, fwproxy's token put in its
+   place; with local tokens on, the path of ``auth.token_url`` is answered by the gate and
+   never forwarded. The token and authorize paths never get fwproxy's token (so no renewal,
+   replay or probe): the guard says so in `Admitted.own_token`.
 3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
    renews once; and not when it was itself issued for a 401 moments ago), get the current

@@ -399,6 +399,10 @@ async def test_tokens_survive_a_reload_and_a_restart(
     reconfigure(app, make_settings(local_tokens={"enabled": False}))
     async with proxy.get("/fotoweb/me", headers=bearer(token)) as resp:
         assert resp.status == 401  # off: a bearer like any other, which the tenant refuses
+    reconfigure(app, make_settings())  # and on again, by a reload
+    async with proxy.get("/fotoweb/me", headers=bearer(token)) as resp:
+        assert resp.status == 200
+    assert (await get_token(proxy))["expires_in"] == 3600
 
 
 async def test_deleting_the_signing_key_revokes_every_token(
