@@ -30,7 +30,7 @@ from fwproxy.sim import (
     TenantState,
 )
 from fwproxy.store import StoredSession, TokenStore
-from tests.conftest import merge, raw_exchange, tenant_config
+from tests.conftest import ProxyFactory, merge, raw_exchange, tenant_config
 
 Client = TestClient[Any, Any]
 TOKEN_PATH = "/fotoweb/oauth2/token"
@@ -308,8 +308,8 @@ async def test_a_foreign_bearer_passes_untouched_without_an_api_key(
 
 
 async def test_token_path_with_local_tokens_off_goes_to_the_tenant_as_sent(
-        start: Callable[..., Awaitable[Client]], tenant_state: TenantState) -> None:
-    proxy = await start(local_tokens={"enabled": False})
+        make_proxy: ProxyFactory, tenant_state: TenantState) -> None:
+    proxy = await make_proxy()  # the default config: local tokens off
     async with proxy.get("/fotoweb/me") as resp:  # fwproxy has its token
         assert resp.status == 200
     assert tenant_state.token_requests == 1
