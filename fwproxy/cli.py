@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -191,14 +192,18 @@ def health(settings: Settings | None) -> int:
 def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """``fwproxy key add|list|remove``: the new key is printed once, only its hash is kept."""
     configured: Path | None
+    settings: Settings | None = None
     if args.file:
         configured = Path(args.file)
     else:
+        found = find_config(args.config, environ)
         try:
-            configured = load_config(find_config(args.config, environ),
-                                     environ).access.api_keys_file
+            settings = load_config(found, environ)
+            configured = settings.access.api_keys_file
         except MissingKeysFile as missing:  # no key yet: what `key add` is for
             configured = missing.path
+            with contextlib.suppress(ConfigError):  # the rest, for what `tool_setup` says
+                settings = load_config(found, {**environ, "FWPROXY_ACCESS_API_KEYS_FILE": ""})
         if configured is None:
             raise ConfigError("access.api_keys_file", "is not set; set it or pass --file PATH")
     path = configured
@@ -216,13 +221,28 @@ def manage_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                   f"fwproxy key remove {args.name}", file=sys.stderr)
             return EXIT_FAILED
         print(secret)
-        print(f"fwproxy: key {args.name!r} added to {path}; it is shown only this once",
-              file=sys.stderr)
+        print(f"fwproxy: key {args.name!r} added to {path}; it is shown only this once\n"
+              f"{tool_setup(args.name, settings)}", file=sys.stderr)
         return EXIT_OK
     if not remove_key(path, args.name):
         print(f"fwproxy: no key named {args.name!r} in {path}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def tool_setup(name: str, settings: Settings | None) -> str:
+    """What to put in an OAuth-aware tool for a new key (README: "Use it from an
+    OAuth-aware tool"); the secret is the key printed on stdout, never repeated here."""
+    where = "fwproxy's address + the path of auth.token_url"
+    off = ""
+    if settings is not None:
+        listen = settings.listen
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        where = f"http://{host}:{listen.port}{settings.auth.token_url.path}"
+        if not settings.local_tokens.enabled:
+            off = " (set local_tokens.enabled: true first)"
+    return (f"fwproxy: in an OAuth-aware tool{off}: client ID {name}, client secret the key "
+            f"above, token URL {where}")
 
 
 async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "ConfigError",
     "LimitsConfig",
     "ListenConfig",
+    "LocalTokensConfig",
     "LogConfig",
     "Secret",
     "SecretFile",
@@ -129,6 +130,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class LocalTokensConfig:
+    """fwproxy's own token endpoint (localtokens.py, tokenendpoint.py). Off by default:
+    answering POST to the token path here changes what a client that sends the real secret
+    through fwproxy gets (a local token instead of the tenant's), and needs a state
+    directory for the signing key."""
+
+    enabled: bool = False
+    lifetime: float = 3600.0
+
+
+LOCAL_TOKEN_KEY = "local-tokens.key"  # the signing key's file, next to the token store
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     enabled: bool = True
     prefix: str = "/_fwproxy"
@@ -149,9 +164,13 @@ class Settings:
     access: AccessConfig = AccessConfig()
     limits: LimitsConfig = LimitsConfig()
     status: StatusConfig = StatusConfig()
+    local_tokens: LocalTokensConfig = LocalTokensConfig()
     source: str = "<defaults>"
     # the file the client secret is still to be read from (loading.resolve_files), if any
     secret_file: SecretFile | None = None
+    # local_tokens' signing key, shared by all workers and kept across restarts: in the
+    # state directory, next to the token store (None: local tokens are off)
+    local_token_key: Path | None = None
 
 
 class SecretFile(NamedTuple):
@@ -183,8 +202,17 @@ def parse_config(
     access = _access(values["access"], listen)
     limits = LimitsConfig(**values["limits"])
     status = StatusConfig(**values["status"])
+    local_tokens = LocalTokensConfig(**values["local_tokens"])
+    lifetime = local_tokens.lifetime
+    if not 1 <= lifetime <= 86400 or lifetime != int(lifetime):
+        raise ConfigError("local_tokens.lifetime",
+                          f"expected whole seconds from 1s to 1d (86400), got {lifetime:g}s")
+    key_file = None
+    if local_tokens.enabled:
+        key_file = (auth.token_store or default_store_path(environ)).parent / LOCAL_TOKEN_KEY
     return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
-                    limits=limits, status=status, source=source, secret_file=secret_file)
+                    limits=limits, status=status, local_tokens=local_tokens, source=source,
+                    secret_file=secret_file, local_token_key=key_file)
 
 
 def check_listen(listen: ListenConfig) -> None:

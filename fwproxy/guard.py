@@ -1,4 +1,7 @@
 """Admission: everything checked before a request may be forwarded, cheapest first.
+Longer than 400 lines because the checks are one ordered sequence with their memos, and
+the request-parser hardening they rely on (smuggling shapes, the strict pure-Python
+parser) belongs with them; local tokens' own decisions live in tokengate.py.
 
 Each check answers its own refusal (JSON ``{"error", "detail"}``) before the body is read
 and before anything reaches the tenant. What passes is forwarded with the client's exact
@@ -39,6 +42,7 @@ from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
 from .params import destination_path, form_override_denied, query_overrides
+from .tokengate import Counts, Gate, admit_credentials, key_required
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
@@ -53,16 +57,37 @@ class Admitted(NamedTuple):
     key: ApiKey | None
     host: str  # the validated ``host[:port]`` the client reached fwproxy by
     trusted: bool  # the peer is in access.trust_forwarded_from: its X-Forwarded-* are kept
+    own_token: bool = True  # fwproxy's token goes in (and a 401 to it renews and replays)
+    # the client's Authorization and access_token are not forwarded: a local token, or
+    # client_authorization: replace (except on the special paths: they go as sent)
+    drop_authorization: bool = False
+    endpoint: bool = False  # the token path with local tokens on: fwproxy answers it
+
+
+# The path of auth.token_url, and of auth.authorize_url: never given fwproxy's token
+TOKEN_PATH, AUTHORIZE_PATH = 1, 2
 
 
 class Guard:
     """Admits or refuses requests according to ``access`` and ``limits``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, counts: Counts | None = None) -> None:
         self._access = settings.access
         self._limits = settings.limits
         path = settings.access.api_keys_file
         self._keys = KeyStore(path) if path is not None else None
+        self._keep = settings.auth.client_authorization == "keep"
+        self._replace = not self._keep
+        self.gate: Gate | None = None
+        if settings.local_tokens.enabled and settings.local_token_key is not None:
+            self.gate = Gate(settings.local_token_key, settings.local_tokens.lifetime,
+                             self._keys, counts if counts is not None else Counts())
+        # the token and authorize paths, as path rules read paths (case folded, as IIS does)
+        self._special = {reading.lower(): kind
+                         for kind, url in ((AUTHORIZE_PATH, settings.auth.authorize_url),
+                                           (TOKEN_PATH, settings.auth.token_url))
+                         if url is not None for reading in _special_readings(url.raw_path)}
+        self._routes: dict[str, tuple[tuple[str, ...], int]] = {}
         # Verdicts on client addresses and Host values seen before (a Guard lives until the
         # next reload, so the settings they were made under cannot change underneath).
         self._clients: dict[str | None, bool] = {}
@@ -165,20 +190,41 @@ class Guard:
             return error_response(431, "headers_too_large",
                                   f"request headers exceed limits.max_header_bytes "
                                   f"({limits.max_header_bytes} bytes)")
-        key = None
-        if self._keys is not None:
-            key = self._keys.find(headers.get(KEY_HEADER))
-            if key is None:
-                return _key_required()
         target = origin_form(request.raw_path)
         if target is None:
             return error_response(400, "bad_request_target",
                                   "the request target must be a path such as /fotoweb/")
         path, _, query = target.partition("?")
         try:
-            readings = _readings(path)
+            readings, special = self._route(path)
         except BadPath as exc:
             return error_response(exc.status, exc.error, f"refused: {exc}")
+        key = None
+        local_read_only = drop_authorization = False
+        own_token = True
+        gate = self.gate
+        if gate is not None:
+            if special == TOKEN_PATH:  # answered by fwproxy: client credentials, no API key
+                return Admitted(path, query, None, host, False, False, False, True)
+            authorization = headers.get("Authorization")  # all a plain request pays
+            if authorization is not None or query:
+                passed = admit_credentials(gate, self._keys, self._keep, authorization, query,
+                                           headers)
+                if isinstance(passed, web.Response):
+                    return passed
+                key, local_read_only, own_token, drop_authorization, query = passed
+            elif self._keys is not None:
+                key = self._keys.find(headers.get(KEY_HEADER))
+                if key is None:
+                    return _key_required()
+        elif self._keys is not None:
+            key = self._keys.find(headers.get(KEY_HEADER))
+            if key is None:
+                return _key_required()
+        if special:
+            own_token = False
+        elif self._replace:
+            drop_authorization = True
         method = request.method
         overrides = _overrides(headers) + query_overrides(query)
         if overrides:
@@ -187,7 +233,7 @@ class Guard:
                 return error_response(405, "method_not_allowed",
                                       f"{min(refused)} (named by a method-override header) "
                                       "is not forwarded by fwproxy", headers={"Allow": ALLOW})
-        read_only = access.read_only or (key is not None and key.read_only)
+        read_only = access.read_only or local_read_only or (key is not None and key.read_only)
         if len(readings) == 1 and not overrides:
             normalized = readings[0]
             allowed, rule = decide_access(access.rules, access.default, read_only, method,
@@ -217,7 +263,23 @@ class Guard:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
         trusted = bool(access.trust_forwarded_from) and self._peer_trusted(request.remote)
-        return Admitted(path, query, key, host, trusted)
+        return Admitted(path, query, key, host, trusted, own_token, drop_authorization)
+
+    def _route(self, path: str) -> tuple[tuple[str, ...], int]:
+        """The path's readings (what rules judge) and whether it is a special path: one
+        memo look-up for a path seen before."""
+        try:
+            return self._routes[path]
+        except KeyError:
+            readings = _readings(path)
+            special = 0
+            if self._special:
+                special = max(self._special.get(reading.lower(), 0) for reading in readings)
+            if len(path) <= MEMO_PATH:
+                if len(self._routes) >= MEMO_SIZE:
+                    self._routes.clear()
+                self._routes[path] = (readings, special)
+            return readings, special
 
 
     def _judge_destination(self, values: list[str], method: str, overrides: tuple[str, ...],
@@ -242,10 +304,14 @@ def _form(headers: CIMultiDictProxy[str]) -> bool:
     return any("form" in value.lower() for value in headers.getall("Content-Type", ()))
 
 
-def _key_required() -> web.Response:
-    return error_response(401, "api_key_required",
-                          f"send a valid API key in the {KEY_HEADER} header")
+def _special_readings(raw_path: str) -> tuple[str, ...]:
+    try:
+        return path_readings(raw_path)
+    except BadPath:  # a configured URL no request can reach as such: nothing to match
+        return ()
 
+
+_key_required = key_required
 
 MEMO_SIZE = 1024  # distinct client addresses, Host values and paths remembered
 _readings_memo = lru_cache(maxsize=MEMO_SIZE)(path_readings)  # a BadPath is not kept

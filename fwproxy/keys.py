@@ -138,6 +138,14 @@ class KeyStore:
                 found = key
         return found
 
+    def by_name(self, name: str) -> ApiKey | None:
+        """The key named `name` now (a local token names its key: localtokens.py)."""
+        self._maybe_reload()
+        for key in self._keys:
+            if key.name == name:
+                return key
+        return None
+
     def _maybe_reload(self) -> None:
         now = time.monotonic()
         if now - self._checked < RELOAD_EVERY:

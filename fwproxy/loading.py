@@ -24,6 +24,7 @@ from .config import (
 )
 from .exceptions import ConfigError, MissingFile
 from .keys import load_keys
+from .localtokens import file_signing_keys
 from .private import Secret, ensure_private, read_ca_file, read_secret_file
 from .values import AUTO_WORKERS
 from .yamlread import load_yaml
@@ -114,4 +115,17 @@ def resolve_files(settings: Settings) -> Settings:
                                        client_secret_file=wanted.path)
     if access.api_keys_file is not None:
         load_keys(access.api_keys_file)
+    if settings.local_token_key is not None:
+        load_signing_keys(settings.local_token_key)
     return dataclasses.replace(settings, listen=listen, auth=auth, secret_file=None)
+
+
+def load_signing_keys(path: Path) -> None:
+    """local_tokens' signing key: created (0600) on first use, in the state directory, made
+    (0700) as the token store makes it; then checked as every secret file is."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("local_tokens.enabled", f"cannot create the state directory "
+                                                  f"{path.parent}: {exc.strerror}") from None
+    file_signing_keys(path, "local_tokens.enabled")

@@ -53,7 +53,10 @@ def _basic(match: re.Match[str]) -> str:
 _PATTERNS.append((re.compile(r"(Basic)\s+([A-Za-z0-9+/]{4,}=*)", re.I), _basic))
 
 
-_TRIGGERS = ("token", "secret", "verifier", "bearer", "basic")  # every pattern needs one
+# a local token (localtokens.py), wherever it appears: fwproxy's own prefix says what it is
+_PATTERNS.append((re.compile(r"fwpl_[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?"), MASK))
+
+_TRIGGERS = ("token", "secret", "verifier", "bearer", "basic", "fwpl_")  # one a pattern
 MAX_SHOWN = 400  # characters of one text shown to a client or a scraper
 
 

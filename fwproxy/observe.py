@@ -36,6 +36,7 @@ from . import __version__
 from .exceptions import TokenError
 from .log import outward
 from .token_manager import TokenManager
+from .tokengate import Counts
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series: noise
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -72,6 +73,7 @@ class Metrics:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: +Inf
         self.latency_sum = 0.0
         self.errors: deque[Event] = deque(maxlen=20)
+        self.local_tokens = Counts()  # issued and refused (tokengate.py)
         self.registry.register(RequestCollector(self))
 
     def observe(self, method: str, status: int, bytes_in: int, bytes_out: int,
@@ -116,7 +118,14 @@ class RequestCollector(Collector):
                                        "Request body bytes forwarded", value=m.bytes_in)
         bytes_out = CounterMetricFamily("fwproxy_response_body_bytes",
                                         "Response body bytes relayed", value=m.bytes_out)
-        yield from (requests, in_flight, latency, bytes_in, bytes_out)
+        issued = CounterMetricFamily("fwproxy_local_tokens_issued", "Local tokens issued by "
+                                     "fwproxy's token endpoint", value=m.local_tokens.issued)
+        refused = CounterMetricFamily("fwproxy_local_tokens_refused", "Local tokens (or "
+                                      "requests for one) refused, by reason",
+                                      labels=["reason"])
+        for reason, count in m.local_tokens.refused.items():
+            refused.add_metric([reason], count)
+        yield from (requests, in_flight, latency, bytes_in, bytes_out, issued, refused)
 
 
 class TokenCollector(Collector):
@@ -258,6 +267,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <tr><td>grant</td><td>{html.escape(info.grant)} (client {html.escape(info.client_id)})</td></tr>
 <tr><td>acting as</td><td id="acting">{html.escape(outward(info.acting_as()))}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
+<tr><td>local tokens issued</td><td id="local-tokens">{metrics.local_tokens.issued}</td></tr>
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>
 </table>

@@ -9,7 +9,11 @@ Theory of operation
    forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
-   (``client_authorization: keep``) and gets no token and no replay.
+   (``client_authorization: keep``) and gets no token and no replay. A local token
+   (tokengate.py) was verified by the guard and is removed here, fwproxy's token put in its
+   place; with local tokens on, the path of ``auth.token_url`` is answered by the gate and
+   never forwarded. The token and authorize paths never get fwproxy's token (so no renewal,
+   replay or probe): the guard says so in `Admitted.own_token`.
 3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
    renews once; and not when it was itself issued for a 401 moments ago), get the current
@@ -100,9 +104,9 @@ class Proxy:
 
     def reconfigure(self, settings: Settings) -> None:
         """Take up new settings (on start and on SIGHUP); a learned placement is kept."""
-        guard = Guard(settings)  # the one part that can fail (the keys file): first
+        # the one part that can fail (the keys file, the signing key): first
+        guard = Guard(settings, self._metrics.local_tokens)
         self._settings = settings
-        self._replace_auth = settings.auth.client_authorization == "replace"
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"
         if settings.auth.token_placement != "auto":
@@ -146,6 +150,11 @@ class Proxy:
         admitted = self.guard.admit(request)
         if not isinstance(admitted, Admitted):  # (Admitted is a tuple: a cheap check)
             return record.answer(admitted)
+        if admitted.endpoint:
+            gate = self.guard.gate
+            assert gate is not None  # (only a guard with a gate admits to the endpoint)
+            return record.answer(await gate.answer(
+                request, admitted.query, self._body_watch.timeout))
         slots = self._slots  # the one acquired is the one released, even across a reload
         if slots is None:
             return await self._forward(request, admitted, record)
@@ -172,14 +181,15 @@ class Proxy:
         path, query = admitted.path, admitted.query
         headers = request_headers(
             request.headers,
-            drop_authorization=self._replace_auth,
+            drop_authorization=admitted.drop_authorization,
             client_ip=request.remote,
             proxy_host=admitted.host,  # validated: never aiohttp's request.host (see guard)
             trusted=admitted.trusted,
         )
-        if self._replace_auth:
+        if admitted.drop_authorization:
             query = without_param(query, "access_token")
-        own_token = "Authorization" not in headers and not has_param(query, "access_token")
+        own_token = (admitted.own_token and "Authorization" not in headers
+                     and not has_param(query, "access_token"))
 
         body = None
         if request.body_exists:

@@ -31,6 +31,9 @@ APPLIES_ON_RELOAD = frozenset({
     "limits.queue_timeout", "limits.client_idle_timeout", "limits.max_connections",
     "limits.client_body_timeout", "limits.client_send_timeout",
     "log.level", "log.format",
+    # the guard is rebuilt (proxy.reconfigure): the endpoint opens or closes, the signing
+    # key is read again (the same file, so tokens issued before stay good)
+    "local_tokens.enabled", "local_tokens.lifetime",
 })
 # Keys that need a restart: sockets, the tenant's connection pool, the grant, the routes.
 NEEDS_RESTART = frozenset({

@@ -379,6 +379,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_body_timeout": parse_duration,
         "client_send_timeout": parse_duration,
     },
+    "local_tokens": {"enabled": parse_bool, "lifetime": parse_duration},
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }

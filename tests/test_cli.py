@@ -190,7 +190,11 @@ def test_key_add_creates_the_missing_keys_file(
     out, err = capsys.readouterr()
     secret = out.strip()
     assert secret.startswith("fwp_")
-    assert err == f"fwproxy: key 'first' added to {keys}; it is shown only this once\n"
+    assert err == (f"fwproxy: key 'first' added to {keys}; it is shown only this once\n"
+                   "fwproxy: in an OAuth-aware tool (set local_tokens.enabled: true first): "
+                   "client ID first, client secret the key above, token URL "
+                   "http://127.0.0.1:8080/fotoweb/oauth2/token\n")
+    assert secret not in err
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert [key.name for key in load_keys(keys)] == ["first"]
     assert secret not in keys.read_text()  # only its hash
@@ -199,6 +203,32 @@ def test_key_add_creates_the_missing_keys_file(
     assert capsys.readouterr().out == "first\n"
     # and now `run`/`check` accept the config
     assert load_config(config, environ={}).access.api_keys_file == keys
+
+
+def test_key_add_says_what_to_put_in_an_oauth_tool(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    config = keys_config(tmp_path, keys)
+    config.write_text(config.read_text() + "local_tokens: {enabled: true}\n"
+                      "listen: {port: 9000}\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    environ = {"STATE_DIRECTORY": str(state)}
+    assert main(["key", "add", "first", "--config", str(config)], environ=environ) == EXIT_OK
+    assert main(["key", "add", "robot", "--config", str(config)], environ=environ) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert err.splitlines()[1] == (  # the first key too, before the keys file exists
+        "fwproxy: in an OAuth-aware tool: client ID first, client secret the key above, "
+        "token URL http://127.0.0.1:9000/fotoweb/oauth2/token")
+    assert err.splitlines()[-1] == (
+        "fwproxy: in an OAuth-aware tool: client ID robot, client secret the key above, "
+        "token URL http://127.0.0.1:9000/fotoweb/oauth2/token")
+    assert out.splitlines()[-1] not in err
+    assert main(["key", "add", "x", "--file", str(tmp_path / "other")], environ={}) == EXIT_OK
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fwproxy: in an OAuth-aware tool: client ID x, client secret the key above, "
+        "token URL fwproxy's address + the path of auth.token_url")
 
 
 def test_key_add_needs_the_directory_to_exist(

@@ -94,6 +94,11 @@ ROWS: list[tuple[dict[str, Any], dict[str, Any], set[str], set[str]]] = [
     ({}, {"limits": {"max_connections": 100}}, {"limits.max_connections"}, set()),
     ({}, {"limits": {"client_body_timeout": 5}}, {"limits.client_body_timeout"}, set()),
     ({}, {"limits": {"client_send_timeout": 5}}, {"limits.client_send_timeout"}, set()),
+    # the signing key goes next to the token store: here, in the test's directory
+    ({"auth": {**USER, "token_store": "{tmp}/t.json"}},
+     {"auth": {**USER, "token_store": "{tmp}/t.json"}, "local_tokens": {"enabled": True}},
+     {"local_tokens.enabled"}, set()),
+    ({}, {"local_tokens": {"lifetime": "5m"}}, {"local_tokens.lifetime"}, set()),
     ({}, {"status": {"enabled": False}}, set(), {"status.enabled"}),
     ({}, {"status": {"prefix": "/_x"}}, set(), {"status.prefix"}),
     ({}, {"log": {"level": "debug"}}, {"log.level"}, set()),

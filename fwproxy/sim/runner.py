@@ -62,6 +62,16 @@ def demo_config_text(port: int, tenant_port: int, keys_file: Path | None = None)
     return "\n".join(lines) + "\n"
 
 
+def oauth_tool_setup(base: str) -> str:
+    """README's "Use it from an OAuth-aware tool", for a proxy at `base`."""
+    return ("Use it from an OAuth-aware tool (a FotoWeb client library that wants a client "
+            "ID and secret):\n"
+            "  1. in the config:  local_tokens: {enabled: true}\n"
+            "  2. fwproxy key add robot   # prints the client secret; the client ID is robot\n"
+            f"  3. in the tool: base URL {base}, token URL {base}/fotoweb/oauth2/token,\n"
+            "     client ID robot, client secret the key from step 2\n")
+
+
 def demo_banner(port: int, tenant_port: int, token_lifetime: int, written: Path | None
                 ) -> str:
     """What `fwproxy demo` prints before it serves."""
@@ -87,6 +97,7 @@ def demo_banner(port: int, tenant_port: int, token_lifetime: int, written: Path 
         f"  curl -s -X POST --data-binary 'hello' {base}/sim/echo\n"
         f"  curl -s {tenant}/fotoweb/me   # direct: 401, no token\n\n"
         f"{config}\n"
+        f"{oauth_tool_setup(base)}\n"
         f"The demo tenant: client credentials {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}; "
         f"user login (fwproxy login) as {DEMO_USER} / {DEMO_PASSWORD} through the "
         f"authorization_code application {DEMO_WEB_CLIENT} / {DEMO_WEB_SECRET} (or the "

@@ -103,6 +103,10 @@ async def test_the_written_config_serves_every_command_and_the_idle_demo_renews(
     assert f"fwproxy check --config {config}" in banner
     for shown in (DEMO_USER, DEMO_PASSWORD, DEMO_WEB_CLIENT, DEMO_REDIRECT):
         assert shown in banner
+    base = demo.url("")
+    for step in ("Use it from an OAuth-aware tool", "local_tokens: {enabled: true}",
+                 "fwproxy key add robot", f"token URL {base}/fotoweb/oauth2/token"):
+        assert step in banner  # README's three-line setup
 
 
 async def test_without_write_config_the_banner_prints_a_ready_config(

@@ -1,0 +1,221 @@
+"""Local tokens at the door: admission's side (find, verify, strip) and the endpoint's I/O.
+
+Theory of operation
+-------------------
+With ``local_tokens.enabled`` the guard holds a `Gate`. A request that brings
+``Authorization: Bearer fwpl_...`` (or an ``access_token=fwpl_...`` query parameter) is
+verified here (localtokens.verify, against the live API keys): refused, it gets 401
+``invalid_token`` from fwproxy and never reaches the tenant; valid, it is admitted with its
+key's rights, and the proxy removes the local token and puts fwproxy's real one in its
+place. A request for the path of ``auth.token_url`` is answered by `answer_token_request`
+(tokenendpoint.py decides, this module reads the body and signs).
+
+Only a request that carries ``Authorization`` or a query string pays anything here: a
+bearer that does not start with the prefix, or a query without it, is a foreign credential.
+`Counts` is what metrics and the status page show: how many were issued, how many refused
+and why (a closed set: `REFUSALS`), never a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from .answers import error_response
+from .keys import HEADER as KEY_HEADER
+from .localtokens import PREFIX, Holder, Refused, StaticKeys, file_signing_keys, issue, verify
+from .tokenendpoint import (
+    MAX_BODY,
+    Answer,
+    OAuthError,
+    authenticate,
+    invalid_token_response,
+    parse_token_request,
+    token_response,
+)
+from .upstream import has_param
+
+if TYPE_CHECKING:
+    from .keys import ApiKey, KeyStore
+    from .localtokens import Claims
+
+# Why a local token, or a request for one, was refused: metrics labels, a closed set.
+REFUSALS = ("malformed", "bad_signature", "expired", "not_yet_valid", "revoked",
+            "invalid_request", "invalid_client", "unsupported_grant_type")
+QUERY_NAME = "access_token"
+
+
+class Counts:
+    """Local tokens issued and refused (by reason), since the process started."""
+
+    __slots__ = ("issued", "refused")
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason if reason in self.refused else "invalid_request"] += 1
+
+
+class Gate:
+    """Issues and verifies local tokens for one guard (rebuilt on reload: the signing key
+    is read again from the same file, so tokens issued before stay good)."""
+
+    def __init__(self, key_file: Path, lifetime: float, keys: KeyStore | None,
+                 counts: Counts) -> None:
+        self._signing: StaticKeys = file_signing_keys(key_file, "local_tokens.enabled")
+        self._lifetime = lifetime
+        self._keys = keys
+        self.counts = counts
+
+    def _holder(self, name: str) -> Holder | None:
+        if self._keys is None:
+            return Holder.open(name)
+        key = self._keys.by_name(name)
+        return None if key is None else Holder.of_key(key)
+
+    def check(self, token: str) -> Claims | web.Response:
+        """The claims of a local token, or fwproxy's 401 invalid_token."""
+        verdict = verify(self._signing, token, time.time(), self._holder)
+        if isinstance(verdict, Refused):
+            self.counts.refuse(verdict.reason)
+            return _response(invalid_token_response(verdict))
+        return verdict
+
+    async def answer(self, request: web.Request, query: str, body_timeout: float
+                     ) -> web.Response:
+        """The token endpoint: a client credentials request read and answered here."""
+        body = b""
+        if request.method == "POST" and request.body_exists:
+            try:
+                body = await asyncio.wait_for(_read_at_most(request, MAX_BODY + 1),
+                                              body_timeout or None)
+            except asyncio.TimeoutError:
+                self.counts.refuse("invalid_request")
+                return await _send_and_close(request, _response(OAuthError(
+                    408, "invalid_request", "the request body did not arrive").answer()))
+        parsed = parse_token_request(request.method, request.headers.get("Content-Type"),
+                                     body, request.headers.get("Authorization"), query=query)
+        if not isinstance(parsed, OAuthError):
+            find = self._keys.find if self._keys is not None else None
+            holder = authenticate(parsed, find)
+            if isinstance(holder, Holder):
+                self.counts.issued += 1
+                token = issue(self._signing.current(), holder, time.time(), self._lifetime)
+                return _response(token_response(token, self._lifetime))
+            parsed = holder
+        self.counts.refuse(parsed.error)
+        response = _response(parsed.answer())
+        return await _send_and_close(request, response) if len(body) > MAX_BODY else response
+
+
+def bearer(authorization: str) -> str | None:
+    """The local token in an Authorization value, or None (another scheme or credential)."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials.startswith(PREFIX):
+        return None
+    return credentials
+
+
+def in_query(query: str) -> tuple[str | None, str]:
+    """(the local token among the ``access_token`` parameters, the query without them).
+    Names are matched decoded, as the tenant reads them (``access%5Ftoken`` too). None, and
+    the query untouched, when no such parameter holds a local token; a local token beside
+    any other ``access_token`` gives "" (refused as malformed: which one counts?)."""
+    found: list[str] = []
+    kept: list[str] = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if unquote_plus(name) == QUERY_NAME:
+            found.append(unquote_plus(value))
+        else:
+            kept.append(part)
+    local = [value for value in found if value.startswith(PREFIX)]
+    if not local:
+        return None, query
+    return (local[0] if len(found) == 1 else ""), "&".join(kept)
+
+
+def brings_own(authorization: str | None, query: str) -> bool:
+    """A credential of the client's own (a FotoWeb preview token, say): with
+    ``client_authorization: keep`` it is forwarded untouched and fwproxy lends nothing."""
+    return authorization is not None or has_param(query, QUERY_NAME)
+
+
+class Passed(NamedTuple):
+    """What a request's credentials earn it (with local tokens on)."""
+
+    key: ApiKey | None
+    read_only: bool  # a local token's key is read-only
+    own_token: bool  # fwproxy's token goes in
+    drop_authorization: bool  # a local token in the header: not forwarded
+    query: str  # without a local token's access_token parameter
+
+
+def admit_credentials(gate: Gate, keys: KeyStore | None, keep: bool,
+                      authorization: str | None, query: str,
+                      headers: CIMultiDictProxy[str]) -> Passed | web.Response:
+    """A local token (header or query: verified, to be replaced), else a credential of
+    the client's own (with ``keep``: forwarded untouched, no API key needed: it borrows
+    nothing), else the API key, when keys are configured."""
+    token = bearer(authorization) if authorization is not None else None
+    drop = token is not None
+    if token is None and query and PREFIX in query:
+        token, query = in_query(query)
+        if token is not None and authorization is not None:
+            token = ""  # a local token and another credential: which counts? (malformed)
+    if token is not None:
+        claims = gate.check(token)
+        if isinstance(claims, web.Response):
+            return claims
+        return Passed(claims.holder.key, claims.read_only, True, drop, query)
+    if keep and brings_own(authorization, query):
+        return Passed(None, False, False, False, query)
+    key = None
+    if keys is not None:
+        key = keys.find(headers.get(KEY_HEADER))
+        if key is None:
+            return key_required()
+    return Passed(key, False, True, False, query)
+
+
+def key_required() -> web.Response:
+    return error_response(401, "api_key_required",
+                          f"send a valid API key in the {KEY_HEADER} header")
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _response(answer: Answer) -> web.Response:
+    return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+
+
+async def _send_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection without reading on: the body was not
+    read to its end (aiohttp would otherwise linger, reading what is left of it)."""
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    request.protocol.force_close()
+    return response
