@@ -35,7 +35,7 @@ ignored), else exponential backoff with full jitter: uniform in
 AWS "Exponential Backoff and Jitter" result). A 0.5 s base suits the failures retried here:
 a stale pooled connection or a reset is usually fixed by the next connection at once, and an
 app pool restarting takes seconds, which the growing ceiling reaches by the fourth retry;
-with the default two retries the expected extra latency is 0.75 s at most. The 10 s cap
+with the default two retries they add 0.75 s on average, 1.5 s at most. The 10 s cap
 keeps a long retry chain probing at least every 10 s; ``retry_max_wait`` bounds the total.
 
 `RetryBudget` keeps retries from multiplying an outage (Finagle's retry budget): over a
