@@ -37,7 +37,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from .exceptions import FwproxyError
+from .exceptions import TenantUnavailable as TenantUnavailable  # (its home: exceptions)
 from .retry import Failure, Outcome
 
 COOLDOWN_CAP = 60.0
@@ -72,20 +72,6 @@ class Refused:
     def header(self) -> str:
         """The Retry-After value: whole seconds, at least 1."""
         return str(max(1, math.ceil(self.retry_after)))
-
-
-class TenantUnavailable(FwproxyError):
-    """The breaker is open: the tenant was not asked. 503 with Retry-After."""
-
-    status = 503
-    error = "tenant_unavailable"
-
-    def __init__(self, refused: Refused) -> None:
-        super().__init__(
-            "the tenant failed repeatedly (tenant.breaker_failures); not asking it again "
-            f"for {refused.header}s"
-        )
-        self.retry_after = refused.header
 
 
 def is_failure(outcome: Outcome) -> bool | None:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .exceptions import FwproxyError
+from .exceptions import TenantBusy as TenantBusy  # (its home: exceptions)
 
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -77,21 +77,6 @@ def gcra(now: float, tat: float, rate: float, burst: float) -> Gcra:
     if allow_at > now:
         return Gcra(False, tat, allow_at - now)
     return Gcra(True, tat + interval, 0.0)
-
-
-class TenantBusy(FwproxyError):
-    """A request waited ``tenant.queue_timeout`` in the tenant budget's line: 503 busy."""
-
-    status = 503
-    error = "busy"
-
-    def __init__(self, queue_timeout: float, retry_after: int) -> None:
-        super().__init__(
-            "the tenant's budget (tenant.max_in_flight, tenant.max_rate) is used up"
-            + (f"; waited tenant.queue_timeout ({queue_timeout:g}s)" if queue_timeout > 0
-               else "")
-        )
-        self.retry_after = str(retry_after)
 
 
 class Lease:
