@@ -32,34 +32,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from .access import normalize_path
 from .answers import error_response
+from .attempts import Outgoing, Protection, Sender
+from .attempts import read_upstream as _read_upstream
 from .config import Settings
 from .exceptions import (
-    BadPath,
     BodyTooLarge,
     ClientBodyTimeout,
     NoTokenAvailable,
+    TenantRefused,
     UpstreamError,
 )
 from .guard import Admitted, Guard
 from .log import AccessLog
 from .observe import Metrics
 from .placement import Probe, weigh
+from .placement import path_key as _path_key
+from .record import RequestRecord
+from .record import answer_and_close as _answer_and_close
+from .record import cut as _cut
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
 from .upstream import (
-    add_param,
     has_param,
-    map_upstream_errors,
+    proxy_origin,
     request_headers,
     response_headers,
     response_reason,
@@ -82,12 +83,15 @@ class Proxy:
         session: aiohttp.ClientSession,
         tokens: TokenManager,
         metrics: Metrics,
+        protection: Protection | None = None,
     ) -> None:
         self._metrics = metrics
         self._session = session
         self._tokens = tokens
         self._tenant = settings.tenant.url
         self._watchdog = Watchdog(settings.tenant.read_timeout)
+        self.protection = protection or Protection(settings.tenant)  # attempts.py
+        self._sender = Sender(session, self._watchdog)
         self._body_watch = ClientWatch(0)  # limits.client_body_timeout, in reconfigure
         self._send_watch = ClientWatch(0)  # limits.client_send_timeout
         self.replays = 0
@@ -109,6 +113,7 @@ class Proxy:
             self.placement = settings.auth.token_placement
         self.guard = guard
         self._watchdog.configure(settings.tenant.read_timeout)
+        self.protection.configure(settings.tenant)
         limit = settings.limits.max_concurrent
         if limit != self._slot_limit:
             self._slot_limit = limit
@@ -191,10 +196,16 @@ class Proxy:
             )
             body.client = self._body_watch.watch(_stalled(body, self._body_watch.timeout))
         stall = self._watchdog.start()
+        key = admitted.key
+        tries = self.protection.start(key.name if key is not None else request.remote or "-")
         try:
             try:
-                out = Outgoing(request.method, path, query, headers, body, stall)
+                out = Outgoing(request.method, path, query, headers, body, stall, tries)
                 upstream = await self._exchange(out, record, own_token)
+            except TenantRefused as exc:  # the tenant was not asked: the breaker, the line
+                return record.answer(error_response(
+                    exc.status, exc.error, str(exc), headers={"Retry-After": exc.retry_after},
+                ), reason=exc.error)
             except NoTokenAvailable as exc:
                 return record.answer(error_response(
                     exc.status, exc.error, str(exc),
@@ -229,6 +240,8 @@ class Proxy:
                 self._send_watch.unwatch(owed)
                 upstream.release()
         finally:
+            tries.finish()
+            record.retries, record.waited = tries.retries, tries.waited
             self._watchdog.stop(stall)
 
     async def _exchange(self, out: Outgoing, record: RequestRecord, own_token: bool
@@ -290,39 +303,9 @@ class Proxy:
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
                     ) -> aiohttp.ClientResponse:
-        # aiohttp copies the headers it is given: the same dict serves every attempt, its
-        # Authorization set (or removed) afresh for each
-        query, headers = out.query, out.headers
-        if token is not None and placement == "query":
-            query = add_param(without_param(query, "access_token"), "access_token", token.value)
-            headers.popall("Authorization", None)
-        elif token is not None:
-            headers["Authorization"] = f"Bearer {token.value}"
-        url = URL.build(
-            scheme=self._tenant.scheme,
-            host=self._tenant.raw_host or "",
-            port=self._tenant.explicit_port,
-            path=out.path,
-            query_string=query,
-            encoded=True,
-        )
-        stall, body = out.stall, out.body
-
-        def what() -> str:
-            if body is not None and not body.sent:
-                return (f"the tenant took no request body for {self._watchdog.timeout:g}s "
-                        "and did not answer")
-            return "the tenant did not answer within the configured timeout"
-
-        # with a body, its writer says when the tenant is the one being waited for
-        with stall.timed(waiting=body is None, what=what) as attempt, map_upstream_errors():
-            return await self._session.request(
-                out.method,
-                url,
-                headers=headers,
-                data=body.chunks(stall, attempt) if body is not None else None,
-                allow_redirects=False,
-            )
+        """One send of the request: breaker, budget and retries around it (attempts.py)."""
+        return await self.protection.send(
+            out, lambda: self._sender.send_once(self._tenant, out, token, placement))
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, record: RequestRecord,
@@ -393,112 +376,13 @@ class Proxy:
         access_log.info(
             f'{request.remote or "-"} "{request.method} {request.raw_path}" {record.status} '
             f"in={record.bytes_in} out={record.bytes_out} "
-            f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays}"
+            f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays} "
+            f"retries={record.retries} waited={record.waited * 1000:.0f}ms"
             + (f" error={record.error}" if record.error else "")
         )
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """The request as it goes upstream, before the token is added."""
-
-    method: str
-    path: str
-    query: str
-    headers: CIMultiDict[str]
-    body: BodyTee | None
-    stall: Stall  # waiting for the tenant, for `tenant.read_timeout` (watchdog.py)
-
-    @property
-    def replayable(self) -> bool:
-        return self.body is None or self.body.replayable
-
-
-class RequestRecord:
-    """What the access log line says about one request."""
-
-    __slots__ = ("bytes_in", "bytes_out", "detail", "error", "query_token", "replays",
-                 "status", "upstream_seconds")
-
-    def __init__(self) -> None:
-        # the token the final attempt carried in the query (its echo must not reach the
-        # client); None when it went in the header, or no token of ours went at all
-        self.query_token: Token | None = None
-        self.upstream_seconds: float | None = None  # until the first response headers
-        self.detail = ""
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.replays = 0
-        self.error = ""
-
-    def answer(self, response: web.Response, reason: str = "") -> web.Response:
-        self.status = response.status
-        self.bytes_out = response.content_length or 0
-        self.error = reason
-        if response.status >= 500 and isinstance(response.body, bytes):
-            self.detail = response.body.decode("utf-8", "replace")
-        return response
-
-
-async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
-    """The next chunk of the tenant's body (b"" at the end); its faults become
-    `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    with stall.timed(waiting=True, what=_stopped), map_upstream_errors():
-        return await upstream.content.readany()
-
-
-def _stopped() -> str:
-    return "the tenant stopped sending the response body"
 
 
 def _stalled(body: BodyTee, timeout: float) -> Callable[[], None]:
     """What `limits.client_body_timeout` does to an upload: its read fails (so does the
     upload to the tenant, whose connection is closed); the handler then answers 408."""
     return lambda: body.stalled(timeout)
-
-
-def _cut(transport: asyncio.Transport, record: RequestRecord) -> Callable[[], None]:
-    """What `limits.client_send_timeout` does to a client that takes no byte of the
-    response: its connection is aborted (a close would wait for it to read); the handler is
-    cancelled or its write fails, and the slot and the tenant's connection are released."""
-
-    def cut() -> None:
-        record.error = "client_send_timeout"
-        transport.abort()
-
-    return cut
-
-
-async def _answer_and_close(request: web.Request, record: RequestRecord, response: web.Response
-                            ) -> web.Response:
-    """Send `response`, then close the connection without reading on: the client owes a
-    body it is not sending (aiohttp would otherwise wait for the rest of it)."""
-    record.answer(response)
-    response.force_close()
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        record.error = "client_disconnected"
-    request.protocol.force_close()
-    return response
-
-
-
-def _path_key(path: str) -> str:
-    """The path as the tenant (IIS) reads it: ``/a``, ``/A/`` and ``/%61`` are one path."""
-    try:
-        return normalize_path(path).lower()
-    except BadPath:  # admitted paths are normalizable; the raw bytes otherwise
-        return path
-
-
-def proxy_origin(host: str) -> URL:
-    """Where the client reached us (the validated ``host[:port]``, never aiohttp's
-    `request.host`, which an absolute-form target sets): the origin Location headers are
-    rewritten to."""
-    try:
-        return URL.build(scheme="http", authority=host, encoded=True)
-    except ValueError:
-        return URL("http://127.0.0.1")

@@ -1,4 +1,6 @@
 """Config values: one parser per kind of value, and SCHEMA, which names every key.
+Longer than 400 lines because SCHEMA is one table of every key of every section and the
+parsers it names read best beside it; the rules across keys live in config.py.
 
 Each parser takes the raw value (from YAML, or a string from the environment) and the key
 (or variable) to name in an error, and returns the typed value or raises `ConfigError`.
