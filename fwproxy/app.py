@@ -154,7 +154,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     tokens = TokenManager(grant, idle_renewal=settings.auth.idle_renewal)
     observer = app[OBSERVER]
     proxy = Proxy(settings, session, tokens, observer.metrics, protection)
-    observer.attach(tokens, proxy)
+    observer.attach(tokens, proxy, protection)
     app[TOKENS] = tokens
     app[PROXY] = proxy
     yield
