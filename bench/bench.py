@@ -42,8 +42,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.contenders import Bench
+from bench import burst  # the legacy burst against a rate-limited tenant
+from bench.contenders import Bench, Contender
 from bench.report import machine, summarize, table, targets
 from bench.tenant import BENCH, Failed
 from tests.support.procfs import cpu_busy
@@ -125,6 +127,7 @@ def main() -> int:
                            "something else is using them; the figures will be low and noisy")
         print("bench: warning: " + bench.notes[-1], file=sys.stderr, flush=True)
     rtt = None
+    bursts: dict[str, Any] | None = None
     failed_setup = ""
     try:
         try:
@@ -145,6 +148,7 @@ def main() -> int:
         bench.phase_requests()
         bench.phase_transfers()
         rtt = bench.phase_rtt()
+        bursts = burst.scenario(work, opts.smoke, bench.say)
     finally:
         bench.procs.stop_all()
         if os.environ.get("BENCH_KEEP") != "1" and not failed_setup:
@@ -158,17 +162,21 @@ def main() -> int:
             "while measuring: the figures are lower and noisier than on a quiet machine")
     rows = None if opts.smoke else targets(summary)
     text = table(meta, opts, summary, rows)
+    if bursts is not None:
+        text += "\n\n" + burst.table(bursts)
     print("\n" + text)
     for note in bench.notes:
         print("note: " + note)
-    failed = [c for c in bench.contenders.values() if c.status == "failed"]
+    failed = [c for c in bench.contenders.values() if c.status == "failed"] + [
+        Contender("burst", row["contender"], None, status="failed", reason=row["error"])
+        for row in (bursts or {}).get("rows", []) if "error" in row]
     for c in failed:
         print(f"FAILED ({c.key}) {c.label}: {c.reason}", file=sys.stderr)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
     document = {"machine": meta, "params": params, **summary, "targets": rows,
                 "profile": {k: bench.contenders[k].r.get("profile") for k in "de"},
-                "notes": bench.notes}
+                "burst": bursts, "notes": bench.notes}
     opts.out.write_text(json.dumps(document, indent=2) + "\n")
     opts.out.with_suffix(".txt").write_text(text + "\n")
     print(f"\nwrote {opts.out} and {opts.out.with_suffix('.txt')}")

@@ -8,6 +8,7 @@ Read with `ast`, never imported: only imports that run when a module is imported
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,18 @@ def test_no_module_is_long_without_a_stated_reason() -> None:
     assert too_long == [], (
         f"{too_long}: split the module, or begin its docstring's first paragraph with why "
         f"({REASON} ...)")
+
+
+def test_readme_module_table_matches_the_tree() -> None:
+    """README's module table is the map: every module has a row, every row a module."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.partition("The code, one module per concept:")[2].strip().partition("\n\n")[0]
+    named = set()
+    for row in table.splitlines()[2:]:
+        first_cell = row.split("|")[1]
+        named |= set(re.findall(r"`([\w/]+\.py|[\w]+/)`", first_cell))
+    modules = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+               if not path.name.startswith("__")}
+    packages = {f"{path.relative_to(PACKAGE)}/" for path in PACKAGE.iterdir()
+                if (path / "__init__.py").exists()}
+    assert sorted(modules | packages) == sorted(named)

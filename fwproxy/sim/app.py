@@ -1,6 +1,7 @@
 """The simulated tenant as one aiohttp application: the middlewares and the route tables.
 
-Theory of operation: a request is first recorded (`TenantState.seen`, all but the token
+Theory of operation: a request first meets the tenant's limits (limits.py: refused
+requests go no further), then is recorded (`TenantState.seen`, all but the token
 endpoint), then authenticated: everything except the OAuth endpoints (oauth.PUBLIC_PATHS)
 wants a valid bearer token, in the Authorization header or the ``access_token`` query
 parameter ("Using application access tokens for OAuth 2.0 authorization"); with
@@ -14,17 +15,26 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import api, hooks, oauth
+from .limits import Limiter, Limits
+from .limits import middleware as limiting
 from .state import TENANT, SeenRequest, TenantState
 
 
-def create_tenant_app(state: TenantState | None = None) -> web.Application:
-    """The simulated tenant as an aiohttp application."""
-    app = web.Application(middlewares=[_record, _authenticate])
+def create_tenant_app(state: TenantState | None = None, limits: Limits | None = None
+                      ) -> web.Application:
+    """The simulated tenant as an aiohttp application; `limits`: switch its limits on."""
+    app = web.Application(middlewares=[limiting(_limiter), _record, _authenticate])
     app[TENANT] = state or TenantState()
+    if limits is not None:
+        app[TENANT].limits.switch(limits)
     oauth.add_routes(app)
     api.add_routes(app)
     hooks.add_routes(app)
     return app
+
+
+def _limiter(app: web.Application) -> Limiter:
+    return app[TENANT].limits
 
 
 @web.middleware

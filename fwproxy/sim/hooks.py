@@ -6,7 +6,8 @@ and the tenant. ``/sim/echo`` says what arrived (method, raw target, headers, bo
 digest); ``/sim/bytes/{n}`` streams ``n`` bytes of `PATTERN` with a Content-Length;
 ``/sim/upload`` consumes a body as it streams and records its size; ``/sim/gzip`` answers
 `GZIP_PAYLOAD` compressed; ``/sim/redirect`` points at the tenant's own absolute URL (or
-``?elsewhere=``); ``/sim/forbidden`` is a 403. Like the API, they want a bearer token.
+``?elsewhere=``); ``/sim/forbidden`` is a 403; ``/sim/limits`` reads and switches the
+tenant's request limits (limits.py). Like the API, they want a bearer token.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 
 from aiohttp import web
 
+from . import limits
 from .state import TENANT
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes for downloads
@@ -30,6 +32,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/sim/gzip", gzipped)
     app.router.add_get("/sim/redirect", redirect)
     app.router.add_get("/sim/forbidden", forbidden)
+    app.router.add_route("*", limits.HOOK_PATH, limits.hook(lambda app: app[TENANT].limits))
 
 
 async def echo(request: web.Request) -> web.Response:

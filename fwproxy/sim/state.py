@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .limits import Limiter
+
 # The application registered for the non-interactive flow ("Non-interactive application
 # authorization with OAuth 2.0"): client credentials.
 DEMO_CLIENT_ID = "fwproxy-demo"
@@ -99,6 +101,7 @@ class TenantState:
     rotate_refresh_tokens: bool = True
     codes: dict[str, PendingCode] = field(default_factory=dict)
     pending: dict[str, dict[str, str]] = field(default_factory=dict)  # login in progress
+    limits: Limiter = field(default_factory=Limiter)  # over N concurrent or R/s: limits.py
 
     def issue(self, user: str | None = None) -> tuple[str, float]:
         token = secrets.token_urlsafe(32)
