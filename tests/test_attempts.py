@@ -484,3 +484,34 @@ async def test_a_reload_applies_every_tenant_key(make_proxy: ProxyFactory, tenan
     plan = reconfigure(app, proxy_settings(tenant, tenant={key: value}))
     assert plan.applied == (f"tenant.{key}",)
     assert applied(protection, key) == RELOADED[key]
+
+
+async def test_a_request_waiting_to_retry_holds_no_slot(make_proxy: ProxyFactory) -> None:
+    seen: list[str] = []
+    client = await make_proxy(scripted("/t", [status(503), OK], seen),
+                              tenant={"max_in_flight": 1})
+    protection = proxy_of(client).protection
+    during: list[tuple[int, int]] = []
+
+    async def look() -> None:
+        during.append((protection.budget.in_flight, protection.in_flight))
+
+    fake_sleep(client, FakeSleep(look))
+    async with client.get("/t") as resp:
+        assert resp.status == 200
+    await wait_until(lambda: protection.budget.in_flight == 0, "the slot back")
+    assert during == [(0, 0)]
+    assert seen == ["GET", "GET"]
+
+
+async def test_a_body_too_large_to_keep_is_not_retried(make_proxy: ProxyFactory) -> None:
+    seen: list[str] = []
+    client = await make_proxy(scripted("/t", [status(503), OK], seen),
+                              auth={"replay_max_body": "1KiB"})
+    sleep = fake_sleep(client)
+    async with client.put("/t", data=b"x" * 10_000) as resp:
+        assert resp.status == 503
+    assert seen == ["PUT"]
+    assert sleep.waits == []
+    async with client.put("/t", data=b"x" * 100) as resp:  # a small one is
+        assert resp.status == 200
