@@ -515,3 +515,29 @@ async def test_a_body_too_large_to_keep_is_not_retried(make_proxy: ProxyFactory)
     assert sleep.waits == []
     async with client.put("/t", data=b"x" * 100) as resp:  # a small one is
         assert resp.status == 200
+
+
+async def test_a_client_gone_mid_upload_is_not_retried_nor_held_against_the_tenant(
+        make_proxy: ProxyFactory) -> None:
+    seen: list[str] = []
+
+    async def upload(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        await request.read()
+        return web.Response(text="stored")
+
+    client = await make_proxy(lambda app: app.router.add_put("/up", upload))
+    fake_sleep(client)
+    protection = proxy_of(client).protection
+    async with client.get("/fotoweb/me") as resp:  # (a token first)
+        assert resp.status == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"PUT /up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+                 + b"x" * 1000)
+    await writer.drain()
+    await wait_until(lambda: seen == ["PUT"], "the upload to reach the tenant")
+    writer.close()
+    await wait_until(lambda: protection.in_flight == 0, "the attempt to end")
+    assert seen == ["PUT"]
+    assert protection.breaker.failures == 0
+    assert protection.counters.retries == {}
