@@ -1,4 +1,4 @@
-"""The request handler: one client request in, at most three tenant requests out.
+"""The request handler: one client request in, its attempts at the tenant out.
 
 Theory of operation
 -------------------
@@ -10,7 +10,8 @@ Theory of operation
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
    (``client_authorization: keep``) and gets no token and no replay.
-3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
+3. The body streams upstream through a `BodyTee`, which keeps a bounded copy. Every send
+   goes through attempts.py: the breaker, the budget's line, safe retries (issue 15).
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
    renews once; and not when it was itself issued for a 401 moments ago), get the current
    one, replay from the copy. If a freshly issued token is refused too and placement is
@@ -21,8 +22,9 @@ Theory of operation
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
    With the token in the query, a header that echoes it is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
-   Retry-After when no token can be had, 408 when the client stops sending the body it
-   owes (``limits.client_body_timeout``). A failure after the response has started aborts
+   Retry-After when no token can be had (or the tenant is protected: ``busy`` after
+   ``tenant.queue_timeout`` in line, ``tenant_unavailable`` while the breaker is open),
+   408 when the client stops sending the body it owes (``limits.client_body_timeout``). A failure after the response has started aborts
    the connection, so the client never mistakes a cut-short body for a whole one.
 """
 
