@@ -24,8 +24,9 @@ Theory of operation
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
    Retry-After when no token can be had (or the tenant is protected: ``busy`` after
    ``tenant.queue_timeout`` in line, ``tenant_unavailable`` while the breaker is open),
-   408 when the client stops sending the body it owes (``limits.client_body_timeout``). A failure after the response has started aborts
-   the connection, so the client never mistakes a cut-short body for a whole one.
+   408 when the client stops sending the body it owes (``limits.client_body_timeout``). A
+   failure after the response has started aborts the connection, so the client never
+   mistakes a cut-short body for a whole one.
 """
 
 from __future__ import annotations
