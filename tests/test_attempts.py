@@ -531,7 +531,7 @@ async def test_a_client_gone_mid_upload_is_not_retried_nor_held_against_the_tena
     protection = proxy_of(client).protection
     async with client.get("/fotoweb/me") as resp:  # (a token first)
         assert resp.status == 200
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"PUT /up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
                  + b"x" * 1000)
     await writer.drain()
