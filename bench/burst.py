@@ -58,7 +58,7 @@ GOAL_RATIO = 1.2
 def fwproxy_budget(rate: float, burst: int) -> dict[str, Any]:
     """fwproxy's `tenant` keys for a tenant allowing `rate`/s with `burst` at once (issue 15's
     tenant budget). Tried first; a fwproxy that refuses them runs without (and says so)."""
-    return {"max_in_flight": burst, "max_rate": rate}
+    return {"max_in_flight": burst, "max_rate": rate, "max_burst": burst}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .guard import strict_parser
@@ -18,7 +19,7 @@ from .observe import Observer, StatusInfo
 from .proxy import Proxy
 from .reload import ReloadPlan, reload_plan
 from .store import TokenStore
-from .token_manager import TokenManager
+from .token_manager import Grant, TokenManager
 from .upstream import create_session
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -144,14 +145,16 @@ def _guarded(handler: Handler, keyed: bool) -> Handler:
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_session(settings.tenant)
-    grant = make_grant(session, settings.auth)
+    protection = Protection(settings.tenant)  # its budget serves the token requests too
+    grant: Grant = BudgetedGrant(make_grant(session, settings.auth), protection,
+                                 settings.tenant.url, settings.auth)
     shared = app.get(SHARED_TOKEN)
     if shared is not None and not settings.auth.user_context:  # a user's store is shared
         grant = SharedGrant(grant, shared, settings.auth.refresh_margin)
     tokens = TokenManager(grant, idle_renewal=settings.auth.idle_renewal)
     observer = app[OBSERVER]
-    proxy = Proxy(settings, session, tokens, observer.metrics)
-    observer.attach(tokens, proxy)
+    proxy = Proxy(settings, session, tokens, observer.metrics, protection)
+    observer.attach(tokens, proxy, protection)
     app[TOKENS] = tokens
     app[PROXY] = proxy
     yield

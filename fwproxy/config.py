@@ -76,6 +76,17 @@ class TenantConfig:
     allow_insecure_http: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    # protecting the tenant (issue 15; attempts.py): a fair line, safe retries, a breaker
+    max_in_flight: int = 0  # requests at the tenant at once; 0: no cap
+    max_rate: float = 0.0  # requests started a second; 0: no cap
+    max_burst: float = 0.0  # 0: max_rate
+    queue_timeout: float = 30.0  # longest wait in the line, then 503 busy
+    retries: int = 2
+    retry_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+    retry_max_wait: float = 20.0
+    retry_budget: float = 0.2
+    breaker_failures: int = 5  # 0: no breaker
+    breaker_cooldown: float = 5.0
 
 
 @dataclass(frozen=True)

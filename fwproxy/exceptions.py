@@ -17,6 +17,9 @@
      │    ├── BodyTooLarge            413 the body passed limits.max_body while streaming
      │    └── ClientBodyTimeout       408 the client stopped sending the body it owes
      ├── ReplayUnavailable            the body's replay copy was dropped (too large to keep)
+     ├── TenantRefused                the tenant was not asked, to protect it: 503 + Retry-After
+     │    ├── TenantBusy              waited tenant.queue_timeout in the budget's line (busy)
+     │    └── TenantUnavailable       the breaker is open (tenant_unavailable)
      └── UpstreamError                the tenant could not be reached or misbehaved
           ├── UpstreamConnectError    502
           ├── UpstreamTimeout         504
@@ -26,7 +29,7 @@ Two attributes mean one thing each, wherever they appear in the tree:
 
 - ``error``: the JSON ``"error"`` code a client sees in fwproxy's answer
   (``{"error", "detail"}``), with ``status`` its HTTP status (`ClientFault`,
-  `UpstreamError`, `NoTokenAvailable`).
+  `UpstreamError`, `NoTokenAvailable`, `TenantRefused`).
 - ``reason``: a closed-set label for metrics and the readiness answer (`TokenError`); never
   free text, so it cannot grow a metric's label set or carry a secret.
 
@@ -44,6 +47,7 @@ tokens and refresh tokens are not passed into any of these.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 # What a token endpoint may say in "error" (RFC 6749 5.2, RFC 6750 3.1, RFC 8628 3.5, OpenID
 # Connect Core 3.1.2.6): the only values that become a reason (a metrics label, the
@@ -218,6 +222,51 @@ class ClientBodyTimeout(ClientFault):
 
 class ReplayUnavailable(FwproxyError):
     """The replay copy of a request body was dropped (body larger than the replay limit)."""
+
+
+class TenantRefused(FwproxyError):
+    """The tenant was not asked, to protect it (issue 15): 503 with `retry_after` (the
+    Retry-After header's value, whole seconds)."""
+
+    status = 503
+    error = "tenant_refused"
+    retry_after = "1"
+
+
+class TenantBusy(TenantRefused):
+    """A request waited ``tenant.queue_timeout`` in the tenant budget's line (budget.py)."""
+
+    status = 503
+    error = "busy"
+
+    def __init__(self, queue_timeout: float, retry_after: int) -> None:
+        super().__init__(
+            "the tenant's budget (tenant.max_in_flight, tenant.max_rate) is used up"
+            + (f"; waited tenant.queue_timeout ({queue_timeout:g}s)" if queue_timeout > 0
+               else "")
+        )
+        self.retry_after = str(retry_after)
+
+
+class HasHeader(Protocol):
+    """A breaker's refusal (breaker.Refused): the Retry-After value to send."""
+
+    @property
+    def header(self) -> str: ...
+
+
+class TenantUnavailable(TenantRefused):
+    """The breaker is open (breaker.py): the tenant was not asked."""
+
+    status = 503
+    error = "tenant_unavailable"
+
+    def __init__(self, refused: HasHeader) -> None:
+        super().__init__(
+            "the tenant failed repeatedly (tenant.breaker_failures); not asking it again "
+            f"for {refused.header}s"
+        )
+        self.retry_after = refused.header
 
 
 class UpstreamError(FwproxyError):

@@ -33,6 +33,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
+from .attempts import Protection
+from .breaker import State
+from .budget import WAIT_BUCKETS
 from .exceptions import TokenError
 from .log import outward
 from .token_manager import TokenManager
@@ -158,6 +161,49 @@ class TokenCollector(Collector):
         yield from (requests, failures, renewals, left, replays, fallback)
 
 
+class TenantCollector(Collector):
+    """Protecting the tenant (attempts.py): the line, retries, the breaker. Labels are
+    closed sets (retry causes and stop reasons from retry.py, breaker states)."""
+
+    def __init__(self, protection: Protection) -> None:
+        self._protection = protection
+
+    def collect(self) -> Iterator[Metric]:
+        p = self._protection
+        budget, breaker = p.budget, p.breaker
+        yield GaugeMetricFamily("fwproxy_tenant_queue_length", "Requests waiting in line for "
+                                "the tenant (tenant.max_in_flight, max_rate)",
+                                value=budget.queue_length)
+        buckets, total = [], 0
+        for bound, count in zip((*WAIT_BUCKETS, math.inf), budget.wait_counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily("fwproxy_tenant_wait_seconds", "Time spent in line for "
+                                    "the tenant", buckets=buckets, sum_value=budget.wait_sum)
+        yield CounterMetricFamily("fwproxy_tenant_busy", "Requests answered 503 busy after "
+                                  "tenant.queue_timeout in line", value=budget.refused)
+        yield GaugeMetricFamily("fwproxy_tenant_in_flight", "Attempts at the tenant now",
+                                value=p.in_flight)
+        retries = CounterMetricFamily("fwproxy_tenant_retries", "Retries made, by cause",
+                                      labels=["cause"])
+        for cause, count in sorted(p.counters.retries.items()):
+            retries.add_metric([cause], count)
+        yield retries
+        yield CounterMetricFamily("fwproxy_tenant_retries_refused_by_budget", "Retries not "
+                                  "made because tenant.retry_budget was spent",
+                                  value=p.counters.budget_refused)
+        state = GaugeMetricFamily("fwproxy_tenant_breaker_state", "1 for the breaker's state",
+                                  labels=["state"])
+        for each in State:
+            state.add_metric([each.value], 1.0 if breaker.state is each else 0.0)
+        yield state
+        moves = CounterMetricFamily("fwproxy_tenant_breaker_transitions", "Breaker state "
+                                    "changes", labels=["from", "to"])
+        for (old, new), count in sorted(breaker.transitions.items()):
+            moves.add_metric([old, new], count)
+        yield moves
+
+
 class ReplayStats(Protocol):
     """What the proxy reports about replays and placement (implemented by `Proxy`)."""
 
@@ -181,10 +227,15 @@ class Observer:
         self.info = info
         self.metrics = Metrics()
         self.tokens: TokenManager | None = None
+        self.protection: Protection | None = None
 
-    def attach(self, tokens: TokenManager, replays: ReplayStats) -> None:
+    def attach(self, tokens: TokenManager, replays: ReplayStats,
+               protection: Protection | None = None) -> None:
         self.tokens = tokens
         self.metrics.registry.register(TokenCollector(tokens, replays))
+        if protection is not None:
+            self.protection = protection
+            self.metrics.registry.register(TenantCollector(protection))
 
     def probe_routes(self) -> list[web.RouteDef]:
         """Liveness and readiness: for probes, which carry no API key."""
@@ -227,12 +278,13 @@ class Observer:
 
     async def status_page(self, request: web.Request) -> web.Response:
         assert self.tokens is not None
-        page = render_status(self.metrics, self.tokens, self.info)
+        page = render_status(self.metrics, self.tokens, self.info, self.protection)
         return web.Response(text=page, content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
 
-def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo) -> str:
+def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
+                  protection: Protection | None = None) -> str:
     """A small self-refreshing HTML page; every value is escaped, and every text from
     outside fwproxy goes through `outward` first, so none is a secret."""
     current = tokens.current()
@@ -256,6 +308,17 @@ def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo) -> s
         if current else
         f"none ({html.escape(outward(str(problem))) if problem else 'not fetched yet'})"
     )
+    tenant_line = ""
+    if protection is not None:
+        view = protection.view()
+        breaker = view["breaker"]
+        assert isinstance(breaker, dict)
+        tenant_line = (
+            f'<tr><td>tenant protection</td><td id="protection">breaker {breaker["state"]}'
+            + (f' (retry after {breaker["retry_after"]:.0f} s)' if breaker["retry_after"] else "")
+            + f', {view["queued"]} waiting in line, {view["in_flight"]} at the tenant, '
+            f'{view["retries"]} retries, {view["budget_refused"]} refused by the retry budget'
+            "</td></tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fwproxy status</title>
 <meta http-equiv="refresh" content="30">
@@ -268,6 +331,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <tr><td>acting as</td><td id="acting">{html.escape(outward(info.acting_as()))}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
 <tr><td>local tokens issued</td><td id="local-tokens">{metrics.local_tokens.issued}</td></tr>
+{tenant_line}
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>
 </table>

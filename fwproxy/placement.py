@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .access import normalize_path
+from .exceptions import BadPath
+
 SHOWN_PATH = 200  # characters of a path a warning shows
 
 
@@ -44,3 +47,11 @@ def weigh(seen: tuple[Probe, ...], probe: Probe) -> tuple[tuple[Probe, ...], boo
         return seen, False
     kept = (*seen, probe)[-2:]
     return kept, len(kept) >= 2
+
+
+def path_key(path: str) -> str:
+    """The path as the tenant (IIS) reads it: ``/a``, ``/A/`` and ``/%61`` are one path."""
+    try:
+        return normalize_path(path).lower()
+    except BadPath:  # admitted paths are normalizable; the raw bytes otherwise
+        return path

@@ -1,4 +1,4 @@
-"""The request handler: one client request in, at most three tenant requests out.
+"""The request handler: one client request in, its attempts at the tenant out.
 
 Theory of operation
 -------------------
@@ -9,12 +9,11 @@ Theory of operation
    forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
    to strip the header). A client that brings its own credentials keeps them
-   (``client_authorization: keep``) and gets no token and no replay. A local token
-   (tokengate.py) was verified by the guard and is removed here, fwproxy's token put in its
-   place; with local tokens on, the path of ``auth.token_url`` is answered by the gate and
-   never forwarded. The token and authorize paths never get fwproxy's token (so no renewal,
-   replay or probe): the guard says so in `Admitted.own_token`.
-3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
+   (``client_authorization: keep``) and gets no token and no replay. A local token, verified
+   by the guard (tokengate.py), is swapped here for fwproxy's token. The token and authorize
+   paths never get fwproxy's token, so no renewal, replay or probe (`Admitted.own_token`).
+3. The body streams upstream through a `BodyTee`, which keeps a bounded copy. Every send
+   goes through attempts.py: the breaker, the budget's line, safe retries (issue 15).
 4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
    renews once; and not when it was itself issued for a 401 moments ago), get the current
    one, replay from the copy. If a freshly issued token is refused too and placement is
@@ -25,9 +24,11 @@ Theory of operation
    pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
    With the token in the query, a header that echoes it is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
-   Retry-After when no token can be had, 408 when the client stops sending the body it
-   owes (``limits.client_body_timeout``). A failure after the response has started aborts
-   the connection, so the client never mistakes a cut-short body for a whole one.
+   Retry-After when no token can be had (or the tenant is protected: ``busy`` after
+   ``tenant.queue_timeout`` in line, ``tenant_unavailable`` while the breaker is open),
+   408 when the client stops sending the body it owes (``limits.client_body_timeout``). A
+   failure after the response has started aborts the connection, so the client never
+   mistakes a cut-short body for a whole one.
 """
 
 from __future__ import annotations
@@ -36,34 +37,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from .access import normalize_path
 from .answers import error_response
+from .attempts import Outgoing, Protection, Sender
+from .attempts import read_upstream as _read_upstream
 from .config import Settings
 from .exceptions import (
-    BadPath,
     BodyTooLarge,
     ClientBodyTimeout,
     NoTokenAvailable,
+    TenantRefused,
     UpstreamError,
 )
 from .guard import Admitted, Guard
 from .log import AccessLog, quoted
 from .observe import Metrics
 from .placement import Probe, weigh
+from .placement import path_key as _path_key
+from .record import RequestRecord
+from .record import answer_and_close as _answer_and_close
+from .record import cut as _cut
 from .replay import BodyTee
 from .token_manager import TokenManager
 from .tokens import Token
 from .upstream import (
-    add_param,
     has_param,
-    map_upstream_errors,
+    proxy_origin,
     request_headers,
     response_headers,
     response_reason,
@@ -86,12 +88,15 @@ class Proxy:
         session: aiohttp.ClientSession,
         tokens: TokenManager,
         metrics: Metrics,
+        protection: Protection | None = None,
     ) -> None:
         self._metrics = metrics
         self._session = session
         self._tokens = tokens
         self._tenant = settings.tenant.url
         self._watchdog = Watchdog(settings.tenant.read_timeout)
+        self.protection = protection or Protection(settings.tenant)  # attempts.py
+        self._sender = Sender(session, self._watchdog)
         self._body_watch = ClientWatch(0)  # limits.client_body_timeout, in reconfigure
         self._send_watch = ClientWatch(0)  # limits.client_send_timeout
         self.replays = 0
@@ -113,6 +118,7 @@ class Proxy:
             self.placement = settings.auth.token_placement
         self.guard = guard
         self._watchdog.configure(settings.tenant.read_timeout)
+        self.protection.configure(settings.tenant)
         limit = settings.limits.max_concurrent
         if limit != self._slot_limit:
             self._slot_limit = limit
@@ -201,10 +207,16 @@ class Proxy:
             )
             body.client = self._body_watch.watch(_stalled(body, self._body_watch.timeout))
         stall = self._watchdog.start()
+        key = admitted.key
+        tries = self.protection.start(key.name if key is not None else request.remote or "-")
         try:
             try:
-                out = Outgoing(request.method, path, query, headers, body, stall)
+                out = Outgoing(request.method, path, query, headers, body, stall, tries)
                 upstream = await self._exchange(out, record, own_token)
+            except TenantRefused as exc:  # the tenant was not asked: the breaker, the line
+                return record.answer(error_response(
+                    exc.status, exc.error, str(exc), headers={"Retry-After": exc.retry_after},
+                ), reason=exc.error)
             except NoTokenAvailable as exc:
                 return record.answer(error_response(
                     exc.status, exc.error, str(exc),
@@ -239,6 +251,8 @@ class Proxy:
                 self._send_watch.unwatch(owed)
                 upstream.release()
         finally:
+            tries.finish()
+            record.retries, record.waited = tries.retries, tries.waited
             self._watchdog.stop(stall)
 
     async def _exchange(self, out: Outgoing, record: RequestRecord, own_token: bool
@@ -300,39 +314,9 @@ class Proxy:
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
                     ) -> aiohttp.ClientResponse:
-        # aiohttp copies the headers it is given: the same dict serves every attempt, its
-        # Authorization set (or removed) afresh for each
-        query, headers = out.query, out.headers
-        if token is not None and placement == "query":
-            query = add_param(without_param(query, "access_token"), "access_token", token.value)
-            headers.popall("Authorization", None)
-        elif token is not None:
-            headers["Authorization"] = f"Bearer {token.value}"
-        url = URL.build(
-            scheme=self._tenant.scheme,
-            host=self._tenant.raw_host or "",
-            port=self._tenant.explicit_port,
-            path=out.path,
-            query_string=query,
-            encoded=True,
-        )
-        stall, body = out.stall, out.body
-
-        def what() -> str:
-            if body is not None and not body.sent:
-                return (f"the tenant took no request body for {self._watchdog.timeout:g}s "
-                        "and did not answer")
-            return "the tenant did not answer within the configured timeout"
-
-        # with a body, its writer says when the tenant is the one being waited for
-        with stall.timed(waiting=body is None, what=what) as attempt, map_upstream_errors():
-            return await self._session.request(
-                out.method,
-                url,
-                headers=headers,
-                data=body.chunks(stall, attempt) if body is not None else None,
-                allow_redirects=False,
-            )
+        """One send of the request: breaker, budget and retries around it (attempts.py)."""
+        return await self.protection.send(
+            out, lambda: self._sender.send_once(self._tenant, out, token, placement))
 
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse, record: RequestRecord,
@@ -404,112 +388,13 @@ class Proxy:
             f'{request.remote or "-"} "{request.method} {quoted(request.raw_path)}" '
             f"{record.status} "
             f"in={record.bytes_in} out={record.bytes_out} "
-            f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays}"
+            f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays} "
+            f"retries={record.retries} waited={record.waited * 1000:.0f}ms"
             + (f" error={record.error}" if record.error else "")
         )
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """The request as it goes upstream, before the token is added."""
-
-    method: str
-    path: str
-    query: str
-    headers: CIMultiDict[str]
-    body: BodyTee | None
-    stall: Stall  # waiting for the tenant, for `tenant.read_timeout` (watchdog.py)
-
-    @property
-    def replayable(self) -> bool:
-        return self.body is None or self.body.replayable
-
-
-class RequestRecord:
-    """What the access log line says about one request."""
-
-    __slots__ = ("bytes_in", "bytes_out", "detail", "error", "query_token", "replays",
-                 "status", "upstream_seconds")
-
-    def __init__(self) -> None:
-        # the token the final attempt carried in the query (its echo must not reach the
-        # client); None when it went in the header, or no token of ours went at all
-        self.query_token: Token | None = None
-        self.upstream_seconds: float | None = None  # until the first response headers
-        self.detail = ""
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.replays = 0
-        self.error = ""
-
-    def answer(self, response: web.Response, reason: str = "") -> web.Response:
-        self.status = response.status
-        self.bytes_out = response.content_length or 0
-        self.error = reason
-        if response.status >= 500 and isinstance(response.body, bytes):
-            self.detail = response.body.decode("utf-8", "replace")
-        return response
-
-
-async def _read_upstream(upstream: aiohttp.ClientResponse, stall: Stall) -> bytes:
-    """The next chunk of the tenant's body (b"" at the end); its faults become
-    `UpstreamError`, and only its faults: a client's are not the tenant's."""
-    with stall.timed(waiting=True, what=_stopped), map_upstream_errors():
-        return await upstream.content.readany()
-
-
-def _stopped() -> str:
-    return "the tenant stopped sending the response body"
 
 
 def _stalled(body: BodyTee, timeout: float) -> Callable[[], None]:
     """What `limits.client_body_timeout` does to an upload: its read fails (so does the
     upload to the tenant, whose connection is closed); the handler then answers 408."""
     return lambda: body.stalled(timeout)
-
-
-def _cut(transport: asyncio.Transport, record: RequestRecord) -> Callable[[], None]:
-    """What `limits.client_send_timeout` does to a client that takes no byte of the
-    response: its connection is aborted (a close would wait for it to read); the handler is
-    cancelled or its write fails, and the slot and the tenant's connection are released."""
-
-    def cut() -> None:
-        record.error = "client_send_timeout"
-        transport.abort()
-
-    return cut
-
-
-async def _answer_and_close(request: web.Request, record: RequestRecord, response: web.Response
-                            ) -> web.Response:
-    """Send `response`, then close the connection without reading on: the client owes a
-    body it is not sending (aiohttp would otherwise wait for the rest of it)."""
-    record.answer(response)
-    response.force_close()
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        record.error = "client_disconnected"
-    request.protocol.force_close()
-    return response
-
-
-
-def _path_key(path: str) -> str:
-    """The path as the tenant (IIS) reads it: ``/a``, ``/A/`` and ``/%61`` are one path."""
-    try:
-        return normalize_path(path).lower()
-    except BadPath:  # admitted paths are normalizable; the raw bytes otherwise
-        return path
-
-
-def proxy_origin(host: str) -> URL:
-    """Where the client reached us (the validated ``host[:port]``, never aiohttp's
-    `request.host`, which an absolute-form target sets): the origin Location headers are
-    rewritten to."""
-    try:
-        return URL.build(scheme="http", authority=host, encoded=True)
-    except ValueError:
-        return URL("http://127.0.0.1")

@@ -20,6 +20,9 @@ APPLIES_ON_RELOAD = frozenset({
     "listen.shutdown_timeout",
     "tenant.allow_insecure_http",  # only checked against the config it comes with
     "tenant.read_timeout",
+    "tenant.max_in_flight", "tenant.max_rate", "tenant.max_burst", "tenant.queue_timeout",
+    "tenant.retries", "tenant.retry_methods", "tenant.retry_max_wait", "tenant.retry_budget",
+    "tenant.breaker_failures", "tenant.breaker_cooldown",
     "auth.client_id", "auth.client_secret", "auth.client_secret_file", "auth.token_url",
     "auth.refresh_margin", "auth.token_placement", "auth.client_authorization",
     "auth.replay_max_body", "auth.idle_renewal",

@@ -23,6 +23,7 @@ from .exceptions import (
 )
 from .params import may_name, names_param
 from .private import read_ca_file
+from .retry import Failure
 
 log = logging.getLogger("fwproxy.upstream")
 
@@ -73,7 +74,7 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, ssl=ssl_context, keepalive_timeout=30, enable_cleanup_closed=True
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must not reach another
         auto_decompress=False,
@@ -84,6 +85,12 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         max_line_size=MAX_HEADER_LINE,  # tenants send long CSP, Link and Set-Cookie values
         max_field_size=MAX_HEADER_LINE,
     )
+    # aiohttp sends an idempotent request once more, silently, when a reused connection
+    # breaks (client.py, ClientSession._request: `retry_persistent_connection`); fwproxy's
+    # retries (attempts.py) are the only ones, so that every attempt the tenant sees is
+    # counted and bounded (tests/test_attempts.py holds the attribute to its meaning)
+    session._retry_connection = False
+    return session
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -261,6 +268,16 @@ def _same_origin(url: URL, tenant: URL) -> bool:
     return (url.scheme.lower(), host, url.port) == (tenant.scheme, tenant.host, tenant.port)
 
 
+def proxy_origin(host: str) -> URL:
+    """Where the client reached us (the validated ``host[:port]``, never aiohttp's
+    `request.host`, which an absolute-form target sets): the origin Location headers are
+    rewritten to."""
+    try:
+        return URL.build(scheme="http", authority=host, encoded=True)
+    except ValueError:
+        return URL("http://127.0.0.1")
+
+
 def has_param(query: str, name: str) -> bool:
     """Whether the raw query string carries parameter `name` (lower-case ASCII), its name
     read as the tenant reads it: percent-decoded, case-insensitively (`names_param`), so
@@ -298,6 +315,24 @@ class map_upstream_errors:  # a context manager, named and used like a function
             exc, (asyncio.TimeoutError, aiohttp.ClientError)
         ):
             raise translate(exc) from exc
+
+
+def failure_of(error: UpstreamError) -> Failure | None:
+    """How an attempt that raised `error` ended, for the retry and breaker decisions; None
+    when the tenant answered, but not in HTTP (not worth asking again)."""
+    if isinstance(error, UpstreamTimeout):
+        cause = error.__cause__
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return Failure.CONNECT_REFUSED  # the connection never opened: nothing was sent
+        return Failure.TIMEOUT
+    if isinstance(error, UpstreamConnectError):
+        return Failure.CONNECT_REFUSED
+    cause = error.__cause__
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return Failure.CLOSED_BEFORE_RESPONSE
+    if isinstance(cause, aiohttp.ClientOSError):
+        return Failure.RESET_BEFORE_RESPONSE
+    return None
 
 
 def translate(exc: BaseException) -> UpstreamError:

@@ -1,4 +1,6 @@
 """Config values: one parser per kind of value, and SCHEMA, which names every key.
+Longer than 400 lines because SCHEMA is one table of every key of every section and the
+parsers it names read best beside it; the rules across keys live in config.py.
 
 Each parser takes the raw value (from YAML, or a string from the environment) and the key
 (or variable) to name in an error, and returns the typed value or raises `ConfigError`.
@@ -266,6 +268,22 @@ def parse_count(value: object, key: str) -> int:
     return number
 
 
+def parse_rate(value: object, key: str) -> float:
+    """A non-negative number (``2.5``: requests a second; ``0.2``: a share)."""
+    try:
+        number = float(str(value)) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 10**9:  # (also refuses nan and inf)
+        raise ConfigError(key, f"expected a number, 0 or more, got {value!r}")
+    return number
+
+
+def parse_methods(value: object, key: str) -> tuple[str, ...]:
+    """HTTP methods (``[GET, PUT]``), upper-cased; an empty list is none."""
+    return () if value is None or value == "" else parse_list(value, key, method_item)
+
+
 def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
     """``[{methods: [GET], paths: ["/fotoweb/archives/**"], action: allow, name: ...}]``."""
     if isinstance(value, str):  # from the environment: YAML (or JSON) text
@@ -342,6 +360,16 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "allow_insecure_http": parse_bool,
         "connect_timeout": parse_duration,
         "read_timeout": parse_duration,
+        "max_in_flight": parse_count,
+        "max_rate": parse_rate,
+        "max_burst": parse_rate,
+        "queue_timeout": parse_duration,
+        "retries": parse_count,
+        "retry_methods": parse_methods,
+        "retry_max_wait": parse_duration,
+        "retry_budget": parse_rate,
+        "breaker_failures": parse_count,
+        "breaker_cooldown": parse_duration,
     },
     "auth": {
         "grant_type": choice("client_credentials", "authorization_code"),

@@ -494,13 +494,15 @@ async def test_max_concurrent_queues_with_a_timeout(
 
 
 @pytest.mark.parametrize("code", [429, 503])
-async def test_tenant_backpressure_is_passed_back_not_retried(
+async def test_tenant_backpressure_is_passed_back_when_retries_are_off(
     make_proxy: ProxyFactory, tenant_state: TenantState, code: int,
 ) -> None:
+    """tenant.retries: 0 (issue 15 retries it by default: tests/test_attempts.py)."""
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=code, headers={"Retry-After": "7"}, text="slow down")
 
-    client = await make_proxy(lambda app: app.router.add_get("/sim/busy", busy))
+    client = await make_proxy(lambda app: app.router.add_get("/sim/busy", busy),
+                              tenant={"retries": 0})
     async with client.get("/sim/busy") as resp:
         assert resp.status == code
         assert resp.headers["Retry-After"] == "7"

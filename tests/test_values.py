@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from fwproxy import values
+from fwproxy.exceptions import ConfigError
 from fwproxy.values import AUTO_WORKERS, parse_duration, parse_list, parse_size, parse_workers
 
 
@@ -40,3 +42,23 @@ def test_parse_list(text: object, expected: list[str]) -> None:
 def test_workers_auto_is_counted_later_not_here(value: object, expected: int) -> None:
     """Parsing asks the machine nothing: loading.resolve_files counts the CPUs."""
     assert parse_workers(value, "listen.workers") == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (0, 0.0), ("2.5", 2.5), (0.2, 0.2), ("10", 10.0)])
+def test_parse_rate(value: object, expected: float) -> None:
+    assert values.parse_rate(value, "tenant.max_rate") == expected
+
+
+@pytest.mark.parametrize("value", [-1, "x", True, "nan", "inf", None])
+def test_parse_rate_refuses_and_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^tenant\.max_rate: expected a number"):
+        values.parse_rate(value, "tenant.max_rate")
+
+
+def test_parse_methods() -> None:
+    assert values.parse_methods(["get", "PUT", "get"], "k") == ("GET", "PUT")
+    assert values.parse_methods("GET, HEAD", "k") == ("GET", "HEAD")
+    assert values.parse_methods([], "k") == ()
+    with pytest.raises(ConfigError, match=r"^tenant\.retry_methods: 'G T' is not"):
+        values.parse_methods(["G T"], "tenant.retry_methods")

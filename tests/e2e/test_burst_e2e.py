@@ -1,7 +1,7 @@
 """Issue 15: a legacy burst (500 requests from 50 parallel curl processes) at a simulated
 tenant that drops connections over 10 concurrent. Direct to the tenant, the burst fails some:
-the tenant's limit is real. (Through fwproxy, with a tenant budget, it must fail none: that
-half comes with the budget.)"""
+the tenant's limit is real. Through fwproxy with ``tenant.max_in_flight: 8`` it fails none,
+and the tenant never holds more than 8 at once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fwproxy.sim import TenantState
 from fwproxy.sim.limits import Limits
 
 from .burst import burst
-from .conftest import curl
+from .conftest import StartProxy, curl
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +53,18 @@ async def test_a_direct_burst_at_a_tenant_that_drops_over_10_concurrent_fails_so
     again = await burst(url, REQUESTS, PROCESSES, headers)
     assert again.statuses == {"200": REQUESTS}
     assert tenant_state.limits.refused == {"drop": 0, "429": 0, "503": 0}
+
+
+async def test_through_fwproxy_with_max_in_flight_8_every_request_gets_its_200(
+        tenant: TestServer, tenant_state: TenantState, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"tenant": {"max_in_flight": 8}})
+
+    result = await burst(proxy.url("/fotoweb/me"), REQUESTS, PROCESSES)
+
+    record = tenant_state.limits
+    assert result.statuses == {"200": REQUESTS}, result.statuses
+    assert record.peak <= 8  # the tenant never saw more than 8 at once (the token's included)
+    assert record.refused == {"drop": 0, "429": 0, "503": 0}
+    metrics = await curl(proxy.url("/_fwproxy/metrics"))
+    assert "fwproxy_tenant_queue_length 0.0" in metrics.text
+    assert "fwproxy_tenant_in_flight 0.0" in metrics.text
