@@ -17,9 +17,10 @@ Theory of operation
    ``auto``, probe once with the query placement: only a 2xx is passed back (else the 401),
    and only 2xx probes on two different paths switch to the query (placement.py).
    403 never renews. A body too large to keep gets its 401 passed back.
-5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
-   pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
-   With the token in the query, a header that echoes it is dropped (upstream.py).
+5. The response streams back as it arrives (a 1xx as the final status is a 502): status,
+   headers minus hop-by-hop, ``Location`` pointed at the proxy when it points at the
+   tenant, bytes untouched (no decompression). A header or reason phrase that echoes one
+   of our tokens, in any encoding and whichever placement, is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
    Retry-After when no token can be had, 408 when the client stops sending the body it
    owes (``limits.client_body_timeout``). A failure after the response has started aborts
@@ -328,13 +329,18 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, record: RequestRecord,
         stall: Stall, host: str,
     ) -> web.StreamResponse:
+        if upstream.status < 200:  # 101 (or another 1xx as final): nothing HTTP can relay
+            upstream.close()  # its connection is no longer HTTP: never back to the pool
+            return record.answer(error_response(
+                502, "upstream_protocol_error",
+                f"the tenant answered {upstream.status}, an interim status, as its final one",
+            ))
         query_token = None if record.query_token is None else record.query_token.value
-        reason = upstream.reason
-        if query_token is not None:
-            reason = response_reason(reason, query_token)
+        echo = self._tokens.echo  # our tokens in any encoding, whichever placement
+        reason = response_reason(upstream.reason, echo)
         out = web.StreamResponse(status=upstream.status, reason=reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(host), query_token
+            upstream.headers, self._tenant, lambda: proxy_origin(host), query_token, echo
         ))
         try:
             await out.prepare(request)

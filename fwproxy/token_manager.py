@@ -19,7 +19,7 @@ from typing import Protocol
 
 from .config import AuthConfig
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
-from .log import REDACT
+from .log import REDACT, Echo, echo_pattern
 from .tokens import (
     Decision,
     Token,
@@ -85,6 +85,9 @@ class TokenManager:
         # The cached token while it needs no renewal: `get`'s fast path, one comparison.
         self._fresh: Token | None = None
         self._last_use = clock()  # the last `fresh`/`get`: for auth.idle_renewal
+        self._values: tuple[str, ...] = ()  # the current token's value and the one before
+        # finds either in any encoding (log.echo_pattern): for the response scrub
+        self.echo: Echo | None = None
         seed = grant.stored()
         if seed is not None:
             self._keep(seed)
@@ -212,6 +215,9 @@ class TokenManager:
 
     def _keep(self, token: Token) -> None:
         REDACT.add(token.value)  # fetched, or seeded from a store: masked wherever echoed
+        if token.value not in self._values[:1]:  # and scrubbed from responses: this one
+            self._values = (token.value, *self._values[:1])  # and the one before (in flight)
+            self.echo = echo_pattern(self._values)
         if token.refresh_token is not None:
             REDACT.add(token.refresh_token)
         self._slot = (self._grant.cache_key, token)
