@@ -11,12 +11,15 @@ Theory of operation
    to strip the header). A client that brings its own credentials keeps them
    (``client_authorization: keep``) and gets no token and no replay.
 3. The body streams upstream through a `BodyTee`, which keeps a bounded copy.
-4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
-   renews once; and not when it was itself issued for a 401 moments ago), get the current
-   one, replay from the copy. If a freshly issued token is refused too and placement is
-   ``auto``, probe once with the query placement: only a 2xx is passed back (else the 401),
-   and only 2xx probes on two different paths switch to the query (placement.py).
-   403 never renews. A body too large to keep gets its 401 passed back.
+4. A 401 to our own token: if the tenant took that token before, first ask whether it
+   still does (``GET /fotoweb/me`` with it, one request for a storm of 401s): if so, the
+   401 is that path's, and the token is kept (no renewal, no probe). Otherwise drop the
+   token (only if still current, so a storm of 401s renews once; and not when it was
+   itself issued for a 401 moments ago). Get the current one, replay from the copy. If a
+   freshly issued token is refused too and placement is ``auto``, probe once with the
+   query placement: only a 2xx is passed back (else the 401), and only 2xx probes on two
+   different paths switch to the query (placement.py). 403 never renews. A body too large
+   to keep gets its 401 passed back.
 5. The response streams back as it arrives (a 1xx as the final status is a 502): status,
    headers minus hop-by-hop, ``Location`` pointed at the proxy when it points at the
    tenant, bytes untouched (no decompression). A header or reason phrase that echoes one
@@ -56,7 +59,7 @@ from .observe import Metrics
 from .placement import Probe, weigh
 from .replay import BodyTee
 from .token_manager import TokenManager
-from .tokens import Token
+from .tokens import Token, Verdict, verdict_of
 from .upstream import (
     add_param,
     has_param,
@@ -64,6 +67,7 @@ from .upstream import (
     request_headers,
     response_headers,
     response_reason,
+    translate,
     without_param,
 )
 from .watchdog import ClientWatch, Stall, Watchdog
@@ -72,6 +76,7 @@ access_log = AccessLog()
 log = logging.getLogger("fwproxy.proxy")
 
 STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
+VERIFY_PATH = "/fotoweb/me"  # what `fwproxy check` asks too: any valid token may read it
 
 
 class Proxy:
@@ -246,7 +251,7 @@ class Proxy:
         if resp.status != 401:
             self._tokens.accepted(token)
             return resp
-        self._tokens.invalidate(token)
+        await self._tokens.refused(token, self._verify)  # dropped, or good elsewhere: kept
         if not out.replayable:
             return resp  # too large to replay: the client sees the 401
         fresh = await self._tokens.get()
@@ -288,6 +293,30 @@ class Proxy:
         self._query_took = token  # a later header 401 to it is the header's fault: probe
         record.query_token = token
         return probe
+
+    async def _verify(self, token: Token) -> Verdict:
+        """Whether the tenant still takes `token`: ``GET /fotoweb/me`` with it, placed as
+        requests place it now (`TokenManager.refused` calls this, once for a storm)."""
+        query, headers = "", {"Accept": "application/json"}
+        if self.placement == "query":
+            query = add_param("", "access_token", token.value)
+        else:
+            headers["Authorization"] = f"Bearer {token.value}"
+        url = URL.build(scheme=self._tenant.scheme, host=self._tenant.raw_host or "",
+                        port=self._tenant.explicit_port, path=VERIFY_PATH,
+                        query_string=query, encoded=True)
+        timeout = aiohttp.ClientTimeout(total=self._watchdog.timeout or None)
+        try:
+            async with self._session.get(url, headers=headers, allow_redirects=False,
+                                         timeout=timeout) as resp:
+                status: int | None = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("verifying the token after a 401 failed: %s", translate(exc))
+            status = None
+        verdict = verdict_of(status)
+        log.info("a 401 to a token the tenant took before: GET %s with it answered %s (%s)",
+                 VERIFY_PATH, status or "nothing", verdict.value)
+        return verdict
 
     async def _send(self, out: Outgoing, token: Token | None, placement: str
                     ) -> aiohttp.ClientResponse:
