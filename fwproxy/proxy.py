@@ -58,6 +58,7 @@ from .log import AccessLog
 from .observe import Metrics
 from .placement import Probe, weigh
 from .replay import BodyTee
+from .shares import Shares
 from .token_manager import TokenManager
 from .tokens import Token, Verdict, verdict_of
 from .upstream import (
@@ -102,6 +103,7 @@ class Proxy:
         self._query_took: Token | None = None  # the last token a probe saw accepted
         self._slots: asyncio.Semaphore | None = None
         self._slot_limit: int | None = None
+        self._shares = Shares()  # limits.max_concurrent_per_client
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -120,6 +122,7 @@ class Proxy:
             self._slot_limit = limit
             self._slots = asyncio.Semaphore(limit) if limit else None
         self._queue_timeout = settings.limits.queue_timeout
+        self._shares.share = settings.limits.max_concurrent_per_client
         self._body_watch.configure(settings.limits.client_body_timeout)
         self._send_watch.configure(settings.limits.client_send_timeout)
 
@@ -152,6 +155,17 @@ class Proxy:
         admitted = self.guard.admit(request)
         if not isinstance(admitted, Admitted):  # (Admitted is a tuple: a cheap check)
             return record.answer(admitted)
+        if not self._shares.share:
+            return await self._slotted(request, admitted, record)
+        client = admitted.key.name if admitted.key is not None else request.remote or ""
+        with self._shares.hold(client) as held:
+            if not held:
+                return record.answer(self._busy("limits.max_concurrent_per_client requests "
+                                                "of this client are in flight; try again"))
+            return await self._slotted(request, admitted, record)
+
+    async def _slotted(self, request: web.Request, admitted: Admitted, record: RequestRecord
+                       ) -> web.StreamResponse:
         slots = self._slots  # the one acquired is the one released, even across a reload
         if slots is None:
             return await self._forward(request, admitted, record)
@@ -166,11 +180,9 @@ class Proxy:
         finally:
             slots.release()
 
-    def _busy(self) -> web.Response:
-        return error_response(
-            503, "busy", "limits.max_concurrent requests are in flight; try again",
-            headers={"Retry-After": "1"},
-        )
+    def _busy(self, detail: str = "limits.max_concurrent requests are in flight; try again"
+              ) -> web.Response:
+        return error_response(503, "busy", detail, headers={"Retry-After": "1"})
 
     async def _forward(
         self, request: web.Request, admitted: Admitted, record: RequestRecord
