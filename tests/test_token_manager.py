@@ -494,3 +494,18 @@ async def test_a_verification_that_fails_proves_nothing(
 
     assert await manager.refused(token, verify)  # as before verification: dropped
     assert (await manager.get()).value == "token-2"
+
+
+async def test_the_echo_scrub_knows_the_current_token_and_the_one_before(
+    manager: TokenManager, grant: FakeGrant,
+) -> None:
+    """A response to a request sent with the old token may come back after a renewal."""
+    assert manager.echo is None
+    first = await manager.get()
+    assert manager.invalidate(first)
+    second = await manager.get()
+    echo = manager.echo
+    assert echo is not None
+    assert echo(f"x {first.value} y")
+    assert echo(f"x {second.value} y")
+    assert not echo("x token-3 y")
