@@ -43,6 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import __version__
 from .access import normalize_path
 from .answers import error_response
 from .config import Settings
@@ -78,6 +79,7 @@ log = logging.getLogger("fwproxy.proxy")
 
 STRIP_HINT = "proxy_set_header Authorization $http_authorization;"
 VERIFY_PATH = "/fotoweb/me"  # what `fwproxy check` asks too: any valid token may read it
+VERIFY_AGENT = f"fwproxy/{__version__} (token check after a 401)"  # for the tenant's log
 
 
 class Proxy:
@@ -309,7 +311,7 @@ class Proxy:
     async def _verify(self, token: Token) -> Verdict:
         """Whether the tenant still takes `token`: ``GET /fotoweb/me`` with it, placed as
         requests place it now (`TokenManager.refused` calls this, once for a storm)."""
-        query, headers = "", {"Accept": "application/json"}
+        query, headers = "", {"Accept": "application/json", "User-Agent": VERIFY_AGENT}
         if self.placement == "query":
             query = add_param("", "access_token", token.value)
         else:

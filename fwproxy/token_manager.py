@@ -183,6 +183,9 @@ class TokenManager:
 
     async def _verify(self, stale: Token, verify: Verifier) -> Verdict:
         pending = self._verifying
+        if pending is not None and pending[0] is stale and pending[1].done() and (
+                pending[1].result() is Verdict.REFUSED):
+            return Verdict.REFUSED  # refused stays refused (its waiters may not have run yet)
         if pending is None or pending[0] is not stale or pending[1].done():
             self.verifications += 1
             task = asyncio.get_running_loop().create_task(_verdict(verify, stale))
