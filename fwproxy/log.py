@@ -93,20 +93,22 @@ def _encodings(secret: str) -> frozenset[str]:
 class Echo:
     """Finds any of some secrets in any of their `encodings` (`echo_pattern`)."""
 
-    pattern: re.Pattern[str] = field(repr=False)
+    forms: tuple[str, ...] = field(repr=False)
+    hint: re.Pattern[str] = field(repr=False)  # where a form may start (`prefix_pattern`)
     shortest: int  # no shorter text can hold a form (nor can it once percent-decoded)
 
     def __call__(self, text: str) -> bool:
-        return len(text) >= self.shortest and self.pattern.search(text) is not None
+        if len(text) < self.shortest or not self.hint.search(text):
+            return False
+        return any(form in text for form in self.forms)
 
 
 @functools.lru_cache(maxsize=8)
 def echo_pattern(secrets: tuple[str, ...]) -> Echo:
-    """One pattern that finds any of `secrets` in any of its `encodings`: compiled once a
-    tuple (the token manager makes one as it takes a token), searched once a response."""
+    """What finds any of `secrets` in any of its `encodings`: made once a tuple (the token
+    manager makes one as it takes a token, in a few milliseconds), asked once a response."""
     forms = frozenset().union(*map(encodings, secrets))
-    ordered = sorted(forms, key=len, reverse=True)
-    return Echo(re.compile("|".join(map(re.escape, ordered))), len(ordered[-1]))
+    return Echo(tuple(forms), prefix_pattern(forms, HINT_LENGTH), min(map(len, forms)))
 
 
 BASE64_CORE = 8  # shortest run of base64 taken to stand for a secret inside longer text
@@ -156,7 +158,7 @@ def _may_match(text: str) -> bool:
     return any(word in folded for word in _TRIGGERS)
 
 
-HINT_LENGTH = 16  # characters of each form the redactor's pre-check looks for
+HINT_LENGTH = 16  # characters of each form the pre-checks look for (redactor, echo)
 
 
 def prefix_pattern(words: set[str] | frozenset[str], length: int) -> re.Pattern[str]:
