@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Protocol
 
 from .config import AuthConfig
+from .encodings import Echo, echo_pattern
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
-from .log import REDACT, Echo, echo_pattern
+from .log import REDACT
 from .tokens import (
     After401,
     Decision,
@@ -94,7 +95,7 @@ class TokenManager:
         self._fresh: Token | None = None
         self._last_use = clock()  # the last `fresh`/`get`: for auth.idle_renewal
         self._values: tuple[str, ...] = ()  # the current token's value and the one before
-        # finds either in any encoding (log.echo_pattern): for the response scrub
+        # finds either in any encoding (encodings.echo_pattern): for the response scrub
         self.echo: Echo | None = None
         seed = grant.stored()
         if seed is not None:

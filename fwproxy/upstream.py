@@ -15,13 +15,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import TenantConfig
+from .encodings import Echo
 from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .log import Echo
 from .private import read_ca_file
 
 log = logging.getLogger("fwproxy.upstream")
@@ -155,7 +155,7 @@ def response_headers(
     (`proxy_origin` is asked only when there is a Location to rewrite).
 
     `query_token`: the token went upstream in the query (None: in the header), so a
-    ``Location`` loses its ``access_token`` parameter. `echo` (log.echo_pattern of the
+    ``Location`` loses its ``access_token`` parameter. `echo` (encodings.echo_pattern of the
     current and the previous access token) finds a token in any encoding, in whichever
     placement it went: any header that still carries one (`carries`; a login redirect's
     ``ReturnUrl``, a ``Link``, a ``Set-Cookie``, a debug header) is dropped, with a warning
@@ -207,7 +207,7 @@ DECODE_ROUNDS = 4  # percent-decodings looked through: raw, once, twice, ... nes
 
 def carries(value: str, echo: Echo) -> bool:
     """Whether a token shows in `value`: in any of its encodings (`echo`, see
-    log.echo_pattern), also once percent-decoded up to `DECODE_ROUNDS` times, as a
+    encodings.echo_pattern), also once percent-decoded up to `DECODE_ROUNDS` times, as a
     parameter of a URL that is itself a parameter holds it. A value that still decodes
     further after that many rounds is taken to carry it: it hides something, and a header
     that hides something is not worth the risk."""

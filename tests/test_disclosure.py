@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from fwproxy import keys
 from fwproxy.answers import error_response, raw_error_response
+from fwproxy.encodings import encodings
 from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
-from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
+from fwproxy.log import MASK, Redactor, basic_credentials, outward, setup_logging
 from fwproxy.sim import TENANT, TenantState, token_endpoint
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response

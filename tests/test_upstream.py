@@ -14,7 +14,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from fwproxy.log import echo_pattern
+from fwproxy.encodings import echo_pattern
 from fwproxy.upstream import (
     add_param,
     carries,
