@@ -34,6 +34,7 @@ skipped altogether; with ``breaker_failures: 0`` the breaker is.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -43,6 +44,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import __version__
 from .breaker import ALLOWED, Allowed, Breaker, is_failure
 from .budget import Lease, LocalBudget
 from .config import AuthConfig, TenantConfig
@@ -59,8 +61,8 @@ from .retry import (
     retry_decision,
 )
 from .token_manager import Grant
-from .tokens import Token
-from .upstream import add_param, failure_of, map_upstream_errors, without_param
+from .tokens import Token, Verdict, verdict_of
+from .upstream import add_param, failure_of, map_upstream_errors, translate, without_param
 from .watchdog import Stall, Watchdog
 
 TOKEN_CLIENT = "token endpoint"  # the budget's name for fwproxy's own token requests
@@ -345,3 +347,33 @@ class BudgetedGrant:
             return await self._inner.fetch()
         finally:
             lease.release()
+
+
+log = logging.getLogger("fwproxy.attempts")
+VERIFY_PATH = "/fotoweb/me"  # what `fwproxy check` asks too: any valid token may read it
+VERIFY_AGENT = f"fwproxy/{__version__} (token check after a 401)"  # for the tenant's log
+
+
+async def verify_token(session: aiohttp.ClientSession, tenant: URL, placement: str,
+                       token: Token, timeout: float) -> Verdict:
+    """Whether the tenant still takes `token`: ``GET /fotoweb/me`` with it, placed as
+    requests place it now (after a 401 to a token the tenant took before, tokens.py)."""
+    query, headers = "", {"Accept": "application/json", "User-Agent": VERIFY_AGENT}
+    if placement == "query":
+        query = add_param("", "access_token", token.value)
+    else:
+        headers["Authorization"] = f"Bearer {token.value}"
+    url = URL.build(scheme=tenant.scheme, host=tenant.raw_host or "",
+                    port=tenant.explicit_port, path=VERIFY_PATH, query_string=query,
+                    encoded=True)
+    try:
+        async with session.get(url, headers=headers, allow_redirects=False,
+                               timeout=aiohttp.ClientTimeout(total=timeout or None)) as resp:
+            status: int | None = resp.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("verifying the token after a 401 failed: %s", translate(exc))
+        status = None
+    verdict = verdict_of(status)
+    log.info("a 401 to a token the tenant took before: GET %s with it answered %s (%s)",
+             VERIFY_PATH, status or "nothing", verdict.value)
+    return verdict

@@ -133,6 +133,8 @@ class LimitsConfig:
     max_body: int = 0  # bytes; 0: no limit
     max_header_bytes: int = 64 * 1024
     max_concurrent: int = 0  # 0: no limit
+    # of those, what one client (API key, else address) may hold; 0: no limit of its own
+    max_concurrent_per_client: int = 0
     queue_timeout: float = 0.0  # seconds to wait for a slot before 503
     client_idle_timeout: float = 75.0
     max_connections: int = 10240  # open client connections; 0: no limit
@@ -211,7 +213,7 @@ def parse_config(
                               tenant, environ)
     log = LogConfig(**values["log"])
     access = _access(values["access"], listen)
-    limits = LimitsConfig(**values["limits"])
+    limits = _limits(values["limits"])
     status = StatusConfig(**values["status"])
     local_tokens = LocalTokensConfig(**values["local_tokens"])
     lifetime = local_tokens.lifetime
@@ -224,6 +226,22 @@ def parse_config(
     return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
                     limits=limits, status=status, local_tokens=local_tokens, source=source,
                     secret_file=secret_file, local_token_key=key_file)
+
+
+def _limits(values: dict[str, Any]) -> LimitsConfig:
+    """``limits.max_concurrent_per_client: auto`` is half of ``max_concurrent`` rounded up
+    (one client never holds every slot, another is always served); more than
+    ``max_concurrent`` is a mistake. Left out it is 0, no share of its own: on loopback
+    without API keys every local tool is one client (one address), and a default share
+    would halve ``max_concurrent`` and end its queueing for all of them."""
+    total = values.get("max_concurrent", LimitsConfig.max_concurrent)
+    share = values.get("max_concurrent_per_client", LimitsConfig.max_concurrent_per_client)
+    if share is None:
+        values["max_concurrent_per_client"] = -(-total // 2)
+    elif total and share > total:
+        raise ConfigError("limits.max_concurrent_per_client",
+                          f"must not exceed limits.max_concurrent ({total}), got {share}")
+    return LimitsConfig(**values)
 
 
 def check_listen(listen: ListenConfig) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import html
 import json
 import logging
 import re
@@ -21,9 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import TextIO
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote_plus
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+from .encodings import HINT_LENGTH, encodings, prefix_pattern
 
 MASK = "********"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -60,20 +61,6 @@ _TRIGGERS = ("token", "secret", "verifier", "bearer", "basic", "fwpl_")  # one a
 MAX_SHOWN = 400  # characters of one text shown to a client or a scraper
 
 
-def encodings(secret: str) -> set[str]:
-    """The shapes a secret takes when a token endpoint or tenant echoes it back: as it is,
-    form-encoded (``+`` for space, ``%XX`` in either case), percent-encoded, JSON-escaped
-    (with or without ``\\/``, ASCII or not), backslash-escaped as a Python ``repr`` shows
-    it, and HTML-escaped."""
-    forms = {secret, quote_plus(secret, safe=""), quote(secret, safe=""), quote(secret),
-             html.escape(secret), repr(secret)[1:-1], ascii(secret)[1:-1]}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
-    forms |= {_PERCENT.sub(lambda m: m.group().lower(), form) for form in forms}
-    return {form for form in forms if len(form) >= 4}
-
-
 def basic_credentials(user: str, password: str) -> set[str]:
     """``base64(user:password)`` as an ``Authorization: Basic`` header carries it, raw and
     with both parts form-encoded first (RFC 6749 section 2.3.1)."""
@@ -82,7 +69,6 @@ def basic_credentials(user: str, password: str) -> set[str]:
             for pair in pairs}
 
 
-_PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # C0, DEL, C1, line breaks
 
 
@@ -103,8 +89,9 @@ class Redactor:
     def __init__(self, remember: int = 32) -> None:
         self._secrets: deque[str] = deque(maxlen=remember)
         self._pinned: set[str] = set()
-        self._forms: dict[str, set[str]] = {}
+        self._forms: dict[str, frozenset[str]] = {}
         self._known: tuple[str, ...] = ()
+        self._hint: re.Pattern[str] | None = None  # finds every form's start, or more
 
     def pin(self, secret: str, client_id: str | None = None) -> None:
         """A secret to mask for the life of the process (the client secret); with
@@ -134,11 +121,14 @@ class Redactor:
             forms |= self._forms[secret]
         # longest first: a form that contains another is masked whole
         self._known = tuple(sorted(forms, key=len, reverse=True))
+        self._hint = prefix_pattern(forms, HINT_LENGTH) if forms else None
 
     def __call__(self, text: str) -> str:
-        for secret in self._known:
-            if secret in text:
-                text = text.replace(secret, MASK)
+        hint = self._hint
+        if hint is not None and hint.search(text):  # most text holds no form: one search
+            for secret in self._known:
+                if secret in text:
+                    text = text.replace(secret, MASK)
         if _may_match(text):
             for pattern, replacement in _PATTERNS:
                 text = pattern.sub(replacement, text)

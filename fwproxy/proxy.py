@@ -2,9 +2,8 @@
 
 Theory of operation
 -------------------
-1. `Guard` refuses what must never be forwarded (methods, clients, hosts, paths, sizes)
-   before reading the body. The upstream URL is the configured tenant origin plus the
-   client's raw target bytes: nothing in the request can change where the token goes.
+1. `Guard` refuses what must never be forwarded before reading the body; `Slots` bound how
+   many are served at once. The upstream URL is the tenant origin plus the raw target.
 2. Headers minus hop-by-hop (and minus every name in ``Connection``), the client's
    forwarding headers replaced by fwproxy's (upstream.py; the Host is guard's), then the token:
    ``Authorization: Bearer`` (or ``access_token=`` in the query once the tenant has been seen
@@ -14,15 +13,19 @@ Theory of operation
    paths never get fwproxy's token, so no renewal, replay or probe (`Admitted.own_token`).
 3. The body streams upstream through a `BodyTee`, which keeps a bounded copy. Every send
    goes through attempts.py: the breaker, the budget's line, safe retries (issue 15).
-4. A 401 to our own token: drop the token (only if still current, so a storm of 401s
-   renews once; and not when it was itself issued for a 401 moments ago), get the current
-   one, replay from the copy. If a freshly issued token is refused too and placement is
-   ``auto``, probe once with the query placement: only a 2xx is passed back (else the 401),
-   and only 2xx probes on two different paths switch to the query (placement.py).
-   403 never renews. A body too large to keep gets its 401 passed back.
-5. The response streams back as it arrives: status, headers minus hop-by-hop, ``Location``
-   pointed at the proxy when it points at the tenant, bytes untouched (no decompression).
-   With the token in the query, a header that echoes it is dropped (upstream.py).
+4. A 401 to our own token: if the tenant took that token before, first ask whether it
+   still does (``GET /fotoweb/me`` with it, one request for a storm of 401s): if so, the
+   401 is that path's, and the token is kept (no renewal, no probe). Otherwise drop the
+   token (only if still current, so a storm of 401s renews once; and not when it was
+   itself issued for a 401 moments ago). Get the current one, replay from the copy. If a
+   freshly issued token is refused too and placement is ``auto``, probe once with the
+   query placement: only a 2xx is passed back (else the 401), and only 2xx probes on two
+   different paths switch to the query (placement.py). 403 never renews. A body too large
+   to keep gets its 401 passed back.
+5. The response streams back as it arrives (a 1xx as the final status is a 502): status,
+   headers minus hop-by-hop, ``Location`` pointed at the proxy when it points at the
+   tenant, bytes untouched (no decompression). A header or reason phrase that echoes one
+   of our tokens, in any encoding and whichever placement, is dropped (upstream.py).
 6. Failures become JSON ``{"error", "detail"}``: 502 unreachable, 504 timeout, 503 with
    Retry-After when no token can be had (or the tenant is protected: ``busy`` after
    ``tenant.queue_timeout`` in line, ``tenant_unavailable`` while the breaker is open),
@@ -42,7 +45,7 @@ import aiohttp
 from aiohttp import web
 
 from .answers import error_response
-from .attempts import Outgoing, Protection, Sender
+from .attempts import Outgoing, Protection, Sender, verify_token
 from .attempts import read_upstream as _read_upstream
 from .config import Settings
 from .exceptions import (
@@ -61,8 +64,9 @@ from .record import RequestRecord
 from .record import answer_and_close as _answer_and_close
 from .record import cut as _cut
 from .replay import BodyTee
+from .slots import Slots
 from .token_manager import TokenManager
-from .tokens import Token
+from .tokens import Token, Verdict
 from .upstream import (
     has_param,
     proxy_origin,
@@ -103,8 +107,7 @@ class Proxy:
         self.placement = "query" if settings.auth.token_placement == "query" else "header"
         self._evidence: tuple[Probe, ...] = ()  # probes that proved the query, one a path
         self._query_took: Token | None = None  # the last token a probe saw accepted
-        self._slots: asyncio.Semaphore | None = None
-        self._slot_limit: int | None = None
+        self._slots = Slots()  # limits.max_concurrent, limits.max_concurrent_per_client
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -119,11 +122,7 @@ class Proxy:
         self.guard = guard
         self._watchdog.configure(settings.tenant.read_timeout)
         self.protection.configure(settings.tenant)
-        limit = settings.limits.max_concurrent
-        if limit != self._slot_limit:
-            self._slot_limit = limit
-            self._slots = asyncio.Semaphore(limit) if limit else None
-        self._queue_timeout = settings.limits.queue_timeout
+        self._slots.configure(settings.limits)
         self._body_watch.configure(settings.limits.client_body_timeout)
         self._send_watch.configure(settings.limits.client_send_timeout)
 
@@ -161,25 +160,17 @@ class Proxy:
             assert gate is not None  # (only a guard with a gate admits to the endpoint)
             return record.answer(await gate.answer(
                 request, admitted.query, self._body_watch.timeout))
-        slots = self._slots  # the one acquired is the one released, even across a reload
-        if slots is None:
+        slots = self._slots
+        if not slots.configured:
             return await self._forward(request, admitted, record)
-        if slots.locked() and self._queue_timeout <= 0:
-            return record.answer(self._busy())
-        try:
-            await asyncio.wait_for(slots.acquire(), self._queue_timeout or None)
-        except asyncio.TimeoutError:
-            return record.answer(self._busy())
-        try:
+        client = admitted.key.name if admitted.key is not None else request.remote or ""
+        async with slots.hold(client) as busy:
+            if busy:
+                return record.answer(self._busy(busy))
             return await self._forward(request, admitted, record)
-        finally:
-            slots.release()
 
-    def _busy(self) -> web.Response:
-        return error_response(
-            503, "busy", "limits.max_concurrent requests are in flight; try again",
-            headers={"Retry-After": "1"},
-        )
+    def _busy(self, detail: str) -> web.Response:
+        return error_response(503, "busy", detail, headers={"Retry-After": "1"})
 
     async def _forward(
         self, request: web.Request, admitted: Admitted, record: RequestRecord
@@ -269,7 +260,7 @@ class Proxy:
         if resp.status != 401:
             self._tokens.accepted(token)
             return resp
-        self._tokens.invalidate(token)
+        await self._tokens.refused(token, self._verify)  # dropped, or good elsewhere: kept
         if not out.replayable:
             return resp  # too large to replay: the client sees the 401
         fresh = await self._tokens.get()
@@ -312,6 +303,11 @@ class Proxy:
         record.query_token = token
         return probe
 
+    async def _verify(self, token: Token) -> Verdict:
+        """`TokenManager.refused` asks this once for a storm of 401s (attempts.py)."""
+        return await verify_token(self._session, self._tenant, self.placement, token,
+                                  self._watchdog.timeout)
+
     async def _send(self, out: Outgoing, token: Token | None, placement: str
                     ) -> aiohttp.ClientResponse:
         """One send of the request: breaker, budget and retries around it (attempts.py)."""
@@ -322,13 +318,18 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, record: RequestRecord,
         stall: Stall, host: str,
     ) -> web.StreamResponse:
+        if upstream.status < 200:  # 101 (or another 1xx as final): nothing HTTP can relay
+            upstream.close()  # its connection is no longer HTTP: never back to the pool
+            return record.answer(error_response(
+                502, "upstream_protocol_error",
+                f"the tenant answered {upstream.status}, an interim status, as its final one",
+            ))
         query_token = None if record.query_token is None else record.query_token.value
-        reason = upstream.reason
-        if query_token is not None:
-            reason = response_reason(reason, query_token)
+        echo = self._tokens.echo  # our tokens in any encoding, whichever placement
+        reason = response_reason(upstream.reason, echo)
         out = web.StreamResponse(status=upstream.status, reason=reason)
         out.headers.extend(response_headers(
-            upstream.headers, self._tenant, lambda: proxy_origin(host), query_token
+            upstream.headers, self._tenant, lambda: proxy_origin(host), query_token, echo
         ))
         try:
             await out.prepare(request)
@@ -386,8 +387,7 @@ class Proxy:
             self._metrics.error(request.method, record.error or str(record.status), record.detail)
         access_log.info(
             f'{request.remote or "-"} "{request.method} {quoted(request.raw_path)}" '
-            f"{record.status} "
-            f"in={record.bytes_in} out={record.bytes_out} "
+            f"{record.status} in={record.bytes_in} out={record.bytes_out} "
             f"{(time.monotonic() - started) * 1000:.1f}ms replays={record.replays} "
             f"retries={record.retries} waited={record.waited * 1000:.0f}ms"
             + (f" error={record.error}" if record.error else "")

@@ -31,6 +31,7 @@ APPLIES_ON_RELOAD = frozenset({
     "access.read_only", "access.rules", "access.default", "access.api_keys_file",
     "access.trust_forwarded_from",
     "limits.max_body", "limits.max_header_bytes", "limits.max_concurrent",
+    "limits.max_concurrent_per_client",
     "limits.queue_timeout", "limits.client_idle_timeout", "limits.max_connections",
     "limits.client_body_timeout", "limits.client_send_timeout",
     "log.level", "log.format",

@@ -14,15 +14,19 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Protocol
 
 from .config import AuthConfig
+from .encodings import Echo, echo_pattern
 from .exceptions import NoTokenAvailable, TokenEndpointError, TokenError, TokenResponseInvalid
 from .log import REDACT
 from .tokens import (
+    After401,
     Decision,
     Token,
+    Verdict,
+    after_401,
     decide,
     next_backoff,
     plan_renewal,
@@ -31,6 +35,8 @@ from .tokens import (
 )
 
 log = logging.getLogger("fwproxy.tokens")
+
+Verifier = Callable[[Token], Awaitable[Verdict]]  # a known-good request with a token
 
 
 class Grant(Protocol):
@@ -78,6 +84,9 @@ class TokenManager:
         self._rejected = False  # a 401 dropped the token; the next one is issued in answer
         self._answer_to_rejection: Token | None = None
         self._last_drop = -math.inf
+        self._taken: Token | None = None  # the last token the tenant accepted
+        self._verifying: tuple[Token, asyncio.Task[Verdict]] | None = None
+        self.verifications = 0  # known-good requests made after a 401, for tests
         self.last_error: TokenError | None = None
         self.requests = 0  # token requests made, for tests and metrics
         self.renewals = 0
@@ -85,6 +94,9 @@ class TokenManager:
         # The cached token while it needs no renewal: `get`'s fast path, one comparison.
         self._fresh: Token | None = None
         self._last_use = clock()  # the last `fresh`/`get`: for auth.idle_renewal
+        self._values: tuple[str, ...] = ()  # the current token's value and the one before
+        # finds either in any encoding (encodings.echo_pattern): for the response scrub
+        self.echo: Echo | None = None
         seed = grant.stored()
         if seed is not None:
             self._keep(seed)
@@ -147,9 +159,40 @@ class TokenManager:
 
     def accepted(self, token: Token) -> None:
         """The tenant took `token`: a later 401 for it is news, not a refusal of this
-        client (the cooldown of `tokens.should_drop` is only for tokens never accepted)."""
+        client (the cooldown of `tokens.should_drop` is only for tokens never accepted),
+        and is verified before the token is dropped (`refused`)."""
+        self._taken = token
         if token is self._answer_to_rejection:
             self._answer_to_rejection = None
+
+    async def refused(self, stale: Token, verify: Verifier) -> bool:
+        """After a 401 to `stale` (`tokens.after_401`): drop it, unless a newer token
+        replaced it already or the tenant took it before and still does: a known-good
+        request (`verify`) with it succeeds, so the 401 is about that request's path and no
+        reason to renew. One verification a token at a time however many 401s come in
+        meanwhile (single flight). True if it was dropped."""
+        verdict = None
+        while True:
+            step = after_401(self.current(), stale, self._clock(), stale is self._taken,
+                             stale is self._answer_to_rejection, self._last_drop, verdict)
+            if step is not After401.VERIFY:
+                break
+            verdict = await self._verify(stale, verify)
+        if step is After401.DROP:
+            self._drop()
+        return step is After401.DROP
+
+    async def _verify(self, stale: Token, verify: Verifier) -> Verdict:
+        pending = self._verifying
+        if pending is not None and pending[0] is stale and pending[1].done() and (
+                pending[1].result() is Verdict.REFUSED):
+            return Verdict.REFUSED  # refused stays refused (its waiters may not have run yet)
+        if pending is None or pending[0] is not stale or pending[1].done():
+            self.verifications += 1
+            task = asyncio.get_running_loop().create_task(_verdict(verify, stale))
+            self._verifying = pending = (stale, task)
+        # shield: a client that goes away must not cancel the verification others wait for
+        return await asyncio.shield(pending[1])
 
     def invalidate(self, stale: Token) -> bool:
         """Drop `stale` after a 401, unless a newer token already replaced it (see
@@ -158,13 +201,16 @@ class TokenManager:
         now = self._clock()
         if not should_drop(self.current(), stale, now, after_rejection, self._last_drop):
             return False
-        self._last_drop = now
+        self._drop()
+        return True
+
+    def _drop(self) -> None:
+        self._last_drop = self._clock()
         self._slot = None
         self._fresh = None
         self._rejected = True
         self._wake.set()
         log.info("token rejected by the tenant (401); renewing")
-        return True
 
     def start(self) -> None:
         """Renew on time from now on, in one background task (see `tokens.plan_renewal`):
@@ -212,6 +258,9 @@ class TokenManager:
 
     def _keep(self, token: Token) -> None:
         REDACT.add(token.value)  # fetched, or seeded from a store: masked wherever echoed
+        if token.value not in self._values[:1]:  # and scrubbed from responses: this one
+            self._values = (token.value, *self._values[:1])  # and the one before (in flight)
+            self.echo = echo_pattern(self._values)
         if token.refresh_token is not None:
             REDACT.add(token.refresh_token)
         self._slot = (self._grant.cache_key, token)
@@ -260,6 +309,15 @@ class TokenManager:
             "renewed" if renewal else "obtained", self._grant.name, round(token.lifetime),
         )
         return token
+
+
+async def _verdict(verify: Verifier, token: Token) -> Verdict:
+    """`verify`'s verdict; one that fails unforeseen proves nothing."""
+    try:
+        return await verify(token)
+    except Exception as exc:  # (CancelledError is not an Exception)
+        log.debug("token verification raised %r", exc)
+        return Verdict.UNKNOWN
 
 
 def _retrieve(task: asyncio.Task[Token]) -> None:

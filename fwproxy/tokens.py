@@ -14,8 +14,9 @@ the wall clock changes nothing. Two instants matter before that:
 ``margin = min(refresh_margin, L / 4)`` keeps very short lifetimes usable; ``stale_at`` is
 ``margin`` before expiry and ``renew_at`` one more ``margin`` earlier, so a background renewal
 (Fotoware's approach 3) has a whole margin to succeed, with backoff, before any request has
-to wait. A 401 to our own token (approach 2) drops it (`should_drop`), and `decide` then
-sees "none" and fetches.
+to wait. A 401 to our own token (approach 2) drops it (`after_401`: a token the tenant
+has taken before only once a known-good request with it is refused too), and `decide`
+then sees "none" and fetches.
 
 `decide` is the whole state machine of the manager, as a table:
 
@@ -198,6 +199,58 @@ def should_drop(
     if issued_after_rejection and now - stale.obtained_at < REJECTION_COOLDOWN:
         return False
     return now - last_drop >= MIN_DROP_INTERVAL
+
+
+class Verdict(enum.Enum):
+    """What a known-good request (``GET /fotoweb/me``) with a token said about it."""
+
+    ACCEPTED = "accepted"  # 2xx: the tenant takes the token
+    REFUSED = "refused"  # 401: it does not
+    UNKNOWN = "unknown"  # anything else, or no answer: it proves nothing
+
+
+def verdict_of(status: int | None) -> Verdict:
+    """The verdict of a verification request's status (None: it failed)."""
+    if status is not None and 200 <= status < 300:
+        return Verdict.ACCEPTED
+    return Verdict.REFUSED if status == 401 else Verdict.UNKNOWN
+
+
+class After401(enum.Enum):
+    KEEP = "keep"  # keep the token; the request is replayed with the current one
+    DROP = "drop"  # drop it; the request is replayed with a new one
+    VERIFY = "verify"  # ask a known-good request with it first
+
+
+def after_401(
+    current: Token | None,
+    stale: Token,
+    now: float,
+    accepted_before: bool,
+    issued_after_rejection: bool,
+    last_drop: float = -math.inf,
+    verdict: Verdict | None = None,
+) -> After401:
+    """What a 401 to `stale` does to it. A 401 on one path must not renew the token for
+    the whole proxy at the pace of whoever asks for that path, so a token the tenant has
+    accepted before is verified first (one known-good request, single flight):
+
+        stale is not the current token (replaced)       -> KEEP (the current one)
+        verified: the tenant takes it                   -> KEEP (the 401 is the path's)
+        verified: the tenant refuses it                 -> DROP
+        accepted before, not verified yet               -> VERIFY
+        never accepted, or the verification proved
+        nothing                                         -> `should_drop` ? DROP : KEEP
+    """
+    if current is not stale or verdict is Verdict.ACCEPTED:
+        return After401.KEEP
+    if verdict is Verdict.REFUSED:
+        return After401.DROP
+    if accepted_before and verdict is None:
+        return After401.VERIFY
+    if should_drop(current, stale, now, issued_after_rejection, last_drop):
+        return After401.DROP
+    return After401.KEEP
 
 
 def next_backoff(failures: int, rand: float, retry_after: float | None = None) -> float:

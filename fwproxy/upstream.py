@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import TenantConfig
+from .encodings import Echo
 from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
@@ -175,19 +176,23 @@ def response_headers(
     tenant_origin: URL,
     proxy_origin: Callable[[], URL],
     query_token: str | None,
+    echo: Echo | None = None,
 ) -> list[tuple[str, str]]:
     """The tenant's headers, cleaned for the client, with self-references pointed at us
     (`proxy_origin` is asked only when there is a Location to rewrite).
 
-    `query_token`: the token went upstream in the query (None: in the header), so the
-    tenant may echo it back (a Location to where it was, a login redirect's ``ReturnUrl``,
-    a ``Link``); it must not reach the client (or whatever host such a URL names). A
-    ``Location`` loses its ``access_token`` parameter; any header that still carries the
-    token (`carries`) is dropped, with a warning that names it.
+    `query_token`: the token went upstream in the query (None: in the header), so a
+    ``Location`` loses its ``access_token`` parameter. `echo` (encodings.echo_pattern of the
+    current and the previous access token) finds a token in any encoding, in whichever
+    placement it went: any header that still carries one (`carries`; a login redirect's
+    ``ReturnUrl``, a ``Link``, a ``Set-Cookie``, a debug header) is dropped, with a warning
+    that names it. The headers are searched once, joined; only a hit looks at each.
     """
     drop = _drop_set(HOP_BY_HOP, incoming)
     strip_token = query_token is not None
     out: list[tuple[str, str]] = []
+    texts: list[str] = []  # every name and value, for one search
+    encoded: list[str] = []  # the values with a %, for the percent-decoding rounds
     for name, value in incoming.items():
         lower = name.lower()
         if lower in drop or (not value.isprintable() and _UNSENDABLE.search(value)):
@@ -195,25 +200,31 @@ def response_headers(
         if lower in _LOCATIONS:
             value = rewrite_location(value, tenant_origin, proxy_origin(), strip_token)
         out.append((name, value))
-    if query_token is not None:
-        return _without_token(out, query_token)
+        texts += name, value
+        if "%" in value:
+            encoded.append(value)
+    if echo is not None and (echo("\n".join(texts))
+                             or (encoded and carries("\n".join(encoded), echo))):
+        return _without_token(out, echo)
     return out
 
 
-def _without_token(headers: list[tuple[str, str]], token: str) -> list[tuple[str, str]]:
-    kept = [(name, value) for name, value in headers if not carries(value, token)]
+def _without_token(headers: list[tuple[str, str]], echo: Echo
+                   ) -> list[tuple[str, str]]:
+    kept = [(name, value) for name, value in headers
+            if not carries(value, echo) and not carries(name, echo)]
     if len(kept) < len(headers):
-        dropped = sorted({name for name, value in headers if carries(value, token)})
-        log.warning("the tenant echoed the access token (sent in the query) in the %s "
-                    "response header%s: dropped", ", ".join(dropped), "s" * (len(dropped) > 1))
+        dropped = sorted({name for name, value in headers if (name, value) not in kept})
+        log.warning("the tenant echoed the access token in the %s response header%s: "
+                    "dropped", ", ".join(dropped), "s" * (len(dropped) > 1))
     return kept
 
 
-def response_reason(reason: str | None, query_token: str) -> str | None:
+def response_reason(reason: str | None, echo: Echo | None) -> str | None:
     """The tenant's reason phrase, or None (the standard one) when it echoes the token."""
-    if reason and carries(reason, query_token):
-        log.warning("the tenant echoed the access token (sent in the query) in the reason "
-                    "phrase of its status line: replaced")
+    if reason and echo is not None and carries(reason, echo):
+        log.warning("the tenant echoed the access token in the reason phrase of its status "
+                    "line: replaced")
         return None
     return reason
 
@@ -221,15 +232,16 @@ def response_reason(reason: str | None, query_token: str) -> str | None:
 DECODE_ROUNDS = 4  # percent-decodings looked through: raw, once, twice, ... nested
 
 
-def carries(value: str, token: str) -> bool:
-    """Whether `token` shows in `value`: raw, or percent-encoded (hex in either case) up to
-    `DECODE_ROUNDS` times, as a parameter of a URL that is itself a parameter does. A value
-    that still decodes further after that many rounds is taken to carry it: it hides
-    something, and a header that hides something is not worth the risk."""
+def carries(value: str, echo: Echo) -> bool:
+    """Whether a token shows in `value`: in any of its encodings (`echo`, see
+    encodings.echo_pattern), also once percent-decoded up to `DECODE_ROUNDS` times, as a
+    parameter of a URL that is itself a parameter holds it. A value that still decodes
+    further after that many rounds is taken to carry it: it hides something, and a header
+    that hides something is not worth the risk."""
     for _ in range(DECODE_ROUNDS + 1):
-        if token in value:
+        if echo(value):
             return True
-        if "%" not in value:
+        if "%" not in value or len(value) < echo.shortest:  # decoding only shortens
             return False
         decoded = unquote(value, errors="replace")
         if decoded == value:

@@ -284,6 +284,11 @@ def parse_methods(value: object, key: str) -> tuple[str, ...]:
     return () if value is None or value == "" else parse_list(value, key, method_item)
 
 
+def parse_share(value: object, key: str) -> int | None:
+    """A count, or ``auto`` (None: half of limits.max_concurrent, config.py)."""
+    return None if str(value).strip().lower() == "auto" else parse_count(value, key)
+
+
 def parse_rules(value: object, key: str) -> tuple[Rule, ...]:
     """``[{methods: [GET], paths: ["/fotoweb/archives/**"], action: allow, name: ...}]``."""
     if isinstance(value, str):  # from the environment: YAML (or JSON) text
@@ -401,6 +406,7 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "max_body": parse_size,
         "max_header_bytes": parse_size,
         "max_concurrent": parse_count,
+        "max_concurrent_per_client": parse_share,
         "queue_timeout": parse_duration,
         "client_idle_timeout": parse_duration,
         "max_connections": parse_count,

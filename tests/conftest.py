@@ -14,8 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import create_app
+from fwproxy.attempts import VERIFY_AGENT
 from fwproxy.config import Settings, parse_config
 from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
+from fwproxy.sim.state import SeenRequest
 
 SettingsFactory = Callable[..., Settings]
 ProxyFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -146,3 +148,9 @@ async def wait_until(predicate: Predicate, what: str | Callable[[], str],
             said = what if isinstance(what, str) else what()
             raise AssertionError(f"timed out after {timeout}s waiting for {said}")
         await asyncio.sleep(every)
+
+
+def token_check(seen: SeenRequest) -> bool:
+    """Whether the tenant saw fwproxy's own check of a token after a 401 (``GET
+    /fotoweb/me``, proxy.py `_verify`), not a client's request."""
+    return seen.headers.get("user-agent") == [VERIFY_AGENT]

@@ -775,3 +775,35 @@ def test_a_missing_credential_without_another_secret_is_required(tmp_path: Path)
             "redirect_uri": "http://127.0.0.1:8765/callback"}
     settings = load_mapping({**config(), "auth": user}, environ=environ)
     assert settings.auth.client_secret is None  # a public client needs none
+
+
+@pytest.mark.parametrize(
+    ("limits", "environ", "share"),
+    [
+        ({}, {}, 0),
+        ({"max_concurrent": 4}, {}, 0),  # left out: no share of its own
+        ({"max_concurrent": 4, "max_concurrent_per_client": "auto"}, {}, 2),  # half,
+        ({"max_concurrent": 5, "max_concurrent_per_client": "AUTO"}, {}, 3),  # rounded up
+        ({"max_concurrent": 1, "max_concurrent_per_client": "auto"}, {}, 1),
+        ({"max_concurrent_per_client": "auto"}, {}, 0),  # half of no limit: none
+        ({"max_concurrent": 4, "max_concurrent_per_client": 0}, {}, 0),  # explicitly none
+        ({"max_concurrent": 4, "max_concurrent_per_client": 4}, {}, 4),
+        ({"max_concurrent_per_client": 3}, {}, 3),  # a share without a global limit
+        ({"max_concurrent": 8}, {"FWPROXY_LIMITS_MAX_CONCURRENT_PER_CLIENT": "1"}, 1),
+    ],
+)
+def test_max_concurrent_per_client(limits: dict[str, Any], environ: dict[str, str],
+                                   share: int) -> None:
+    settings = parse_config(config(limits=limits), environ=environ)
+    assert settings.limits.max_concurrent_per_client == share
+
+
+@pytest.mark.parametrize("limits", [
+    {"max_concurrent": 4, "max_concurrent_per_client": 5},
+    {"max_concurrent_per_client": -1},
+    {"max_concurrent_per_client": "half"},
+])
+def test_max_concurrent_per_client_errors_name_the_key(limits: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(limits=limits), environ={})
+    assert caught.value.key == "limits.max_concurrent_per_client"

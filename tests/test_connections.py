@@ -7,11 +7,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from fwproxy import keys
 from fwproxy.app import OBSERVER, create_app
 from fwproxy.connections import Runner, head_end
 from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
@@ -265,6 +267,58 @@ async def test_stalled_uploads_get_408_and_free_their_slots(serve: Serve) -> Non
     writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert (await response(reader))[0] == 200  # the slots are free again
     writer.close()
+
+
+@pytest.mark.parametrize("by", ["address", "api key"])
+async def test_one_client_trickling_uploads_takes_only_its_share(
+    serve: Serve, tmp_path: Path, by: str,
+) -> None:
+    """The red team's pattern: PUTs that trickle a byte just inside client_body_timeout
+    held every max_concurrent slot for as long as one client liked. With a share, that
+    client's requests past it get 503 at once (not a place in the queue), and another
+    client (another API key, or another address) is still served."""
+    def routes(app: web.Application) -> None:
+        async def sink(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(text="read all")
+
+        app.router.add_put("/fotoweb/sink", sink)
+
+    trickler, other = b"", b""
+    access: dict[str, Any] = {"allow_from": ["127.0.0.0/8"]}  # 127.0.0.2 is another client
+    if by == "api key":
+        path = tmp_path / "keys"
+        trickler = b"X-Fwproxy-Key: " + keys.add_key(path, "trickler").encode() + b"\r\n"
+        other = b"X-Fwproxy-Key: " + keys.add_key(path, "other").encode() + b"\r\n"
+        access["api_keys_file"] = str(path)
+    served = await serve(routes, access=access, limits={
+        "max_concurrent": 4, "max_concurrent_per_client": "auto", "queue_timeout": "30s"})
+
+    async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", served.port,
+                                             local_addr=(address, 0))
+
+    put = (b"PUT /fotoweb/sink HTTP/1.1\r\nHost: 127.0.0.1\r\n" + trickler
+           + b"Content-Length: 1000\r\n\r\nx")  # then nothing more for now
+    uploads = [await connect("127.0.0.2") for _ in range(4)]
+    metrics = served.runner.app[OBSERVER].metrics
+    for _, writer in uploads[:2]:
+        writer.write(put)
+    await wait_until(lambda: metrics.in_flight == 2, "two uploads to hold the client's share")
+    for reader, writer in uploads[2:]:  # past the share: 503 at once, not queued
+        writer.write(put)
+        status, head, body = await response(reader)
+        assert status == 503
+        assert b"\r\nRetry-After: 1\r\n" in head
+        assert json.loads(body)["error"] == "busy"
+        assert "max_concurrent_per_client" in json.loads(body)["detail"]
+    assert metrics.in_flight == 2  # the first two still hold their slots
+    reader, writer = await connect("127.0.0.1" if by == "address" else "127.0.0.2")
+    writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n" + other + b"\r\n")
+    assert (await response(reader))[0] == 200  # another client is served
+    writer.close()
+    for _, writer in uploads:
+        writer.close()
 
 
 async def test_a_slow_but_steady_upload_is_not_cut(serve: Serve) -> None:

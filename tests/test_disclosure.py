@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from fwproxy import keys
 from fwproxy.answers import error_response, raw_error_response
+from fwproxy.encodings import encodings
 from fwproxy.exceptions import TokenEndpointError, TokenError, oauth_reason
-from fwproxy.log import MASK, Redactor, basic_credentials, encodings, outward, setup_logging
+from fwproxy.log import MASK, Redactor, basic_credentials, outward, setup_logging
 from fwproxy.sim import TENANT, TenantState, token_endpoint
 from fwproxy.store import StoredSession, TokenStore
 from fwproxy.tokens import parse_token_response
@@ -34,9 +35,12 @@ SECRET = 'S3cr3t-k3y p+ss/w"rd\\\u00fc&x=1%<y>'
 REFRESH = "R3fr3sh-t0k3n/with+odd=chars"
 
 
-def shapes(value: str, user: str = CLIENT_ID) -> set[str]:
+def shapes(value: str, user: str = CLIENT_ID) -> frozenset[str]:
     """`value` in every shape an echo may carry it in, and a prefix a cut could leave."""
-    return encodings(value) | basic_credentials(user, value) | {value[:10]}
+    raw = value.encode()
+    spelled = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode(),
+               raw.hex(), raw.hex().upper()}  # spelled out here too: a test of encodings
+    return encodings(value) | basic_credentials(user, value) | {value[:10]} | spelled
 
 
 def echo(shape: str, form: dict[str, str], body: str, authorization: str) -> str:
@@ -55,6 +59,9 @@ def echo(shape: str, form: dict[str, str], body: str, authorization: str) -> str
         "basic-bare": f"credentials {base64.b64encode(pair).decode()} refused",
         "header": f"you sent Authorization: {authorization}",
         "long": "x" * 190 + f" {body}",  # the secret straddles the length bound
+        "base64": f"bad secret {base64.b64encode(secret.encode()).decode()}",
+        "base64-url": f"bad {base64.urlsafe_b64encode(secret.encode()).decode().rstrip('=')}",
+        "hex": f"bad secret {secret.encode().hex()}, {secret.encode().hex().upper()}",
     }[shape]
 
 
@@ -110,7 +117,7 @@ async def everything_shown(client: Client) -> dict[str, str]:
 
 
 SHAPES = ["form", "plain", "repr", "json", "json-slash", "percent-lower", "basic", "basic-bare",
-          "header", "long"]
+          "header", "long", "base64", "base64-url", "hex"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -318,6 +325,11 @@ TOKEN = "aT0k/en+v=al"  # an access token with the characters that encode differ
         "aT0k%2fen%2bv%3dal",  # lower-case hex
         "aT0k/en%2Bv%3Dal",  # percent-encoded, "/" kept
         "aT0k\\/en+v=al",  # JSON with "\/"
+        base64.b64encode(b"aT0k/en+v=al").decode(),
+        base64.urlsafe_b64encode(b"Bearer aT0k/en+v=al").decode().rstrip("="),
+        "6154306b2f656e2b763d616c",  # hex
+        "&#97;&#84;&#48;&#107;&#47;&#101;&#110;&#43;&#118;&#61;&#97;&#108;",
+        "\\u0061\\u0054\\u0030\\u006b\\u002f\\u0065\\u006e\\u002b\\u0076\\u003d\\u0061\\u006c",
     ],
 )
 def test_a_remembered_token_is_masked_in_each_encoding(echoed: str) -> None:

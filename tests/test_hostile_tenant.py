@@ -7,6 +7,8 @@ would refuse to send most of them); tokens still come from the simulated tenant.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -430,3 +432,100 @@ async def test_token_response_split_across_packets(
     async with client.get("/x") as resp:
         assert resp.status == 200
     assert b"Authorization: Bearer split-token\r\n" in raw_tenant.heads[-1]
+
+
+# --- no token of ours comes back, in any encoding or placement (red team) ----------------
+
+def token_shapes(token: str) -> dict[str, str]:
+    """How a tenant may reflect a token it was sent: the red team's three and more."""
+    return {
+        "X-B64": base64.b64encode(token.encode()).decode(),
+        "X-B64-Url": base64.urlsafe_b64encode(f"Bearer {token}".encode()).decode().rstrip("="),
+        "X-Json": json.dumps(token)[1:-1].replace("/", "\\/"),
+        "X-Json-U": "".join(f"\\u{ord(c):04x}" for c in token),
+        "X-Html": "".join(f"&#{ord(c)};" for c in token),
+        "X-Html-Hex": "".join(f"&#x{ord(c):x};" for c in token),
+        "X-Hex": token.encode().hex(),
+        "X-Debug-Auth": f"Bearer {token}",
+        "Set-Cookie": f"s={token}; path=/",
+    }
+
+
+def shows_any_shape(data: bytes, token: str) -> bool:
+    text = data.decode("latin-1")
+    return shows_token(data) or any(v in text for v in token_shapes(token).values())
+
+
+async def test_a_probe_answer_carries_the_token_in_no_encoding(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The red team's path: 401 to the header, 200 to the query, the token reflected in
+    base64, JSON and HTML entities. Any client can make fwproxy probe; none reads it."""
+    def reflecting(head: bytes) -> bytes:
+        if "access_token=" not in target_of(head):
+            return response(status="401 Unauthorized", body=b"no")
+        lines = [f"{name}: {value}" for name, value in token_shapes(TOKEN).items()]
+        return response(*lines, "X-Good: fine", body=b"ok")
+
+    raw_tenant.reply = reflecting
+    client = await make_client(token_url=odd_token_url)
+    answer = await raw_exchange(client.port, b"GET /status?s=401" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 200 ")  # the probe's answer
+    assert b"\r\nX-Good: fine\r\n" in answer
+    assert not shows_any_shape(answer, TOKEN)
+    for name in token_shapes(TOKEN):
+        assert b"\r\n" + name.lower().encode() + b":" not in answer.lower()
+    assert not any(shows_any_shape(r.getMessage().encode(), TOKEN) for r in caplog.records)
+
+
+async def test_a_token_sent_in_the_header_is_not_reflected_to_the_client(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], odd_token_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Header placement (the default): a tenant that reflects the Authorization it got in
+    its reason phrase, a debug header or a cookie, raw or encoded, still gives the client
+    nothing of it."""
+    def reflecting(head: bytes) -> bytes:
+        assert f"Authorization: Bearer {TOKEN}\r\n".encode() in head
+        lines = [f"{name}: {value}" for name, value in token_shapes(TOKEN).items()]
+        return response(*lines, "X-Good: fine", status=f"200 OK {TOKEN}", body=b"ok")
+
+    raw_tenant.reply = reflecting
+    client = await make_client(token_url=odd_token_url)
+    answer = await raw_exchange(client.port, b"GET /fotoweb/me" + CLOSE)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nX-Good: fine\r\n" in answer
+    assert answer.endswith(b"\r\n\r\nok")
+    assert not shows_any_shape(answer, TOKEN)
+    assert any("reason phrase" in r.getMessage() for r in caplog.records)
+    assert any("X-Debug-Auth" in r.getMessage() and "Set-Cookie" in r.getMessage()
+               for r in caplog.records)
+
+
+# --- an interim status as the final answer (red team) ----------------------------------
+
+@pytest.mark.parametrize("status", ["101 Switching Protocols", "100 Continue", "199 Odd"])
+async def test_an_interim_status_as_the_final_answer_is_a_502(
+    raw_tenant: RawTenant, make_client: Callable[..., Awaitable[Client]], status: str,
+) -> None:
+    """`GET /status?s=101` pipelined with `GET /fotoweb/me`: a relayed 101 would leave the
+    client speaking HTTP on a connection it was told had switched protocols."""
+    def answer(head: bytes) -> bytes:
+        if target_of(head).startswith("/status"):
+            return (f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                    .encode())
+        return response(body=b"me")
+
+    raw_tenant.reply = answer
+    client = await make_client()
+    get = b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    data = await raw_exchange(
+        client.port, b"GET /status?s=101" + get + b"GET /fotoweb/me" + CLOSE)
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 502 "), data[:200]
+    assert b'"upstream_protocol_error"' in rest
+    assert b"HTTP/1.1 200 OK\r\n" in rest
+    assert rest.endswith(b"\r\n\r\nme")
+    assert b" 101 " not in data
+    assert b" 100 " not in data

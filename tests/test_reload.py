@@ -99,6 +99,8 @@ ROWS: list[tuple[dict[str, Any], dict[str, Any], set[str], set[str]]] = [
     ({}, {"limits": {"max_body": "1MiB"}}, {"limits.max_body"}, set()),
     ({}, {"limits": {"max_header_bytes": "128KiB"}}, {"limits.max_header_bytes"}, set()),
     ({}, {"limits": {"max_concurrent": 4}}, {"limits.max_concurrent"}, set()),
+    ({}, {"limits": {"max_concurrent_per_client": 2}}, {"limits.max_concurrent_per_client"},
+     set()),
     ({}, {"limits": {"queue_timeout": 2}}, {"limits.queue_timeout"}, set()),
     ({}, {"limits": {"client_idle_timeout": 2}}, {"limits.client_idle_timeout"}, set()),
     ({}, {"limits": {"max_connections": 100}}, {"limits.max_connections"}, set()),

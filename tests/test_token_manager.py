@@ -18,7 +18,7 @@ from fwproxy.exceptions import NoTokenAvailable, TokenEndpointError, TokenEndpoi
 from fwproxy.oauth import ClientCredentialsGrant, endpoint_name, post_token_request
 from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState
 from fwproxy.token_manager import TokenManager
-from fwproxy.tokens import Token, make_token
+from fwproxy.tokens import Token, Verdict, make_token
 from fwproxy.upstream import create_session
 from tests.conftest import SettingsFactory, wait_until
 
@@ -438,3 +438,74 @@ async def test_the_one_slot_holds_the_token_until_stale_and_only_for_its_credent
     assert grant.calls == 2
     clock.now = second.stale_at
     assert manager.current() is None
+
+
+async def test_a_storm_of_401s_to_a_token_taken_before_is_one_verification(
+    manager: TokenManager, grant: FakeGrant,
+) -> None:
+    """However many 401s come in while the known-good request is out, it goes once; the
+    tenant takes the token there, so it is kept: no renewal."""
+    token = await manager.get()
+    manager.accepted(token)
+    gate, asked = asyncio.Event(), []
+
+    async def verify(seen: Token) -> Verdict:
+        asked.append(seen)
+        await gate.wait()
+        return Verdict.ACCEPTED
+
+    storm = [asyncio.ensure_future(manager.refused(token, verify)) for _ in range(50)]
+    await wait_until(lambda: len(asked) == 1, "the verification to start")
+    storm[0].cancel()  # a client gone: the others still get the verdict
+    gate.set()
+    results = await asyncio.gather(*storm[1:])
+    assert results == [False] * 49
+    assert asked == [token]
+    assert manager.verifications == 1
+    assert await manager.get() is token
+    assert grant.calls == 1
+
+
+async def test_a_token_the_verification_refuses_is_dropped_once(
+    manager: TokenManager, grant: FakeGrant,
+) -> None:
+    token = await manager.get()
+    manager.accepted(token)
+
+    async def verify(seen: Token) -> Verdict:
+        await asyncio.sleep(0)
+        return Verdict.REFUSED
+
+    results = await asyncio.gather(*(manager.refused(token, verify) for _ in range(20)))
+    assert results.count(True) == 1  # one of them dropped it; the rest found it replaced
+    assert manager.verifications == 1
+    assert (await manager.get()).value == "token-2"
+    assert grant.calls == 2
+
+
+async def test_a_verification_that_fails_proves_nothing(
+    manager: TokenManager, grant: FakeGrant,
+) -> None:
+    token = await manager.get()
+    manager.accepted(token)
+
+    async def verify(seen: Token) -> Verdict:
+        raise RuntimeError("unforeseen")
+
+    assert await manager.refused(token, verify)  # as before verification: dropped
+    assert (await manager.get()).value == "token-2"
+
+
+async def test_the_echo_scrub_knows_the_current_token_and_the_one_before(
+    manager: TokenManager, grant: FakeGrant,
+) -> None:
+    """A response to a request sent with the old token may come back after a renewal."""
+    assert manager.echo is None
+    first = await manager.get()
+    assert manager.invalidate(first)
+    second = await manager.get()
+    echo = manager.echo
+    assert echo is not None
+    assert echo(f"x {first.value} y")
+    assert echo(f"x {second.value} y")
+    assert not echo("x token-3 y")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from urllib.parse import parse_qs
 
 import pytest
@@ -12,9 +13,12 @@ from fwproxy.tokens import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
     REJECTION_COOLDOWN,
+    After401,
     Decision,
     Token,
+    Verdict,
     Wake,
+    after_401,
     client_credentials_form,
     decide,
     make_token,
@@ -24,6 +28,7 @@ from fwproxy.tokens import (
     plan_renewal,
     retry_after_seconds,
     should_drop,
+    verdict_of,
 )
 
 JSON = "application/json; charset=utf-8"
@@ -290,3 +295,44 @@ def test_plan_renewal_table(
     idle: float | None, expected: Wake,
 ) -> None:
     assert plan_renewal(token, now, renewing, backoff_until, last_use, idle) == expected
+
+
+_GOOD = make_token("good", 3600, now=0.0, refresh_margin=60)
+_NEWER = make_token("newer", 3600, now=5.0, refresh_margin=60)
+KEEP, DROP, VERIFY = After401.KEEP, After401.DROP, After401.VERIFY
+
+
+@pytest.mark.parametrize(
+    ("current", "accepted_before", "after_rejection", "last_drop", "verdict", "expected"),
+    [
+        # taken before: verify first; a 401 on one path never renews by itself
+        (_GOOD, True, False, -math.inf, None, VERIFY),
+        (_GOOD, True, False, 99.5, None, VERIFY),  # whatever the pace of the 401s
+        (_GOOD, True, False, -math.inf, Verdict.ACCEPTED, KEEP),  # the path's own 401
+        (_GOOD, True, False, 99.5, Verdict.REFUSED, DROP),  # revoked: renew at once
+        (_GOOD, True, False, -math.inf, Verdict.UNKNOWN, DROP),  # proves nothing: as before
+        (_GOOD, True, False, 99.5, Verdict.UNKNOWN, KEEP),  # ... one drop a second
+        # never taken: today's rule (should_drop)
+        (_GOOD, False, False, -math.inf, None, DROP),
+        (_GOOD, False, False, 99.5, None, KEEP),
+        (_GOOD, False, True, -math.inf, None, DROP),  # issued for a 401, but long ago
+        # replaced meanwhile: nothing to drop or verify
+        (_NEWER, True, False, -math.inf, None, KEEP),
+        (None, True, False, -math.inf, None, KEEP),
+        (_NEWER, False, False, -math.inf, Verdict.REFUSED, KEEP),
+    ],
+)
+def test_after_401_table(current: Token | None, accepted_before: bool, after_rejection: bool,
+                         last_drop: float, verdict: Verdict | None, expected: After401) -> None:
+    assert after_401(current, _GOOD, 100.0, accepted_before, after_rejection, last_drop,
+                     verdict) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [(200, Verdict.ACCEPTED), (204, Verdict.ACCEPTED), (401, Verdict.REFUSED),
+     (403, Verdict.UNKNOWN), (302, Verdict.UNKNOWN), (500, Verdict.UNKNOWN),
+     (None, Verdict.UNKNOWN)],
+)
+def test_verdict_of_a_verification(status: int | None, verdict: Verdict) -> None:
+    assert verdict_of(status) is verdict

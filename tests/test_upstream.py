@@ -3,6 +3,9 @@ Location rewriting, the query-parameter helpers, and finding the token a tenant 
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from fwproxy import upstream
+from fwproxy.encodings import echo_pattern
 from fwproxy.upstream import (
     add_param,
     carries,
@@ -261,6 +265,7 @@ def low(value: str) -> str:
 
 TOKEN = "Tk/+=%&?~x9"  # visible ASCII with what a URL encodes
 ONCE = quote(TOKEN, safe="")  # as add_param sends it
+ECHO = echo_pattern((TOKEN,))
 TWICE = quote(ONCE, safe="")  # e.g. a ReturnUrl holding the target fwproxy sent
 
 
@@ -291,7 +296,7 @@ TWICE = quote(ONCE, safe="")  # e.g. a ReturnUrl holding the target fwproxy sent
     ],
 )
 def test_carries(value: str, expected: bool) -> None:
-    assert carries(value, TOKEN) is expected
+    assert carries(value, ECHO) is expected
 
 
 def test_headers_that_echo_the_query_token_are_dropped() -> None:
@@ -305,22 +310,74 @@ def test_headers_that_echo_the_query_token_are_dropped() -> None:
         ("Link", '</other>; rel="next"'),
         ("X-Good", "fine"),
     )
-    out = response_headers(incoming, TENANT, lambda: PROXY, TOKEN)
+    out = response_headers(incoming, TENANT, lambda: PROXY, TOKEN, ECHO)
     assert out == [("Link", '</other>; rel="next"'), ("X-Good", "fine")]
 
 
 def test_location_keeps_its_use_without_the_token() -> None:
     incoming = headers(("Location", f"http://tenant.example/a/?x=1&access_token={ONCE}"))
-    out = response_headers(incoming, TENANT, lambda: PROXY, TOKEN)
+    out = response_headers(incoming, TENANT, lambda: PROXY, TOKEN, ECHO)
     assert out == [("Location", "http://127.0.0.1:8080/a/?x=1")]
 
 
-def test_header_placement_scrubs_nothing() -> None:
-    """With the token in the header nothing in the query can be echoed: no cost, no change."""
-    incoming = headers(("Link", f"<http://cdn.example/x?access_token={ONCE}>"),
-                       ("Location", f"https://cdn.example/?access_token={ONCE}"))
-    out = response_headers(incoming, TENANT, lambda: PROXY, None)
+def test_header_placement_leaves_other_access_tokens_alone() -> None:
+    """With the token in the header, a Location's access_token parameter is not ours: it
+    stays; only a header that carries one of our tokens goes."""
+    incoming = headers(("Link", "<http://cdn.example/x?access_token=someone-elses>"),
+                       ("Location", "https://cdn.example/?access_token=someone-elses"))
+    out = response_headers(incoming, TENANT, lambda: PROXY, None, ECHO)
     assert out == list(incoming.items())
+    assert response_headers(incoming, TENANT, lambda: PROXY, None, None) == out
+
+
+B64 = base64.b64encode(TOKEN.encode()).decode()
+BEARER_B64 = base64.b64encode(f"Bearer {TOKEN}".encode()).decode()
+
+
+@pytest.mark.parametrize("value", [
+    TOKEN, f"HTTP/1.1 200 OK {TOKEN}", f"Bearer {TOKEN}", f"s={TOKEN}; path=/",
+    B64, B64.rstrip("="), B64.translate(str.maketrans("+/", "-_")).rstrip("="),
+    BEARER_B64, base64.urlsafe_b64encode(f"Bearer {TOKEN}".encode()).decode().rstrip("="),
+    # inside longer base64 text, at each of the three alignments
+    *(base64.b64encode(prefix.encode() + TOKEN.encode() + b"!suffix").decode()
+      for prefix in ("", "a", "ab", "abc", '{"t":"')),
+    TOKEN.encode().hex(), TOKEN.encode().hex().upper(),
+    "".join(f"&#{ord(c)};" for c in TOKEN), "".join(f"&#x{ord(c):x};" for c in TOKEN),
+    "".join(f"&#X{ord(c):X};" for c in TOKEN).replace("&#X", "&#x"),
+    html.escape(TOKEN), json.dumps(TOKEN)[1:-1].replace("/", "\\/"),
+    "".join(f"\\u{ord(c):04x}" for c in TOKEN), "".join(f"\\u{ord(c):04X}" for c in TOKEN),
+    quote(B64, safe=""),  # base64, then percent-encoded
+])
+def test_carries_finds_every_encoding(value: str) -> None:
+    assert carries(f"x {value} y", ECHO)
+
+
+@pytest.mark.parametrize("value", [
+    base64.b64encode(b"someone else's token value").decode(), "deadbeef" * 4,
+    "&#84;&#107;", "\\u0054\\u006b", "Tk/+=%&?~x",
+])
+def test_carries_ignores_what_is_not_the_token(value: str) -> None:
+    assert not carries(value, ECHO)
+
+
+def test_headers_that_echo_the_token_are_dropped_in_any_placement() -> None:
+    incoming = headers(
+        ("Set-Cookie", f"s={TOKEN}; path=/"),
+        ("X-Debug-Auth", f"Bearer {TOKEN}"),
+        ("X-B64", B64),
+        ("X-Json", json.dumps(TOKEN)[1:-1].replace("/", "\\/")),
+        ("X-Html", "".join(f"&#{ord(c)};" for c in TOKEN)),
+        ("X-Good", "fine"),
+    )
+    assert response_headers(incoming, TENANT, lambda: PROXY, None, ECHO) == [
+        ("X-Good", "fine")]
+
+
+def test_the_previous_token_is_scrubbed_too() -> None:
+    both = echo_pattern(("new-t0ken-value", TOKEN))
+    incoming = headers(("X-Old", B64), ("X-New", "new-t0ken-value"), ("X-Good", "fine"))
+    assert response_headers(incoming, TENANT, lambda: PROXY, None, both) == [
+        ("X-Good", "fine")]
 
 
 @pytest.mark.parametrize(
@@ -328,4 +385,4 @@ def test_header_placement_scrubs_nothing() -> None:
     [(None, None), ("", ""), ("OK", "OK"), (f"Found {ONCE}", None), (f"Moved {TOKEN}", None)],
 )
 def test_response_reason(reason: str | None, expected: str | None) -> None:
-    assert response_reason(reason, TOKEN) == expected
+    assert response_reason(reason, ECHO) == expected

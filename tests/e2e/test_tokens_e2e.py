@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from fwproxy.proxy import STRIP_HINT
 from fwproxy.sim import TOKEN_PATH, TenantState
-from tests.conftest import merge, tenant_config, wait_until
+from tests.conftest import merge, tenant_config, token_check, wait_until
 
 from .conftest import (
     FwproxyProcess,
@@ -131,6 +131,9 @@ async def test_401_storm_renews_once(
     assert tenant_state.token_requests == 2
     assert token_gate.arrived == 2
     storm_seen = list(tenant_state.seen)[seen_before:]
+    # one check that the old token is refused everywhere, however many 401s met it
+    assert len([r for r in storm_seen if token_check(r)]) == 1
+    storm_seen = [r for r in storm_seen if not token_check(r)]
     rejected = [r for r in storm_seen if bearer(r.headers) in old_tokens]
     accepted = [r for r in storm_seen if bearer(r.headers) in tenant_state.tokens]
     if hold == "requests":
