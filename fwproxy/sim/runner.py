@@ -12,6 +12,7 @@ imports this package; the CLI imports this module inside its ``demo`` command on
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ..config import parse_config
 from ..keys import write_keys
+from ..private import write_private
 from ..server import serve
 from ..workers import _free_port
 from .app import create_tenant_app
@@ -97,7 +99,11 @@ def demo_banner(port: int, tenant_port: int, token_lifetime: int, written: Path 
         f"  curl -s -X POST --data-binary 'hello' {base}/sim/echo\n"
         f"  curl -s {tenant}/fotoweb/me   # direct: 401, no token\n\n"
         f"{config}\n"
-        f"{oauth_tool_setup(base)}\n"
+        f"{oauth_tool_setup(base)}"
+        "This demo's proxy answers OAuth-aware tools already (local tokens on, no API keys: "
+        "any client ID):\n"
+        f"  curl -s -d grant_type=client_credentials -d client_id=my-tool "
+        f"{base}/fotoweb/oauth2/token\n\n"
         f"The demo tenant: client credentials {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET}; "
         f"user login (fwproxy login) as {DEMO_USER} / {DEMO_PASSWORD} through the "
         f"authorization_code application {DEMO_WEB_CLIENT} / {DEMO_WEB_SECRET} (or the "
@@ -115,6 +121,7 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
         create_tenant_app(TenantState(token_lifetime=token_lifetime)), access_log=None
     )
     await tenant_runner.setup()
+    state = Path(tempfile.mkdtemp(prefix="fwproxy-demo-"))  # 0700
     try:
         try:
             await web.TCPSite(tenant_runner, host, tenant_port).start()
@@ -129,12 +136,16 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
             print(f"fwproxy: cannot listen on {host}:{port}: {_why(exc)}; choose another "
                   "port with --port N", file=sys.stderr)
             return EXIT_FAILED
-        text = demo_config_text(port, tenant_port)
-        settings = parse_config(yaml.safe_load(text), environ={}, source="<demo>")
+        # the demo's proxy also answers OAuth-aware tools (local tokens, no API keys: any
+        # client ID), its signing key in a private directory that goes with the demo
+        raw = yaml.safe_load(demo_config_text(port, tenant_port))
+        raw["local_tokens"] = {"enabled": True}
+        raw["auth"]["token_store"] = str(state / "tokens.json")
+        settings = parse_config(raw, environ={}, source="<demo>")
         if write_config is not None:
             keys = write_config.with_suffix(".keys").absolute()
             try:
-                _write_private(write_config, demo_config_text(port, tenant_port, keys))
+                write_private(write_config, demo_config_text(port, tenant_port, keys))
                 if not keys.exists():
                     write_keys(keys, [])
             except OSError as exc:
@@ -144,19 +155,8 @@ async def demo(port: int, tenant_port: int, token_lifetime: int,
         return await serve(settings)
     finally:
         await tenant_runner.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _why(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text`, atomically, readable by the owner only (0600)."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

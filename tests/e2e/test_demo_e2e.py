@@ -4,9 +4,11 @@ the other commands work with, and the token renewed while nobody uses the proxy.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import stat
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -126,3 +128,27 @@ async def test_without_write_config_the_banner_prints_a_ready_config(
     assert shown["auth"]["client_id"] == DEMO_CLIENT_ID
     assert "client_secret" in shown["auth"]
     assert list(tmp_path.iterdir()) == [config]  # nothing written unasked
+
+
+async def test_the_demo_answers_an_oauth_aware_tool(start_demo: StartDemo, tmp_path: Path
+                                                    ) -> None:
+    """The banner's curl line: the demo's proxy hands out a local token to any client ID and
+    swaps it for its own; the private directory of its signing key goes with the demo."""
+    before = set(Path(tempfile.gettempdir()).glob("fwproxy-demo-*"))
+    demo = await start_demo("--port", "0", "--tenant-port", "0", cwd=tmp_path)
+    await demo.wait_for_line("token obtained")
+    answer = await curl("-d", "grant_type=client_credentials", "-d", "client_id=my-tool",
+                        demo.url("/fotoweb/oauth2/token"))
+    token = json.loads(answer.text)["access_token"]
+    assert token.startswith("fwpl_")
+    me = await curl("-H", f"Authorization: Bearer {token}", demo.url("/fotoweb/me"))
+    assert '"demo-app"' in me.text  # the tenant saw fwproxy's token, not the local one
+    forged = await curl("-o", "/dev/null", "-w", "%{http_code}", "-H",
+                        f"Authorization: Bearer {token[:-2]}xx", demo.url("/fotoweb/me"))
+    assert forged.text == "401"
+    assert await demo.stop() == 0
+    assert demo.process.stdout is not None
+    banner = (await demo.process.stdout.read()).decode()
+    assert (f"curl -s -d grant_type=client_credentials -d client_id=my-tool "
+            f"{demo.url('/fotoweb/oauth2/token')}") in banner
+    assert set(Path(tempfile.gettempdir()).glob("fwproxy-demo-*")) == before
