@@ -49,12 +49,14 @@ async def test_every_command_of_the_table_exits_as_documented_against_the_demo(
     assert run.returncode == 1, run.stderr
     assert run.stderr.startswith("fwproxy: cannot listen: ")
     assert f"('127.0.0.1', {demo.port})" in run.stderr
-    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1
+    assert "Traceback" not in run.stderr
 
     # `fwproxy token`: one valid token on stdout, nothing else, also with --log-level debug
     token = await run_fwproxy("token", "--config", config, "--log-level", "debug")
     assert token.returncode == 0, token.stderr
-    assert token.stdout.count("\n") == 1 and " " not in token.stdout.strip()
+    assert token.stdout.count("\n") == 1
+    assert " " not in token.stdout.strip()
     assert token.stdout.strip() not in token.stderr  # the debug log masks it
 
     # `fwproxy check` and `fwproxy health` while it runs
@@ -68,12 +70,14 @@ async def test_every_command_of_the_table_exits_as_documented_against_the_demo(
     assert add.returncode == 0, add.stderr
     assert "token URL" in add.stderr  # what to put in an OAuth-aware tool
     again = await run_fwproxy("key", "add", "laptop", "--config", config)
-    assert again.returncode == 1 and again.stdout == ""
+    assert again.returncode == 1
+    assert again.stdout == ""
     reader = await run_fwproxy("key", "add", "reader", "--read-only", "--config", config)
     assert reader.returncode == 0, reader.stderr
     listed = await run_fwproxy("key", "list", "--config", config)
     assert listed.returncode == 0
-    assert "laptop" in listed.stdout and "reader" in listed.stdout
+    assert "laptop" in listed.stdout
+    assert "reader" in listed.stdout
     removed = await run_fwproxy("key", "remove", "laptop", "--config", config)
     assert removed.returncode == 0, removed.stderr
     gone = await run_fwproxy("key", "remove", "laptop", "--config", config)
@@ -83,7 +87,8 @@ async def test_every_command_of_the_table_exits_as_documented_against_the_demo(
     # `fwproxy logout` with the demo's client-credentials config: nothing to log out of, 0;
     # `fwproxy login` there is a configuration error: 2, one line naming the key
     logout = await run_fwproxy("logout", "--config", config)
-    assert logout.returncode == 0 and "nothing to log out of" in logout.stdout
+    assert logout.returncode == 0
+    assert "nothing to log out of" in logout.stdout
     login = await run_fwproxy("login", "--no-browser", "--config", config)
     assert login.returncode == 2
     assert login.stderr.startswith("fwproxy: configuration error: auth.grant_type:")
@@ -91,7 +96,8 @@ async def test_every_command_of_the_table_exits_as_documented_against_the_demo(
 
     # `fwproxy --version`: 0
     version = await run_fwproxy("--version")
-    assert version.returncode == 0 and __version__ in version.stdout
+    assert version.returncode == 0
+    assert __version__ in version.stdout
 
     # the demo stopped: health, token and check fail with 1
     assert await demo.stop() == 0
