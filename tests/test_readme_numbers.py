@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fwproxy import app, breaker, keys, localtokens, replay, retry, tokens, workers
+from fwproxy import app, breaker, keys, localtokens, reload, replay, retry, tokens, workers
+from fwproxy.cli import build_parser
 from fwproxy.config import Settings, parse_config
 from fwproxy.values import SCHEMA
 
@@ -120,3 +121,22 @@ def test_every_key_readme_shows_with_a_value_exists() -> None:
     oauth_fields = {"token_type"}  # `token_type: bearer`, the token answer's field
     assert shown
     assert sorted(shown - keys_ - oauth_fields) == []
+
+
+def test_the_keys_readme_says_need_a_restart_are_the_reload_tables() -> None:
+    """Operate it, Signals: "`listen` except `shutdown_timeout`, `tenant.url`, ... and
+    `status`" is NEEDS_RESTART, and every other key applies on reload."""
+    sentence = README.split("These keys need a restart,", 1)[1].split("Every other key", 1)[0]
+    assert "`listen` except `shutdown_timeout`" in sentence
+    named = set(re.findall(r"`((?:tenant|auth)\.[a-z_]+)`", sentence))
+    named |= {f"listen.{key}" for key in SCHEMA["listen"] if key != "shutdown_timeout"}
+    named |= {f"status.{key}" for key in SCHEMA["status"]}
+    assert "`status`" in sentence
+    assert named == reload.NEEDS_RESTART
+    every = {f"{section}.{key}" for section, parsers in SCHEMA.items() for key in parsers}
+    assert every - named == reload.APPLIES_ON_RELOAD
+
+
+def test_the_demo_tenants_tokens_live_30_seconds() -> None:
+    assert "The demo tenant's tokens live 30 seconds" in README
+    assert build_parser().parse_args(["demo"]).token_lifetime == 30
