@@ -1,6 +1,7 @@
 """README, Reliability: the faults it lists that tests/faults/ had not yet run through the
 baseline check (fds, tasks and memory back where they were, the proxy healthy afterwards):
-a stalling tenant (504), a body cut short, 401 forever, a client gone mid-download."""
+a stalling tenant (504), a body cut short, 401 forever, a client gone mid-download,
+`expires_in` missing."""
 
 from __future__ import annotations
 
@@ -97,4 +98,24 @@ async def test_a_client_gone_mid_download_cancels_the_upstream_request(
     await sending.wait()
     writer.close()  # gone, almost 10 GB short
     await asyncio.wait_for(gone.wait(), 10)  # the tenant's side of it ended too
+    await base.check(client)
+
+
+async def test_a_token_without_expires_in_is_used_and_renewed_within_5_minutes(
+    faulty: Faulty, tenant_state: TenantState, baseline: Callable[[], Baseline]
+) -> None:
+    client = await faulty()
+    base = baseline()
+    tenant_state.token_endpoint_fault = (
+        200, "application/json",
+        b'{"access_token": "token-without-expiry", "token_type": "bearer"}')
+    tenant_state.revoke_all()  # the cached token dies: the next one comes without expires_in
+    tenant_state.tokens["token-without-expiry"] = float("inf")  # the tenant takes it
+    async with client.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    async with client.get("/_fwproxy/metrics") as resp:
+        text = await resp.text()
+    left = float(text.split("\nfwproxy_token_seconds_to_expiry ", 1)[1].split()[0])
+    assert 0 < left <= 300  # assumed short; the 401 replay covers a shorter real one
+    tenant_state.token_endpoint_fault = None
     await base.check(client)
