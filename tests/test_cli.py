@@ -167,6 +167,7 @@ def test_every_subcommand_help_says_what_it_does(
     assert f"\n\n{description}\n\n" in page
     assert ("--log-level {debug,info,warning,error} log level; beats log.level in the config"
             in " ".join(page.split()))
+    assert "--config PATH" in page  # README, Commands: all take --config and --log-level
 
 
 # --- fwproxy key: the first key creates the file ------------------------------------------
