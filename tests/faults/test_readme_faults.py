@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from fwproxy.sim import TenantState
+from tests.conftest import token_check
 from tests.faults.conftest import Baseline, Faulty
 
 
@@ -52,7 +53,7 @@ async def test_a_body_cut_short_is_never_a_short_200(
     await base.check(client)
 
 
-async def test_401_forever_is_one_renewal_and_one_replay(
+async def test_401_forever_on_one_path_is_one_check_and_one_replay(
     faulty: Faulty, tenant_state: TenantState, baseline: Callable[[], Baseline]
 ) -> None:
     calls = {"n": 0}
@@ -65,10 +66,13 @@ async def test_401_forever_is_one_renewal_and_one_replay(
                           auth={"token_placement": "header"})
     base = baseline()
     before = tenant_state.token_requests
+    checks = sum(map(token_check, tenant_state.seen))
     async with client.get("/sim/refuse") as resp:
         assert resp.status == 401  # the tenant's answer, after one replay
     assert calls["n"] == 2
-    assert tenant_state.token_requests == before + 1
+    # the token works elsewhere (one check, GET /fotoweb/me): kept, no renewal
+    assert sum(map(token_check, tenant_state.seen)) == checks + 1
+    assert tenant_state.token_requests == before
     await base.check(client)
 
 
