@@ -66,6 +66,9 @@ class Admitted(NamedTuple):
 
 # The path of auth.token_url, and of auth.authorize_url: never given fwproxy's token
 TOKEN_PATH, AUTHORIZE_PATH = 1, 2
+# below or beside a special path (``…/token/x``, ``…/token.aspx``): it may be routed to the
+# same endpoint, so it gets no token of fwproxy's either (but the gate does not answer it)
+NEAR_SPECIAL = 3
 
 
 class Guard:
@@ -87,6 +90,7 @@ class Guard:
                          for kind, url in ((AUTHORIZE_PATH, settings.auth.authorize_url),
                                            (TOKEN_PATH, settings.auth.token_url))
                          if url is not None for reading in _special_readings(url.raw_path)}
+        self._near = tuple(f"{path}{after}" for path in self._special for after in "/.")
         self._routes: dict[str, tuple[tuple[str, ...], int]] = {}
         # Verdicts on client addresses and Host values seen before (a Guard lives until the
         # next reload, so the settings they were made under cannot change underneath).
@@ -274,7 +278,10 @@ class Guard:
             readings = _readings(path)
             special = 0
             if self._special:
-                special = max(self._special.get(reading.lower(), 0) for reading in readings)
+                lowered = [reading.lower() for reading in readings]
+                special = max(self._special.get(low, 0) for low in lowered)
+                if not special and any(low.startswith(self._near) for low in lowered):
+                    special = NEAR_SPECIAL
             if len(path) <= MEMO_PATH:
                 if len(self._routes) >= MEMO_SIZE:
                     self._routes.clear()

@@ -117,10 +117,16 @@ class Gate:
 
 
 def bearer(authorization: str) -> str | None:
-    """The local token in an Authorization value, or None (another scheme or credential)."""
+    """The local token in an Authorization value, or None (another scheme or credential).
+    Read as leniently as any server would (the scheme in any case, any white space after
+    it, the prefix in any case), so what looks like a local token to the tenant is judged
+    here; a wrong-case prefix is then refused as malformed, never forwarded."""
     scheme, _, credentials = authorization.strip().partition(" ")
+    if "\t" in scheme:
+        scheme, _, rest = scheme.partition("\t")
+        credentials = rest + credentials
     credentials = credentials.strip()
-    if scheme.lower() != "bearer" or not credentials.startswith(PREFIX):
+    if scheme.lower() != "bearer" or credentials[:len(PREFIX)].lower() != PREFIX:
         return None
     return credentials
 
@@ -132,16 +138,27 @@ def in_query(query: str) -> tuple[str | None, str]:
     any other ``access_token`` gives "" (refused as malformed: which one counts?)."""
     found: list[str] = []
     kept: list[str] = []
+    stray = False  # a local token under another name: it would reach the tenant
     for part in query.split("&"):
         name, _, value = part.partition("=")
+        decoded = unquote_plus(value)
         if unquote_plus(name) == QUERY_NAME:
-            found.append(unquote_plus(value))
+            found.append(decoded)
         else:
             kept.append(part)
-    local = [value for value in found if value.startswith(PREFIX)]
+            stray = stray or decoded[:len(PREFIX)].lower() == PREFIX
+    local = [value for value in found if value[:len(PREFIX)].lower() == PREFIX]
+    if stray:
+        return "", query
     if not local:
         return None, query
     return (local[0] if len(found) == 1 else ""), "&".join(kept)
+
+
+def may_hold_local(query: str) -> bool:
+    """Whether `in_query` must look: the prefix in any case, or any escape that could
+    spell it (a cheap test for every query while local tokens are on)."""
+    return "%" in query or PREFIX in query.lower()
 
 
 def brings_own(authorization: str | None, query: str) -> bool:
@@ -166,12 +183,14 @@ def admit_credentials(gate: Gate, keys: KeyStore | None, keep: bool,
     """A local token (header or query: verified, to be replaced), else a credential of
     the client's own (with ``keep``: forwarded untouched, no API key needed: it borrows
     nothing), else the API key, when keys are configured."""
+    if authorization is not None and len(headers.getall("Authorization", ())) > 1:
+        return error_response(400, "invalid_request", "more than one Authorization header")
     token = bearer(authorization) if authorization is not None else None
     drop = token is not None
-    if token is None and query and PREFIX in query:
-        token, query = in_query(query)
-        if token is not None and authorization is not None:
-            token = ""  # a local token and another credential: which counts? (malformed)
+    if query and may_hold_local(query):
+        in_q, query = in_query(query)
+        if in_q is not None:  # a local token and another credential: which counts? malformed
+            token = "" if authorization is not None else in_q
     if token is not None:
         claims = gate.check(token)
         if isinstance(claims, web.Response):

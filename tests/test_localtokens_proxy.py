@@ -457,3 +457,65 @@ async def test_metrics_and_status_page_count_without_a_token_value(
     assert '<td id="local-tokens">2</td>' in page
     for text in (metrics, page):
         assert "fwpl_" not in text
+
+
+# --- what looks like a local token anywhere is judged here, never forwarded -----------------
+
+
+@pytest.mark.parametrize("shape", [
+    "bearer\t{t}", "Bearer  {t}", "BEARER {t}", "Bearer {T}",  # white space, case, prefix case
+])
+async def test_a_local_token_in_any_spelling_is_judged_not_forwarded(
+        start: Callable[..., Awaitable[Client]], tenant_state: TenantState, shape: str) -> None:
+    proxy = await start()
+    token = (await get_token(proxy, "any-tool"))["access_token"]
+    value = shape.format(t=token, T="FWPL_" + token[len("fwpl_"):])
+    async with proxy.get("/fotoweb/me", headers={"Authorization": value}) as resp:
+        assert resp.status in (200, 401)  # swapped for fwproxy's token, or refused
+        if resp.status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+    tenant_saw_no_local_token(tenant_state)
+
+
+async def test_two_authorization_headers_are_refused(
+        start: Callable[..., Awaitable[Client]], tenant_state: TenantState) -> None:
+    proxy = await start()
+    token = (await get_token(proxy, "any-tool"))["access_token"]
+    seen = len(tenant_state.seen)
+    headers = [("Authorization", "Basic eDp5"), ("Authorization", f"Bearer {token}")]
+    async with proxy.get("/fotoweb/me", headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_request"
+    assert len(tenant_state.seen) == seen
+
+
+@pytest.mark.parametrize("query", [
+    "access_token%00={t}", "x={t}", "x=%66wpl_{rest}", "ACCESS_TOKEN={t}",
+])
+async def test_a_local_token_under_another_parameter_name_never_reaches_the_tenant(
+        start: Callable[..., Awaitable[Client]], tenant_state: TenantState, query: str) -> None:
+    proxy = await start()
+    token = (await get_token(proxy, "any-tool"))["access_token"]
+    target = "/fotoweb/me?" + query.format(t=token, rest=token[len("fwpl_"):])
+    for headers in ({}, bearer(token)):
+        async with proxy.get(target, headers=headers) as resp:
+            assert resp.status == 401  # refused as malformed: which credential counts?
+            assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+    tenant_saw_no_local_token(tenant_state)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("path", ["/fotoweb/oauth2/token.aspx", "/fotoweb/oauth2/token/x",
+                                  "/fotoweb/oauth2/authorize.aspx"])
+async def test_paths_beside_the_token_and_authorize_paths_never_get_fwproxys_token(
+        start: Callable[..., Awaitable[Client]], tenant_state: TenantState, enabled: bool,
+        path: str) -> None:
+    """The tenant may route them to the same endpoint: they get no token of fwproxy's."""
+    proxy = await start(local_tokens={"enabled": enabled})
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    async with proxy.get(path, allow_redirects=False) as resp:
+        assert resp.status < 500
+    seen = tenant_state.seen[-1]
+    assert seen.path_qs == path
+    assert "authorization" not in seen.headers
