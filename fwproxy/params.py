@@ -193,17 +193,23 @@ class FormScanner:
         self._name = bytearray()  # urlencoded: the current field's raw name so far
         self._in_name = True
         self._long = False  # the current name is longer than MAX_RAW_NAME
-        self._buf = b"\n"  # multipart: the unsearched tail (the body starts a line)
+        self._buf = b""  # multipart: the unsearched tail
         self._headers = False  # multipart: inside a part's header block
         self._delimiter: bytes | None = None
         self.multipart = content_type.strip().lower().startswith("multipart/")
         if self.multipart:
             boundaries = _BOUNDARY.findall(content_type)
             values = {quoted or token for quoted, token in boundaries}
+            self._buf = b"\n"  # (the body starts a line)
             if len(values) != 1 or not next(iter(values)):
                 self._found("a multipart body whose boundary cannot be read")
             else:
                 self._delimiter = b"\n--" + next(iter(values)).encode("utf-8", "replace")
+
+    @property
+    def kept(self) -> int:
+        """Bytes held between chunks (bounded: see the class docstring)."""
+        return len(self._name) + len(self._buf)
 
     def _found(self, what: str) -> bool:
         self.refusal = f"{what}, where {self.denial}"
@@ -253,11 +259,11 @@ class FormScanner:
                     return False
                 buf, self._headers = buf[at + 1:], True
             end = _BLANK_LINE.search(buf)
+            if len(buf) > MAX_PART_HEADERS if end is None else end.end() > MAX_PART_HEADERS:
+                return self._found("a multipart part's headers longer than "
+                                   f"{MAX_PART_HEADERS} bytes")
             if end is None:
                 self._buf = buf
-                if len(buf) > MAX_PART_HEADERS:
-                    return self._found("a multipart part's headers longer than "
-                                       f"{MAX_PART_HEADERS} bytes")
                 return False
             name = _part_override(buf[:end.end()])
             if name is not None:
