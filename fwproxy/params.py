@@ -17,11 +17,13 @@ the same names with ``_`` (``X_HTTP_Method``)  never reach the tenant: every req
 a query parameter (those names, or             each method named is judged; names compared
 ``_method``), ``?X-HTTP-Method-Override=PUT``  percent-decoded (``%uNNNN`` too), ``+`` as a
                                                space, ``_`` as ``-``, case-insensitively
-a form field of a POST body                    fwproxy does not read bodies (it streams them),
-(``application/x-www-form-urlencoded``,        so where a field could evade the rules (POST
-``multipart/form-data``)                       allowed on the path but some other method
-                                               denied there) such a POST is refused (403).
-                                               Without ``access.rules`` nothing is looked at
+a form field of a POST body                    where a field could evade the rules (POST
+(``application/x-www-form-urlencoded``,        allowed on the path but some other method
+``multipart/form-data``: a part's ``name``     denied there) the body is read as it streams
+or ``name*``)                                  (`FormScanner`, fed each chunk before it is
+                                               forwarded): a field named as an override stops
+                                               the upload before its end (403). Without
+                                               ``access.rules`` nothing is looked at
                                                (``read_only`` refuses every POST anyway).
 =============================================  ===============================================
 
@@ -103,8 +105,8 @@ def form_override_denied(
     rules: Sequence[Rule], default: str, read_only: bool, paths: Sequence[str]
 ) -> str | None:
     """A method a POST's form field could name (ASP.NET MVC executes it instead) that the
-    rules deny on `paths`, or None. fwproxy does not read bodies, so the caller refuses a
-    form POST when there is one: that is a POST the rules allow, but some other method not."""
+    rules deny on `paths`, or None. When there is one (a POST the rules allow, but some
+    other method not) the caller reads a form POST's body with a `FormScanner`."""
     candidates = {"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", _UNNAMED}
     for rule in rules:
         candidates.update(rule.methods or ())

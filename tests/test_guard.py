@@ -305,8 +305,10 @@ async def test_form_post_naming_a_denied_override_is_stopped_before_its_end(
      ("multipart/form-data; boundary=\"a'b(c)\"",
       (b"--a'b(c)\r\nContent-Disposition: form-data; name=\"chunk\"; filename=\"x\"\r\n\r\n"
        + b"\0" * 70000, b"\r\n--a'b(c)\r\nCONTENT-DISPOSITION: form-data; NAME=\"x-http-",
-       b"method-override\"\r\n\r\nDELETE\r\n--a'b(c)--\r\n"))],
-    ids=["urlencoded-split", "semicolon-percent", "percent-u", "multipart-split"],
+       b"method-override\"\r\n\r\nDELETE\r\n--a'b(c)--\r\n")),
+     ("multipart/form-data", (b"--b\r\n", b"\r\n\r\nx\r\n--b--\r\n"))],
+    ids=["urlencoded-split", "semicolon-percent", "percent-u", "multipart-split",
+         "no-boundary"],
 )
 async def test_an_override_split_across_chunks_is_found(
     make_proxy: ProxyFactory, tenant_state: TenantState, content_type: str,
