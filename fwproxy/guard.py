@@ -5,7 +5,8 @@ parser) belongs with them; local tokens' own decisions live in tokengate.py.
 
 Each check answers its own refusal (JSON ``{"error", "detail"}``) before the body is read
 and before anything reaches the tenant; the one check of the body itself, a form field
-naming a method override, is a `FormScanner` handed to the body tee (`Admitted.scanner`). What passes is forwarded with the client's exact
+naming a method override, is a `FormScanner` handed to the body tee (`Admitted.scanner`).
+What passes is forwarded with the client's exact
 bytes; the checks only ever look at a normalized copy of the path.
 """
 
