@@ -268,7 +268,8 @@ class Guard:
                                                (denied,), readings)
                 named = "a method no rule names" if denied == "UNNAMED" else denied
                 scanner = form_scanner(headers.getall("Content-Type"),
-                                       f"{named} {where} is denied by access rule {rule!r}")
+                                       f"{named} {where} is denied by access rule {rule!r}",
+                                       headers.getall("Content-Encoding", ()))
         length = request.content_length if limits.max_body and request.body_exists else None
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",

@@ -152,6 +152,7 @@ def check_rule_paths(raw: object, paths: Sequence[str], key: str) -> None:
 # --- method overrides in a form body, read as it streams ----------------------------------
 
 _OVERRIDE_NAMES = tuple(sorted(_OVERRIDE_PARAMS))
+URLENCODED = "application/x-www-form-urlencoded"
 # One decoded character takes at most 12 raw bytes (%F0%9F%98%80), and decoding never drops
 # one: a raw name longer than this cannot decode to an override name.
 MAX_RAW_NAME = 12 * max(map(len, _OVERRIDE_NAMES))
@@ -296,11 +297,29 @@ def _part_override(block: bytes) -> str | None:
     return None
 
 
-def form_scanner(content_types: Sequence[str], denial: str) -> FormScanner:
-    """The scanner for a form POST's body (its Content-Type values); more than one
-    Content-Type is ambiguous, and refused at the first byte."""
+# Charsets whose ASCII bytes are ASCII characters and which have no shift sequences: a name
+# written in them reads as fwproxy reads it (UTF-16 or UTF-7 would not)
+_PLAIN_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1",
+                             "windows-1252"})
+_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]*)', re.IGNORECASE)
+
+
+def form_scanner(content_types: Sequence[str], denial: str,
+                 encodings: Sequence[str] = ()) -> FormScanner:
+    """The scanner for a form POST's body (its Content-Type and Content-Encoding values).
+    What fwproxy cannot read as ASP.NET would is refused at the first byte: more than one
+    Content-Type, a Content-Encoding (a compressed form), a charset other than
+    `_PLAIN_CHARSETS`."""
+    why = None
+    charsets = {charset.lower() for value in content_types for charset in _CHARSET.findall(value)}
     if len(content_types) != 1:
-        scanner = FormScanner("multipart/form-data", denial)  # (no boundary)
-        scanner._found("a form POST with more than one Content-Type")
-        return scanner
-    return FormScanner(content_types[0], denial)
+        why = "a form POST with more than one Content-Type"
+    elif any(value.strip().lower() not in ("", "identity") for value in encodings):
+        why = "a form POST with a Content-Encoding"
+    elif not charsets <= _PLAIN_CHARSETS:
+        why = f"a form POST in charset {min(charsets - _PLAIN_CHARSETS)[:40]!r}"
+    if why is None:
+        return FormScanner(content_types[0], denial)
+    scanner = FormScanner(URLENCODED, denial)
+    scanner._found(why)
+    return scanner

@@ -192,9 +192,6 @@ def test_form_scanner_names_the_field_and_the_rule() -> None:
     assert scanner.refusal == ("the form field '%58_http_method' names a method override, "
                                "where DELETE /x is denied by access rule 'r'")
     assert scanner.feed(b"more")  # and stays found
-    two = form_scanner(["application/x-www-form-urlencoded", MULTIPART], "denied")
-    assert two.feed(b"a=1")
-    assert "more than one Content-Type" in two.refusal
 
 
 def test_form_scanner_keeps_a_bounded_tail() -> None:
@@ -224,3 +221,21 @@ def test_form_scanner_keeps_a_bounded_tail() -> None:
 )
 def test_is_override_name(name: str, override: bool) -> None:
     assert is_override_name(name) is override
+
+
+@pytest.mark.parametrize(
+    ("content_types", "encodings", "refused"),
+    [([URLENCODED, MULTIPART], (), "more than one Content-Type"),
+     ([URLENCODED], ["gzip"], "a form POST with a Content-Encoding"),
+     ([URLENCODED + "; charset=utf-16"], (), "charset 'utf-16'"),
+     ([MULTIPART + '; charset="UTF-7"'], (), "charset 'utf-7'"),
+     ([URLENCODED + "; charset=UTF-8"], ["identity"], ""),
+     ([MULTIPART + "; charset=windows-1252"], (), ""),
+     ([URLENCODED], (), "")],
+)
+def test_form_scanner_refuses_what_it_cannot_read(
+    content_types: list[str], encodings: list[str], refused: str
+) -> None:
+    scanner = form_scanner(content_types, "denied", encodings)
+    assert scanner.feed(b"a=1") is bool(refused)
+    assert refused in scanner.refusal
