@@ -84,7 +84,7 @@ def query_overrides(query: str) -> tuple[str, ...]:
         return ()  # (the usual query: three scans)
     values = [form_decode(value) for part in query.split("&")
               for key, _, value in (part.partition("="),)
-              if param_name(key).replace("_", "-") in _OVERRIDE_PARAMS]
+              if is_override_name(form_decode(key))]
     return overridden_methods(values)
 
 

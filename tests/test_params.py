@@ -54,6 +54,9 @@ def test_param_name(raw: str, name: str) -> None:
         ("x-http-method-override", ()),  # a bare name names nothing
         ("x-http-method-override=", ()),
         ("method=DELETE&x-http-method-overrides=PUT&q=_method%3DPUT", ()),
+        # .NET ignores case by upper-casing: a dotless i (U+0131) is an I to it
+        ("X-HTTP-Method-Overr%C4%B1de=DELETE", ("DELETE",)),
+        ("x-http-method-overr%u0131de=PUT", ("PUT",)),
     ],
 )
 def test_query_overrides(query: str, methods: tuple[str, ...]) -> None:
