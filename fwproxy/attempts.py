@@ -168,7 +168,7 @@ class Protection:
                 tries.finish()
                 outcome: Outcome | None = failure_of(exc)
                 body = out.body
-                if body is not None and (body.too_large or body.timed_out):
+                if body is not None and (body.fault is not None or body.timed_out):
                     self._record(ticket, None)  # the client's fault, not the tenant's
                     raise
                 self._record(ticket, False if outcome is None else _alive(outcome))

@@ -15,6 +15,7 @@
      ├── ClientFault                  the client's request cannot be forwarded as it is
      │    ├── BadPath                 400 a path refused rather than guessed at
      │    ├── BodyTooLarge            413 the body passed limits.max_body while streaming
+     │    ├── FormOverride            403 a form field names a method override denied there
      │    └── ClientBodyTimeout       408 the client stopped sending the body it owes
      ├── ReplayUnavailable            the body's replay copy was dropped (too large to keep)
      ├── TenantRefused                the tenant was not asked, to protect it: 503 + Retry-After
@@ -209,6 +210,15 @@ class BodyTooLarge(ClientFault):
 
     status = 413
     error = "body_too_large"
+
+
+class FormOverride(ClientFault):
+    """A form POST's body names a method override (a field ASP.NET MVC executes instead of
+    POST) on a path where a method it could name is denied (params.py `FormScanner`): the
+    upload is stopped before its end."""
+
+    status = 403
+    error = "forbidden"
 
 
 class ClientBodyTimeout(ClientFault):

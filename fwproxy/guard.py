@@ -4,7 +4,9 @@ the request-parser hardening they rely on (smuggling shapes, the strict pure-Pyt
 parser) belongs with them; local tokens' own decisions live in tokengate.py.
 
 Each check answers its own refusal (JSON ``{"error", "detail"}``) before the body is read
-and before anything reaches the tenant. What passes is forwarded with the client's exact
+and before anything reaches the tenant; the one check of the body itself, a form field
+naming a method override, is a `FormScanner` handed to the body tee (`Admitted.scanner`).
+What passes is forwarded with the client's exact
 bytes; the checks only ever look at a normalized copy of the path.
 """
 
@@ -41,7 +43,13 @@ from .config import LOOPBACK_NETWORKS, Settings
 from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
-from .params import destination_path, form_override_denied, query_overrides
+from .params import (
+    FormScanner,
+    destination_path,
+    form_override_denied,
+    form_scanner,
+    query_overrides,
+)
 from .tokengate import Counts, Gate, admit_credentials, key_required
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
@@ -62,6 +70,7 @@ class Admitted(NamedTuple):
     # client_authorization: replace (except on the special paths: they go as sent)
     drop_authorization: bool = False
     endpoint: bool = False  # the token path with local tokens on: fwproxy answers it
+    scanner: FormScanner | None = None  # a form POST's body, read for a denied override
 
 
 # The path of auth.token_url, and of auth.authorize_url: never given fwproxy's token
@@ -253,21 +262,25 @@ class Guard:
                                              overrides, read_only)
             if denial is not None:
                 return denial
+        scanner = None
         if access.rules and request.method == "POST" and request.body_exists and _form(headers):
+            # ASP.NET MVC executes a method override named by a form field: the body is read
+            # as it streams, and stopped before its end where such a field names one
             denied = form_override_denied(access.rules, access.default, read_only, readings)
             if denied is not None:
+                _, rule, _, where = decide_all(access.rules, access.default, read_only,
+                                               (denied,), readings)
                 named = "a method no rule names" if denied == "UNNAMED" else denied
-                return error_response(
-                    403, "forbidden",
-                    f"a form POST to {readings[0]} may name a method override in its body, "
-                    f"which fwproxy does not read, and {named} is denied there; send the "
-                    "form as another content type, or allow the method on this path")
+                scanner = form_scanner(headers.getall("Content-Type"),
+                                       f"{named} {where} is denied by access rule {rule!r}",
+                                       headers.getall("Content-Encoding", ()))
         length = request.content_length if limits.max_body and request.body_exists else None
         if length is not None and length > limits.max_body:
             return error_response(413, "body_too_large",
                                   f"the body exceeds limits.max_body ({limits.max_body} bytes)")
         trusted = bool(access.trust_forwarded_from) and self._peer_trusted(request.remote)
-        return Admitted(path, query, key, host, trusted, own_token, drop_authorization)
+        return Admitted(path, query, key, host, trusted, own_token, drop_authorization,
+                        scanner=scanner)
 
     def _route(self, path: str) -> tuple[tuple[str, ...], int]:
         """The path's readings (what rules judge) and whether it is a special path: one

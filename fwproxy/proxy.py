@@ -49,7 +49,6 @@ from .attempts import Outgoing, Protection, Sender, verify_token
 from .attempts import read_upstream as _read_upstream
 from .config import Settings
 from .exceptions import (
-    BodyTooLarge,
     ClientBodyTimeout,
     NoTokenAvailable,
     TenantRefused,
@@ -194,7 +193,7 @@ class Proxy:
                 request.content,
                 self._replay_max if own_token else 0,
                 expected=request.content_length,
-                limit=self._settings.limits.max_body,
+                limit=self._settings.limits.max_body, scanner=admitted.scanner,
             )
             body.client = self._body_watch.watch(_stalled(body, self._body_watch.timeout))
         stall = self._watchdog.start()
@@ -220,11 +219,9 @@ class Proxy:
                         f"no byte of the request body arrived for "
                         f"limits.client_body_timeout ({self._body_watch.timeout:g}s)",
                     ))
-                if body is not None and body.too_large:
-                    return record.answer(error_response(
-                        BodyTooLarge.status, BodyTooLarge.error,
-                        f"the body exceeds limits.max_body ({body.limit} bytes)",
-                    ))
+                if body is not None and body.fault is not None:  # max_body, a form override
+                    fault = body.fault
+                    return record.answer(error_response(fault.status, fault.error, str(fault)))
                 return record.answer(error_response(exc.status, exc.error, str(exc)))
             finally:
                 if body is not None:

@@ -6,6 +6,12 @@ The client's body is read once. Every attempt (original, replay, query probe) it
 client, appending them to the copy. So a 401 that arrives before the body was fully sent
 still replays the whole body. Past `max_size` the copy is dropped and the body stays
 streamable but no longer replayable.
+
+A body that breaks a rule while it streams (`limits.max_body`; a form field naming a method
+override that is denied there, found by its `FormScanner`) fails the read that pulled the
+offending chunk, before that chunk goes anywhere: the upload to the tenant is aborted (its
+connection closed, so it never has the whole body) and `fault` tells the handler what to
+answer (413, 403).
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, Protocol
 
-from .exceptions import BodyTooLarge, ClientBodyTimeout, ReplayUnavailable
+from .exceptions import (
+    BodyTooLarge,
+    ClientBodyTimeout,
+    ClientFault,
+    FormOverride,
+    ReplayUnavailable,
+)
+from .params import FormScanner
 from .watchdog import Owed, Stall
 
 SPILL_AT = 1024 * 1024
@@ -34,11 +47,13 @@ class BodyTee:
     """Tee the client's body into a bounded replay copy as it streams."""
 
     def __init__(
-        self, source: BodySource, max_size: int, expected: int | None = None, limit: int = 0
+        self, source: BodySource, max_size: int, expected: int | None = None, limit: int = 0,
+        scanner: FormScanner | None = None,
     ) -> None:
         self._source = source
         self.limit = limit  # limits.max_body; 0: none
-        self.too_large = False
+        self._scanner = scanner  # a form POST where an override could be denied (guard.py)
+        self.fault: ClientFault | None = None  # why the upload was stopped: the answer
         self.client: Owed | None = None  # limits.client_body_timeout: set by the handler
         self.timed_out = False
         self._lock = asyncio.Lock()
@@ -83,6 +98,8 @@ class BodyTee:
     async def _next(self, pos: int) -> bytes:
         """The bytes at `pos`: from the copy if an earlier attempt pulled them, else new."""
         while True:
+            if self.fault is not None:
+                raise self.fault  # no attempt sends more of a body that broke a rule
             if pos < self._pulled:
                 return self._read_copy(pos)
             if self._eof:
@@ -102,10 +119,16 @@ class BodyTee:
                 if not data:
                     self._eof = True
                     return b""
+                scanner = self._scanner
+                if scanner is not None and scanner.feed(data):  # before it goes anywhere
+                    self.fault = FormOverride(scanner.refusal)
+                    raise self.fault
                 self._keep(data)
                 if self.limit and self._pulled > self.limit:
-                    self.too_large = True  # abort the upload: a clean end would truncate it
-                    raise BodyTooLarge(f"request body larger than {self.limit} bytes")
+                    # abort the upload: a clean end would truncate it
+                    self.fault = BodyTooLarge(
+                        f"the body exceeds limits.max_body ({self.limit} bytes)")
+                    raise self.fault
                 return data
 
     def stalled(self, timeout: float) -> None:

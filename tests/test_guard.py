@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
+from aiohttp import FormData, HttpVersion, HttpVersion10, HttpVersion11, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
 
@@ -252,46 +252,127 @@ async def test_underscore_method_override_header_never_reaches_the_tenant(
 
 FORM_TYPES = ["application/x-www-form-urlencoded", "multipart/form-data; boundary=b",
               "Application/X-WWW-Form-URLencoded; charset=utf-8"]
+DENY_DELETE = [{"name": "no-delete", "methods": ["DELETE"], "paths": ["/**"], "action": "deny"}]
+OVERRIDE_PART = (b'--b\r\nContent-Disposition: form-data; name="X-HTTP-Method-Override"'
+                 b"\r\n\r\nDELETE\r\n--b--\r\n")
+
+
+def form_body(content_type: str) -> bytes:
+    if content_type.startswith("multipart"):
+        return OVERRIDE_PART
+    return b"a=1&x-http-method-override=delete"
+
+
+async def pieces(*chunks: bytes) -> Any:
+    for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(0)  # (each its own write: the proxy reads them one by one)
 
 
 @pytest.mark.parametrize("content_type", FORM_TYPES)
-async def test_form_post_that_could_override_a_denied_method_is_refused(
+async def test_form_post_naming_a_denied_override_is_stopped_before_its_end(
     make_proxy: ProxyFactory, tenant_state: TenantState, content_type: str
 ) -> None:
-    # fwproxy does not read the body, where ASP.NET MVC finds x-http-method-override=delete
-    client = await make_proxy(access={"rules": [
-        {"name": "no-delete", "methods": ["DELETE"], "paths": ["/sim/echo"], "action": "deny"}]})
-    async with client.post("/sim/echo", data=b"x-http-method-override=delete",
+    # ASP.NET MVC reads x-http-method-override=delete from the form: fwproxy reads it too
+    client = await make_proxy(access={"rules": DENY_DELETE})
+    async with client.post("/sim/upload", data=form_body(content_type),
                            headers={"Content-Type": content_type}) as resp:
         assert resp.status == 403
-        detail = (await resp.json())["detail"]
-        assert "form POST to /sim/echo" in detail
-        assert "DELETE" in detail
-    assert not tenant_state.seen
-    # where every method is allowed, or with another content type, the POST goes through
-    async with client.post("/sim/upload", data=b"x-http-method-override=delete",
+        answer = await resp.json()
+    assert answer["error"] == "forbidden"
+    assert "names a method override" in answer["detail"]
+    assert "DELETE /sim/upload is denied by access rule 'no-delete'" in answer["detail"]
+    assert tenant_state.upload_sizes == []  # the tenant never had the whole body
+    # a form without such a field, or another content type, goes through whole
+    harmless = (b'--b\r\nContent-Disposition: form-data; name="x-http-method-overrides"'
+                b"\r\n\r\nDELETE\r\n--b--\r\n" if content_type.startswith("multipart")
+                else b"x-http-method-overrides=delete&a=x-http-method-override")
+    async with client.post("/sim/upload", data=harmless,
                            headers={"Content-Type": content_type}) as resp:
         assert resp.status == 200
-    async with client.post("/sim/echo", data=b"{}",
+    async with client.post("/sim/upload", data=form_body(content_type),
                            headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 200
-    assert [seen.path_qs for seen in tenant_state.seen] == ["/sim/upload", "/sim/echo"]
+    assert tenant_state.upload_sizes == [len(harmless), len(form_body(content_type))]
 
 
-async def test_form_post_against_default_deny_names_the_unnamed_methods(
+@pytest.mark.parametrize(
+    ("content_type", "chunks"),
+    [("application/x-www-form-urlencoded",
+      (b"a=" + b"v" * 70000 + b"&X_HTTP_METH", b"OD_OVERRIDE", b"=DELETE&b=2")),
+     ("application/x-www-form-urlencoded", (b"a=1;%58-HTTP-Method-Override", b"=DELETE")),
+     ("application/x-www-form-urlencoded", (b"a=1&%u0058-http-method", b"-override=PUT")),
+     ("multipart/form-data; boundary=\"a'b(c)\"",
+      (b"--a'b(c)\r\nContent-Disposition: form-data; name=\"chunk\"; filename=\"x\"\r\n\r\n"
+       + b"\0" * 70000, b"\r\n--a'b(c)\r\nCONTENT-DISPOSITION: form-data; NAME=\"x-http-",
+       b"method-override\"\r\n\r\nDELETE\r\n--a'b(c)--\r\n")),
+     ("multipart/form-data", (b"--b\r\n", b"\r\n\r\nx\r\n--b--\r\n"))],
+    ids=["urlencoded-split", "semicolon-percent", "percent-u", "multipart-split",
+         "no-boundary"],
+)
+async def test_an_override_split_across_chunks_is_found(
+    make_proxy: ProxyFactory, tenant_state: TenantState, content_type: str,
+    chunks: tuple[bytes, ...],
+) -> None:
+    client = await make_proxy(access={"rules": DENY_DELETE})
+    async with client.post("/sim/upload", data=pieces(*chunks),
+                           headers={"Content-Type": content_type}) as resp:
+        assert resp.status == 403
+        assert "no-delete" in (await resp.json())["detail"]
+    assert [seen.method for seen in tenant_state.seen] in ([], ["POST"])
+    assert tenant_state.upload_sizes == []  # aborted: never a "complete" body
+
+
+async def test_fotoweb_chunked_upload_passes_a_delete_rule(
     make_proxy: ProxyFactory, tenant_state: TenantState
 ) -> None:
-    client = await make_proxy(access={"default": "deny", "rules": [
-        {"name": "writers", "methods": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH",
-                                        "DELETE"], "paths": ["/sim/**"], "action": "allow"}]})
-    async with client.post("/sim/echo", data={"a": "1"}) as resp:  # urlencoded by aiohttp
-        assert resp.status == 403
-        assert "a method no rule names" in (await resp.json())["detail"]
-    async with client.post("/sim/echo", data=b"a=1") as resp:  # no form content type
+    # FotoWeb's uploads: multipart chunks, no override field, for an admin denied DELETE
+    client = await make_proxy(access={"rules": DENY_DELETE})
+    tenant_state.catalog.chunk_size = 64 * 1024
+    content = bytes(range(256)) * 600  # 150 KiB: three chunks
+    async with client.post("/fotoweb/api/uploads", json={
+            "destination": "/fotoweb/archives/5001/", "filename": "scan.tif",
+            "fileSize": len(content)}) as resp:
         assert resp.status == 200
-    async with client.get("/sim/echo") as resp:
+        opened = await resp.json()
+    for index in range(opened["numChunks"]):
+        form = FormData()
+        form.add_field("chunk", content[index * 65536:(index + 1) * 65536], filename="blob",
+                       content_type="application/octet-stream")
+        async with client.post(f"/fotoweb/api/uploads/{opened['id']}/chunks/{index}",
+                               data=form) as resp:
+            assert resp.status == 204, await resp.text()
+    stored = tenant_state.catalog.asset("5001", "scan.tif")
+    assert stored is not None
+    assert stored.content == content
+    async with client.delete(f"/fotoweb/api/uploads/{opened['id']}") as resp:
+        assert resp.status == 403  # the rule still holds
+
+
+async def test_form_override_with_api_keys_and_default_deny(
+    make_proxy: ProxyFactory, tenant_state: TenantState, keys_file: Path
+) -> None:
+    writer = keys.add_key(keys_file, "writer")
+    reader = keys.add_key(keys_file, "reader", read_only=True)
+    client = await make_proxy(access={"api_keys_file": str(keys_file), "default": "deny",
+                                      "rules": [{"name": "writers", "methods": [
+                                          "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH",
+                                          "DELETE"], "paths": ["/sim/**"], "action": "allow"}]})
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with client.post("/sim/upload", data=b"_method=PROPFIND", headers={
+            **form, "X-Fwproxy-Key": writer}) as resp:
+        assert resp.status == 403  # a method no rule names: the default denies it
+        detail = (await resp.json())["detail"]
+        assert "a method no rule names" in detail
+        assert "'default'" in detail
+    async with client.post("/sim/upload", data=b"a=1", headers={
+            **form, "X-Fwproxy-Key": writer}) as resp:
         assert resp.status == 200
-    assert [seen.method for seen in tenant_state.seen] == ["POST", "GET"]
+    async with client.post("/sim/upload", data=b"x-http-method=DELETE", headers={
+            **form, "X-Fwproxy-Key": reader}) as resp:
+        assert resp.status == 403  # a read-only key: no POST at all
+        assert "read_only" in (await resp.json())["detail"]
+    assert tenant_state.upload_sizes == [3]
 
 
 async def test_form_post_without_rules_is_not_looked_at(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fwproxy.exceptions import ReplayUnavailable
+from fwproxy.exceptions import FormOverride, ReplayUnavailable
+from fwproxy.params import FormScanner
 from fwproxy.replay import SPILL_AT, BodyTee
 
 
@@ -81,3 +82,34 @@ async def test_limit_zero_disables_the_copy() -> None:
     assert not tee.replayable
     assert await collect(tee) == b"x"
     assert tee.size == 1
+
+
+async def test_a_form_override_stops_the_body_before_its_chunk_and_for_every_attempt() -> None:
+    source = Source([b"a=1&x-http-", b"method=DELETE&b=2", b"&c=3"])
+    tee = BodyTee(source, max_size=1024, scanner=FormScanner(
+        "application/x-www-form-urlencoded", "DELETE /x is denied by access rule 'r'"))
+    sent: list[bytes] = []
+
+    async def send() -> None:
+        async for chunk in tee.chunks():
+            sent.append(chunk)
+
+    with pytest.raises(FormOverride):
+        await send()
+    assert sent == [b"a=1&x-http-"]  # the chunk naming the override never went
+    assert isinstance(tee.fault, FormOverride)
+    assert "'x-http-method'" in str(tee.fault)
+    assert "access rule 'r'" in str(tee.fault)
+    with pytest.raises(FormOverride):  # a replay from the copy sends nothing more either
+        await collect(tee)
+    assert source.reads == 2
+    tee.close()
+
+
+async def test_a_form_without_an_override_streams_whole() -> None:
+    chunks = [b'--b\r\nContent-Disposition: form-data; name="chunk"\r\n\r\n', b"\0" * 9000,
+              b"\r\n--b--\r\n"]
+    tee = BodyTee(Source(chunks), max_size=0, scanner=FormScanner(
+        "multipart/form-data; boundary=b", "denied"))
+    assert await collect(tee) == b"".join(chunks)
+    assert tee.fault is None
