@@ -86,29 +86,60 @@ class Stall:
             self.since = math.inf
 
 
-class Watchdog:
-    """Cancels exchanges that have waited for the tenant longer than `timeout` seconds
-    (0: no limit, nothing is watched)."""
+class Sweep:
+    """One timer for everything a timeout watches: armed while something is watched, it
+    runs `_fire_late` every `tick` (an eighth of the timeout, 10 ms to 1 s)."""
 
     def __init__(self, timeout: float) -> None:
-        self._stalls: set[Stall] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.configure(timeout)
 
     def configure(self, timeout: float) -> None:
-        """Set the timeout (at start, and on a reload): it holds from now on for every
-        exchange already watched and every one started later; 0 stops watching."""
         self.timeout = timeout
         self.tick = min(1.0, max(0.01, timeout / 8))
-        if timeout <= 0:
-            self._stalls.clear()
-            self.close()
 
     @property
     def armed(self) -> bool:
         """Whether the sweep timer is set (only while something is in flight)."""
         return self._timer is not None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        if self.timeout > 0 and self._fire_late():  # (a reload may have lifted the limit)
+            assert self._loop is not None
+            self._timer = self._loop.call_later(self.tick, self._sweep)
+
+    def _fire_late(self) -> bool:
+        """End what has waited past the timeout; whether anything is still watched."""
+        raise NotImplementedError
+
+
+class Watchdog(Sweep):
+    """Cancels exchanges that have waited for the tenant longer than `timeout` seconds
+    (0: no limit, nothing is watched)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._stalls: set[Stall] = set()
+        super().__init__(timeout)
+
+    def configure(self, timeout: float) -> None:
+        """Set the timeout (at start, and on a reload): it holds from now on for every
+        exchange already watched and every one started later; 0 stops watching."""
+        super().configure(timeout)
+        if timeout <= 0:
+            self._stalls.clear()
+            self.close()
 
     def start(self) -> Stall:
         """Watch the current task from now until `stop`."""
@@ -123,28 +154,21 @@ class Watchdog:
             return stall
         self._stalls.add(stall)
         if self._timer is None:
-            self._timer = loop.call_later(self.tick, self._sweep)
+            self._arm(loop)
         return stall
 
     def stop(self, stall: Stall) -> None:
         self._stalls.discard(stall)
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _sweep(self) -> None:
-        self._timer = None
+    def _fire_late(self) -> bool:
         if not self._stalls:
-            return
+            return False
         deadline = time.monotonic() - self.timeout
         for stall in self._stalls:
             if stall.timing and stall.since < deadline and not stall.fired:
                 stall.fired = True
                 stall.task.cancel()
-        assert self._loop is not None
-        self._timer = self._loop.call_later(self.tick, self._sweep)
+        return True
 
 
 class Owed:
@@ -173,7 +197,7 @@ class Owed:
         return self.since < deadline
 
 
-class ClientWatch:
+class ClientWatch(Sweep):
     """A client-side timeout (``limits.client_body_timeout``, ``client_send_timeout``) for
     every request, on one timer, the way `Watchdog` does the tenant's: a body read notes
     when it starts and stops waiting (two clock reads); a response is only looked at by the
@@ -183,16 +207,7 @@ class ClientWatch:
 
     def __init__(self, timeout: float) -> None:
         self._owed: set[Owed] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self.configure(timeout)
-
-    def configure(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.tick = min(1.0, max(0.01, timeout / 8))
-
-    @property
-    def armed(self) -> bool:
-        return self._timer is not None
+        super().__init__(timeout)
 
     def watch(self, fire: Callable[[], None], backlog: Callable[[], int] | None = None
               ) -> Owed | None:
@@ -202,25 +217,19 @@ class ClientWatch:
         owed = Owed(fire, backlog)
         self._owed.add(owed)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+            self._arm(asyncio.get_running_loop())
         return owed
 
     def unwatch(self, owed: Owed | None) -> None:
         if owed is not None:
             self._owed.discard(owed)
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _sweep(self) -> None:
-        self._timer = None
-        if not self._owed or self.timeout <= 0:  # (a reload may have lifted the limit)
-            return
+    def _fire_late(self) -> bool:
+        if not self._owed:
+            return False
         now = time.monotonic()
         deadline = now - self.timeout
         for owed in [owed for owed in self._owed if owed._check(now, deadline)]:
             self._owed.discard(owed)
             owed._fire()
-        self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        return True

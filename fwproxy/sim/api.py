@@ -125,17 +125,9 @@ async def my_archives(request: web.Request) -> web.Response:
                   kind)
 
 
-def _archive(request: web.Request) -> Archive:
-    item = request.app[TENANT].catalog.archives.get(request.match_info["id"])
-    if item is None:
-        raise web.HTTPNotFound(text='{"error": "not_found", "detail": "no such archive"}',
-                               content_type="application/json")
-    return item
-
-
 async def to_archive(request: web.Request) -> web.Response:
     """``/fotoweb/archives/{id}`` -> ``/fotoweb/archives/{id}/`` (query kept)."""
-    item = _archive(request)
+    item = assets.archive_of(request)
     query = f"?{request.query_string}" if request.query_string else ""
     raise web.HTTPMovedPermanently(item.href + query)
 
@@ -143,7 +135,7 @@ async def to_archive(request: web.Request) -> web.Response:
 async def archive(request: web.Request) -> web.Response:
     """The archive as a collection; its first page of assets when asked for an asset list
     or searched (``?q=``)."""
-    item = _archive(request)
+    item = assets.archive_of(request)
     searched = "q" in request.query
     kind = choose(request, [ASSET_LIST] if searched else [COLLECTION_INFO, ASSET_LIST])
     if kind == ASSET_LIST:

@@ -33,7 +33,17 @@ from .catalog import (
     parse_listing,
     preview_bytes,
 )
-from .media import ASSET, ASSET_LIST, ASSET_UPDATE, JPEG, answer, choose, error, require
+from .media import (
+    ASSET,
+    ASSET_LIST,
+    ASSET_UPDATE,
+    JPEG,
+    answer,
+    choose,
+    error,
+    not_found,
+    require,
+)
 from .state import TENANT
 
 PREVIEW_PREFIX = "/fotoweb/previews/"
@@ -65,11 +75,11 @@ def entity(asset: Asset) -> dict[str, Any]:
     }
 
 
-def _archive(request: web.Request) -> Archive:
+def archive_of(request: web.Request) -> Archive:
+    """The archive the path names, or 404."""
     item = request.app[TENANT].catalog.archives.get(request.match_info["id"])
     if item is None:
-        raise web.HTTPNotFound(text='{"error": "not_found", "detail": "no such archive"}',
-                               content_type="application/json")
+        raise not_found("archive")
     return item
 
 
@@ -100,7 +110,7 @@ def listing(request: web.Request, item: Archive, params: str, kind: str) -> web.
 
 
 async def listing_page(request: web.Request) -> web.Response:
-    item = _archive(request)
+    item = archive_of(request)
     return listing(request, item, request.match_info["params"], choose(request, [ASSET_LIST]))
 
 
@@ -108,8 +118,7 @@ def _asset(request: web.Request) -> Asset:
     found = request.app[TENANT].catalog.asset(request.match_info["id"],
                                               request.match_info["filename"])
     if found is None:
-        raise web.HTTPNotFound(text='{"error": "not_found", "detail": "no such asset"}',
-                               content_type="application/json")
+        raise not_found("asset")
     return found
 
 
@@ -152,6 +161,5 @@ async def preview(request: web.Request) -> web.Response:
     asset = _preview_asset(request)
     size = int(request.match_info["size"])
     if asset is None or size not in PREVIEW_SIZES:
-        raise web.HTTPNotFound(text='{"error": "not_found", "detail": "no such preview"}',
-                               content_type="application/json")
+        raise not_found("preview")
     return web.Response(body=preview_bytes(asset, size), content_type=choose(request, [JPEG]))

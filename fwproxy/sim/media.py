@@ -98,6 +98,12 @@ def error(status: int, error_: str, detail: str) -> web.Response:
     return web.json_response({"error": error_, "detail": detail}, status=status)
 
 
+def not_found(what: str) -> web.HTTPNotFound:
+    """The 404 a handler raises for a resource the tenant does not have."""
+    return web.HTTPNotFound(text=json.dumps({"error": "not_found", "detail": f"no such {what}"}),
+                            content_type="application/json")
+
+
 def choose(request: web.Request, offered: Sequence[str]) -> str:
     """The negotiated type for `request`, or raise 406 naming what is offered."""
     chosen = negotiate(request.headers.get("Accept"), offered)

@@ -19,7 +19,7 @@ from aiohttp import BodyPartReader, web
 
 from .assets import entity
 from .catalog import FIELDS, FILENAME, Asset, Upload, check_metadata
-from .media import UPLOAD_INFO, UPLOAD_STATUS, answer, choose, error, require
+from .media import UPLOAD_INFO, UPLOAD_STATUS, answer, choose, error, not_found, require
 from .state import TENANT
 
 SERVICE = "/fotoweb/api/uploads"
@@ -65,8 +65,7 @@ async def start(request: web.Request) -> web.Response:
 def _upload(request: web.Request) -> Upload:
     upload = request.app[TENANT].catalog.uploads.get(request.match_info["id"])
     if upload is None:
-        raise web.HTTPNotFound(text='{"error": "not_found", "detail": "no such upload"}',
-                               content_type="application/json")
+        raise not_found("upload")
     return upload
 
 

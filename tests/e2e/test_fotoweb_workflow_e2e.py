@@ -12,7 +12,7 @@ import requests
 from aiohttp.test_utils import TestServer
 
 from fwproxy.sim import TENANT
-from tests.sim.workflow import QUERY, UPLOAD, UPLOAD_NAME, Outcome, run_sync
+from tests.sim.workflow import Outcome, run_sync, saw_what_the_tenant_holds
 
 from .conftest import StartProxy
 
@@ -30,16 +30,7 @@ async def test_a_plain_client_runs_the_fotoweb_workflow_through_fwproxy(
     outcome = await asyncio.to_thread(work)
     assert tenant.app is not None
     state = tenant.app[TENANT]
-    catalog = state.catalog
-    assert outcome.redirected
-    assert outcome.pages == 3
-    assert outcome.hits == [a.href for a in catalog.search("5000", QUERY)]
-    first = catalog.assets["5000"][0]
-    assert (outcome.polls, outcome.rendition) == (catalog.rendition_polls, first.content)
-    stored = catalog.asset("5000", UPLOAD_NAME)
-    assert stored is not None
-    assert stored.content == UPLOAD
-    assert first.metadata["5"] == "Patched by plain"
+    first = saw_what_the_tenant_holds(outcome, state.catalog, "plain")
     paged = [s.path_qs for s in state.seen if ";" in s.path_qs]
     assert paged == ["/fotoweb/archives/5000/;o=+;p=1?q=norway",
                      "/fotoweb/archives/5000/;o=+;p=2?q=norway"]

@@ -26,8 +26,7 @@ from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session as RequestsOAuth2Session
 
 from fwproxy.sim import DEMO_CLIENT_ID, TENANT, TOKEN_PATH, TenantState
-from fwproxy.sim.catalog import preview_bytes
-from tests.sim.workflow import QUERY, UPLOAD, UPLOAD_NAME, Outcome, run_async, run_sync
+from tests.sim.workflow import Outcome, run_async, run_sync, saw_what_the_tenant_holds
 
 from .conftest import StartProxy, run_fwproxy
 
@@ -86,18 +85,8 @@ async def run_client(kind: str, base: str, client_id: str, secret: str,
 def check(outcome: Outcome, state: TenantState, who: str, secrets: list[str]) -> None:
     """The workflow saw what the tenant holds; the tenant saw only fwproxy's credentials
     (and the preview's own token), never a local one."""
-    catalog = state.catalog
     assert outcome.user == "demo-app"  # the tenant's application, through fwproxy's token
-    assert outcome.redirected
-    assert outcome.pages == 3
-    assert outcome.hits == [a.href for a in catalog.search("5000", QUERY)]
-    first = catalog.assets["5000"][0]
-    assert (outcome.polls, outcome.rendition) == (catalog.rendition_polls, first.content)
-    stored = catalog.asset("5000", UPLOAD_NAME)
-    assert stored is not None
-    assert stored.content == UPLOAD
-    assert first.metadata["5"] == f"Patched by {who}"
-    assert outcome.preview == preview_bytes(first, 200)
+    first = saw_what_the_tenant_holds(outcome, state.catalog, who)
 
     # every token request the tenant saw is fwproxy's own: none is a client's
     assert state.token_forms

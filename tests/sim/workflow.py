@@ -26,6 +26,7 @@ import aiohttp
 import requests
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
+from fwproxy.sim.catalog import Asset, Catalog, preview_bytes
 from fwproxy.sim.media import (
     ASSET,
     ASSET_LIST,
@@ -222,3 +223,20 @@ async def run_async(client: AsyncOAuth2Client, base: str, who: str,
         _check(answer.status, 200, "the preview", preview)
     seen.preview = preview
     return seen
+
+
+def saw_what_the_tenant_holds(outcome: Outcome, catalog: Catalog, who: str) -> Asset:
+    """The workflow's findings match the tenant's catalogue: every page of the search, the
+    rendition after its polls, the uploaded asset, the patched metadata, the preview.
+    Returns the first asset of archive 5000 (the one the workflow worked on)."""
+    assert outcome.redirected
+    assert outcome.pages == 3
+    assert outcome.hits == [a.href for a in catalog.search("5000", QUERY)]
+    first = catalog.assets["5000"][0]
+    assert (outcome.polls, outcome.rendition) == (catalog.rendition_polls, first.content)
+    stored = catalog.asset("5000", UPLOAD_NAME)
+    assert stored is not None
+    assert stored.content == UPLOAD
+    assert first.metadata["5"] == f"Patched by {who}"
+    assert outcome.preview == preview_bytes(first, 200)
+    return first
