@@ -17,7 +17,7 @@ the settings name. `effective_config_lines` is what `fwproxy check` prints.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +43,7 @@ __all__ = [
     "Secret",
     "SecretFile",
     "Settings",
+    "StateConfig",
     "StatusConfig",
     "TenantConfig",
     "check_environment",
@@ -157,6 +158,32 @@ LOCAL_TOKEN_KEY = "local-tokens.key"  # the signing key's file, next to the toke
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where the state a fleet of instances shares lives (README "Running a fleet"):
+    ``local`` (this machine: memory and files), or ``redis`` (fleet.py). The password and the
+    encryption key are read by loading.resolve_files (or taken from the environment)."""
+
+    backend: str = "local"
+    redis_url: str | None = None  # redis://[user@]host:port/db, rediss://…, unix:///path
+    redis_password_file: Path | None = None
+    redis_ca_file: Path | None = None
+    key_prefix: str = "fwproxy"
+    encryption_key_file: Path | None = None
+    lease_time: float = 15.0  # locks and leases of a dead instance expire after this
+    fleet_size: int = 0  # instances expected; while Redis is away each takes its share
+    redis_password: Secret | None = field(default=None, repr=False)
+    encryption_key: Secret | None = field(default=None, repr=False)
+
+    @property
+    def shared(self) -> bool:
+        return self.backend == "redis"
+
+
+REDIS_PASSWORD_VARIABLE = "FWPROXY_STATE_REDIS_PASSWORD"
+MIN_ENCRYPTION_KEY = 32  # characters in state.encryption_key_file
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     enabled: bool = True
     prefix: str = "/_fwproxy"
@@ -178,6 +205,7 @@ class Settings:
     limits: LimitsConfig = LimitsConfig()
     status: StatusConfig = StatusConfig()
     local_tokens: LocalTokensConfig = LocalTokensConfig()
+    state: StateConfig = StateConfig()
     source: str = "<defaults>"
     # the file the client secret is still to be read from (loading.resolve_files), if any
     secret_file: SecretFile | None = None
@@ -220,12 +248,69 @@ def parse_config(
     if not 1 <= lifetime <= 86400 or lifetime != int(lifetime):
         raise ConfigError("local_tokens.lifetime",
                           f"expected whole seconds from 1s to 1d (86400), got {lifetime:g}s")
+    state = _state(values["state"], environ,
+                   public_client=auth.client_secret is None and secret_file is None)
     key_file = None
     if local_tokens.enabled:
         key_file = (auth.token_store or default_store_path(environ)).parent / LOCAL_TOKEN_KEY
     return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
-                    limits=limits, status=status, local_tokens=local_tokens, source=source,
+                    limits=limits, status=status, local_tokens=local_tokens, state=state,
+                    source=source,
                     secret_file=secret_file, local_token_key=key_file)
+
+
+def _state(values: dict[str, Any], environ: Mapping[str, str], public_client: bool
+           ) -> StateConfig:
+    """The shared-state settings, checked across keys. The Redis password comes from
+    exactly one of state.redis_password_file and FWPROXY_STATE_REDIS_PASSWORD, never from
+    the URL (where it would show in every place the URL does); the tokens kept in Redis are
+    sealed with a key derived from the client secret, so a public client (none) needs
+    state.encryption_key_file."""
+    state = StateConfig(**values)
+    password = environ.get(REDIS_PASSWORD_VARIABLE) or None
+    if password is not None and state.redis_password_file is not None:
+        raise ConfigError("state.redis_password_file",
+                          f"is set, and so is {REDIS_PASSWORD_VARIABLE}: keep one")
+    if state.lease_time < 1 or state.lease_time > 3600:
+        raise ConfigError("state.lease_time",
+                          f"expected from 1s to 1h, got {state.lease_time:g}s")
+    if state.redis_url is not None:
+        _check_redis_url(state)
+    if not state.shared:
+        return replace(state, redis_password=None if password is None else Secret(password))
+    if state.redis_url is None:
+        raise ConfigError("state.redis_url", "is required when state.backend is redis "
+                                             "(redis://host:6379/0, rediss://…, unix:///…)")
+    if public_client and state.encryption_key_file is None:
+        raise ConfigError("state.encryption_key_file",
+                          "is required with state.backend: redis when there is no client "
+                          "secret: the tokens kept in Redis are encrypted with a key derived "
+                          "from it, or from this file")
+    return replace(state, redis_password=None if password is None else Secret(password))
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(state: StateConfig) -> None:
+    assert state.redis_url is not None
+    try:
+        url = URL(state.redis_url)
+    except ValueError:
+        raise ConfigError("state.redis_url", "is not a URL") from None
+    if url.scheme not in REDIS_SCHEMES:
+        raise ConfigError("state.redis_url",
+                          "must start with redis://, rediss:// (TLS) or unix://")
+    if url.password is not None:
+        raise ConfigError("state.redis_url",
+                          "holds a password: put it in state.redis_password_file or "
+                          f"{REDIS_PASSWORD_VARIABLE} (an ACL user name may stay in the URL)")
+    if url.scheme == "unix" and not url.path.startswith("/"):
+        raise ConfigError("state.redis_url", "unix:// needs an absolute path: unix:///run/redis.sock")
+    if url.scheme != "unix" and not url.host:
+        raise ConfigError("state.redis_url", "names no host")
+    if state.redis_ca_file is not None and url.scheme != "rediss":
+        raise ConfigError("state.redis_ca_file", "is only for rediss:// (TLS) URLs")
 
 
 def _limits(values: dict[str, Any]) -> LimitsConfig:
@@ -286,6 +371,7 @@ NON_KEY_VARIABLES: dict[str, str] = {
     "FWPROXY_CONFIG": "the config file (find_config)",
     "FWPROXY_CLIENT_SECRET": "the client secret",
     "FWPROXY_CLIENT_SECRET_FILE": "a file holding the client secret",
+    "FWPROXY_STATE_REDIS_PASSWORD": "the Redis password (state.backend: redis)",
     # scripts/image-test.sh, read on the host that builds the image
     "FWPROXY_IMAGE_TEST_CACHE": "image-test.sh: cache directory",
     "FWPROXY_IMAGE_TEST_MIRROR": "image-test.sh: Debian mirror",

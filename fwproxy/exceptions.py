@@ -11,7 +11,9 @@
      │    ├── TokenResponseInvalid    it answered 2xx, but not with a usable bearer token
      │    ├── TokenStoreBusy          another process held the token store's lock too long
      │    ├── LoginRequired           user context: no session, or the refresh token refused
+     │    ├── SharedStateUnavailable  state.backend redis: Redis cannot be reached or refused
      │    └── NoTokenAvailable        no valid token now; carries the cause and a retry delay
+     ├── SealBroken                   a record in shared storage cannot be opened (sealing.py)
      ├── ClientFault                  the client's request cannot be forwarded as it is
      │    ├── BadPath                 400 a path refused rather than guessed at
      │    ├── BodyTooLarge            413 the body passed limits.max_body while streaming
@@ -37,9 +39,9 @@ Two attributes mean one thing each, wherever they appear in the tree:
 What a token endpoint itself said is `TokenEndpointError.oauth_error` (with its
 ``description`` and ``endpoint_status``), neither of the two.
 
-Foreign exceptions (aiohttp's, asyncio's timeouts) are translated into these at the
-boundary where they arise: `upstream.translate` for the tenant, `oauth.post_token_request`
-for the token endpoint.
+Foreign exceptions (aiohttp's, asyncio's timeouts, redis-py's) are translated into these at
+the boundary where they arise: `upstream.translate` for the tenant, `oauth.post_token_request`
+for the token endpoint, `fleet.SharedState.call` for Redis.
 
 Messages are written for operators and never contain a secret: client secrets, access
 tokens and refresh tokens are not passed into any of these.
@@ -173,6 +175,25 @@ class LoginRequired(TokenError):
     @property
     def reason(self) -> str:
         return "login_required"
+
+
+class SharedStateUnavailable(TokenError):
+    """Redis (``state.backend: redis``) could not be reached, timed out, or refused us
+    (authentication, ACL, TLS). `why` is a closed set (fleet.py `WHY`): it is a metrics
+    label and shows in the readiness answer."""
+
+    def __init__(self, why: str, detail: str) -> None:
+        super().__init__(f"shared state (Redis) unavailable: {detail}")
+        self.why = why
+
+    @property
+    def reason(self) -> str:
+        return "shared_state_unavailable"
+
+
+class SealBroken(FwproxyError):
+    """A sealed record (sealing.py) cannot be opened: another fleet's key, a value copied
+    from another record, or changed bytes. The message never holds the record."""
 
 
 class NoTokenAvailable(TokenError):

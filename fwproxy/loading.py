@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from .config import (
+    MIN_ENCRYPTION_KEY,
     Settings,
+    StateConfig,
     check_environment,
     check_listen,
     parse_config,
@@ -117,7 +119,27 @@ def resolve_files(settings: Settings) -> Settings:
         load_keys(access.api_keys_file)
     if settings.local_token_key is not None:
         load_signing_keys(settings.local_token_key)
-    return dataclasses.replace(settings, listen=listen, auth=auth, secret_file=None)
+    state = resolve_state(settings.state)
+    return dataclasses.replace(settings, listen=listen, auth=auth, state=state, secret_file=None)
+
+
+def resolve_state(state: StateConfig) -> StateConfig:
+    """Read the shared state's files: the Redis password, the CA bundle for rediss://, and
+    the encryption key (at least MIN_ENCRYPTION_KEY characters: 256 bits in base64)."""
+    if state.redis_ca_file is not None:
+        read_ca_file(state.redis_ca_file, "state.redis_ca_file")
+    if state.redis_password_file is not None:
+        password = read_secret_file(state.redis_password_file, "state.redis_password_file")
+        state = dataclasses.replace(state, redis_password=Secret(password))
+    if state.encryption_key_file is not None:
+        key = read_secret_file(state.encryption_key_file, "state.encryption_key_file")
+        if len(key) < MIN_ENCRYPTION_KEY:
+            raise ConfigError("state.encryption_key_file",
+                              f"{state.encryption_key_file} holds {len(key)} characters; "
+                              f"at least {MIN_ENCRYPTION_KEY} are needed (make one with "
+                              "`openssl rand -base64 32`)")
+        state = dataclasses.replace(state, encryption_key=Secret(key))
+    return state
 
 
 def load_signing_keys(path: Path) -> None:

@@ -206,12 +206,12 @@ def read_private(path: Path, key: str, forbidden: int = PRIVATE) -> PrivateFile:
         raise ConfigError(key, f"{path} is not UTF-8 (byte {exc.start})") from None
 
 
-def read_ca_file(path: Path) -> str:
+def read_ca_file(path: Path, key: str = "tenant.ca_file") -> str:
     """``tenant.ca_file``'s PEM text. Anyone may read a CA bundle, but whoever may change it
     can vouch for any server, and so read the client secret and the tokens: it is checked
     like a secret, except that it may be readable, and a symbolic link (as bundles under
     /etc/ssl/certs are) is resolved and its target checked."""
-    return read_private(Path(os.path.realpath(path)), "tenant.ca_file", TRUSTED).text
+    return read_private(Path(os.path.realpath(path)), key, TRUSTED).text
 
 
 def ensure_private(path: Path, key: str) -> os.stat_result:

@@ -45,6 +45,10 @@ NEEDS_RESTART = frozenset({
     "tenant.url", "tenant.ca_file", "tenant.verify_tls", "tenant.connect_timeout",
     "auth.grant_type", "auth.token_store",
     "status.enabled", "status.prefix",
+    # the fleet's connection and keys are made once at start (fleet.py)
+    "state.backend", "state.redis_url", "state.redis_password_file", "state.redis_ca_file",
+    "state.key_prefix", "state.encryption_key_file", "state.lease_time", "state.fleet_size",
+    "state.redis_password", "state.encryption_key",
 })
 
 

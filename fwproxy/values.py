@@ -338,6 +338,24 @@ def parse_optional_path(value: object, key: str) -> Path | None:
     return Path(parse_str(value, key)).expanduser()
 
 
+def parse_optional_str(value: object, key: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return parse_str(value, key)
+
+
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def parse_key_prefix(value: object, key: str) -> str:
+    """The start of every Redis key name: letters, digits and ``_.:-``, up to 64."""
+    text = parse_str(value, key)
+    if not _KEY_PREFIX.fullmatch(text):
+        raise ConfigError(key, "expected up to 64 letters, digits and _ . : - (starting "
+                               f"with a letter or digit), got {text!r}")
+    return text
+
+
 def choice(*options: str) -> Callable[[object, str], str]:
     def parse(value: object, key: str) -> str:
         text = str(value).strip().lower()
@@ -414,6 +432,16 @@ SCHEMA: dict[str, dict[str, Callable[[object, str], Any]]] = {
         "client_send_timeout": parse_duration,
     },
     "local_tokens": {"enabled": parse_bool, "lifetime": parse_duration},
+    "state": {
+        "backend": choice("local", "redis"),
+        "redis_url": parse_optional_str,
+        "redis_password_file": parse_optional_path,
+        "redis_ca_file": parse_optional_path,
+        "key_prefix": parse_key_prefix,
+        "encryption_key_file": parse_optional_path,
+        "lease_time": parse_duration,
+        "fleet_size": parse_count,
+    },
     "status": {"enabled": parse_bool, "prefix": parse_prefix},
     "log": {"level": choice(*LOG_LEVELS), "format": choice("text", "json")},
 }

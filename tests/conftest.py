@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from fwproxy.attempts import VERIFY_AGENT
 from fwproxy.config import Settings, parse_config
 from fwproxy.sim import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, TenantState, create_tenant_app
 from fwproxy.sim.state import SeenRequest
+from tests.support.redis import RedisServer, redis_server_path
 
 SettingsFactory = Callable[..., Settings]
 ProxyFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -154,3 +156,17 @@ def token_check(seen: SeenRequest) -> bool:
     """Whether the tenant saw fwproxy's own check of a token after a 401 (``GET
     /fotoweb/me``, proxy.py `_verify`), not a client's request."""
     return seen.headers.get("user-agent") == [VERIFY_AGENT]
+
+
+requires_redis = pytest.mark.skipif(
+    redis_server_path() is None,
+    reason="Debian redis-server not installed (.ci/run installs it)")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, empty, stopped by its PID."""
+    if redis_server_path() is None:
+        pytest.skip("Debian redis-server not installed (.ci/run installs it)")
+    with RedisServer(tmp_path / "redis") as server:
+        yield server

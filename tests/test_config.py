@@ -256,7 +256,7 @@ def test_event_loop_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"tennant": {}}, {}, "tennant: unknown section, did you mean tenant?"),
         ({"frobnicate": {}}, {},
          "frobnicate: unknown section (known: listen, tenant, auth, access, limits, "
-         "local_tokens, status, log)"),
+         "local_tokens, state, status, log)"),
         ({"tenant": {"urll": "x"}}, {}, "tenant.urll: unknown key, did you mean tenant.url?"),
         ({"listen": {"accept_hosts": ["a"]}}, {},
          "listen.accept_hosts: unknown key, did you mean access.accept_hosts?"),

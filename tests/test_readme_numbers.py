@@ -132,7 +132,11 @@ def test_the_keys_readme_says_need_a_restart_are_the_reload_tables() -> None:
     named |= {f"listen.{key}" for key in SCHEMA["listen"] if key != "shutdown_timeout"}
     named |= {f"status.{key}" for key in SCHEMA["status"]}
     assert "`status`" in sentence
-    assert named == reload.NEEDS_RESTART
+    assert "`state`" in sentence
+    named |= {f"state.{key}" for key in SCHEMA["state"]}
+    # read from state's files (or the environment) and restarted with them
+    derived = {"state.redis_password", "state.encryption_key"}
+    assert named | derived == reload.NEEDS_RESTART
     every = {f"{section}.{key}" for section, parsers in SCHEMA.items() for key in parsers}
     assert every - named == reload.APPLIES_ON_RELOAD
 

@@ -111,6 +111,18 @@ ROWS: list[tuple[dict[str, Any], dict[str, Any], set[str], set[str]]] = [
      {"auth": {**USER, "token_store": "{tmp}/t.json"}, "local_tokens": {"enabled": True}},
      {"local_tokens.enabled"}, set()),
     ({}, {"local_tokens": {"lifetime": "5m"}}, {"local_tokens.lifetime"}, set()),
+    ({}, {"state": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0"}}, set(),
+     {"state.backend", "state.redis_url"}),
+    ({}, {"state": {"redis_password_file": "{tmp}/secret"}}, set(),
+     {"state.redis_password_file", "state.redis_password"}),
+    ({"state": {"redis_url": "rediss://redis.example"}},
+     {"state": {"redis_url": "rediss://redis.example", "redis_ca_file": "{tmp}/ca.pem"}},
+     set(), {"state.redis_ca_file"}),
+    ({}, {"state": {"key_prefix": "fleet-b"}}, set(), {"state.key_prefix"}),
+    ({}, {"state": {"encryption_key_file": "{tmp}/enc"}}, set(),
+     {"state.encryption_key_file", "state.encryption_key"}),
+    ({}, {"state": {"lease_time": "30s"}}, set(), {"state.lease_time"}),
+    ({}, {"state": {"fleet_size": 3}}, set(), {"state.fleet_size"}),
     ({}, {"status": {"enabled": False}}, set(), {"status.enabled"}),
     ({}, {"status": {"prefix": "/_x"}}, set(), {"status.prefix"}),
     ({}, {"log": {"level": "debug"}}, {"log.level"}, set()),
@@ -121,7 +133,7 @@ ROWS: list[tuple[dict[str, Any], dict[str, Any], set[str], set[str]]] = [
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     (tmp_path / "ca.pem").write_text("not read here\n")
-    for name, text in (("secret", "from-file\n"), ("keys", "")):
+    for name, text in (("secret", "from-file\n"), ("keys", ""), ("enc", "k" * 44 + "\n")):
         (tmp_path / name).write_text(text)
         (tmp_path / name).chmod(0o600)
     return tmp_path

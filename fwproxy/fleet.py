@@ -1,0 +1,233 @@
+"""The fleet's shared state: one Redis connection pool, the key names, and whether Redis is
+there. Every shared feature (the token, the user session, the budget) goes through here.
+
+Theory of operation
+-------------------
+With ``state.backend: redis`` the app holds one `SharedState`. Its whole state::
+
+    UNKNOWN ──first call or `start`'s PING answers──> UP
+    UP ──a call fails to reach Redis (connect, timeout, auth, ACL, TLS)──> DOWN
+    DOWN ──the watcher's PING answers──> UP, then every `on_recovery` callback runs
+                                         (each writes back what this instance holds)
+
+Going DOWN is logged once (with `why`, a closed set: `WHY`), counted (`outages`) and shown
+(`view`: the status page, readiness, metrics). While DOWN, `call` fails at once without
+touching the network (no request waits on a dead Redis) and one watcher task PINGs every
+`probe_interval` until Redis answers. Callers decide their own fallback (the rules are in
+README "Running a fleet"); none of them is this module's business.
+
+`call` is the one boundary where redis-py's exceptions become `SharedStateUnavailable`.
+A Redis that answers but refuses one command (a hostile or broken value: WRONGTYPE) raises
+`SharedStateUnavailable` with why ``error`` and does not mark Redis DOWN.
+
+Key names are ``{state.key_prefix}:{scope}:{name}``; the scope is a hash of tenant URL,
+client ID and grant, so several tenants or clients can share one Redis and no name holds
+anything secret (nor the client ID itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config import Settings, StateConfig
+from .exceptions import SharedStateUnavailable
+from .log import outward
+from .sealing import SealingKey, derive_key
+
+log = logging.getLogger("fwproxy.fleet")
+T = TypeVar("T")
+
+# why Redis is unavailable: the only values the `why` label and readiness ever show
+WHY = ("unreachable", "timeout", "denied", "tls", "loading", "error", "down")
+MAX_CALL_TIME = 2.0  # seconds a Redis call may take before it counts as a failure
+SCOPE_CHARS = 16
+
+
+def scope_of(tenant_url: str, client_id: str, grant: str) -> str:
+    """The part of every key name that tells fleets apart: a hash, never the inputs."""
+    digest = hashlib.sha256(f"{tenant_url}\x00{client_id}\x00{grant}".encode()).hexdigest()
+    return digest[:SCOPE_CHARS]
+
+
+def why_of(exc: BaseException) -> str:
+    """The closed-set reason for a redis-py (or socket) failure."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return "denied"
+    if isinstance(exc, ResponseError):
+        text = str(exc).upper()
+        if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            return "denied"
+        return "error"
+    if isinstance(exc, BusyLoadingError):
+        return "loading"
+    if isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    text = str(exc).lower()
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "tls"
+    return "unreachable"
+
+
+def connect(config: StateConfig, timeout: float) -> redis.Redis:
+    """A redis-py client for `config.redis_url`: binary values, short timeouts, one quiet
+    retry on a broken pooled connection (Redis restarted), nothing more: the fallback is
+    ours to decide."""
+    assert config.redis_url is not None
+    options: dict[str, object] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+        "decode_responses": False,
+        "client_name": "fwproxy",
+    }
+    if config.redis_password is not None:
+        options["password"] = config.redis_password.reveal()
+    if config.redis_ca_file is not None:
+        options["ssl_ca_certs"] = str(config.redis_ca_file)
+    return redis.Redis.from_url(config.redis_url, **options)  # type: ignore[arg-type]
+
+
+def shared_state(settings: Settings) -> SharedState | None:
+    """The fleet's `SharedState` for `settings`, or None with ``state.backend: local``.
+    Sealed with a key from state.encryption_key_file, else from the client secret
+    (config.py refuses redis without either)."""
+    state = settings.state
+    if not state.shared:
+        return None
+    material = state.encryption_key or settings.auth.client_secret
+    assert material is not None
+    scope = scope_of(str(settings.tenant.url), settings.auth.client_id,
+                     settings.auth.grant_type)
+    return SharedState(state, scope, material.reveal())
+
+
+class SharedState:
+    """The Redis side of one instance (the module docstring)."""
+
+    def __init__(self, config: StateConfig, scope: str, key_material: str, *,
+                 client: redis.Redis | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.scope = scope
+        self.prefix = f"{config.key_prefix}:{scope}:"
+        self.sealing: SealingKey = derive_key(key_material, f"{config.key_prefix}:{scope}")
+        self.timeout = min(MAX_CALL_TIME, config.lease_time / 4)
+        self.redis = client if client is not None else connect(config, self.timeout)
+        self.probe_interval = min(1.0, config.lease_time / 4)
+        self._clock = clock
+        self.up: bool | None = None  # None: not yet known
+        self.why = ""
+        self.since = clock()
+        self.outages = 0
+        self.recoveries = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._recovery: list[Callable[[], Awaitable[None]]] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SharedState(prefix={self.prefix!r}, up={self.up})"
+
+    def key(self, name: str) -> str:
+        """The full Redis key name of a record (`name`: a fixed word, never a value)."""
+        return self.prefix + name
+
+    @property
+    def available(self) -> bool:
+        """Whether a call may be tried now (UP, or not yet known)."""
+        return self.up is not False
+
+    def on_recovery(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` each time Redis comes back (after it was DOWN)."""
+        self._recovery.append(callback)
+
+    async def start(self) -> None:
+        """One PING, so the status page knows at once; DOWN starts the watcher. Never
+        raises: an instance starts without Redis (README "Running a fleet")."""
+        with contextlib.suppress(SharedStateUnavailable):
+            await self.call(lambda r: r.ping())
+
+    async def call(self, op: Callable[[redis.Redis], Awaitable[T]]) -> T:
+        """`op(client)`, with redis-py's failures translated; fails at once while DOWN."""
+        if self.up is False:
+            raise SharedStateUnavailable(self.why, f"Redis is {self.why}; waiting for it")
+        try:
+            result = await asyncio.wait_for(op(self.redis), self.timeout * 2)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            why = why_of(exc)
+            if why == "error":
+                raise SharedStateUnavailable(why, outward(str(exc), 200)) from None
+            self._down(why, exc)
+            raise SharedStateUnavailable(why, f"Redis is {why}") from None
+        if self.up is not True:
+            self._up()
+        return result
+
+    def _down(self, why: str, exc: BaseException) -> None:
+        if self.up is False:
+            return
+        self.up, self.why, self.since = False, why, self._clock()
+        self.outages += 1
+        log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
+                    "until it is back", why, outward(str(exc) or type(exc).__name__, 200))
+        if self._watcher is None and not self._closed:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _up(self) -> None:
+        self.up, self.why, self.since = True, "", self._clock()
+
+    async def _watch(self) -> None:
+        """While DOWN: PING until Redis answers, then UP and the recovery callbacks."""
+        try:
+            while True:
+                await asyncio.sleep(self.probe_interval)
+                try:
+                    await asyncio.wait_for(self.redis.ping(), self.timeout * 2)
+                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    self.why = why_of(exc)
+                    continue
+                break
+        finally:
+            self._watcher = None
+        self._up()
+        self.recoveries += 1
+        log.warning("shared state: Redis is back; sharing again")
+        for callback in self._recovery:
+            try:
+                await callback()
+            except SharedStateUnavailable:
+                return  # down again: the next recovery runs them all
+            except Exception:  # one write-back failing must not stop the others
+                log.exception("shared state: writing back after Redis came back failed")
+
+    def view(self) -> dict[str, object]:
+        """For the status page, readiness and metrics: nothing secret (no URL: it may name
+        a user)."""
+        return {"backend": "redis", "up": self.up is not False, "why": self.why,
+                "for_seconds": round(self._clock() - self.since, 1),
+                "outages": self.outages, "prefix": self.config.key_prefix}
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.redis.aclose()
