@@ -83,8 +83,9 @@ def test_files_are_read_and_checked(tmp_path: Path) -> None:
         path.chmod(0o600)
     settings = load_mapping({**BASE, "state": {
         **REDIS, "redis_password_file": str(password), "encryption_key_file": str(key)}}, {})
-    assert settings.state.redis_password.reveal() == "file-pw"
-    assert settings.state.encryption_key.reveal() == "q" * 44
+    password_, key_ = settings.state.redis_password, settings.state.encryption_key
+    assert password_ is not None and password_.reveal() == "file-pw"
+    assert key_ is not None and key_.reveal() == "q" * 44
     assert "file-pw" not in repr(settings)
     assert "q" * 44 not in repr(settings)
     # a public client with its own key is fine
