@@ -164,12 +164,15 @@ class SharedState:
         with contextlib.suppress(SharedStateUnavailable):
             await self.call(lambda r: r.ping())
 
-    async def call(self, op: Callable[[redis.Redis], Awaitable[T]]) -> T:
-        """`op(client)`, with redis-py's failures translated; fails at once while DOWN."""
+    async def call(self, op: Callable[[redis.Redis], Awaitable[T]],
+                   waits: float = 0.0) -> T:
+        """`op(client)`, with redis-py's failures translated; fails at once while DOWN.
+        `waits`: seconds the command itself blocks for (a pub/sub wait) on top of the
+        usual limit."""
         if self.up is False:
             raise SharedStateUnavailable(self.why, f"Redis is {self.why}; waiting for it")
         try:
-            result = await asyncio.wait_for(op(self.redis), self.timeout * 2)
+            result = await asyncio.wait_for(op(self.redis), self.timeout * 2 + waits)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             why = why_of(exc)
             if why == "error":

@@ -84,8 +84,10 @@ def test_files_are_read_and_checked(tmp_path: Path) -> None:
     settings = load_mapping({**BASE, "state": {
         **REDIS, "redis_password_file": str(password), "encryption_key_file": str(key)}}, {})
     password_, key_ = settings.state.redis_password, settings.state.encryption_key
-    assert password_ is not None and password_.reveal() == "file-pw"
-    assert key_ is not None and key_.reveal() == "q" * 44
+    assert password_ is not None
+    assert password_.reveal() == "file-pw"
+    assert key_ is not None
+    assert key_.reveal() == "q" * 44
     assert "file-pw" not in repr(settings)
     assert "q" * 44 not in repr(settings)
     # a public client with its own key is fine

@@ -35,10 +35,11 @@ from tests.support.processes import (
     launch_fwproxy,
 )
 from tests.support.procfs import established_connections
+from tests.support.redis import RedisServer
 
 __all__ = [  # what the e2e tests take from here (the harness lives in tests/support)
     "CURL", "LISTENING", "CommandResult", "CurlResult", "FwproxyProcess", "Relay",
-    "StartProxy", "clean_env", "complete", "curl", "curl_many",
+    "StartFleet", "StartProxy", "clean_env", "complete", "curl", "curl_many",
     "established_connections", "launch_fwproxy", "run_fwproxy", "write_config",
 ]
 
@@ -77,6 +78,25 @@ async def start_proxy(tenant: TestServer, tmp_path: Path) -> AsyncIterator[Start
     finally:
         for proxy in reversed(running):
             await proxy.stop()
+
+
+StartFleet = Callable[..., Awaitable[list[FwproxyProcess]]]
+
+
+@pytest.fixture
+async def start_fleet(redis_server: RedisServer, start_proxy: StartProxy) -> StartFleet:
+    """`start_fleet(3, sections)`: that many `fwproxy run` in front of the tenant, sharing
+    state through one real redis-server (``state.backend: redis``); started together, as a
+    fleet's replicas are. Redis is set up first, so it is stopped last (by its PID), after
+    the proxies (start_proxy)."""
+
+    async def start(count: int = 3, sections: Mapping[str, dict[str, Any]] | None = None
+                    ) -> list[FwproxyProcess]:
+        shared = merge({"state": {"backend": "redis", "redis_url": redis_server.url,
+                                  "lease_time": "4s"}}, dict(sections or {}))
+        return list(await asyncio.gather(*(start_proxy(shared) for _ in range(count))))
+
+    return start
 
 
 @pytest.fixture

@@ -1,0 +1,200 @@
+"""The fleet lock and the versioned records it guards, in Redis (`fleet.SharedState`).
+
+Theory of operation
+-------------------
+A record (the access token, the user session) is a Redis hash ``{v: version, s: sealed}``:
+`sealing.seal` of its value, with its name and version as associated data. Versions only
+grow: every write carries one, and Redis refuses (in the same script) a write whose
+version is not above the stored one. So "newest wins" holds even across a Redis restart
+without persistence: instances write back what they hold (`put_if_newer`), and the fence
+counter is raised to the highest version seen, so no later write gets a smaller one.
+
+The lock is ``SET lock <random id> NX PX lease`` plus, in the same script, the next fencing
+number (INCR of ``fence``, raised above the guarded record's version)::
+
+    FREE ──acquire (SET NX PX)──> HELD(id, fence) ──release (delete if still id)──> FREE
+                                     └──lease runs out (the holder died: kill -9)──> FREE
+
+A holder writes its result with `put_locked`: the script checks that the lock still holds
+its id, so a holder whose lease ran out (paused, partitioned) can never overwrite what the
+next holder wrote. Waiters do not spin: they subscribe to the lock's channel, try once, and
+then wait for a "released" message or the lease's end, whichever is first, bounded by
+their own deadline (`acquire(wait=...)` returns None when it passes).
+
+`delete_if_version`: a 401 drops the shared token only if it is still the one that failed
+(compare-and-delete on its version).
+
+Key names are fixed words under the fleet's prefix (`SharedState.key`): never a value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from .exceptions import SealBroken
+from .fleet import SharedState
+from .sealing import open_sealed, seal
+
+# KEYS: lock, fence, record; ARGV: id, lease ms. The fence number, or 0 when held.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+local stored = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
+if fence <= stored then
+  fence = stored + 1
+  redis.call('SET', KEYS[2], fence)
+end
+return fence
+"""
+# KEYS: lock, channel-less; ARGV: id. 1 when released.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lock, record; ARGV: id, version, sealed, ttl ms (0: none). 1 written, 0 not held,
+# -1 an equal or newer version is stored.
+_PUT_LOCKED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local stored = tonumber(redis.call('HGET', KEYS[2], 'v') or '0') or 0
+if tonumber(ARGV[2]) <= stored then return -1 end
+redis.call('HSET', KEYS[2], 'v', ARGV[2], 's', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4])
+else redis.call('PERSIST', KEYS[2]) end
+return 1
+"""
+# KEYS: record, fence; ARGV: version, sealed, ttl ms. 1 written, 0 an equal or newer is there.
+_PUT_IF_NEWER = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if fence < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
+if tonumber(ARGV[1]) <= stored then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+# KEYS: record; ARGV: version. 1 deleted.
+_DELETE_IF_VERSION = """
+if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A held lock: its random id (the lock's value) and its fencing number, which is the
+    version of whatever the holder writes."""
+
+    id: str
+    fence: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record's opened value and its version."""
+
+    version: int
+    value: bytes
+
+    def __repr__(self) -> str:
+        return f"Record(version={self.version})"
+
+
+class FleetLock:
+    """One named lock guarding one record (`name` is a fixed word: ``token``, ``session``)."""
+
+    def __init__(self, state: SharedState, name: str) -> None:
+        self.state = state
+        self.name = name
+        self.lock_key = state.key(f"{name}:lock")
+        self.fence_key = state.key(f"{name}:fence")
+        self.record_key = state.key(name)
+        self.channel = state.key(f"{name}:released")
+        self.lease_ms = int(state.config.lease_time * 1000)
+
+    async def acquire(self, wait: float) -> Held | None:
+        """The lock, or None when `wait` seconds pass while others hold it. Raises
+        SharedStateUnavailable when Redis cannot be asked."""
+        state = self.state
+        lock_id = secrets.token_hex(16)
+        deadline = time.monotonic() + wait
+        pubsub = state.redis.pubsub()
+        try:
+            await state.call(lambda r: pubsub.subscribe(self.channel))
+            while True:
+                fence = await state.call(lambda r: r.eval(
+                    _ACQUIRE, 3, self.lock_key, self.fence_key, self.record_key, lock_id,
+                    self.lease_ms))
+                if int(fence) > 0:
+                    return Held(lock_id, int(fence))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                ttl = await state.call(lambda r: r.pttl(self.lock_key))
+                pause = min(left, max(0.01, int(ttl) / 1000) if int(ttl) > 0 else 0.01)
+                await self._released(pubsub, pause)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _released(self, pubsub: object, timeout: float) -> None:
+        """Wait for a "released" message on the channel, at most `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            message = await self.state.call(
+                lambda r: pubsub.get_message(  # type: ignore[attr-defined]
+                    ignore_subscribe_messages=True, timeout=left), waits=left)
+            if message is not None:
+                return
+
+    async def release(self, held: Held) -> None:
+        """Free the lock if it is still ours, and wake the waiters."""
+        state = self.state
+        await state.call(lambda r: r.eval(_RELEASE, 1, self.lock_key, held.id))
+        await state.call(lambda r: r.publish(self.channel, b"1"))
+
+    async def read(self) -> Record | None:
+        """The record, opened; None when there is none, or it cannot be opened (another
+        key, changed: `SealBroken` is the caller's to report via `broken`)."""
+        state = self.state
+        raw = await state.call(lambda r: r.hmget(self.record_key, "v", "s"))
+        version, sealed = raw
+        if version is None or not isinstance(sealed, bytes):
+            return None
+        try:
+            number = int(version)
+        except ValueError:
+            raise SealBroken("the record's version is not a number") from None
+        return Record(number, open_sealed(state.sealing, sealed, self.record_key, number))
+
+    async def put_locked(self, held: Held, value: bytes, ttl: float | None) -> bool:
+        """Write `value` at version `held.fence` while the lock is still ours; False when
+        it is not (the lease ran out) or a newer version is stored."""
+        state = self.state
+        sealed = seal(state.sealing, value, self.record_key, held.fence)
+        done = await state.call(lambda r: r.eval(
+            _PUT_LOCKED, 2, self.lock_key, self.record_key, held.id, held.fence, sealed,
+            _ms(ttl)))
+        return int(done) == 1
+
+    async def put_if_newer(self, version: int, value: bytes, ttl: float | None) -> bool:
+        """Write back what this instance holds, unless Redis has it or something newer
+        (after Redis came back empty); raises the fence to `version` either way."""
+        state = self.state
+        sealed = seal(state.sealing, value, self.record_key, version)
+        done = await state.call(lambda r: r.eval(
+            _PUT_IF_NEWER, 2, self.record_key, self.fence_key, version, sealed, _ms(ttl)))
+        return int(done) == 1
+
+    async def delete_if_version(self, version: int) -> bool:
+        """Drop the record if it is still at `version` (a 401 for that token)."""
+        done = await self.state.call(lambda r: r.eval(
+            _DELETE_IF_VERSION, 1, self.record_key, version))
+        return int(done) == 1
+
+
+def _ms(ttl: float | None) -> int:
+    return 0 if ttl is None else max(1, int(ttl * 1000))
+

@@ -1,0 +1,106 @@
+"""fleetlock.py against a real redis-server: the lock (one holder, fencing, lease expiry,
+waiters woken by the release), and the versioned sealed records it guards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fwproxy.config import StateConfig
+from fwproxy.exceptions import SealBroken
+from fwproxy.fleet import SharedState
+from fwproxy.fleetlock import FleetLock
+from tests.support.redis import RedisServer
+
+
+@pytest.fixture
+async def states(redis_server: RedisServer) -> AsyncIterator[list[SharedState]]:
+    """Three instances' SharedState on one Redis (lease 1 s)."""
+    config = StateConfig(backend="redis", redis_url=redis_server.url, lease_time=1.0)
+    made = [SharedState(config, "scope", "m" * 40) for _ in range(3)]
+    yield made
+    for state in made:
+        await state.aclose()
+
+
+async def test_one_holder_and_growing_fences(states: list[SharedState]) -> None:
+    a, b = FleetLock(states[0], "token"), FleetLock(states[1], "token")
+    held = await a.acquire(wait=0)
+    assert held is not None
+    assert held.fence == 1
+    assert await b.acquire(wait=0) is None
+    await a.release(held)
+    again = await b.acquire(wait=0)
+    assert again is not None
+    assert again.fence == 2
+
+
+async def test_a_waiter_is_woken_by_the_release(states: list[SharedState]) -> None:
+    a, b = FleetLock(states[0], "token"), FleetLock(states[1], "token")
+    held = await a.acquire(wait=0)
+    assert held is not None
+    waiting = asyncio.ensure_future(b.acquire(wait=10))
+    await asyncio.sleep(0)  # (b subscribes and finds the lock held)
+    assert not waiting.done()
+    await a.release(held)
+    got = await asyncio.wait_for(waiting, 5)
+    assert got is not None
+    assert got.fence == held.fence + 1
+
+
+async def test_a_dead_holders_lease_runs_out(states: list[SharedState]) -> None:
+    a, b = FleetLock(states[0], "token"), FleetLock(states[1], "token")
+    dead = await a.acquire(wait=0)  # never released: its holder "died"
+    assert dead is not None
+    got = await b.acquire(wait=5)  # within the lease (1 s), not the waiter's 5
+    assert got is not None
+    # the dead holder, paused past its lease, cannot overwrite the new holder's write
+    assert await b.put_locked(got, b"new", ttl=None)
+    assert not await a.put_locked(dead, b"stale", ttl=None)
+    record = await a.read()
+    assert record is not None
+    assert record.value == b"new"
+    assert record.version == got.fence
+
+
+async def test_records_are_sealed_and_versioned(states: list[SharedState],
+                                                redis_server: RedisServer) -> None:
+    lock = FleetLock(states[0], "session")
+    held = await lock.acquire(wait=0)
+    assert held is not None
+    assert await lock.put_locked(held, b"refresh-token-1", ttl=None)
+    raw = await states[0].call(lambda r: r.hgetall(lock.record_key))
+    assert not any("refresh-token-1" in str(value) for value in raw.values())
+    # compare-and-delete
+    assert not await lock.delete_if_version(held.fence + 1)
+    assert await lock.delete_if_version(held.fence)
+    assert await lock.read() is None
+    # newest wins on write-back, and the fence is raised past what was written back
+    assert await lock.put_if_newer(50, b"v50", ttl=None)
+    assert not await lock.put_if_newer(49, b"v49", ttl=None)
+    await lock.release(held)
+    nxt = await FleetLock(states[1], "session").acquire(wait=0)
+    assert nxt is not None
+    assert nxt.fence == 51
+
+
+async def test_a_record_moved_or_changed_in_redis_is_not_used(states: list[SharedState]) -> None:
+    lock = FleetLock(states[0], "token")
+    assert await lock.put_if_newer(3, b"tok", ttl=None)
+    await states[0].call(lambda r: r.hset(lock.record_key, "v", 4))  # claims to be newer
+    with pytest.raises(SealBroken):
+        await lock.read()
+    await states[0].call(lambda r: r.hset(lock.record_key, "v", "x"))
+    with pytest.raises(SealBroken):
+        await lock.read()
+
+
+async def test_redis_keys_name_no_secret(states: list[SharedState]) -> None:
+    lock = FleetLock(states[0], "token")
+    assert await lock.put_if_newer(1, b"the-access-token", ttl=30)
+    keys = [str(key) for key in await states[0].call(lambda r: r.keys("*"))]
+    assert keys
+    assert all(key.startswith("b'fwproxy:scope:") for key in keys)
+    assert not any("token-" in key or "m" * 10 in key for key in keys)
