@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
+from .fleet import SharedState, shared_state
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -27,6 +28,7 @@ TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
 SHARED_TOKEN = web.AppKey("shared_token", Path)
+SHARED_STATE = web.AppKey("shared_state", SharedState)  # only with state.backend: redis
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -144,6 +146,10 @@ def _guarded(handler: Handler, keyed: bool) -> Handler:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    state = shared_state(settings)  # None unless state.backend: redis
+    if state is not None:
+        app[SHARED_STATE] = state
+        await state.start()  # never fails: an instance starts without Redis
     session = create_session(settings.tenant)
     protection = Protection(settings.tenant)  # its budget serves the token requests too
     grant: Grant = BudgetedGrant(make_grant(session, settings.auth), protection,
@@ -161,3 +167,5 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy.close()
     await tokens.aclose()
     await session.close()
+    if state is not None:
+        await state.aclose()
