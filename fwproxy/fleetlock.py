@@ -17,7 +17,10 @@ number (INCR of ``fence``, raised above the guarded record's version)::
 
 A holder writes its result with `put_locked`: the script checks that the lock still holds
 its id, so a holder whose lease ran out (paused, partitioned) can never overwrite what the
-next holder wrote. Waiters do not spin: they subscribe to the lock's channel, try once, and
+next holder wrote. A holder whose work may outlast the lease (a token request may take
+longer than ``state.lease_time``) holds the lock through `holding`: a keeper task extends
+the lease (``PEXPIRE`` if the lock is still ours) every third of it, and stops when the lock
+is no longer ours; `put_locked` then refuses, so a lost lock's result is never written. Waiters do not spin: they subscribe to the lock's channel, try once, and
 then wait for a "released" message or the lease's end, whichever is first, bounded by
 their own deadline (`acquire(wait=...)` returns None when it passes).
 
@@ -29,12 +32,14 @@ Key names are fixed words under the fleet's prefix (`SharedState.key`): never a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .exceptions import SealBroken
+from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .sealing import open_sealed, seal
 
@@ -52,6 +57,11 @@ return fence
 # KEYS: lock, channel-less; ARGV: id. 1 when released.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lock; ARGV: id, lease ms. 1 extended, 0 the lock is not ours (any more).
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 # KEYS: lock, record; ARGV: id, version, sealed, ttl ms (0: none). 1 written, 0 not held,
@@ -148,6 +158,40 @@ class FleetLock:
                     ignore_subscribe_messages=True, timeout=left), waits=left)
             if message is not None:
                 return
+
+    @contextlib.asynccontextmanager
+    async def holding(self, wait: float) -> AsyncIterator[Held | None]:
+        """`acquire(wait)`, with the lease extended while the body runs, and released after
+        it (a release that cannot reach Redis is left to the lease). Yields None when the
+        lock could not be had within `wait`."""
+        held = await self.acquire(wait)
+        if held is None:
+            yield None
+            return
+        keeper = asyncio.get_running_loop().create_task(self._keep(held))
+        try:
+            yield held
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            with contextlib.suppress(SharedStateUnavailable):
+                await self.release(held)
+
+    async def _keep(self, held: Held) -> None:
+        """Extend `held`'s lease every third of it, until it is no longer ours."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                if not await self.extend(held):
+                    return  # lost: put_locked refuses from now on
+            except SharedStateUnavailable:
+                continue  # Redis away: the lease runs out there, or we extend it next time
+
+    async def extend(self, held: Held) -> bool:
+        """Renew `held`'s lease (a full `lease_time` from now) if the lock is still ours."""
+        done = await self.state.call(lambda r: r.eval(
+            _EXTEND, 1, self.lock_key, held.id, self.lease_ms))
+        return int(done) == 1
 
     async def release(self, held: Held) -> None:
         """Free the lock if it is still ours, and wake the waiters."""

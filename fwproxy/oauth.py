@@ -15,12 +15,13 @@ from .config import AuthConfig
 from .exceptions import (
     ConfigError,
     LoginRequired,
+    SharedStateUnavailable,
     TokenEndpointError,
     TokenEndpointUnreachable,
     TokenResponseInvalid,
 )
 from .log import REDACT, outward
-from .store import StoredSession, TokenStore
+from .store import FileSessions, SessionHold, SessionStore, StoredSession, TokenStore
 from .token_manager import Grant
 from .tokens import (
     TOKEN_REQUEST_HEADERS,
@@ -36,11 +37,13 @@ MAX_TOKEN_RESPONSE = 64 * 1024  # a token answer is a few hundred bytes; refuse 
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-def make_grant(session: aiohttp.ClientSession, auth: AuthConfig) -> Grant:
-    """The grant the configuration asks for."""
+def make_grant(session: aiohttp.ClientSession, auth: AuthConfig,
+               sessions: SessionStore | None = None) -> Grant:
+    """The grant the configuration asks for; user context keeps its session in `sessions`
+    (the fleet's, fleetsession.py), else in the token store file."""
     if auth.user_context:
         assert auth.token_store is not None
-        return RefreshTokenGrant(session, auth, TokenStore(auth.token_store))
+        return RefreshTokenGrant(session, auth, sessions or TokenStore(auth.token_store))
     return ClientCredentialsGrant(session, auth)
 
 
@@ -91,9 +94,11 @@ class RefreshTokenGrant:
     """User context (Fotoware's "Web Application or API authorization" page): renew with
     the stored refresh token.
 
-    FotoWeb may rotate refresh tokens, so a new one is written to the store (atomically)
-    before the new access token is handed out, under the store's lock, which also makes
-    any other process that shares the store wait and then use what this one obtained.
+    FotoWeb may rotate refresh tokens, so a new one is saved to the store before the new
+    access token is handed out, under the store's lock (`store.SessionStore`: the token
+    store file, or with ``state.backend: redis`` the fleet's record, fleetsession.py),
+    which also makes any other process or instance sharing the store wait and then use
+    what this one obtained.
     """
 
     name = "refresh_token"
@@ -102,16 +107,17 @@ class RefreshTokenGrant:
         self,
         session: aiohttp.ClientSession,
         auth: AuthConfig,
-        store: TokenStore,
+        store: SessionStore | TokenStore,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
         self._auth = auth
-        self._store = store
+        self._store = FileSessions(store) if isinstance(store, TokenStore) else store
         self._clock = clock
         self._wall = wall
-        self._failed_at: int | None = None  # the store's mtime when a refresh was refused
+        self._failed_at: object = None  # the store's mark when a refresh was refused
+        self._failed = False
         self._handed_out: str | None = None  # the access token this process last used
 
     def update(self, auth: AuthConfig) -> None:
@@ -127,15 +133,16 @@ class RefreshTokenGrant:
     def stored(self) -> Token | None:
         """The access token a previous run (or `fwproxy login`) left, if still good."""
         try:
-            token = self._usable(self._store.load())
+            token = self._usable(self._store.peek())
         except ConfigError:
             return None
         self._handed_out = token.value if token is not None else None
         return token
 
     def has_news(self) -> bool:
-        """The store changed since a refusal: a new `fwproxy login` may have fixed it."""
-        return self._failed_at is not None and self._store.mtime() != self._failed_at
+        """The store changed since a refusal: a new `fwproxy login` may have fixed it (or,
+        with a fleet, Redis is back)."""
+        return self._failed and self._store.changed(self._failed_at)
 
     async def fetch(self) -> Token:
         # Shielded: once the tenant has taken the old refresh token, the new one must reach
@@ -143,45 +150,63 @@ class RefreshTokenGrant:
         return await asyncio.shield(self._refresh())
 
     async def _refresh(self) -> Token:
-        async with self._store.locked():
-            try:
-                saved = self._store.load()
-            except ConfigError as exc:
-                raise self._refused(str(exc)) from None
-            if saved is None:
-                raise self._refused("no stored session")
-            theirs = self._usable(saved)
-            if theirs is not None and theirs.value != self._handed_out:
-                self._handed_out = theirs.value
-                return theirs  # another process renewed while we waited for the lock
-            auth = self._auth
-            secret = auth.client_secret.reveal() if auth.client_secret is not None else None
-            form = refresh_token_form(auth.client_id, secret, saved.refresh_token)
-            try:
-                token = await post_token_request(
-                    self._session, auth.token_url, form, auth.refresh_margin, self._clock
-                )
-            except TokenEndpointError as exc:
-                if exc.oauth_error in ("invalid_grant", "invalid_token"):
-                    raise self._refused(
-                        f"the tenant refused the refresh token: {exc.oauth_error}") from None
-                raise
-            self._store.save(StoredSession(
-                refresh_token=token.refresh_token or saved.refresh_token,
-                access_token=token.value,
-                expires_at=self._wall() + token.lifetime,
-                user=saved.user,
-                lifetime=token.lifetime,
-            ))
-            self._failed_at = None
-            self._handed_out = token.value
-            return token
+        try:
+            async with self._store.hold() as held:
+                return await self._refresh_held(held)
+        except SharedStateUnavailable:
+            self._failing()
+            raise
+
+    async def _refresh_held(self, held: SessionHold) -> Token:
+        try:
+            saved = await held.load()
+        except ConfigError as exc:
+            raise self._refused(str(exc)) from None
+        if saved is None:
+            raise self._refused("no stored session")
+        theirs = self._usable(saved)
+        if theirs is not None and theirs.value != self._handed_out:
+            return self._hand_out(theirs)  # another process renewed while we waited
+        auth = self._auth
+        secret = auth.client_secret.reveal() if auth.client_secret is not None else None
+        form = refresh_token_form(auth.client_id, secret, saved.refresh_token)
+        try:
+            token = await post_token_request(
+                self._session, auth.token_url, form, auth.refresh_margin, self._clock
+            )
+        except TokenEndpointError as exc:
+            if exc.oauth_error in ("invalid_grant", "invalid_token"):
+                raise self._refused(
+                    f"the tenant refused the refresh token: {exc.oauth_error}") from None
+            raise
+        rotated = StoredSession(
+            refresh_token=token.refresh_token or saved.refresh_token,
+            access_token=token.value,
+            expires_at=self._wall() + token.lifetime,
+            user=saved.user,
+            lifetime=token.lifetime,
+        )
+        kept = await held.save(rotated)
+        if kept is not rotated:  # the store holds a newer session than ours (a new login)
+            newer = self._usable(kept)
+            if newer is None:
+                raise self._refused("the stored session changed during the refresh")
+            return self._hand_out(newer)
+        return self._hand_out(token)
+
+    def _hand_out(self, token: Token) -> Token:
+        self._failed = False
+        self._handed_out = token.value
+        return token
 
     def _usable(self, saved: StoredSession | None) -> Token | None:
         return stored_token(saved, self._wall(), self._clock(), self._auth.refresh_margin)
 
+    def _failing(self) -> None:
+        self._failed, self._failed_at = True, self._store.mark()
+
     def _refused(self, why: str) -> LoginRequired:
-        self._failed_at = self._store.mtime()
+        self._failing()
         return LoginRequired(why)
 
 

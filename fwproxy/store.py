@@ -4,6 +4,10 @@ One JSON file, mode 0600 in a 0700 directory, replaced atomically (write a temp 
 fsync, rename, fsync the directory), so a crash never leaves half a refresh token. A lock
 file serializes refreshes across processes (`fwproxy run`, `fwproxy token`, workers): a
 rotated refresh token is never lost to a race.
+
+`SessionStore` is what `oauth.RefreshTokenGrant` needs of a store: `hold()` the lock, then
+`load` and `save` under it. `FileSessions` fills it in with this file; with
+``state.backend: redis`` fleetsession.py's `FleetSessions` does, for a whole fleet.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .exceptions import ConfigError, MissingFile, TokenStoreBusy
 from .private import read_private, write_private
@@ -33,6 +39,84 @@ class StoredSession:
     expires_at: float | None = None  # wall clock (epoch seconds): it must survive restarts
     user: str | None = None
     lifetime: float | None = None  # seconds the access token was issued for, when known
+
+
+def session_json(session: StoredSession) -> str:
+    """The stored form of a session (the file's text, the fleet record's value)."""
+    return json.dumps(asdict(session))
+
+
+def session_from_json(text: str | bytes) -> StoredSession:
+    """The session `session_json` made; ValueError when it is damaged."""
+    try:
+        data = json.loads(text)
+        return StoredSession(
+            refresh_token=str(data["refresh_token"]),
+            access_token=data.get("access_token"),
+            expires_at=data.get("expires_at"),
+            user=data.get("user"),
+            lifetime=_number(data.get("lifetime")),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(type(exc).__name__) from None
+
+
+class SessionHold(Protocol):
+    """The session while its store's lock is held."""
+
+    async def load(self) -> StoredSession | None:
+        """The session, or None (never logged in, logged out). ConfigError: damaged."""
+
+    async def save(self, session: StoredSession) -> StoredSession:
+        """Store `session` (a rotation) before it is used; returns the session to use:
+        `session`, or a newer one the store already holds (fleetsession.py)."""
+
+
+class SessionStore(Protocol):
+    """Where the user session lives: a file (`FileSessions`) or the fleet's Redis."""
+
+    def peek(self) -> StoredSession | None:
+        """The session as known now, without waiting (to start with)."""
+
+    def mark(self) -> object:
+        """A mark of the store's present state, for `changed` (after a refusal)."""
+
+    def changed(self, mark: object) -> bool:
+        """The store changed since `mark` (a new `fwproxy login` may have fixed it)."""
+
+    def hold(self) -> AbstractAsyncContextManager[SessionHold]:
+        """The store's lock (across processes or the fleet), for one refresh."""
+
+
+class FileSessions:
+    """`SessionStore` on a `TokenStore` file."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+    def peek(self) -> StoredSession | None:
+        return self.store.load()
+
+    def mark(self) -> object:
+        return self.store.mtime()
+
+    def changed(self, mark: object) -> bool:
+        return self.store.mtime() != mark
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[SessionHold]:
+        async with self.store.locked():
+            yield self
+
+    async def load(self) -> StoredSession | None:
+        return self.store.load()
+
+    async def save(self, session: StoredSession) -> StoredSession:
+        self.store.save(session)
+        return session
 
 
 class TokenStore:
@@ -56,15 +140,8 @@ class TokenStore:
         except MissingFile:
             return None
         try:
-            data = json.loads(text)
-            return StoredSession(
-                refresh_token=str(data["refresh_token"]),
-                access_token=data.get("access_token"),
-                expires_at=data.get("expires_at"),
-                user=data.get("user"),
-                lifetime=_number(data.get("lifetime")),
-            )
-        except (ValueError, KeyError, TypeError):
+            return session_from_json(text)
+        except ValueError:
             raise ConfigError(self.key, f"{self.path} is damaged; run fwproxy login") from None
 
     def save(self, session: StoredSession) -> None:
@@ -72,7 +149,7 @@ class TokenStore:
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        write_private(self.path, json.dumps(asdict(session)))
+        write_private(self.path, session_json(session))
 
     def remove(self) -> bool:
         try:
