@@ -13,6 +13,7 @@ from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .fleet import SharedState, shared_state
+from .fleetsession import FleetSessions
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -29,6 +30,7 @@ PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
 SHARED_TOKEN = web.AppKey("shared_token", Path)
 SHARED_STATE = web.AppKey("shared_state", SharedState)  # only with state.backend: redis
+SHARED_SESSION = web.AppKey("shared_session", FleetSessions)  # redis and user context
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -49,7 +51,7 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
     quiet_malformed_requests()
     strict_parser()  # the pure-Python parser refuses what the C parser does
     app.cleanup_ctx.append(_upstream)
-    observer = Observer(settings.status.prefix, _status_info(settings))
+    observer = Observer(settings.status.prefix, _status_info(settings, app))
     app[OBSERVER] = observer
     if settings.status.enabled:
         for route in observer.probe_routes():
@@ -72,17 +74,21 @@ def handler_args(limits: LimitsConfig) -> dict[str, Any]:
     }
 
 
-def _status_info(settings: Settings) -> StatusInfo:
+def _status_info(settings: Settings, app: web.Application) -> StatusInfo:
     return StatusInfo(
         tenant=str(settings.tenant.url), grant=settings.auth.grant_type,
-        client_id=settings.auth.client_id, acting_as=_acting_as(settings),
+        client_id=settings.auth.client_id, acting_as=_acting_as(settings, app),
     )
 
 
-def _acting_as(settings: Settings) -> Callable[[], str]:
-    """Who the proxy acts as, for the status page (read when the page is shown)."""
+def _acting_as(settings: Settings, app: web.Application) -> Callable[[], str]:
+    """Who the proxy acts as, for the status page (read when the page is shown; with a
+    fleet, from the shared session as this instance last read it: no Redis call)."""
     if not settings.auth.user_context:
         return lambda: "the application itself (client credentials: tenant administrator)"
+    if settings.state.shared:
+        return lambda: (app[SHARED_SESSION].acting_as() if SHARED_SESSION in app
+                        else "not known yet (starting)")
     assert settings.auth.token_store is not None
     store = TokenStore(settings.auth.token_store)
 
@@ -110,7 +116,7 @@ def reconfigure(app: web.Application, loaded: Settings) -> ReloadPlan:
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
     app[TOKENS].update(settings.auth)
-    app[OBSERVER].info = _status_info(settings)
+    app[OBSERVER].info = _status_info(settings, app)
     return plan
 
 
@@ -152,7 +158,10 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         await state.start()  # never fails: an instance starts without Redis
     session = create_session(settings.tenant)
     protection = Protection(settings.tenant)  # its budget serves the token requests too
-    grant: Grant = BudgetedGrant(make_grant(session, settings.auth), protection,
+    sessions = None
+    if state is not None and settings.auth.user_context:  # the fleet's user session
+        sessions = app[SHARED_SESSION] = FleetSessions(state)
+    grant: Grant = BudgetedGrant(make_grant(session, settings.auth, sessions), protection,
                                  settings.tenant.url, settings.auth)
     shared = app.get(SHARED_TOKEN)
     if shared is not None and not settings.auth.user_context:  # a user's store is shared

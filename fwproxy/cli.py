@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from . import __version__, eventloop
+from . import __version__, eventloop, fleetsession
 from .config import (
     ListenConfig,
     Settings,
@@ -125,7 +125,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"nothing to log out of: auth.grant_type is {settings.auth.grant_type}, "
                   "which keeps no user session")
             return EXIT_OK
-        removed = TokenStore(settings.auth.token_store).logout()
+        if settings.state.shared:  # the fleet's session, in Redis
+            try:
+                removed = asyncio.run(fleetsession.logout(settings))
+            except TokenError as exc:
+                print(f"fwproxy: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        else:
+            removed = TokenStore(settings.auth.token_store).logout()
         print("logged out" if removed else "there was no stored session")
         return EXIT_OK
     if args.command == "login" and not settings.auth.user_context:
@@ -246,7 +253,11 @@ def tool_setup(name: str, settings: Settings | None) -> str:
 
 
 async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> str:
-    """A valid token: a stored one if the grant keeps any (user context), else a new one."""
+    """A valid token: a stored one if the grant keeps any (user context), else a new one.
+    With a fleet (state.backend: redis), a user's session is the fleet's."""
+    if settings.auth.user_context and settings.state.shared:
+        async with fleetsession.opened(settings) as sessions:
+            return (await make_grant(session, settings.auth, sessions).fetch()).value
     grant = make_grant(session, settings.auth)
     token = grant.stored() or await grant.fetch()
     return token.value

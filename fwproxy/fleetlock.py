@@ -20,9 +20,10 @@ its id, so a holder whose lease ran out (paused, partitioned) can never overwrit
 next holder wrote. A holder whose work may outlast the lease (a token request may take
 longer than ``state.lease_time``) holds the lock through `holding`: a keeper task extends
 the lease (``PEXPIRE`` if the lock is still ours) every third of it, and stops when the lock
-is no longer ours; `put_locked` then refuses, so a lost lock's result is never written. Waiters do not spin: they subscribe to the lock's channel, try once, and
-then wait for a "released" message or the lease's end, whichever is first, bounded by
-their own deadline (`acquire(wait=...)` returns None when it passes).
+is no longer ours; `put_locked` refuses from then on (the holder learns its lock was lost).
+Waiters do not spin: they subscribe to the lock's channel, try once, and then wait for a
+"released" message or the lease's end, whichever is first, bounded by their own deadline
+(`acquire(wait=...)` returns None when it passes).
 
 `delete_if_version`: a 401 drops the shared token only if it is still the one that failed
 (compare-and-delete on its version).

@@ -3,7 +3,8 @@ API authorization" page, on the command line.
 
 Prints the authorize URL (and opens a browser unless told not to), listens on the
 redirect URI's loopback host and port for that one path, checks the ``state`` echo,
-exchanges the code at the token endpoint, stores the tokens and shows the browser a small
+exchanges the code at the token endpoint, stores the tokens (in the token store, or with
+``state.backend: redis`` as the fleet's shared session) and shows the browser a small
 page. The tokens never reach the browser. Anything but a matching state, a code and a
 successful exchange stores nothing and exits non-zero.
 """
@@ -26,6 +27,7 @@ from yarl import URL
 
 from .config import Settings
 from .exceptions import TokenError, UpstreamError
+from .fleetsession import save_login
 from .oauth import post_token_request, read_limited
 from .pkce import authorize_url, b64url, challenge, make_verifier, same_state
 from .store import StoredSession, TokenStore
@@ -129,16 +131,24 @@ async def _finish(request: web.Request, state: str, verifier: str, settings: Set
     if token.refresh_token is None:
         return Outcome(False, "the tenant issued no refresh token; nothing was stored")
     user = await _who(session, settings, token)
+    stored = StoredSession(
+        refresh_token=token.refresh_token,
+        access_token=token.value,
+        expires_at=time.time() + token.lifetime,
+        user=user,
+        lifetime=token.lifetime,
+    )
+    if settings.state.shared:  # the fleet's session, in Redis, under the fleet lock
+        try:
+            await save_login(settings, stored)
+        except TokenError as exc:  # Redis away, or the lock busy: nothing was stored
+            return Outcome(False, f"the session could not be stored: {exc}")
+        return Outcome(True, f"Logged in as {user or 'an unknown user'}; the session is "
+                             "shared by the fleet (state.backend: redis).")
     assert auth.token_store is not None
     store = TokenStore(auth.token_store)
     async with store.locked():  # not in the middle of a running proxy's refresh
-        store.save(StoredSession(
-            refresh_token=token.refresh_token,
-            access_token=token.value,
-            expires_at=time.time() + token.lifetime,
-            user=user,
-            lifetime=token.lifetime,
-        ))
+        store.save(stored)
     return Outcome(True, f"Logged in as {user or 'an unknown user'}; the session is stored "
                          f"in {auth.token_store}.")
 

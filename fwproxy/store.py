@@ -67,9 +67,9 @@ class SessionHold(Protocol):
     async def load(self) -> StoredSession | None:
         """The session, or None (never logged in, logged out). ConfigError: damaged."""
 
-    async def save(self, session: StoredSession) -> StoredSession:
+    async def save(self, session: StoredSession) -> StoredSession | None:
         """Store `session` (a rotation) before it is used; returns the session to use:
-        `session`, or a newer one the store already holds (fleetsession.py)."""
+        `session`, or what the store holds when that is newer (fleetsession.py)."""
 
 
 class SessionStore(Protocol):
