@@ -10,8 +10,10 @@ FotoWeb's documents state:
 * ``authorization_code`` ("Web Application or API authorization"): a code is exchanged
   once, by the client it was issued to, with the identical redirect_uri (given if and only
   if the authorize request gave one) and the PKCE verifier (RFC 7636 4.6: S256 only);
-* ``refresh_token``: the refresh token of that client; rotated (the old one dies) when
-  `TenantState.rotate_refresh_tokens` says so.
+* ``refresh_token``: the refresh token of that client; rotated (the old one dies, and a
+  spent one is refused with ``invalid_grant``, as FotoWeb does) when
+  `TenantState.rotate_refresh_tokens` says so; each is recorded (`TenantState.refreshes`:
+  start, end, outcome) and may be slowed (`refresh_delay`).
 
 ``GET /fotoweb/oauth2/authorize`` checks the request (registered client, redirect_uri
 rules, ``response_type=code``, a ``state``, PKCE S256 - required for public clients) and
@@ -23,8 +25,10 @@ with ``code`` and the exact ``state``, or ``error=access_denied``. The endpoint'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import json
 import hmac
 import secrets
 import time
@@ -35,7 +39,7 @@ from aiohttp import web
 
 from ..pkce import challenge
 from .pages import consent_page, expired_page, login_page, page
-from .state import CODE_LIFETIME, TENANT, PendingCode, TenantState
+from .state import CODE_LIFETIME, TENANT, PendingCode, Refresh, TenantState
 
 TOKEN_PATH = "/fotoweb/oauth2/token"
 AUTHORIZE_PATH = "/fotoweb/oauth2/authorize"
@@ -88,7 +92,14 @@ async def token_endpoint(request: web.Request) -> web.Response:
     if grant == "authorization_code":
         return exchange_code(state, form)
     if grant == "refresh_token":
-        return refresh(state, form)
+        start = time.monotonic()
+        if state.refresh_delay > 0:
+            await asyncio.sleep(state.refresh_delay)
+        answer = refresh(state, form)
+        outcome = "ok" if answer.status == 200 else str(
+            json.loads(answer.body or b"{}").get("error"))  # type: ignore[arg-type]
+        state.refreshes.append(Refresh(start, time.monotonic(), outcome))
+        return answer
     if grant != "client_credentials":
         return oauth_error(400, "unsupported_grant_type", f"unknown grant_type {grant!r}")
     return client_credentials(state, form)

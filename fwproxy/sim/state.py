@@ -65,6 +65,17 @@ def default_apps() -> dict[str, InteractiveApp]:
     }
 
 
+@dataclass(frozen=True)
+class Refresh:
+    """One ``grant_type=refresh_token`` request: when it started and ended (monotonic) and
+    what it answered (``ok`` or the OAuth error), so tests can check refreshes never
+    overlap and no refresh token was spent twice."""
+
+    start: float
+    end: float
+    outcome: str
+
+
 @dataclass
 class SeenRequest:
     method: str
@@ -100,6 +111,8 @@ class TenantState:
     token_users: dict[str, str] = field(default_factory=dict)  # access token -> user
     refresh_tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> client, user
     rotate_refresh_tokens: bool = True
+    refresh_delay: float = 0.0  # seconds a refresh takes, so overlapping ones would show
+    refreshes: list[Refresh] = field(default_factory=list)
     codes: dict[str, PendingCode] = field(default_factory=dict)
     pending: dict[str, dict[str, str]] = field(default_factory=dict)  # login in progress
     limits: Limiter = field(default_factory=Limiter)  # over N concurrent or R/s: limits.py

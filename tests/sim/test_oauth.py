@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from fwproxy.sim import (
     DEMO_WEB_CLIENT,
     DEMO_WEB_SECRET,
     TOKEN_PATH,
+    TenantState,
     create_tenant_app,
 )
 from fwproxy.sim.oauth import (
@@ -143,3 +145,36 @@ async def test_client_credentials_by_post_or_basic(sim: Client, secret_in: str,
         assert resp.status == status
         body = await resp.json()
     assert ("access_token" in body) == (status == 200)
+
+
+async def test_refresh_tokens_rotate_and_a_spent_one_is_refused_and_recorded(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    """As FotoWeb does: a refresh returns a new refresh token and kills the old one; the
+    old one is then refused with invalid_grant. Each refresh is recorded (start, end,
+    outcome), and may be slowed, so tests can see two refreshes overlap."""
+    state = TenantState(refresh_delay=0.05)
+    state.refresh_tokens["rt-0"] = (DEMO_WEB_CLIENT, DEMO_USER)
+    sim = await aiohttp_client(create_tenant_app(state))
+
+    async def refresh(token: str) -> tuple[int, dict[str, Any]]:
+        async with sim.post(TOKEN_PATH, data={
+                "grant_type": "refresh_token", "refresh_token": token,
+                "client_id": DEMO_WEB_CLIENT, "client_secret": DEMO_WEB_SECRET}) as resp:
+            return resp.status, await resp.json()
+
+    status, first = await refresh("rt-0")
+    assert status == 200
+    assert first["refresh_token"] != "rt-0"
+    status, spent = await refresh("rt-0")
+    assert (status, spent["error"]) == (400, "invalid_grant")
+    status, second = await refresh(first["refresh_token"])
+    assert status == 200
+    assert [r.outcome for r in state.refreshes] == ["ok", "invalid_grant", "ok"]
+    assert all(r.end - r.start >= 0.05 for r in state.refreshes)
+    # two at once with the same token: they overlap in the record, and one is refused
+    both = await asyncio.gather(refresh(second["refresh_token"]),
+                                refresh(second["refresh_token"]))
+    assert sorted(code for code, _ in both) == [200, 400]
+    last, before = state.refreshes[-1], state.refreshes[-2]
+    assert last.start < before.end
