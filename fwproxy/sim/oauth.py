@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import hmac
+import json
 import secrets
 import time
 from typing import NoReturn
