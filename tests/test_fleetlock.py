@@ -104,3 +104,46 @@ async def test_redis_keys_name_no_secret(states: list[SharedState]) -> None:
     assert keys
     assert all(key.startswith("b'fwproxy:scope:") for key in keys)
     assert not any("token-" in key or "m" * 10 in key for key in keys)
+
+
+async def test_holding_extends_the_lease_until_released(states: list[SharedState]) -> None:
+    """A holder's work may outlast the lease (a token request: up to 30 s, the lease 15 s):
+    `holding` extends it while the body runs, so no one else gets the lock meanwhile, and
+    the holder can still write; after the body, the lock is free at once."""
+    a, b = FleetLock(states[0], "session"), FleetLock(states[1], "session")
+    async with a.holding(wait=0) as held:
+        assert held is not None
+        # three leases' worth (1 s each) of work: the lease would have run out twice
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.acquire(wait=10), timeout=3.0)
+        assert await a.put_locked(held, b"rotated", ttl=None)
+    got = await b.acquire(wait=0)
+    assert got is not None
+    await b.release(got)
+
+
+async def test_a_lost_lock_is_not_extended_and_its_holder_cannot_write(
+        states: list[SharedState]) -> None:
+    a, b = FleetLock(states[0], "session"), FleetLock(states[1], "session")
+    async with a.holding(wait=0) as held:
+        assert held is not None
+        await states[2].call(lambda r: r.delete(a.lock_key))  # the lease ran out (paused)
+        assert not await a.extend(held)
+        got = await b.acquire(wait=0)  # someone else holds it now
+        assert got is not None
+        assert not await a.put_locked(held, b"late", ttl=None)  # the lost holder's result
+        assert await b.put_locked(got, b"theirs", ttl=None)
+    # leaving `holding` did not free the new holder's lock
+    assert await b.extend(got)
+    record = await a.read()
+    assert record is not None
+    assert record.value == b"theirs"
+
+
+async def test_holding_yields_none_when_the_lock_stays_taken(states: list[SharedState]) -> None:
+    a, b = FleetLock(states[0], "session"), FleetLock(states[1], "session")
+    held = await a.acquire(wait=0)
+    assert held is not None
+    async with b.holding(wait=0) as none:
+        assert none is None
+    assert await a.extend(held)  # still a's
