@@ -391,3 +391,47 @@ async def test_logout_with_redis_away_fails_plainly(
     redis_server.stop()
     with pytest.raises(SharedStateUnavailable):
         await logout(fleet_settings)
+
+
+async def test_login_with_redis_away_stores_nothing_and_says_why(
+    fleet_settings: Settings, redis_server: RedisServer,
+) -> None:
+    from tests.test_login import Browser, do_login
+
+    redis_server.stop()
+    async with aiohttp.ClientSession() as session:
+        outcome, _ = await do_login(fleet_settings, Browser(session).run)
+    assert not outcome.ok
+    assert outcome.message.startswith("the session could not be stored: shared state (Redis)")
+    assert fleet_settings.auth.token_store is not None
+    assert not fleet_settings.auth.token_store.exists()
+
+
+async def test_a_refresh_that_lost_the_lock_keeps_its_rotation_unless_something_newer_is_stored(
+    fleet_settings: Settings, tenant_state: TenantState, fleet: Callable[[int], Fleet],
+) -> None:
+    """The holder paused past its lease: its rotation is the only live refresh token (the
+    tenant refuses the spent one), so it is stored if nothing newer is; a newer session (a
+    login meanwhile) wins and is the one used."""
+    await seed(fleet_settings, tenant_state)
+    two = fleet(2)
+    ours = StoredSession(refresh_token="rotated-1", access_token="a-1",
+                         expires_at=time.time() + 60, user=USER, lifetime=60)
+    async with two.sessions[0].hold() as held:
+        await two.states[1].call(lambda r: r.delete(two.sessions[0].lock.lock_key))
+        assert await held.save(ours) is ours  # the lock was lost, nothing newer: kept
+    stored = await two.record()
+    assert stored is not None
+    assert stored.refresh_token == "rotated-1"
+
+    login = StoredSession(refresh_token="login-2", access_token="a-2",
+                          expires_at=time.time() + 60, user=USER, lifetime=60)
+    async with two.sessions[0].hold() as held:
+        await two.states[1].call(lambda r: r.delete(two.sessions[0].lock.lock_key))
+        await save_login(fleet_settings, login)  # a login takes the lock: a newer version
+        kept = await held.save(StoredSession(refresh_token="rotated-3"))
+    assert kept is not None
+    assert kept.refresh_token == "login-2"  # the newer session, not ours
+    stored = await two.record()
+    assert stored is not None
+    assert stored.refresh_token == "login-2"
