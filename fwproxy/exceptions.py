@@ -200,19 +200,16 @@ class NoTokenAvailable(TokenError):
     """No valid token now. `cause` says why; try again after `retry_after` seconds."""
 
     status = 503
+    error = "no_token"
 
     def __init__(self, cause: TokenError, retry_after: int) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.retry_after = retry_after
-
-    @property
-    def error(self) -> str:
-        """The client-facing error code follows the cause where a client can act on it
-        (a fleet instance without Redis: try another instance, or later)."""
-        if isinstance(self.cause, SharedStateUnavailable):
-            return "shared_state_unavailable"
-        return "no_token"
+        if isinstance(cause, SharedStateUnavailable):
+            # the code follows the cause where a client can act on it (a fleet instance
+            # without Redis, past its token: another instance, or later)
+            self.error = "shared_state_unavailable"
 
     @property
     def reason(self) -> str:
