@@ -306,6 +306,28 @@ async def test_a_rotation_made_as_redis_goes_away_is_written_back(
 # --- fwproxy login / logout on the shared session ------------------------------------------
 
 
+def cli(settings: Settings, tmp_path: Path, said: list[str]) -> Callable[..., int]:
+    """`fwproxy COMMAND --config` for `settings`' fleet, to run in a thread (its own event
+    loop: the tenant answers from the test's); stdout and stderr go to `said`."""
+    config = write_config(tmp_path / "fwproxy.yaml", {
+        "tenant": {"url": str(settings.tenant.url), "allow_insecure_http": True},
+        "auth": {"grant_type": "authorization_code", "client_id": DEMO_WEB_CLIENT,
+                 "redirect_uri": settings.auth.redirect_uri,
+                 "token_store": str(settings.auth.token_store)},
+        "state": {"backend": "redis", "redis_url": settings.state.redis_url},
+    })
+    environ = {"FWPROXY_CLIENT_SECRET": DEMO_WEB_SECRET}
+
+    def run(*argv: str) -> int:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = main([*argv, "--config", str(config)], environ=environ)
+        said.append(out.getvalue())
+        return code
+
+    return run
+
+
 async def test_login_and_logout_act_on_the_fleets_session(
     fleet_settings: Settings, tenant_state: TenantState, tmp_path: Path,
     aiohttp_client: Callable[..., Awaitable[Client]], fleet: Callable[[int], Fleet],
@@ -330,22 +352,8 @@ async def test_login_and_logout_act_on_the_fleets_session(
     async with proxy.get("/_fwproxy/") as resp:
         assert f"{USER} (fwproxy login, shared by the fleet)" in await resp.text()
 
-    config = write_config(tmp_path / "fwproxy.yaml", {
-        "tenant": {"url": str(fleet_settings.tenant.url), "allow_insecure_http": True},
-        "auth": {"grant_type": "authorization_code", "client_id": DEMO_WEB_CLIENT,
-                 "redirect_uri": fleet_settings.auth.redirect_uri,
-                 "token_store": str(fleet_settings.auth.token_store)},
-        "state": {"backend": "redis", "redis_url": fleet_settings.state.redis_url},
-    })
-    environ = {"FWPROXY_CLIENT_SECRET": DEMO_WEB_SECRET}
     said: list[str] = []
-
-    def run(*argv: str) -> int:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = main([*argv, "--config", str(config)], environ=environ)
-        said.append(out.getvalue())
-        return code
+    run = cli(fleet_settings, tmp_path, said)
 
     assert proxy.app is not None
     current = proxy.app[TOKENS].current()
@@ -386,11 +394,14 @@ async def test_a_new_login_is_picked_up_by_a_refused_instance(
 
 
 async def test_logout_with_redis_away_fails_plainly(
-    fleet_settings: Settings, redis_server: RedisServer,
+    fleet_settings: Settings, redis_server: RedisServer, tmp_path: Path,
 ) -> None:
     redis_server.stop()
     with pytest.raises(SharedStateUnavailable):
         await logout(fleet_settings)
+    said: list[str] = []
+    assert await asyncio.to_thread(cli(fleet_settings, tmp_path, said), "logout") == 1
+    assert said[-1] == ("fwproxy: shared state (Redis) unavailable: Redis is unreachable\n")
 
 
 async def test_login_with_redis_away_stores_nothing_and_says_why(
