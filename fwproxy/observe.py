@@ -37,6 +37,7 @@ from .attempts import Protection
 from .breaker import State
 from .budget import WAIT_BUCKETS
 from .exceptions import TokenError
+from .fleet import WHY
 from .log import outward
 from .token_manager import TokenManager
 from .tokengate import Counts
@@ -204,6 +205,57 @@ class TenantCollector(Collector):
         yield moves
 
 
+class SharedView(Protocol):
+    """What the status page, readiness and metrics read of the fleet's shared state
+    (fleet.SharedState)."""
+
+    outages: int
+    recoveries: int
+
+    def view(self) -> dict[str, object]: ...
+
+
+class SharedStateCollector(Collector):
+    """Whether this instance reaches the fleet's Redis (fleet.py): up, outages, recoveries,
+    and while down why (a closed set: fleet.WHY)."""
+
+    def __init__(self, shared: SharedView) -> None:
+        self._shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._shared.view()
+        up = view["up"] is True
+        yield GaugeMetricFamily("fwproxy_shared_state_up", "1 while Redis (state.backend: "
+                                "redis) answers, 0 while this instance goes on by itself",
+                                value=1.0 if up else 0.0)
+        down = GaugeMetricFamily("fwproxy_shared_state_down", "1 for why Redis is "
+                                 "unavailable, while it is", labels=["why"])
+        for why in WHY:
+            down.add_metric([why], 1.0 if not up and view["why"] == why else 0.0)
+        yield down
+        yield CounterMetricFamily("fwproxy_shared_state_outages", "Times Redis became "
+                                  "unavailable", value=self._shared.outages)
+        yield CounterMetricFamily("fwproxy_shared_state_recoveries", "Times Redis came back "
+                                  "and this instance shared again", value=self._shared.recoveries)
+
+
+def meanwhile(user_context: bool) -> str:
+    """What an instance does while Redis is away (README "Running a fleet")."""
+    if user_context:
+        return ("using its current access token; no refresh until Redis is back (then 503 "
+                "shared_state_unavailable)")
+    return "using its own token"
+
+
+def shared_state_readiness(view: dict[str, object], user_context: bool) -> dict[str, object]:
+    """The ``shared_state`` part of /ready: up, or why not, for how long, and what this
+    instance does meanwhile (never a reason to fail readiness by itself)."""
+    if view["up"] is True:
+        return {"up": True}
+    return {"up": False, "why": view["why"], "for_seconds": view["for_seconds"],
+            "meanwhile": meanwhile(user_context)}
+
+
 class ReplayStats(Protocol):
     """What the proxy reports about replays and placement (implemented by `Proxy`)."""
 
@@ -228,6 +280,7 @@ class Observer:
         self.metrics = Metrics()
         self.tokens: TokenManager | None = None
         self.protection: Protection | None = None
+        self.shared: SharedView | None = None  # state.backend: redis
 
     def attach(self, tokens: TokenManager, replays: ReplayStats,
                protection: Protection | None = None) -> None:
@@ -236,6 +289,11 @@ class Observer:
         if protection is not None:
             self.protection = protection
             self.metrics.registry.register(TenantCollector(protection))
+
+    def share(self, shared: SharedView) -> None:
+        """Show the fleet's shared state on the status page, in readiness and metrics."""
+        self.shared = shared
+        self.metrics.registry.register(SharedStateCollector(shared))
 
     def probe_routes(self) -> list[web.RouteDef]:
         """Liveness and readiness: for probes, which carry no API key."""
@@ -256,20 +314,28 @@ class Observer:
         return web.json_response({"status": "alive", "version": __version__})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """200 while a valid token is held or can be had now; 503 says why not."""
+        """200 while a valid token is held or can be had now; 503 says why not. In a fleet
+        it also says whether Redis is there, and while it is not, why and what this
+        instance does meanwhile (``degraded``: ready all the same)."""
         assert self.tokens is not None
+        shared: dict[str, object] = {}
+        if self.shared is not None:
+            part = shared_state_readiness(self.shared.view(),
+                                          self.info.grant == "authorization_code")
+            shared = {"shared_state": part} if part["up"] else {
+                "degraded": True, "shared_state": part}
         if self.tokens.current() is not None:
-            return web.json_response({"status": "ready"})
+            return web.json_response({"status": "ready", **shared})
         try:
             await asyncio.wait_for(self.tokens.get(), READY_WAIT)
         except TokenError as exc:
             return web.json_response({"status": "not_ready", "reason": exc.reason,
-                                      "detail": outward(str(exc))}, status=503)
+                                      "detail": outward(str(exc)), **shared}, status=503)
         except asyncio.TimeoutError:
             return web.json_response({"status": "not_ready", "reason": "token_pending",
-                                      "detail": "the token endpoint has not answered yet"},
-                                     status=503)
-        return web.json_response({"status": "ready"})
+                                      "detail": "the token endpoint has not answered yet",
+                                      **shared}, status=503)
+        return web.json_response({"status": "ready", **shared})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -278,13 +344,25 @@ class Observer:
 
     async def status_page(self, request: web.Request) -> web.Response:
         assert self.tokens is not None
-        page = render_status(self.metrics, self.tokens, self.info, self.protection)
+        page = render_status(self.metrics, self.tokens, self.info, self.protection,
+                             self.shared)
         return web.Response(text=page, content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
 
+def shared_state_line(view: dict[str, object], user_context: bool) -> str:
+    """The status page's shared state row, as text (escaped by the caller)."""
+    where = f'Redis, key prefix {view["prefix"]}'
+    counts = f'; {view["outages"]} outages so far'
+    if view["up"] is True:
+        return f'up ({where}) for {view["for_seconds"]} s{counts}'
+    return (f'DOWN ({view["why"]}) for {view["for_seconds"]} s: {meanwhile(user_context)} '
+            f"until it is back ({where}){counts}")
+
+
 def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
-                  protection: Protection | None = None) -> str:
+                  protection: Protection | None = None,
+                  shared: SharedView | None = None) -> str:
     """A small self-refreshing HTML page; every value is escaped, and every text from
     outside fwproxy goes through `outward` first, so none is a secret."""
     current = tokens.current()
@@ -319,6 +397,10 @@ def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
             + f', {view["queued"]} waiting in line, {view["in_flight"]} at the tenant, '
             f'{view["retries"]} retries, {view["budget_refused"]} refused by the retry budget'
             "</td></tr>")
+    shared_line = "" if shared is None else (
+        '<tr><td>shared state</td><td id="shared-state">'
+        f"{html.escape(shared_state_line(shared.view(), info.grant == 'authorization_code'))}"
+        "</td></tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fwproxy status</title>
 <meta http-equiv="refresh" content="30">
@@ -331,7 +413,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <tr><td>acting as</td><td id="acting">{html.escape(outward(info.acting_as()))}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
 <tr><td>local tokens issued</td><td id="local-tokens">{metrics.local_tokens.issued}</td></tr>
-{tenant_line}
+{tenant_line}{shared_line}
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>
 </table>
