@@ -14,8 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import PROXY, SHARED_STATE, reconfigure
-from fwproxy.config import Settings, parse_config
-from fwproxy.fleet import SharedState, scope_of
+from fwproxy.config import MIN_ENCRYPTION_KEY, Settings, StateConfig, parse_config
+from fwproxy.fleet import WHY, SharedState, scope_of
+from fwproxy.fleetview import meanwhile, shared_state_line, shared_state_readiness
 from fwproxy.guard import Guard
 from fwproxy.localtokens import (
     DERIVED_KID,
@@ -25,7 +26,6 @@ from fwproxy.localtokens import (
     issue,
     verify,
 )
-from fwproxy.observe import meanwhile, shared_state_line, shared_state_readiness
 from fwproxy.private import Secret
 from fwproxy.sealing import derive_key
 from fwproxy.tokengate import signing_keys
@@ -275,3 +275,26 @@ async def test_a_local_proxy_shows_no_shared_state(make_proxy: ProxyFactory) -> 
         assert "fwproxy_shared_state" not in await resp.text()
     async with proxy.get("/_fwproxy/") as resp:
         assert "shared-state" not in await resp.text()
+
+
+# --- README "Running a fleet": its numbers are the code's -----------------------------------
+
+def test_the_running_a_fleet_numbers_are_the_codes() -> None:
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    defaults = StateConfig()
+    state = SharedState(replace(defaults, backend="redis", redis_url=NOWHERE), "s", "m" * 40)
+    assert "(a PING at least every second," in readme
+    assert state.probe_interval <= 1.0
+    assert "`encryption_key_file` (32 characters or more," in readme
+    assert MIN_ENCRYPTION_KEY == 32
+    assert "lease_time: 15s " in readme
+    assert defaults.lease_time == 15.0
+    assert "key_prefix: fwproxy " in readme
+    assert defaults.key_prefix == "fwproxy"
+    assert "fleet_size: 0 " in readme
+    assert defaults.fleet_size == 0
+    assert "backend: redis # local (the default)" in readme
+    assert defaults.backend == "local"
+    for why in ("unreachable", "timeout", "denied", "tls"):
+        assert f"`{why}`" in readme
+        assert why in WHY

@@ -19,8 +19,8 @@ from fwproxy.config import Settings
 from fwproxy.exceptions import ConfigError
 from fwproxy.fleet import SharedState, shared_state
 from fwproxy.fleetlock import FleetLock
+from fwproxy.fleetview import SharedStateCollector
 from fwproxy.loading import load_mapping
-from fwproxy.observe import SharedStateCollector
 from tests.support.redis import RedisServer, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None,
