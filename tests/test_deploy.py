@@ -115,6 +115,7 @@ def test_compose_passes_secrets_as_files_it_declares() -> None:
     command = " ".join(redis["command"])
     assert "requirepass" in command
     assert "/run/secrets/redis_password" in command
+    assert "redis-server - --save '' --appendonly no" in command  # stdin; no persistence
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
@@ -209,4 +210,4 @@ def test_kubernetes_redis_takes_its_password_from_the_secret_not_a_command_line(
                                                      "key": "redis_password"}
     script = " ".join(redis["args"])
     assert f'"${password["name"]}"' in script
-    assert "redis-server -" in script  # its configuration from stdin
+    assert "redis-server - --save '' --appendonly no" in script  # stdin; no persistence
