@@ -31,6 +31,7 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 KUBERNETES = ROOT / "deploy" / "kubernetes" / "fwproxy.yaml"
 KNOWN = {env_name(section, key) for section, keys in SCHEMA.items() for key in keys} | set(
     NON_KEY_VARIABLES)
+CONTAINER_TMP = "/tmp"  # Python's temp directory in the image (no TMPDIR)
 SECRET_VARIABLES = {"FWPROXY_CLIENT_SECRET", "FWPROXY_STATE_REDIS_PASSWORD"}
 
 
@@ -81,6 +82,7 @@ def test_compose_runs_three_fwproxy_and_redis() -> None:
     assert services["fwproxy"]["deploy"]["replicas"] == 3
     assert "redis" in services
     assert services["fwproxy"]["read_only"] is True
+    assert services["fwproxy"]["tmpfs"] == [CONTAINER_TMP]  # a big body's replay copy
 
 
 def test_compose_uses_only_known_variables_and_its_configuration_is_a_valid_fleet() -> None:
@@ -198,6 +200,12 @@ def test_kubernetes_runs_everything_as_non_root() -> None:
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     fwproxy = one("Deployment", "fwproxy")["spec"]["template"]["spec"]
     assert fwproxy["securityContext"]["runAsUser"] == image_user()
+    # a read-only root, but a writable temp directory: a big body's replay copy goes there
+    container = fwproxy_container()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["tmp"] == CONTAINER_TMP
+    assert {"name": "tmp", "emptyDir": {}} in fwproxy["volumes"]
     # SIGTERM drains for up to listen.shutdown_timeout: the pod is given longer
     assert fwproxy["terminationGracePeriodSeconds"] > ListenConfig.shutdown_timeout
 
