@@ -7,7 +7,12 @@ non-root user."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from fwproxy.config import (
     parse_config,
 )
 from fwproxy.values import SCHEMA
+from tests.support.redis import free_port, redis_server_path
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -219,3 +225,62 @@ def test_kubernetes_redis_takes_its_password_from_the_secret_not_a_command_line(
     script = " ".join(redis["args"])
     assert f'"${password["name"]}"' in script
     assert "redis-server - --save '' --appendonly no" in script  # stdin; no persistence
+
+
+# --- the Redis command of both, run against the real redis-server -----------------------------
+
+def run_redis(script: str, env: dict[str, str], tmp_path: Path) -> tuple[bool, bool]:
+    """Run a deploy file's Redis shell command (on a free loopback port, appended), then
+    (PING with the password answers, PING without is refused)."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["sh", "-c", f"{script} --port {port} --bind 127.0.0.1 --dir {tmp_path}"],
+        env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def ping(password: str | None) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                sock.recv(100)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(100)
+
+    try:
+        deadline = time.monotonic() + 20  # a hang guard
+        while True:
+            try:
+                ping(None)
+                break
+            except OSError:
+                assert process.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        return ping(REDIS_PASSWORD) == b"+PONG\r\n", ping(None).startswith(b"-NOAUTH")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+REDIS_PASSWORD = "deploy-test-pw-7Hq2"
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="Debian redis-server not installed")
+def test_the_compose_redis_command_takes_the_password_from_the_secret_file(
+        tmp_path: Path) -> None:
+    redis = compose()["services"]["redis"]
+    assert redis["command"][:2] == ["sh", "-c"]
+    secret = tmp_path / "redis_password"
+    secret.write_text(REDIS_PASSWORD)
+    script = redis["command"][2].replace("$$", "$").replace("/run/secrets/redis_password",
+                                                            str(secret))
+    assert run_redis(script, {}, tmp_path) == (True, True)
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="Debian redis-server not installed")
+def test_the_kubernetes_redis_command_takes_the_password_from_the_secret(
+        tmp_path: Path) -> None:
+    (redis,) = one("Deployment", "fwproxy-redis")["spec"]["template"]["spec"]["containers"]
+    assert redis["command"] == ["sh", "-c"]
+    (script,) = redis["args"]
+    assert run_redis(script, {"REDIS_PASSWORD": REDIS_PASSWORD}, tmp_path) == (True, True)
