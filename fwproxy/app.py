@@ -48,6 +48,9 @@ def create_app(settings: Settings, shared_token: Path | None = None) -> web.Appl
         app[SHARED_TOKEN] = shared_token
     if settings.auth.client_secret is not None:
         REDACT.pin(settings.auth.client_secret.reveal())
+    for secret in (settings.state.redis_password, settings.state.encryption_key):
+        if secret is not None:  # masked wherever a Redis error might echo one
+            REDACT.pin(secret.reveal())
     quiet_malformed_requests()
     strict_parser()  # the pure-Python parser refuses what the C parser does
     app.cleanup_ctx.append(_upstream)
@@ -155,6 +158,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     state = shared_state(settings)  # None unless state.backend: redis
     if state is not None:
         app[SHARED_STATE] = state
+        app[OBSERVER].share(state)  # status page, readiness, metrics
         await state.start()  # never fails: an instance starts without Redis
     session = create_session(settings.tenant)
     protection = Protection(settings.tenant)  # its budget serves the token requests too

@@ -210,7 +210,7 @@ class Settings:
     # the file the client secret is still to be read from (loading.resolve_files), if any
     secret_file: SecretFile | None = None
     # local_tokens' signing key, shared by all workers and kept across restarts: in the
-    # state directory, next to the token store (None: local tokens are off)
+    # state directory, next to the token store (None: local tokens are off, or a fleet's)
     local_token_key: Path | None = None
 
 
@@ -251,7 +251,7 @@ def parse_config(
     state = _state(values["state"], environ,
                    public_client=auth.client_secret is None and secret_file is None)
     key_file = None
-    if local_tokens.enabled:
+    if local_tokens.enabled and not state.shared:  # a fleet derives its key (tokengate.py)
         key_file = (auth.token_store or default_store_path(environ)).parent / LOCAL_TOKEN_KEY
     return Settings(listen=listen, tenant=tenant, auth=auth, log=log, access=access,
                     limits=limits, status=status, local_tokens=local_tokens, state=state,

@@ -6,15 +6,19 @@ Theory of operation
 With ``state.backend: redis`` the app holds one `SharedState`. Its whole state::
 
     UNKNOWN ──first call or `start`'s PING answers──> UP
-    UP ──a call fails to reach Redis (connect, timeout, auth, ACL, TLS)──> DOWN
+    UP ──a call or the watcher's PING fails to reach Redis (connect, timeout, auth,
+         ACL, TLS)──> DOWN
     DOWN ──the watcher's PING answers──> UP, then every `on_recovery` callback runs
                                          (each writes back what this instance holds)
 
 Going DOWN is logged once (with `why`, a closed set: `WHY`), counted (`outages`) and shown
 (`view`: the status page, readiness, metrics). While DOWN, `call` fails at once without
-touching the network (no request waits on a dead Redis) and one watcher task PINGs every
-`probe_interval` until Redis answers. Callers decide their own fallback (the rules are in
-README "Running a fleet"); none of them is this module's business.
+touching the network (no request waits on a dead Redis). One watcher task, from `start` to
+`aclose`, PINGs every `probe_interval`: while UP a PING that fails marks Redis DOWN (so an
+outage shows even while no feature calls Redis: a fleet with a good token makes no call
+for as long as the token lives), while DOWN the first PING answered marks it UP. Callers
+decide their own fallback (the rules are in README "Running a fleet"); none of them is this
+module's business.
 
 `call` is the one boundary where redis-py's exceptions become `SharedStateUnavailable`.
 A Redis that answers but refuses one command (a hostile or broken value: WRONGTYPE) raises
@@ -110,13 +114,24 @@ def shared_state(settings: Settings) -> SharedState | None:
     Sealed with a key from state.encryption_key_file, else from the client secret
     (config.py refuses redis without either)."""
     state = settings.state
-    if not state.shared:
+    material = key_material(settings)
+    if material is None:
         return None
-    material = state.encryption_key or settings.auth.client_secret
-    assert material is not None
-    scope = scope_of(str(settings.tenant.url), settings.auth.client_id,
-                     settings.auth.grant_type)
-    return SharedState(state, scope, material.reveal())
+    return SharedState(state, fleet_scope(settings), material)
+
+
+def key_material(settings: Settings) -> str | None:
+    """What the fleet's keys (sealing, local tokens) are derived from: state.encryption_key,
+    else the client secret; None with ``state.backend: local``."""
+    if not settings.state.shared:
+        return None
+    material = settings.state.encryption_key or settings.auth.client_secret
+    assert material is not None  # config.py refuses redis without either
+    return material.reveal()
+
+
+def fleet_scope(settings: Settings) -> str:
+    return scope_of(str(settings.tenant.url), settings.auth.client_id, settings.auth.grant_type)
 
 
 class SharedState:
@@ -163,6 +178,11 @@ class SharedState:
         raises: an instance starts without Redis (README "Running a fleet")."""
         with contextlib.suppress(SharedStateUnavailable):
             await self.call(lambda r: r.ping())
+        self._watch_soon()
+
+    def _watch_soon(self) -> None:
+        if self._watcher is None and not self._closed:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def call(self, op: Callable[[redis.Redis], Awaitable[T]],
                    waits: float = 0.0) -> T:
@@ -190,25 +210,33 @@ class SharedState:
         self.outages += 1
         log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
                     "until it is back", why, outward(str(exc) or type(exc).__name__, 200))
-        if self._watcher is None and not self._closed:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watch_soon()
 
     def _up(self) -> None:
         self.up, self.why, self.since = True, "", self._clock()
 
     async def _watch(self) -> None:
-        """While DOWN: PING until Redis answers, then UP and the recovery callbacks."""
+        """PING every `probe_interval`: UP and it fails, DOWN; DOWN and it answers, UP and
+        the recovery callbacks."""
         try:
-            while True:
+            while not self._closed:
                 await asyncio.sleep(self.probe_interval)
                 try:
                     await asyncio.wait_for(self.redis.ping(), self.timeout * 2)
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                    self.why = why_of(exc)
+                    if self.up is False:
+                        self.why = why_of(exc)
+                    else:
+                        self._down(why_of(exc), exc)
                     continue
-                break
+                if self.up is False:
+                    await self._recover()
+                elif self.up is None:
+                    self._up()
         finally:
             self._watcher = None
+
+    async def _recover(self) -> None:
         self._up()
         self.recoveries += 1
         log.warning("shared state: Redis is back; sharing again")

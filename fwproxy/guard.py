@@ -43,6 +43,7 @@ from .config import LOOPBACK_NETWORKS, Settings
 from .exceptions import BadPath
 from .keys import HEADER as KEY_HEADER
 from .keys import ApiKey, KeyStore
+from .localtokens import SigningKeys
 from .params import (
     FormScanner,
     destination_path,
@@ -50,7 +51,7 @@ from .params import (
     form_scanner,
     query_overrides,
 )
-from .tokengate import Counts, Gate, admit_credentials, key_required
+from .tokengate import Counts, Gate, admit_credentials, key_required, signing_keys
 
 # TRACE (and IIS's TRACK, and DEBUG) would echo the token back; CONNECT would tunnel.
 REFUSED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK", "DEBUG"})
@@ -83,7 +84,8 @@ NEAR_SPECIAL = 3
 class Guard:
     """Admits or refuses requests according to ``access`` and ``limits``."""
 
-    def __init__(self, settings: Settings, counts: Counts | None = None) -> None:
+    def __init__(self, settings: Settings, counts: Counts | None = None,
+                 fleet_keys: SigningKeys | None = None) -> None:
         self._access = settings.access
         self._limits = settings.limits
         path = settings.access.api_keys_file
@@ -91,8 +93,9 @@ class Guard:
         self._keep = settings.auth.client_authorization == "keep"
         self._replace = not self._keep
         self.gate: Gate | None = None
-        if settings.local_tokens.enabled and settings.local_token_key is not None:
-            self.gate = Gate(settings.local_token_key, settings.local_tokens.lifetime,
+        signing = signing_keys(settings, fleet_keys)  # None: local tokens are off
+        if signing is not None:
+            self.gate = Gate(signing, settings.local_tokens.lifetime,
                              self._keys, counts if counts is not None else Counts())
         # the token and authorize paths, as path rules read paths (case folded, as IIS does)
         self._special = {reading.lower(): kind

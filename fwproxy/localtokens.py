@@ -35,7 +35,10 @@ so one token has exactly one spelling and any changed character is refused.
   future (a peer's clock ahead, or ours set back) is refused.
 * The signing key is 32 random bytes shared by all workers: `file_signing_keys` keeps it in a
   private file, created once (the first worker to publish it wins, the others read it back).
-  `SigningKeys` is the small interface another source (Redis, issue 16) implements.
+  A fleet (``state.backend: redis``) shares no file: `derived_signing_keys` gives every
+  instance the same key from the fleet's key material (HKDF, its own label), so a token
+  from any instance verifies at every other with no Redis call, Redis up or not.
+  `SigningKeys` is the small interface both implement.
 * Verification does only constant-time comparisons (`hmac.compare_digest`) on secrets.
 """
 
@@ -54,6 +57,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .exceptions import ConfigError, MissingFile
 from .private import read_private
@@ -77,6 +83,8 @@ MAX_TOKEN = len(PREFIX) + -(-(_HEAD.size + MAX_NAME) * 4 // 3) + 1 + _MAC_CHARS
 _SHAPE = re.compile(r"fwpl_([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]{43})")  # 43: _MAC_CHARS
 _NAME = re.compile(rb"[\x20-\x7e]{1,255}")  # VSCHAR, RFC 6749 appendix A.1
 _FINGERPRINT_LABEL = b"fwproxy local token binding v1\x00"
+DERIVED_KID = 2  # a fleet's derived key (a file's first key is kid 1)
+_DERIVE_SALT = b"fwproxy local tokens v1"  # not sealing.py's: the two keys are unrelated
 
 Reason = Literal["malformed", "bad_signature", "expired", "not_yet_valid", "revoked"]
 
@@ -241,6 +249,18 @@ def verify(keys: SigningKeys, token: str, now: float,
     if holder is None or not hmac.compare_digest(holder.fingerprint, bound):
         return Refused("revoked")
     return Claims(holder, issued, expires, kid)
+
+
+# -- the signing key of a fleet ---------------------------------------------------------------
+
+def derived_signing_keys(material: str, context: str) -> StaticKeys:
+    """The signing key every instance of a fleet derives alike: HKDF-SHA256 of the fleet's
+    key material (state.encryption_key_file's text, else the client secret) with a salt of
+    its own and `context` (key prefix and scope: another fleet or tenant gets another key).
+    Pure; the same inputs give the same key on every instance, at every start and reload."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=_DERIVE_SALT,
+                info=b"fwproxy local token signing " + context.encode())
+    return StaticKeys((SigningKey(DERIVED_KID, hkdf.derive(material.encode())),))
 
 
 # -- the signing key in a file ------------------------------------------------------------

@@ -37,6 +37,7 @@ from .attempts import Protection
 from .breaker import State
 from .budget import WAIT_BUCKETS
 from .exceptions import TokenError
+from .fleetview import SharedStateCollector, SharedView, shared_state_line, shared_state_readiness
 from .log import outward
 from .token_manager import TokenManager
 from .tokengate import Counts
@@ -228,6 +229,7 @@ class Observer:
         self.metrics = Metrics()
         self.tokens: TokenManager | None = None
         self.protection: Protection | None = None
+        self.shared: SharedView | None = None  # state.backend: redis
 
     def attach(self, tokens: TokenManager, replays: ReplayStats,
                protection: Protection | None = None) -> None:
@@ -236,6 +238,11 @@ class Observer:
         if protection is not None:
             self.protection = protection
             self.metrics.registry.register(TenantCollector(protection))
+
+    def share(self, shared: SharedView) -> None:
+        """Show the fleet's shared state on the status page, in readiness and metrics."""
+        self.shared = shared
+        self.metrics.registry.register(SharedStateCollector(shared))
 
     def probe_routes(self) -> list[web.RouteDef]:
         """Liveness and readiness: for probes, which carry no API key."""
@@ -256,20 +263,28 @@ class Observer:
         return web.json_response({"status": "alive", "version": __version__})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """200 while a valid token is held or can be had now; 503 says why not."""
+        """200 while a valid token is held or can be had now; 503 says why not. In a fleet
+        it also says whether Redis is there, and while it is not, why and what this
+        instance does meanwhile (``degraded``: ready all the same)."""
         assert self.tokens is not None
+        shared: dict[str, object] = {}
+        if self.shared is not None:
+            part = shared_state_readiness(self.shared.view(),
+                                          self.info.grant == "authorization_code")
+            shared = {"shared_state": part} if part["up"] else {
+                "degraded": True, "shared_state": part}
         if self.tokens.current() is not None:
-            return web.json_response({"status": "ready"})
+            return web.json_response({"status": "ready", **shared})
         try:
             await asyncio.wait_for(self.tokens.get(), READY_WAIT)
         except TokenError as exc:
             return web.json_response({"status": "not_ready", "reason": exc.reason,
-                                      "detail": outward(str(exc))}, status=503)
+                                      "detail": outward(str(exc)), **shared}, status=503)
         except asyncio.TimeoutError:
             return web.json_response({"status": "not_ready", "reason": "token_pending",
-                                      "detail": "the token endpoint has not answered yet"},
-                                     status=503)
-        return web.json_response({"status": "ready"})
+                                      "detail": "the token endpoint has not answered yet",
+                                      **shared}, status=503)
+        return web.json_response({"status": "ready", **shared})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -278,13 +293,15 @@ class Observer:
 
     async def status_page(self, request: web.Request) -> web.Response:
         assert self.tokens is not None
-        page = render_status(self.metrics, self.tokens, self.info, self.protection)
+        page = render_status(self.metrics, self.tokens, self.info, self.protection,
+                             self.shared)
         return web.Response(text=page, content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
 
 def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
-                  protection: Protection | None = None) -> str:
+                  protection: Protection | None = None,
+                  shared: SharedView | None = None) -> str:
     """A small self-refreshing HTML page; every value is escaped, and every text from
     outside fwproxy goes through `outward` first, so none is a secret."""
     current = tokens.current()
@@ -319,6 +336,10 @@ def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
             + f', {view["queued"]} waiting in line, {view["in_flight"]} at the tenant, '
             f'{view["retries"]} retries, {view["budget_refused"]} refused by the retry budget'
             "</td></tr>")
+    shared_line = "" if shared is None else (
+        '<tr><td>shared state</td><td id="shared-state">'
+        f"{html.escape(shared_state_line(shared.view(), info.grant == 'authorization_code'))}"
+        "</td></tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fwproxy status</title>
 <meta http-equiv="refresh" content="30">
@@ -331,7 +352,7 @@ td{{padding:2px 1em 2px 0}} h1{{font-size:1.4em}}</style></head>
 <tr><td>acting as</td><td id="acting">{html.escape(outward(info.acting_as()))}</td></tr>
 <tr><td>token</td><td id="token">{token_line}</td></tr>
 <tr><td>local tokens issued</td><td id="local-tokens">{metrics.local_tokens.issued}</td></tr>
-{tenant_line}
+{tenant_line}{shared_line}
 <tr><td>up since</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(metrics.started))}Z
 </td></tr>
 </table>

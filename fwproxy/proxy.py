@@ -65,6 +65,7 @@ from .record import cut as _cut
 from .replay import BodyTee
 from .slots import Slots
 from .token_manager import TokenManager
+from .tokengate import fleet_signing_keys
 from .tokens import Token, Verdict
 from .upstream import (
     has_param,
@@ -107,12 +108,14 @@ class Proxy:
         self._evidence: tuple[Probe, ...] = ()  # probes that proved the query, one a path
         self._query_took: Token | None = None  # the last token a probe saw accepted
         self._slots = Slots()  # limits.max_concurrent, limits.max_concurrent_per_client
+        # a fleet's local token key, derived once: a reload keeps it (tokengate.signing_keys)
+        self._fleet_keys = fleet_signing_keys(settings)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
         """Take up new settings (on start and on SIGHUP); a learned placement is kept."""
         # the one part that can fail (the keys file, the signing key): first
-        guard = Guard(settings, self._metrics.local_tokens)
+        guard = Guard(settings, self._metrics.local_tokens, self._fleet_keys)
         self._settings = settings
         self._replay_max = settings.auth.replay_max_body
         self._probe_query = settings.auth.token_placement == "auto"

@@ -36,7 +36,8 @@ APPLIES_ON_RELOAD = frozenset({
     "limits.client_body_timeout", "limits.client_send_timeout",
     "log.level", "log.format",
     # the guard is rebuilt (proxy.reconfigure): the endpoint opens or closes, the signing
-    # key is read again (the same file, so tokens issued before stay good)
+    # key is read again (the same file, so tokens issued before stay good; a fleet's
+    # derived key is the one derived at start)
     "local_tokens.enabled", "local_tokens.lifetime",
 })
 # Keys that need a restart: sockets, the tenant's connection pool, the grant, the routes.

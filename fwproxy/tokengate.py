@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus
 
@@ -28,8 +27,20 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .answers import error_response
+from .exceptions import ConfigError
+from .fleet import fleet_scope, key_material
 from .keys import HEADER as KEY_HEADER
-from .localtokens import PREFIX, Holder, Refused, StaticKeys, file_signing_keys, issue, verify
+from .localtokens import (
+    PREFIX,
+    Holder,
+    Refused,
+    SigningKeys,
+    StaticKeys,
+    derived_signing_keys,
+    file_signing_keys,
+    issue,
+    verify,
+)
 from .tokenendpoint import (
     MAX_BODY,
     Answer,
@@ -42,6 +53,7 @@ from .tokenendpoint import (
 from .upstream import has_param
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .keys import ApiKey, KeyStore
     from .localtokens import Claims
 
@@ -49,6 +61,30 @@ if TYPE_CHECKING:
 REFUSALS = ("malformed", "bad_signature", "expired", "not_yet_valid", "revoked",
             "invalid_request", "invalid_client", "unsupported_grant_type")
 QUERY_NAME = "access_token"
+
+
+def fleet_signing_keys(settings: Settings) -> StaticKeys | None:
+    """With ``state.backend: redis``: the key every instance derives alike from the fleet's
+    key material (localtokens.derived_signing_keys), so a local token from any instance is
+    good at all of them, with no Redis call (Redis away or not). None otherwise."""
+    material = key_material(settings)
+    if material is None:
+        return None
+    return derived_signing_keys(material, f"{settings.state.key_prefix}:{fleet_scope(settings)}")
+
+
+def signing_keys(settings: Settings, fleet: SigningKeys | None = None) -> SigningKeys | None:
+    """The keys local tokens are signed with, or None when local tokens are off. A fleet's
+    are derived (`fleet`: the ones derived at start, which a reload keeps, as the fleet's
+    sealing key is kept: rotating the client secret changes them at the next restart); a
+    single machine's are in the state directory's file, shared by its workers."""
+    if not settings.local_tokens.enabled:
+        return None
+    if settings.state.shared:
+        return fleet if fleet is not None else fleet_signing_keys(settings)
+    if settings.local_token_key is None:
+        raise ConfigError("local_tokens.enabled", "no state directory for the signing key")
+    return file_signing_keys(settings.local_token_key, "local_tokens.enabled")
 
 
 class Counts:
@@ -65,12 +101,12 @@ class Counts:
 
 
 class Gate:
-    """Issues and verifies local tokens for one guard (rebuilt on reload: the signing key
-    is read again from the same file, so tokens issued before stay good)."""
+    """Issues and verifies local tokens for one guard (rebuilt on reload with the same
+    signing key: `signing_keys`, so tokens issued before stay good)."""
 
-    def __init__(self, key_file: Path, lifetime: float, keys: KeyStore | None,
+    def __init__(self, signing: SigningKeys, lifetime: float, keys: KeyStore | None,
                  counts: Counts) -> None:
-        self._signing: StaticKeys = file_signing_keys(key_file, "local_tokens.enabled")
+        self._signing = signing
         self._lifetime = lifetime
         self._keys = keys
         self.counts = counts

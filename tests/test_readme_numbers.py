@@ -13,7 +13,7 @@ import yaml
 
 from fwproxy import app, breaker, keys, localtokens, reload, replay, retry, tokens, workers
 from fwproxy.cli import build_parser
-from fwproxy.config import Settings, parse_config
+from fwproxy.config import NON_KEY_VARIABLES, Settings, parse_config
 from fwproxy.values import SCHEMA
 
 ROOT = Path(__file__).parent.parent
@@ -100,7 +100,7 @@ def test_the_protecting_the_tenant_block_shows_the_defaults() -> None:
 
 # --- names: every FWPROXY_ variable and `key: value` README shows is a real one -------------
 
-SPECIAL_VARIABLES = {"FWPROXY_CONFIG", "FWPROXY_CLIENT_SECRET", "FWPROXY_CLIENT_SECRET_FILE"}
+SPECIAL_VARIABLES = set(NON_KEY_VARIABLES)  # FWPROXY_CONFIG, FWPROXY_CLIENT_SECRET, ...
 SHOWN_AS_MISTAKES = {"FWPROXY_TENANT_ULR"}  # README's example of the did-you-mean error
 
 
