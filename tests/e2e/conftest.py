@@ -14,6 +14,7 @@ curl and the relays.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,12 +64,14 @@ async def start_proxy(tenant: TestServer, tmp_path: Path) -> AsyncIterator[Start
     Depends on `tenant` so the proxies are stopped before the tenant goes away.
     """
     running: list[FwproxyProcess] = []
+    numbers = itertools.count()
 
     async def start(
         sections: Mapping[str, dict[str, Any]] | None = None, args: Sequence[str] = ()
     ) -> FwproxyProcess:
         config = merge(tenant_config(tenant), dict(sections or {}))
-        path = write_config(tmp_path / f"fwproxy-{len(running)}.yaml", config)
+        # named before the first await: starts run together (gather) get a file each
+        path = write_config(tmp_path / f"fwproxy-{next(numbers)}.yaml", config)
         proxy = await launch_fwproxy(path, args)
         running.append(proxy)
         return proxy
