@@ -67,6 +67,7 @@ def oauth_error(status: int, error: str, description: str) -> web.Response:
 async def token_endpoint(request: web.Request) -> web.Response:
     """POST /fotoweb/oauth2/token."""
     state = request.app[TENANT]
+    state.token_arrivals += 1
     if state.token_endpoint_gate is not None:
         await state.token_endpoint_gate.wait()
     state.token_requests += 1
