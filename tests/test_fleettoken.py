@@ -9,18 +9,23 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from fwproxy.app import create_app
 from fwproxy.config import AuthConfig, StateConfig
 from fwproxy.exceptions import NoTokenAvailable, TokenEndpointUnreachable
 from fwproxy.fleet import SharedState
 from fwproxy.fleetlock import FleetLock
 from fwproxy.fleettoken import FleetGrant, SharedToken, parse_record, record_of, token_of
+from fwproxy.sim import TenantState
 from fwproxy.token_manager import TokenManager
 from fwproxy.tokens import Token, make_token
-from tests.conftest import wait_until
+from tests.conftest import SettingsFactory, wait_until
 from tests.support.redis import RedisServer, everything_in
 
 MARGIN = 60.0
@@ -370,3 +375,23 @@ async def test_a_dead_holder_stops_the_fleet_for_no_longer_than_its_lease(
     assert record is not None
     assert record.version > dead.fence
     assert json.loads(record.value)["access_token"] == token.value
+
+
+# --- in the app ---------------------------------------------------------------------------
+
+
+async def test_apps_on_one_redis_share_the_token_through_it_even_as_workers(
+        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+        make_settings: SettingsFactory, redis_server: RedisServer,
+        tenant_state: TenantState, tmp_path: Path) -> None:
+    settings = make_settings(state={"backend": "redis", "redis_url": redis_server.url})
+    workers = tmp_path / "workers"  # listen.workers' private directory, for its token file
+    workers.mkdir(mode=0o700)
+    shared_file = workers / "token.json"
+    clients = [await aiohttp_client(create_app(settings, shared_token=shared_file))
+               for _ in range(2)]
+    for client in clients:
+        resp = await client.get("/fotoweb/me")
+        assert resp.status == 200
+    assert tenant_state.token_requests == 1
+    assert not shared_file.exists()  # each worker is simply an instance of the fleet
