@@ -242,6 +242,7 @@ class FleetGrant:
             self._once("seal", "the fleet's token in Redis cannot be opened (another "
                        "encryption key, or changed); it is replaced")
             return None
+        self._said.discard("error")  # Redis answered: a wrong record type is gone
         if record is None:
             return None
         self._seen = max(self._seen, record.version)
