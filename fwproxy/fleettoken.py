@@ -268,8 +268,8 @@ class FleetGrant:
         except SharedStateUnavailable as exc:
             self._unshared(exc)  # held: written back when Redis is back
             return False
-        log.info("token obtained after the fleet lock's lease ran out: kept by this "
-                 "instance, not shared")
+        log.info("token kept by this instance, not shared: the fleet lock's lease ran out "
+                 "while it was obtained, or a newer one was written back meanwhile")
         return False
 
     def _hold(self, version: int, token: Token, recorded: bool) -> None:
@@ -290,7 +290,8 @@ class FleetGrant:
             return
         value, ttl = record_of(token, self._wall(), now)
         if await self._lock.put_if_newer(version, value, ttl):
-            self._recorded = self._recorded or self._held is held
+            if self._held is held:
+                self._recorded = True
             log.info("shared state: wrote this instance's token back to Redis")
 
     def _unshared(self, exc: SharedStateUnavailable) -> None:
