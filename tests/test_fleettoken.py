@@ -314,6 +314,25 @@ async def test_redis_back_empty_gets_the_newest_token_written_back(
     assert fake_tenant.requests == 2
 
 
+async def test_a_holder_past_its_lease_keeps_its_token_and_never_overwrites_the_next(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    (a, sa), (b, _) = instance(), instance()
+    fake_tenant.gate = asyncio.Event()  # the tenant answers slower than a lease (1 s)
+    slow = asyncio.ensure_future(a.fetch())
+    await wait_until(lambda: fake_tenant.asked == 1, "A asks the tenant, under the lock")
+    later = asyncio.ensure_future(b.fetch())
+    await wait_until(lambda: fake_tenant.asked == 2, "B got the lock when A's lease ran out")
+    fake_tenant.gate.set()
+    a_token, b_token = await asyncio.wait_for(asyncio.gather(slow, later), 10)
+    assert a_token.value != b_token.value  # A keeps its own: a good token all the same
+    record = await FleetLock(sa, "token").read()
+    assert record is not None
+    assert json.loads(record.value)["access_token"] == b_token.value
+    a.dropped(a_token)  # a 401 for A's own token leaves the fleet's alone
+    assert (await a.fetch()).value == b_token.value
+    assert fake_tenant.requests == 2
+
+
 async def test_a_hostile_record_is_never_used_nor_fatal(
         instance: MakeInstance, fake_tenant: FakeTenant,
         caplog: pytest.LogCaptureFixture) -> None:
