@@ -13,11 +13,13 @@ good one (cold start, renewal, a 401): a request with a good token never touches
 
     read the record: a token not yet within its margin, and not the one this instance
         already handed out (so another instance renewed it)            -> take it
-    else take the lock (waiters are woken by the release, bounded by the lease time),
+    else take the lock (waiters are woken by the release; bounded: two lease times),
     read again (someone renewed while we waited)                       -> take it
     else fetch from the inner grant, write it (`put_locked`), release  -> ours
 
-So the whole fleet makes one token request on a cold start and one at each renewal.
+So the whole fleet makes one token request on a cold start and one at each renewal. A
+waiter waits at most two lease times: what is left of a dead holder's lease, then the
+whole lease of the waiter that takes the lock over; after that it fetches its own token.
 
 A 401: the manager drops the token and tells the grant (`dropped`); the next `fetch` first
 deletes the record only if it still holds that token's version (`delete_if_version`), so a
@@ -140,7 +142,7 @@ class FleetGrant:
         self._margin = refresh_margin
         self._clock = clock
         self._wall = wall
-        self._wait = state.config.lease_time  # a holder's lease: the longest it may hold
+        self._wait = 2 * state.config.lease_time  # a dead holder's lease, then the next's
         self._credentials = inner.cache_key  # what the record's key names were made for
         self._handed_out: str | None = None
         self._held: tuple[int, Token] | None = None  # the version and token we hold
@@ -214,7 +216,7 @@ class FleetGrant:
             self._unshared(exc)
             return None
         if held is None:
-            self._once("wait", "waited a lease time for the fleet's token lock; this "
+            self._once("wait", "waited two lease times for the fleet's token lock; this "
                        "instance fetches its own token")
             return None
         try:
