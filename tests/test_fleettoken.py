@@ -314,6 +314,23 @@ async def test_redis_back_empty_gets_the_newest_token_written_back(
     assert fake_tenant.requests == 2
 
 
+async def test_a_waiter_outlasts_a_dead_holder_and_the_request_of_the_next(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    (b, sb), (c, _) = instance(), instance()
+    dead = await FleetLock(sb, "token").acquire(wait=0)  # never released: kill -9
+    assert dead is not None
+    fake_tenant.gate = asyncio.Event()  # the next holder's token request takes a while
+    began = time.monotonic()
+    fetches = [asyncio.ensure_future(grant.fetch()) for grant in (b, c)]
+    await wait_until(lambda: fake_tenant.asked == 1, "one took over when the lease ran out")
+    await wait_until(lambda: time.monotonic() > began + 1.25,  # the condition is the time
+                     "more than a lease (1 s) since the other began to wait")
+    fake_tenant.gate.set()
+    tokens = await asyncio.wait_for(asyncio.gather(*fetches), 10)
+    assert tokens[0].value == tokens[1].value  # the other still waited, and took it
+    assert fake_tenant.requests == 1
+
+
 async def test_a_holder_past_its_lease_keeps_its_token_and_never_overwrites_the_next(
         instance: MakeInstance, fake_tenant: FakeTenant) -> None:
     (a, sa), (b, _) = instance(), instance()
