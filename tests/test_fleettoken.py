@@ -376,7 +376,7 @@ async def test_a_hostile_record_is_never_used_nor_fatal(
     assert "hostile" not in own.value
     assert "hostile" not in (await a.fetch()).value
     assert sa.available  # Redis answered: no outage
-    # a lock that never expires (not one of ours): a lease's wait, then its own token
+    # a lock that never expires (not one of ours): two leases' wait, then its own token
     await sa.call(lambda r: r.delete(key))
     lock_key = FleetLock(sa, "token").lock_key
     await sa.call(lambda r: r.hset(lock_key, "tok-hostile-lock", "x"))
