@@ -14,6 +14,7 @@ from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .fleet import SharedState, shared_state
 from .fleetsession import FleetSessions
+from .fleettoken import FleetGrant
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -168,7 +169,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     grant: Grant = BudgetedGrant(make_grant(session, settings.auth, sessions), protection,
                                  settings.tenant.url, settings.auth)
     shared = app.get(SHARED_TOKEN)
-    if shared is not None and not settings.auth.user_context:  # a user's store is shared
+    if state is not None and not settings.auth.user_context:  # one token for the fleet
+        grant = FleetGrant(grant, state, settings.auth.refresh_margin)  # (and its workers)
+    elif shared is not None and not settings.auth.user_context:  # a user's store is shared
         grant = SharedGrant(grant, shared, settings.auth.refresh_margin)
     tokens = TokenManager(grant, idle_renewal=settings.auth.idle_renewal)
     observer = app[OBSERVER]

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .config import AuthConfig
 from .encodings import Echo, echo_pattern
@@ -58,6 +58,14 @@ class Grant(Protocol):
         """New settings from a reload."""
 
     async def fetch(self) -> Token: ...
+
+
+@runtime_checkable
+class DropAware(Protocol):
+    """A grant that wants to know when the manager drops a token after a 401 (the fleet's
+    shared token: fleettoken.py). Other grants need not have `dropped`."""
+
+    def dropped(self, token: Token) -> None: ...
 
 
 class TokenManager:
@@ -179,7 +187,7 @@ class TokenManager:
                 break
             verdict = await self._verify(stale, verify)
         if step is After401.DROP:
-            self._drop()
+            self._drop(stale)
         return step is After401.DROP
 
     async def _verify(self, stale: Token, verify: Verifier) -> Verdict:
@@ -201,10 +209,12 @@ class TokenManager:
         now = self._clock()
         if not should_drop(self.current(), stale, now, after_rejection, self._last_drop):
             return False
-        self._drop()
+        self._drop(stale)
         return True
 
-    def _drop(self) -> None:
+    def _drop(self, stale: Token) -> None:
+        if isinstance(self._grant, DropAware):
+            self._grant.dropped(stale)
         self._last_drop = self._clock()
         self._slot = None
         self._fresh = None

@@ -71,6 +71,8 @@ def oauth_error(status: int, error: str, description: str) -> web.Response:
 async def token_endpoint(request: web.Request) -> web.Response:
     """POST /fotoweb/oauth2/token."""
     state = request.app[TENANT]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    state.token_arrivals.append(peer[1] if isinstance(peer, tuple) else 0)
     if state.token_endpoint_gate is not None:
         await state.token_endpoint_gate.wait()
     state.token_requests += 1

@@ -98,6 +98,8 @@ class TenantState:
     token_endpoint_gate: asyncio.Event | None = None  # while set and not open: a slow endpoint
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     token_requests: int = 0
+    # each token request's client port as it arrived, a held one (the gate) too
+    token_arrivals: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)  # monotonic, one per request
     token_forms: list[dict[str, str]] = field(default_factory=list)
     token_headers: list[dict[str, str]] = field(default_factory=list)

@@ -142,3 +142,18 @@ def cpu_busy(seconds: float = 2.0) -> float:
     time.sleep(seconds)
     total1, idle1 = sample()
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def connection_owner(local_port: int, pids: list[int]) -> int | None:
+    """Which of `pids` holds the ESTABLISHED TCP connection whose local port is
+    `local_port` (e.g. the client side of a request a test server saw), if any."""
+    inodes = {s.inode for s in tcp_sockets()
+              if s.local_port == local_port and s.state == ESTABLISHED and s.inode}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                        return pid
+    return None

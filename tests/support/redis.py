@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 20.0  # for a hang, not a timing assertion
 
@@ -127,3 +128,25 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def everything_in(client: Any) -> bytes:
+    """Every key name and value (strings, hashes, lists, sets, sorted sets) a redis-py
+    asyncio client (raw bytes) reads in its database, concatenated: to search for what
+    must not be readable there (a token, a secret)."""
+    out = bytearray()
+    async for key in client.scan_iter(count=1000):
+        out += key
+        kind = await client.type(key)
+        if kind == b"string":
+            out += await client.get(key) or b""
+        elif kind == b"hash":
+            for name, value in (await client.hgetall(key)).items():
+                out += name + value
+        elif kind == b"list":
+            out += b"".join(await client.lrange(key, 0, -1))
+        elif kind == b"set":
+            out += b"".join(await client.smembers(key))
+        elif kind == b"zset":
+            out += b"".join(await client.zrange(key, 0, -1))
+    return bytes(out)
