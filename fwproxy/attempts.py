@@ -60,7 +60,7 @@ from .retry import (
     RetryPolicy,
     retry_decision,
 )
-from .token_manager import Grant
+from .token_manager import Grant, Sharing
 from .tokens import Token, Verdict, verdict_of
 from .upstream import add_param, failure_of, map_upstream_errors, translate, without_param
 from .watchdog import Stall, Watchdog
@@ -325,6 +325,11 @@ class BudgetedGrant:
 
     def has_news(self) -> bool:
         return self._inner.has_news()
+
+    @property
+    def from_peer(self) -> bool:
+        inner = self._inner
+        return isinstance(inner, Sharing) and inner.from_peer
 
     def update(self, auth: AuthConfig) -> None:
         self._on_tenant = auth.token_url.origin() == self._tenant

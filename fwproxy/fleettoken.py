@@ -151,6 +151,7 @@ class FleetGrant:
         self._refused: int | None = None  # the version of a token the tenant refused
         self._said: set[str] = set()  # what was logged once
         self.taken = 0  # tokens taken from the fleet, for tests
+        self.from_peer = False  # the last fetch took the fleet's token (no request made)
         self.shared = 0  # token requests made for the fleet (under the lock)
         self.alone = 0  # token requests made for this instance alone (Redis away)
         state.on_recovery(self.write_back)
@@ -188,6 +189,7 @@ class FleetGrant:
             self._held = None  # nothing to write back
 
     async def fetch(self) -> Token:
+        self.from_peer = False
         if self._inner.cache_key != self._credentials:
             self._once("reload", "auth changed by a reload: this instance fetches its own "
                        "token (not the fleet's) until it is restarted")
@@ -258,6 +260,7 @@ class FleetGrant:
         if token is None or token.value == self._handed_out:
             return None
         self.taken += 1
+        self.from_peer = True
         self._hold(record.version, token, recorded=True)
         return token
 

@@ -119,6 +119,7 @@ class RefreshTokenGrant:
         self._failed_at: object = None  # the store's mark when a refresh was refused
         self._failed = False
         self._handed_out: str | None = None  # the access token this process last used
+        self.from_peer = False  # the last fetch took what another process refreshed
 
     def update(self, auth: AuthConfig) -> None:
         self._auth = auth
@@ -165,7 +166,9 @@ class RefreshTokenGrant:
         if saved is None:
             raise self._refused("no stored session")
         theirs = self._usable(saved)
+        self.from_peer = False
         if theirs is not None and theirs.value != self._handed_out:
+            self.from_peer = True
             return self._hand_out(theirs)  # another process renewed while we waited
         auth = self._auth
         secret = auth.client_secret.reveal() if auth.client_secret is not None else None
@@ -228,6 +231,7 @@ class SharedGrant:
         self._clock = clock
         self._wall = wall
         self._handed_out: str | None = None
+        self.from_peer = False  # the last fetch took what another worker fetched
         self._margin = refresh_margin
 
     @property
@@ -253,7 +257,8 @@ class SharedGrant:
     async def fetch(self) -> Token:
         async with TokenStore(self._path).locked():
             theirs = self._read()
-            if theirs is not None and theirs.value != self._handed_out:
+            self.from_peer = theirs is not None and theirs.value != self._handed_out
+            if theirs is not None and self.from_peer:
                 self._handed_out = theirs.value
                 return theirs  # another worker renewed while we waited for the lock
             token = await self._inner.fetch()

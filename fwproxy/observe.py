@@ -143,6 +143,9 @@ class TokenCollector(Collector):
         tokens = self._tokens
         requests = CounterMetricFamily("fwproxy_token_requests", "Token requests made",
                                        value=tokens.requests)
+        taken = CounterMetricFamily("fwproxy_token_taken", "Tokens another worker or fleet "
+                                    "instance fetched, taken without a token request",
+                                    value=tokens.taken)
         failures = CounterMetricFamily("fwproxy_token_failures", "Failed token requests, "
                                        "by reason", labels=["reason"])
         for reason, count in sorted(tokens.failures_by_reason.items()):
@@ -159,7 +162,7 @@ class TokenCollector(Collector):
         fallback = GaugeMetricFamily("fwproxy_token_in_query", "1 when the tenant was seen to "
                                      "strip Authorization and the token goes in the query",
                                      value=1.0 if self._replays.placement == "query" else 0.0)
-        yield from (requests, failures, renewals, left, replays, fallback)
+        yield from (requests, taken, failures, renewals, left, replays, fallback)
 
 
 class TenantCollector(Collector):

@@ -61,6 +61,16 @@ class Grant(Protocol):
 
 
 @runtime_checkable
+class Sharing(Protocol):
+    """A grant whose fetch may take a token another worker or instance fetched (the
+    workers' file, the fleet's Redis, a shared user session): `from_peer` says whether the
+    last fetch did, so that `requests` counts only the token requests really made."""
+
+    @property
+    def from_peer(self) -> bool: ...
+
+
+@runtime_checkable
 class DropAware(Protocol):
     """A grant that wants to know when the manager drops a token after a 401 (the fleet's
     shared token: fleettoken.py). Other grants need not have `dropped`."""
@@ -97,6 +107,7 @@ class TokenManager:
         self.verifications = 0  # known-good requests made after a 401, for tests
         self.last_error: TokenError | None = None
         self.requests = 0  # token requests made, for tests and metrics
+        self.taken = 0  # tokens another worker or instance fetched (no request made)
         self.renewals = 0
         self.failures_by_reason: collections.Counter[str] = collections.Counter()
         # The cached token while it needs no renewal: `get`'s fast path, one comparison.
@@ -291,10 +302,10 @@ class TokenManager:
             self._wake.set()  # the timer plans anew with the outcome
 
     async def _fetch_once(self, renewal: bool) -> Token:
-        self.requests += 1
         try:
             token = await self._fetch_mapped()
         except TokenError as exc:
+            self.requests += 1
             self._failures += 1
             retry_after = exc.retry_after if isinstance(exc, TokenEndpointError) else None
             delay = next_backoff(self._failures, self._rand(), retry_after)
@@ -314,9 +325,16 @@ class TokenManager:
         self._keep(token)
         if renewal:
             self.renewals += 1
+        grant = self._grant
+        if isinstance(grant, Sharing) and grant.from_peer:
+            self.taken += 1
+            log.info("token %s: the one another worker or instance fetched (expires_in=%ds)",
+                     "renewed" if renewal else "obtained", round(token.lifetime))
+            return token
+        self.requests += 1
         log.info(
             "token %s from %s (expires_in=%ds)",
-            "renewed" if renewal else "obtained", self._grant.name, round(token.lifetime),
+            "renewed" if renewal else "obtained", grant.name, round(token.lifetime),
         )
         return token
 

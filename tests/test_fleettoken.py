@@ -436,3 +436,16 @@ async def test_apps_on_one_redis_share_the_token_through_it_even_as_workers(
         assert resp.status == 200
     assert tenant_state.token_requests == 1
     assert not shared_file.exists()  # each worker is simply an instance of the fleet
+
+
+async def test_a_token_taken_from_the_fleet_is_not_counted_as_a_token_request(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    """fwproxy_token_requests_total counts the requests this process made; a token another
+    instance fetched is fwproxy_token_taken_total (and its log line says so)."""
+    (a, _), (b, _) = instance(), instance()
+    manager_a, manager_b = TokenManager(a), TokenManager(b)
+    await manager_a.get()
+    await manager_b.get()
+    assert fake_tenant.requests == 1
+    assert (manager_a.requests, manager_a.taken) == (1, 0)
+    assert (manager_b.requests, manager_b.taken) == (0, 1)
