@@ -13,6 +13,7 @@ from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .fleet import SharedState, shared_state
+from .fleetbudget import FleetBudget
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -151,7 +152,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         app[SHARED_STATE] = state
         await state.start()  # never fails: an instance starts without Redis
     session = create_session(settings.tenant)
-    protection = Protection(settings.tenant)  # its budget serves the token requests too
+    budget = None if state is None else FleetBudget(state, settings.state.fleet_size)
+    protection = Protection(settings.tenant, budget=budget)  # (the token requests' too)
     grant: Grant = BudgetedGrant(make_grant(session, settings.auth), protection,
                                  settings.tenant.url, settings.auth)
     shared = app.get(SHARED_TOKEN)
@@ -167,5 +169,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy.close()
     await tokens.aclose()
     await session.close()
+    if budget is not None:
+        await budget.aclose()
     if state is not None:
         await state.aclose()
