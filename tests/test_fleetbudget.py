@@ -332,3 +332,38 @@ async def test_redis_calls_per_request(make_proxy: ProxyFactory, redis_server: R
         assert calls.get("evalsha", 0) <= 2 * 20
         assert set(calls) <= {"evalsha", "time", "zremrangebyscore", "zcard", "zadd",
                               "pexpire", "exists", "zrem", "get", "set", "publish"}
+
+
+async def test_the_fallback_is_shown_in_metrics_and_on_the_status_page(
+        make_proxy: ProxyFactory, redis_server: RedisServer) -> None:
+    proxy = await make_proxy(state={"backend": "redis", "redis_url": redis_server.url,
+                                    "fleet_size": 2, "lease_time": "1s"},
+                             tenant={"max_in_flight": 4})
+
+    async def page(path: str) -> str:
+        async with proxy.get(path) as resp:
+            assert resp.status == 200
+            return await resp.text()
+
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+    assert "fwproxy_tenant_budget_fallback 0.0" in await page("/_fwproxy/metrics")
+    assert "fleet: max_in_flight 4, max_rate 0/s" in await page("/_fwproxy/")
+    redis_server.stop()
+    async with proxy.get("/fotoweb/me") as resp:  # the ask fails: this instance's share
+        assert resp.status == 200
+    assert "fwproxy_tenant_budget_fallback 1.0" in await page("/_fwproxy/metrics")
+    assert ("instance share (Redis away): max_in_flight 2, max_rate 0/s"
+            in await page("/_fwproxy/"))
+    redis_server.start()
+
+    async def shared_again() -> bool:
+        return "fwproxy_tenant_budget_fallback 0.0" in await page("/_fwproxy/metrics")
+
+    await wait_until(shared_again, "the fleet-wide budget again")
+
+
+async def test_the_status_page_shows_a_local_budgets_caps(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(tenant={"max_in_flight": 3, "max_rate": 5})
+    async with proxy.get("/_fwproxy/") as resp:
+        assert "instance: max_in_flight 3, max_rate 5/s" in await resp.text()
