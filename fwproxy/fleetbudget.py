@@ -23,10 +23,11 @@ instance, in the local line; Redis holds the fleet's totals::
 The script (`_ACQUIRE`) is `grant` line for line: the in-flight slots are a sorted set of
 lease ids scored by their expiry (Redis's own clock: `TIME`); it drops expired members,
 counts, and adds the granted ids; the rate is GCRA (budget.py `gcra`) over ``tat``, stored
-with a TTL of ``burst * T``. A lease's id goes back with `_RELEASE` (ZREM), never on the
-request path: `release` queues it and one flusher task sends the queue in batches. A failed
-release is counted, kept and sent again when Redis is back; until then the slot is bounded
-by its lease. One renewer task per instance extends all held leases every
+with a TTL of ``burst * T``. A lease's id goes back (ZREM) never on the request path:
+`release` queues it; the next ask carries the queue (given back first, in the same call),
+or, when no ask comes within RELEASE_DELAY, one flusher task sends it (`_RELEASE`). A
+failed release is counted, kept and sent again when Redis is back; until then the slot is
+bounded by its lease. One renewer task per instance extends all held leases every
 ``lease_time / 3`` (`_RENEW`, one call); so a crashed instance's slots (``kill -9``) come
 back within ``state.lease_time``.
 
@@ -68,14 +69,23 @@ log = logging.getLogger("fwproxy.fleetbudget")
 
 MAX_BATCH = 64  # grants asked for in one call; ids released or renewed in one call: 8x that
 SLOT_POLL = 0.2  # seconds a waiter for a slot sleeps at most without hearing of a release
+RELEASE_DELAY = 0.01  # seconds a release waits for an ask to carry it, then goes alone
 MIN_PAUSE = 0.001  # the shortest pause after a refusal (a rate hint rounds up to this)
 ERROR_PAUSE = 1.0  # seconds on the local share after Redis refused our script (`error`)
 
 # KEYS: slots (sorted set: lease id -> expiry ms), tat, waiting (a marker: someone waits
 # for a slot, so releases publish). ARGV: want, max_in_flight, rate, burst, lease ms,
-# channel-less ids (want of them when max_in_flight > 0). Returns {granted, wait us}.
-# This is `grant` line for line, with `gcra` inlined in the loop.
+# channel, n, then n ids released (given back first, as `_RELEASE`), then the ids to
+# grant (want of them when max_in_flight > 0). Returns {granted, wait us}. After the
+# releases this is `grant` line for line, with `gcra` inlined in the loop.
 _ACQUIRE = """
+local released = tonumber(ARGV[7])
+if released > 0 then
+  local gone = redis.call('ZREM', KEYS[1], unpack(ARGV, 8, 7 + released))
+  if gone > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('PUBLISH', ARGV[6], gone)
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local want = tonumber(ARGV[1])
@@ -108,9 +118,13 @@ if rate > 0 and free > 0 then
              math.max(1, math.ceil(tolerance * 1000)))
 end
 if cap > 0 then
-  local expiry = now * 1000 + lease_ms
-  for i = 1, granted do
-    redis.call('ZADD', KEYS[1], expiry, ARGV[5 + i])
+  if granted > 0 then
+    local expiry, members = now * 1000 + lease_ms, {}
+    for i = 1, granted do
+      members[2 * i - 1] = expiry
+      members[2 * i] = ARGV[7 + released + i]
+    end
+    redis.call('ZADD', KEYS[1], unpack(members))
   end
   redis.call('PEXPIRE', KEYS[1], lease_ms)
   if free < want then redis.call('SET', KEYS[3], '1', 'PX', lease_ms) end
@@ -378,10 +392,17 @@ class FleetBudget(LocalBudget):
         """One script call for `want` grants: the ids granted ("" each when only the rate
         is capped) and the rate's hint."""
         ids = [self._next_id() for _ in range(want)] if self.fleet_in_flight > 0 else []
+        released = self._releasing[:MAX_BATCH * 8]
+        del self._releasing[:len(released)]
         args: list[str | int | float] = [want, self.fleet_in_flight, self.fleet_rate,
-                                         self.fleet_burst, self.lease_ms, *ids]
-        answer = await self._run(self._acquire, [self.slots_key, self.tat_key,
-                                                 self.waiting_key], args)
+                                         self.fleet_burst, self.lease_ms, self.channel,
+                                         len(released), *released, *ids]
+        try:
+            answer = await self._run(self._acquire, [self.slots_key, self.tat_key,
+                                                     self.waiting_key], args)
+        except SharedStateUnavailable:
+            self._not_released(released)
+            raise
         self.asks += 1
         granted, wait_us = int(answer[0]), int(answer[1])
         if granted and ids:
@@ -391,9 +412,11 @@ class FleetBudget(LocalBudget):
         return (ids[:granted] if ids else [""] * granted), wait_us / 1e6
 
     def _send_release(self, ids: list[str]) -> None:
+        """Queue `ids` for Redis; our own line may ask again at once (carrying them)."""
         if not ids:
             return
         self._releasing.extend(ids)
+        self._wake.set()
         if self._flusher is None:
             with contextlib.suppress(RuntimeError):  # (no loop: closing)
                 self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -401,6 +424,8 @@ class FleetBudget(LocalBudget):
     async def _flush(self) -> None:
         """Send the released ids, in batches, until none is left."""
         try:
+            if not self._closed:
+                await asyncio.sleep(RELEASE_DELAY)  # (an ask may carry them meanwhile)
             while self._releasing:
                 batch = self._releasing[:MAX_BATCH * 8]
                 del self._releasing[:len(batch)]
@@ -408,12 +433,14 @@ class FleetBudget(LocalBudget):
                     await self._run(self._release, [self.slots_key, self.waiting_key],
                                     [self.channel, *batch])
                 except SharedStateUnavailable:
-                    self.release_failures += len(batch)
-                    self._unreleased.update(batch)  # bounded by the lease; sent on recovery
-                    continue
-                self._wake.set()  # a slot is free: our own line may ask again
+                    self._not_released(batch)
         finally:
             self._flusher = None
+
+    def _not_released(self, ids: list[str]) -> None:
+        """Sending `ids` failed: counted, kept for the recovery; bounded by the lease."""
+        self.release_failures += len(ids)
+        self._unreleased.update(ids)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None and not self._closed:
