@@ -25,7 +25,10 @@ lease ids scored by their expiry (Redis's own clock: `TIME`); it drops expired m
 counts, and adds the granted ids; the rate is GCRA (budget.py `gcra`) over ``tat``, stored
 with a TTL of ``burst * T``. A lease's id goes back (ZREM) never on the request path:
 `release` queues it; the next ask carries the queue (given back first, in the same call),
-or, when no ask comes within RELEASE_DELAY, one flusher task sends it (`_RELEASE`). A
+or one flusher task sends it (`_RELEASE`): at once when the last ask saw someone in the
+fleet waiting for a slot (the script's marker), else once RELEASE_DELAY passes without
+an ask (asks keep coming under load and carry them: fewer round trips; a waiter elsewhere
+that came since waits about that much longer at most). A
 failed release is counted, kept and sent again when Redis is back; until then the slot is
 bounded by its lease. One renewer task per instance extends all held leases every
 ``lease_time / 3`` (`_RENEW`, one call); so a crashed instance's slots (``kill -9``) come
@@ -69,14 +72,16 @@ log = logging.getLogger("fwproxy.fleetbudget")
 
 MAX_BATCH = 64  # grants asked for in one call; ids released or renewed in one call: 8x that
 SLOT_POLL = 0.2  # seconds a waiter for a slot sleeps at most without hearing of a release
-RELEASE_DELAY = 0.01  # seconds a release waits for an ask to carry it, then goes alone
+RELEASE_DELAY = 0.05  # seconds a release waits for an ask to carry it, then goes alone,
+# while nobody in the fleet waits for a slot (else it goes at once)
 MIN_PAUSE = 0.001  # the shortest pause after a refusal (a rate hint rounds up to this)
 ERROR_PAUSE = 1.0  # seconds on the local share after Redis refused our script (`error`)
 
 # KEYS: slots (sorted set: lease id -> expiry ms), tat, waiting (a marker: someone waits
 # for a slot, so releases publish). ARGV: want, max_in_flight, rate, burst, lease ms,
 # channel, n, then n ids released (given back first, as `_RELEASE`), then the ids to
-# grant (want of them when max_in_flight > 0). Returns {granted, wait us}. After the
+# grant (want of them when max_in_flight > 0). Returns {granted, wait us, whether someone
+# in the fleet waits for a slot}. After the
 # releases this is `grant` line for line, with `gcra` inlined in the loop.
 _ACQUIRE = """
 local released = tonumber(ARGV[7])
@@ -129,7 +134,7 @@ if cap > 0 then
   redis.call('PEXPIRE', KEYS[1], lease_ms)
   if free < want then redis.call('SET', KEYS[3], '1', 'PX', lease_ms) end
 end
-return {granted, math.ceil(wait * 1000000)}
+return {granted, math.ceil(wait * 1000000), redis.call('EXISTS', KEYS[3])}
 """
 # KEYS: slots, waiting. ARGV: channel, ids. Removes the ids; publishes when someone waits.
 _RELEASE = """
@@ -243,6 +248,7 @@ class FleetBudget(LocalBudget):
         self._renewer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._error_until = 0.0
+        self._fleet_waits = True  # someone in the fleet waits for a slot (the last ask saw)
         self._sharing = True
         self._closed = False
         self.asks = 0  # script calls asking for grants
@@ -405,6 +411,7 @@ class FleetBudget(LocalBudget):
             raise
         self.asks += 1
         granted, wait_us = int(answer[0]), int(answer[1])
+        self._fleet_waits = bool(int(answer[2]))
         if granted and ids:
             self._ensure_renewer()
         if granted < want and ids and not wait_us:
@@ -424,8 +431,11 @@ class FleetBudget(LocalBudget):
     async def _flush(self) -> None:
         """Send the released ids, in batches, until none is left."""
         try:
-            if not self._closed:
-                await asyncio.sleep(RELEASE_DELAY)  # (an ask may carry them meanwhile)
+            while self._releasing and not self._closed and not self._fleet_waits:
+                asks = self.asks
+                await asyncio.sleep(RELEASE_DELAY)  # (asks may carry them meanwhile)
+                if self.asks == asks:
+                    break  # no ask came: they go alone
             while self._releasing:
                 batch = self._releasing[:MAX_BATCH * 8]
                 del self._releasing[:len(batch)]
