@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from aiohttp.test_utils import TestServer
 
-from fwproxy.app import OBSERVER
+from fwproxy.app import OBSERVER, reconfigure
 from fwproxy.budget import Lease, gcra
 from fwproxy.config import StateConfig
 from fwproxy.exceptions import TenantBusy
 from fwproxy.fleet import SharedState
 from fwproxy.fleetbudget import FleetBudget, Grant, grant, rate_share, share
-from tests.conftest import ProxyFactory, wait_until
+from tests.conftest import ProxyFactory, proxy_settings, wait_until
 from tests.support.redis import RedisServer
 
 # --- the pure parts ----------------------------------------------------------------------
@@ -367,3 +368,37 @@ async def test_the_status_page_shows_a_local_budgets_caps(make_proxy: ProxyFacto
     proxy = await make_proxy(tenant={"max_in_flight": 3, "max_rate": 5})
     async with proxy.get("/_fwproxy/") as resp:
         assert "instance: max_in_flight 3, max_rate 5/s" in await resp.text()
+
+
+async def test_a_reload_reaches_the_fleet_budget(make_proxy: ProxyFactory, tenant: TestServer,
+                                                 redis_server: RedisServer) -> None:
+    state = {"backend": "redis", "redis_url": redis_server.url, "fleet_size": 2}
+    proxy = await make_proxy(state=state, tenant={"max_in_flight": 1})
+    assert proxy.app is not None
+    protection = proxy.app[OBSERVER].protection
+    assert protection is not None
+    budget = protection.budget
+    assert isinstance(budget, FleetBudget)
+    plan = reconfigure(proxy.app, proxy_settings(tenant, state=state, tenant={
+        "max_in_flight": 6, "max_rate": 40, "max_burst": 8, "queue_timeout": "3s"}))
+    assert set(plan.applied) == {"tenant.max_in_flight", "tenant.max_rate", "tenant.max_burst",
+                                 "tenant.queue_timeout"}
+    assert (budget.fleet_in_flight, budget.fleet_rate, budget.fleet_burst) == (6, 40, 8)
+    assert (budget.max_in_flight, budget.max_rate, budget.queue_timeout) == (3, 20, 3)
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 200
+
+
+async def test_redis_refusing_the_script_means_the_share_for_a_while(make_budget: Make) -> None:
+    budget = await make_budget(max_in_flight=4, fleet_size=4)
+    await budget.state.call(lambda r: r.set(budget.slots_key, b"not a sorted set"))
+    lease = await budget.acquire("c")  # WRONGTYPE: Redis answers, but not to us
+    assert budget.fallback
+    assert budget.state.up  # (it is there: not marked DOWN)
+    assert budget.max_in_flight == 1  # the share
+    lease.release()
+    await budget.state.call(lambda r: r.delete(budget.slots_key))
+    await wait_until(lambda: not budget.fallback, "sharing again after ERROR_PAUSE")
+    again = await budget.acquire("c")
+    assert await zcard(budget) == 1
+    again.release()
