@@ -381,6 +381,8 @@ class FleetBudget(LocalBudget):
                     break
                 self._in_hand.extend(got)
                 self._pump()
+                if self._in_hand:
+                    break  # more than the line still wants: its waiters left meanwhile
                 if len(got) < want:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(),
