@@ -105,20 +105,22 @@ def scenario(work: Path, tenant_port: int, procs: Sessions, opts: argparse.Names
         server.start()
         state = {"backend": "redis", "redis_url": server.url, "lease_time": "15s"}
         groups: dict[str, list[str]] = {}
+        waiting = []
+        begun = time.perf_counter()
         for setup, shared, budget in (("shared budget", state, BUDGET),
                                       ("redis, no cap", state, None),
                                       ("no shared state", None, None)):
-            urls = []
-            for i in range(INSTANCES):
+            for i in range(INSTANCES):  # all started at once, then waited for
                 path, port = config(work, f"fleet-{setup.replace(' ', '-').replace(',', '')}"
                                     f"-{i}", tenant_port, shared, budget)
                 proc = procs.start(f"fleet-{len(started)}", [FWPROXY, "run", "--config",
                                                              str(path)])
                 started.append(proc)
                 url = f"http://127.0.0.1:{port}"
-                wait_200(url + JSON_PATH, {}, None, procs, proc, time.perf_counter())
-                urls.append(url)
-            groups[setup] = urls
+                waiting.append((url, proc))
+                groups.setdefault(setup, []).append(url)
+        for url, proc in waiting:
+            wait_200(url + JSON_PATH, {}, None, procs, proc, begun)
         groups["one alone"] = groups["no shared state"][:1]
         for run in range(opts.runs):
             for setup in SETUPS:
