@@ -44,7 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import burst  # the legacy burst against a rate-limited tenant
+from bench import (
+    burst,  # the legacy burst against a rate-limited tenant
+    fleet,  # three instances sharing Redis (issue 16)
+)
 from bench.contenders import Bench, Contender
 from bench.report import machine, summarize, table, targets
 from bench.tenant import BENCH, Failed
@@ -128,6 +131,7 @@ def main() -> int:
         print("bench: warning: " + bench.notes[-1], file=sys.stderr, flush=True)
     rtt = None
     bursts: dict[str, Any] | None = None
+    fleets: dict[str, Any] | None = None
     failed_setup = ""
     try:
         try:
@@ -149,6 +153,7 @@ def main() -> int:
         bench.phase_transfers()
         rtt = bench.phase_rtt()
         bursts = burst.scenario(work, opts.smoke, bench.say)
+        fleets = fleet.scenario(work, bench.tenant_port, bench.procs, opts, bench.say)
     finally:
         bench.procs.stop_all()
         if os.environ.get("BENCH_KEEP") != "1" and not failed_setup:
@@ -164,19 +169,23 @@ def main() -> int:
     text = table(meta, opts, summary, rows)
     if bursts is not None:
         text += "\n\n" + burst.table(bursts)
+    if fleets is not None:
+        text += "\n\n" + fleet.table(fleets, opts.smoke)
     print("\n" + text)
     for note in bench.notes:
         print("note: " + note)
     failed = [c for c in bench.contenders.values() if c.status == "failed"] + [
         Contender("burst", row["contender"], None, status="failed", reason=row["error"])
-        for row in (bursts or {}).get("rows", []) if "error" in row]
+        for row in (bursts or {}).get("rows", []) if "error" in row] + [
+        Contender("fleet", "fleet", None, status="failed", reason=fleets["error"])
+        for _ in [1] if fleets is not None and "error" in fleets]
     for c in failed:
         print(f"FAILED ({c.key}) {c.label}: {c.reason}", file=sys.stderr)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
     document = {"machine": meta, "params": params, **summary, "targets": rows,
                 "profile": {k: bench.contenders[k].r.get("profile") for k in "de"},
-                "burst": bursts, "notes": bench.notes}
+                "burst": bursts, "fleet": fleets, "notes": bench.notes}
     opts.out.write_text(json.dumps(document, indent=2) + "\n")
     opts.out.with_suffix(".txt").write_text(text + "\n")
     print(f"\nwrote {opts.out} and {opts.out.with_suffix('.txt')}")

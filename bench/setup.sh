@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the benchmark needs, and nothing into the project's .venv:
-#   Debian: nginx (the tenant and contender b), wrk, openssl, curl
+#   Debian: nginx (the tenant and contender b), wrk, openssl, curl, redis-server (the fleet row)
 #   bench/.venv-mitm:  mitmproxy 11 (contender c)       -- full runs only
 #   bench/.venv-tools: py-spy (the profile)              -- full runs only
 # Usage: bash bench/setup.sh full|smoke. Idempotent: what is there is not installed again.
@@ -10,7 +10,7 @@ mode="${1:-full}"
 PYTHON="${PYTHON:-python3}"
 
 missing=()
-for tool in nginx:nginx wrk:wrk openssl:openssl curl:curl; do
+for tool in nginx:nginx wrk:wrk openssl:openssl curl:curl redis-server:redis-server; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if ((${#missing[@]})); then

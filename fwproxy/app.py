@@ -13,6 +13,7 @@ from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
 from .fleet import SharedState, shared_state
+from .fleetbudget import FleetBudget
 from .fleetsession import FleetSessions
 from .fleettoken import FleetGrant
 from .guard import strict_parser
@@ -162,7 +163,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         app[OBSERVER].share(state)  # status page, readiness, metrics
         await state.start()  # never fails: an instance starts without Redis
     session = create_session(settings.tenant)
-    protection = Protection(settings.tenant)  # its budget serves the token requests too
+    budget = None if state is None else FleetBudget(state, settings.state.fleet_size)
+    protection = Protection(settings.tenant, budget=budget)  # (the token requests' too)
     sessions = None
     if state is not None and settings.auth.user_context:  # the fleet's user session
         sessions = app[SHARED_SESSION] = FleetSessions(state)
@@ -183,5 +185,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy.close()
     await tokens.aclose()
     await session.close()
+    if budget is not None:
+        await budget.aclose()
     if state is not None:
         await state.aclose()

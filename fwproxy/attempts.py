@@ -116,10 +116,12 @@ class Protection:
     """What every request shares (the module docstring)."""
 
     def __init__(self, tenant: TenantConfig, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 budget: LocalBudget | None = None) -> None:
+        """`budget`: the fleet's (fleetbudget.py) with state.backend redis; else local."""
         self._clock = clock
         self._sleep = sleep
-        self.budget = LocalBudget(clock=clock)
+        self.budget = budget if budget is not None else LocalBudget(clock=clock)
         self.breaker = Breaker(0, tenant.breaker_cooldown)
         self.retry_budget = RetryBudget(tenant.retry_budget)
         self.counters = RetryCounters()
@@ -237,7 +239,7 @@ class Protection:
         """For the status page."""
         return {"breaker": self.breaker.view(self._clock()), "queued": self.budget.queue_length,
                 "in_flight": self.in_flight, "retries": sum(self.counters.retries.values()),
-                "budget_refused": self.counters.budget_refused}
+                "budget_refused": self.counters.budget_refused, "budget": self.budget.view()}
 
 
 def _alive(outcome: Outcome) -> bool | None:

@@ -28,9 +28,10 @@ safe both ways: a waiter cancelled while queued leaves the line, and one granted
 the same loop turn as its cancellation hands the lease straight on to the next.
 
 The rate is GCRA (`gcra`), a pure function of ``(now, tat, rate, burst)``: a theoretical
-arrival time ``tat`` is the whole state, so a Redis script can mirror it line for line
-(issue 16); `Budget` is the small protocol a fleet-wide implementation will fill in.
-The clock and the timer are injected (tests run the line on a fake clock).
+arrival time ``tat`` is the whole state, so a Redis script mirrors it line for line
+(fleetbudget.py: the fleet-wide budget, this line with its slots and rate in Redis, which
+overrides `_take` and `_new_lease`). The clock and the timer are injected (tests run the
+line on a fake clock).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Lease:
     __slots__ = ("_budget", "released", "waited")
 
     def __init__(self, budget: LocalBudget, waited: float) -> None:
-        self._budget = budget
+        self._budget: LocalBudget = budget
         self.waited = waited
         self.released = False
 
@@ -175,6 +176,16 @@ class LocalBudget:
     def queue_length(self) -> int:
         return self._queued
 
+    @property
+    def fallback(self) -> bool:
+        """Whether a fleet-wide budget fell back to this instance's share (never, here)."""
+        return False
+
+    def view(self) -> dict[str, object]:
+        """The caps in force, for the status page."""
+        return {"scope": "instance", "max_in_flight": self.max_in_flight,
+                "max_rate": self.max_rate}
+
     async def acquire(self, client: str, priority: bool = False) -> Lease:
         """A slot for `client` (an API key's name, else the client's address); `priority`
         for the token endpoint's requests. Raises `TenantBusy` after queue_timeout."""
@@ -234,6 +245,9 @@ class LocalBudget:
         waited = now - since
         self.wait_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
         self.wait_sum += waited
+        return self._new_lease(waited)
+
+    def _new_lease(self, waited: float) -> Lease:
         return Lease(self, waited)
 
     def _pump(self) -> None:

@@ -188,6 +188,9 @@ class TenantCollector(Collector):
                                   "tenant.queue_timeout in line", value=budget.refused)
         yield GaugeMetricFamily("fwproxy_tenant_in_flight", "Attempts at the tenant now",
                                 value=p.in_flight)
+        yield GaugeMetricFamily("fwproxy_tenant_budget_fallback", "1 while this instance of a "
+                                "fleet enforces its own share of the budget (Redis away)",
+                                value=1.0 if budget.fallback else 0.0)
         retries = CounterMetricFamily("fwproxy_tenant_retries", "Retries made, by cause",
                                       labels=["cause"])
         for cause, count in sorted(p.counters.retries.items()):
@@ -206,6 +209,15 @@ class TenantCollector(Collector):
         for (old, new), count in sorted(breaker.transitions.items()):
             moves.add_metric([old, new], count)
         yield moves
+
+
+def _budget_caps(view: object) -> str:
+    """The budget's caps in force and whose they are (fleet-wide, or this instance's share
+    while Redis is away), for the status page; nothing without a cap."""
+    if not isinstance(view, dict) or not (view["max_in_flight"] or view["max_rate"]):
+        return ""
+    return (f'; budget <span id="budget">{html.escape(str(view["scope"]))}: max_in_flight '
+            f'{view["max_in_flight"]}, max_rate {view["max_rate"]:g}/s</span>')
 
 
 class ReplayStats(Protocol):
@@ -338,7 +350,7 @@ def render_status(metrics: Metrics, tokens: TokenManager, info: StatusInfo,
             + (f' (retry after {breaker["retry_after"]:.0f} s)' if breaker["retry_after"] else "")
             + f', {view["queued"]} waiting in line, {view["in_flight"]} at the tenant, '
             f'{view["retries"]} retries, {view["budget_refused"]} refused by the retry budget'
-            "</td></tr>")
+            + _budget_caps(view["budget"]) + "</td></tr>")
     shared_line = "" if shared is None else (
         '<tr><td>shared state</td><td id="shared-state">'
         f"{html.escape(shared_state_line(shared.view(), info.grant == 'authorization_code'))}"
