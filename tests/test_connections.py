@@ -4,7 +4,9 @@ number of open connections capped, idle ones evicted first."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from aiohttp import web
 
 from fwproxy import keys
 from fwproxy.app import OBSERVER, create_app
+from fwproxy.config import LimitsConfig
 from fwproxy.connections import Runner, head_end
 from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
 
@@ -381,3 +384,43 @@ async def test_a_client_that_reads_nothing_is_cut_and_frees_slot_and_tenant(
             pass
         assert received < 10**9
         cut_writer.close()
+
+
+@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
+async def test_an_idle_keep_alive_connection_keeps_nothing_of_its_last_answer() -> None:
+    """While a connection waits for its next request, the answered request's response and
+    what the request carried for its handler are garbage: 10,000 idle connections must not
+    hold 10,000 of them (aiohttp's connection loop keeps the last request until the next
+    one arrives)."""
+    kept: list[weakref.ref[Any]] = []
+
+    class Carried:
+        pass
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = web.Response(text="ok")
+        request["carried"] = carried = Carried()
+        kept.extend([weakref.ref(out), weakref.ref(carried)])
+        return out
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = Runner(app, LimitsConfig())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        for _ in range(2):  # the second answer proves the connection stayed open
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            status, _, body = await response(reader)
+            assert (status, body) == (200, b"ok")
+            (handler_,) = runner.connections._connections
+            await wait_until(lambda h=handler_: h._waiter is not None,  # type: ignore[misc]
+                             "the connection waits for its next request")
+            gc.collect()
+            assert [ref() for ref in kept] == [None, None]
+            kept.clear()
+        writer.close()
+    finally:
+        await runner.cleanup()
