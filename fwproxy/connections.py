@@ -16,6 +16,10 @@ aiohttp's connection loop holds on to the last request and response until the ne
 request arrives, so `Connection` hands it a stand-in for the response and empties the
 request (`forget`): 1.6 KiB less per idle connection.
 
+``limits.client_idle_timeout`` closes a connection that waits for its next request, for
+the rest of a head, or for its first, on one timer for all (`IdleSweep`) where aiohttp
+arms one on every connection.
+
 `Connections` caps the open client connections at ``limits.max_connections``: a new one
 beyond it closes the connection that has been idle the longest (no request being
 handled: keep-alive, or a head that never finishes); when every connection is busy, the
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -37,6 +43,7 @@ from aiohttp.web_request import BaseRequest
 from .answers import raw_error_response
 from .app import MAX_REQUEST_LINE
 from .config import LimitsConfig
+from .watchdog import Sweep
 
 log = logging.getLogger("fwproxy")
 
@@ -86,13 +93,31 @@ class _Messages(list):  # type: ignore[type-arg]
         return self.pop(0)
 
 
+class _Swept:
+    """Stands where aiohttp keeps a connection's keep-alive timer (a loop timer on every
+    connection): `Connections` closes idle connections with one sweep for all of them."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        return None
+
+
+_SWEPT = _Swept()
+
+
 class Connection(RequestHandler):
     """aiohttp's server protocol, with the request head counted before it is parsed."""
 
-    __slots__ = ("_body", "_carry", "_head", "_refused")
+    __slots__ = ("_body", "_carry", "_head", "_refused", "idle_timeout")
 
-    def __init__(self, manager: Connections, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+    def __init__(self, manager: Connections, *, keepalive_timeout: float = 3630,
+                 **kwargs: Any) -> None:
+        # aiohttp would arm a timer for every connection (keepalive_timeout); the server's
+        # sweep closes idle ones instead (`IdleSweep`), after this connection's own timeout
+        super().__init__(manager, keepalive_timeout=0, **kwargs)
+        self.idle_timeout = keepalive_timeout
+        self._keepalive_handle = _SWEPT  # type: ignore[assignment]  # never a timer
         self._messages = _Messages()  # type: ignore[assignment]
         self._head = 0  # bytes of the current request head received so far
         self._carry = b""  # its last 3 bytes: a blank line split across reads
@@ -163,18 +188,59 @@ class Connection(RequestHandler):
         return (_KEEP_ALIVE if resp.keep_alive else _CLOSE), reset
 
 
+class IdleSweep(Sweep):
+    """``limits.client_idle_timeout`` for every connection, on one timer (aiohttp arms one
+    on each): a connection waiting for its next request (or for the rest of a head, or
+    for its first) longer than its timeout is closed, between that and a tick later. The
+    idle table is in the order connections went idle, so a sweep looks only at the few
+    that have waited longest. `timeout` is the shortest any open connection has (a reload
+    gives new connections a new one; open ones keep theirs)."""
+
+    def __init__(self, idle: OrderedDict[RequestHandler, float]) -> None:
+        self._idle = idle
+        super().__init__(math.inf)
+
+    def shorten(self, timeout: float) -> None:
+        if 0 < timeout < self.timeout:
+            self.configure(timeout)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None and self.timeout < math.inf:
+            self._arm(loop)
+
+    def _fire_late(self) -> bool:
+        if not self._idle:
+            return False
+        now = time.monotonic()
+        late = []
+        for handler, since in self._idle.items():
+            if now - since < self.timeout:
+                break  # every later one went idle later still
+            if (isinstance(handler, Connection) and now - since >= handler.idle_timeout > 0
+                    and handler._waiter is not None and not handler._waiter.done()):
+                late.append(handler)
+        for handler in late:
+            del self._idle[handler]
+            handler.force_close()
+        return True
+
+
 class Connections(web.Server):
-    """The server's connections: each a `Connection`, at most `max_connections` open."""
+    """The server's connections: each a `Connection`, at most `max_connections` open,
+    closed after ``limits.client_idle_timeout`` idle (`IdleSweep`)."""
 
     def __init__(self, *args: Any, limits: LimitsConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._idle: OrderedDict[RequestHandler, None] = OrderedDict()  # longest idle first
+        # longest idle first: each connection with the time it went idle
+        self._idle: OrderedDict[RequestHandler, float] = OrderedDict()
+        self.sweep = IdleSweep(self._idle)
         self.evicted = 0
         self.refused = 0
         self.configure(limits)
 
     def configure(self, limits: LimitsConfig) -> None:
         """Take up new limits (on start and on SIGHUP)."""
+        self.sweep.shorten(limits.client_idle_timeout)
         self.max_connections = limits.max_connections
         self.head_limit = (limits.max_header_bytes + MAX_REQUEST_LINE
                            if limits.max_header_bytes else 0)
@@ -193,7 +259,8 @@ class Connections(web.Server):
             handler.force_close()  # the 503 is sent, then the socket closed
             return  # not counted: connection_lost finds it in no table
         super().connection_made(handler, transport)
-        self._idle[handler] = None
+        self._idle[handler] = time.monotonic()
+        self.sweep.watch(self._loop)
 
     def _make_room(self) -> bool:
         """Close the longest-idle connection; False when none is idle."""
@@ -217,7 +284,12 @@ class Connections(web.Server):
 
     def idle(self, handler: RequestHandler) -> None:
         if handler in self._connections:
-            self._idle[handler] = None  # to the end: the most recently idle
+            self._idle[handler] = time.monotonic()  # to the end: the most recently idle
+            self.sweep.watch(self._loop)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        self.sweep.close()
+        await super().shutdown(timeout)
 
 
 class Runner(web.AppRunner):

@@ -485,3 +485,50 @@ async def test_an_idle_keep_alive_connection_costs_less_than_aiohttps_own() -> N
     aiohttps = await idle_cost(web.AppRunner(app()))
     ours = await idle_cost(Runner(app(), LimitsConfig()))
     assert ours <= aiohttps - 1000, f"{ours:.0f} bytes a connection, aiohttp's {aiohttps:.0f}"
+
+
+async def test_idle_connections_are_closed_by_one_sweep_not_a_timer_each() -> None:
+    """``limits.client_idle_timeout`` closes a connection that waits for its next request
+    (or never sends one), never one whose request is being handled, however long that
+    takes; all on one timer (`IdleSweep`): aiohttp arms a loop timer on every connection,
+    10,000 of them for 10,000 idle connections."""
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.5)  # longer than the idle timeout: busy is not idle
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    limits = LimitsConfig(client_idle_timeout=0.2)
+    runner = Runner(app, limits, keepalive_timeout=limits.client_idle_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    armed = 0
+    call_at = loop.call_at
+
+    def counting(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal armed
+        armed += 1
+        return call_at(*args, **kwargs)
+
+    port = runner.addresses[0][1]
+    try:
+        loop.call_at = counting  # type: ignore[method-assign,assignment]
+        try:
+            opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            await wait_until(lambda: len(runner.connections._connections) == 20,
+                             "20 connections accepted")
+        finally:
+            loop.call_at = call_at  # type: ignore[method-assign]
+        assert armed <= 1, f"{armed} timers for 20 connections"
+        reader, writer = opened[0]
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, body = await response(reader)  # after 0.5 s: busy was not idle
+        assert (status, body) == (200, b"ok")
+        for reader, _ in opened:  # then idle: each closed by the proxy
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        for _, writer in opened:
+            writer.close()
+    finally:
+        await runner.cleanup()
