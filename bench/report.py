@@ -178,11 +178,13 @@ def transfer_profile(s: dict[str, Any], kind: str) -> str:
         value = c[f"{kind}_{what}"]
         return "-" if value is None else f"{value:.2f}"
 
+    floor = next((f"; the bare aiohttp floor ({k}) {cpu(s[k], 'cpu_s_per_gib')}"
+                  for k in ("g", "d") if s[k][f"{kind}_cpu_s_per_gib"] is not None), "")
     return (f"rounds {min(rounds):.2f}-{max(rounds):.2f}x; CPU s/GiB: fwproxy "
-            f"{cpu(e, 'cpu_s_per_gib')}, tenant {cpu(e, 'tenant_cpu_s_per_gib')}, curl "
-            f"{cpu(e, 'curl_cpu_s_per_gib')}; direct: tenant {cpu(a, 'tenant_cpu_s_per_gib')},"
-            f" curl {cpu(a, 'curl_cpu_s_per_gib')} (2 vCPUs: the proxy's CPU adds to the "
-            "wall time; see bench/PROFILE.md, session 4)")
+            f"{cpu(e, 'cpu_s_per_gib')}{floor}, tenant {cpu(e, 'tenant_cpu_s_per_gib')}, "
+            f"curl {cpu(e, 'curl_cpu_s_per_gib')}; direct: tenant "
+            f"{cpu(a, 'tenant_cpu_s_per_gib')}, curl {cpu(a, 'curl_cpu_s_per_gib')} (one "
+            "proxy thread, 2 shared vCPUs; see bench/PROFILE.md, session 4)")
 
 
 def idle_profile(s: dict[str, Any]) -> str:
