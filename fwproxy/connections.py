@@ -69,7 +69,8 @@ def forget(request: BaseRequest) -> None:
     what handlers stored in it, the match info): aiohttp's connection loop keeps the request
     object until the next request arrives, on every idle keep-alive connection."""
     request._cache.clear()
-    request._state = {}
+    if request._state:  # (a new dict: a clone shares its original's)
+        request._state = {}
     if isinstance(request, web.Request):
         request._match_info = None
 
