@@ -6,7 +6,8 @@
 
 The tenant is nginx on loopback with a CA made for this run: a static token endpoint
 (POST /fotoweb/oauth2/token), a bearer check on /fotoweb/, a 1 KB JSON resource, a big file
-served with sendfile, and an upload location that streams the body to bench/sink.py.
+served with sendfile, and an upload location where nginx takes the body itself (WebDAV PUT
+into tmpfs).
 
 Contenders, all on that tenant:
   (a) direct to nginx with the token (the limit)  (b) nginx as a reverse proxy adding the
@@ -16,12 +17,15 @@ Contenders, all on that tenant:
 Figures: 1 KB GET req/s and p50/p99 (wrk, median of runs); p99 at a fixed rate
 (bench/fixed_rate.py) and what each adds over direct; MB/s and peak RSS (VmHWM, summed over
 the contender's processes, fresh processes per transfer kind) for a big download and upload
-(curl); time from spawn to the first proxied 200; the 20 ms RTT script scenario
+(curl, interleaved rounds, ratios to (a) per round, CPU seconds per GiB); the peak RSS of
+fwproxy with 10,000 idle keep-alive connections (bench/idle.py); time from spawn to the
+first proxied 200; the 20 ms RTT script scenario
 (bench/rtt_relay.py, bench/script_scenario.py); a py-spy profile of fwproxy under wrk.
 
 Settings come from options or the environment (options win): BENCH_RUNS, BENCH_DURATION,
 BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_RATE, BENCH_RATE_DURATION, BENCH_SIZE,
-BENCH_TRANSFER_RUNS, BENCH_RTT_MS, BENCH_CALLS, BENCH_ONLY (e.g. "ade"), BENCH_PROFILE (0/1),
+BENCH_TRANSFER_RUNS, BENCH_IDLE_CONNECTIONS, BENCH_RTT_MS, BENCH_CALLS, BENCH_ONLY (e.g.
+"ade"), BENCH_PROFILE (0/1),
 BENCH_OUT, BENCH_WAIT_IDLE (seconds to wait for a quiet machine; 600, smoke 0), BENCH_KEEP=1
 (keep the scratch directory). Every process it starts runs in its
 own session and is stopped by its process group id at the end, whatever happens.
@@ -83,7 +87,11 @@ def settings(argv: list[str] | None = None) -> argparse.Namespace:
                    default=float(default("RATE_DURATION", "10", "1")))
     p.add_argument("--size", type=parse_size, default=parse_size(default("SIZE", "1GiB", "16MiB")),
                    help="the big download and upload")
-    p.add_argument("--transfer-runs", type=int, default=int(default("TRANSFER_RUNS", "3", "1")))
+    p.add_argument("--transfer-runs", type=int, default=int(default("TRANSFER_RUNS", "5", "1")),
+                   help="interleaved rounds of the big download and upload")
+    p.add_argument("--idle-connections", type=int,
+                   default=int(default("IDLE_CONNECTIONS", "10000", "200")),
+                   help="idle keep-alive connections whose memory is measured (0: none)")
     p.add_argument("--rtt-ms", type=float, default=float(default("RTT_MS", "10", "10")),
                    help="delay each way in the RTT scenario")
     p.add_argument("--calls", type=int, default=int(default("CALLS", "200", "20")))
@@ -151,11 +159,14 @@ def main() -> int:
                 bench.say(f"  ({c.key}) {c.label}: {c.status}: {c.reason}")
         bench.phase_requests()
         bench.phase_transfers()
+        bench.phase_idle()
         rtt = bench.phase_rtt()
         bursts = burst.scenario(work, opts.smoke, bench.say)
         fleets = fleet.scenario(work, bench.tenant_port, bench.procs, opts, bench.say)
     finally:
         bench.procs.stop_all()
+        if not bench.puts.is_relative_to(work):  # the tenant's uploads, in tmpfs
+            shutil.rmtree(bench.puts.parent, ignore_errors=True)
         if os.environ.get("BENCH_KEEP") != "1" and not failed_setup:
             shutil.rmtree(work, ignore_errors=True)
         elif failed_setup or os.environ.get("BENCH_KEEP") == "1":

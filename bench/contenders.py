@@ -10,6 +10,8 @@ import contextlib
 import functools
 import importlib.metadata
 import json
+import resource
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -38,10 +40,17 @@ from bench.tenant import (
     make_data,
     nginx_argv,
     nginx_conf,
+    put_root,
     wait_200,
 )
 from tests.support.processes import Sessions
-from tests.support.procfs import foreign_cpu_seconds, tree_peak_rss_kib
+from tests.support.procfs import (
+    cpu_seconds,
+    foreign_cpu_seconds,
+    process_tree,
+    status_kib,
+    tree_peak_rss_kib,
+)
 
 LABELS = {
     "a": "direct to nginx (limit)",
@@ -122,6 +131,7 @@ class Bench:
         self.tenant_port = 0
         self.contenders: dict[str, Contender] = {}
         self.upload_file = work / "upload.bin"
+        self.puts = work / "put"  # where the tenant stores an upload (put_root)
         self.notes: list[str] = []
         self.others = Others()
 
@@ -133,11 +143,10 @@ class Bench:
     def start_tenant(self) -> None:
         make_ca(self.work)
         self.upload_file = make_data(self.work, self.o.size)
-        sink_port, self.tenant_port = free_port(), free_port()
-        self.sink = self.procs.start("sink", [PY, str(BENCH / "sink.py"), "--port",
-                                              str(sink_port)])
+        self.puts = put_root(self.work)
+        self.tenant_port = free_port()
         conf = nginx_conf(self.work, "tenant", TENANT_BODY, port=self.tenant_port,
-                          sink=sink_port)
+                          puts=self.puts)
         self.tenant = self.procs.start("tenant-nginx", nginx_argv(self.work, conf))
         url = f"https://127.0.0.1:{self.tenant_port}{JSON_PATH}"
         wait_200(url, {"Authorization": f"Bearer {TOKEN}"}, str(self.work / "ca.crt"),
@@ -296,24 +305,30 @@ class Bench:
                      c.url + UPLOAD_PATH]
         else:
             argv += ["-o", "/dev/null", c.url + BIG_PATH]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=960)  # noqa: S603
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        curl_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         fields = done.stdout.split()
         if done.returncode != 0 or len(fields) != 6:
             raise Failed(f"curl exited {done.returncode}: {done.stderr.strip()[-300:]}")
         code, up, down, speed_up, speed_down, total = fields
-        if code != "200":
+        if code not in (("200", "201", "204") if upload else ("200",)):
             raise Failed(f"HTTP {code}")
         if upload:
-            received = json.loads(out.read_text()).get("received")
+            stored = self.puts / UPLOAD_PATH.lstrip("/")
+            received = stored.stat().st_size if stored.exists() else None
+            stored.unlink(missing_ok=True)
             if int(float(up)) != self.o.size or received != self.o.size:
-                raise Failed(f"upload: sent {up}, the tenant received {received}, "
+                raise Failed(f"upload: sent {up}, the tenant stored {received}, "
                              f"expected {self.o.size}")
             speed = float(speed_up)
         else:
             if int(float(down)) != self.o.size:
                 raise Failed(f"download: got {down} bytes, expected {self.o.size}")
             speed = float(speed_down)
-        return {"mb_s": speed / 1e6, "seconds": float(total)}
+        return {"mb_s": speed / 1e6, "seconds": float(total),
+                "curl_cpu_s_per_gib": curl_cpu / (self.o.size / (1 << 30))}
 
     # -- phases --
 
@@ -395,29 +410,130 @@ class Bench:
         c.r["profile"] = summary
         write_profile(summary, f"({c.key}) {c.label}", BENCH / "results" / f"profile-{name}.md")
 
+    def tree_cpu(self, proc: subprocess.Popen[bytes] | None) -> float:
+        """CPU seconds used so far by `proc` and its descendants (0 for none)."""
+        total = 0.0
+        for pid in process_tree(proc.pid) if proc is not None else ():
+            with contextlib.suppress(OSError, ValueError):
+                total += cpu_seconds(pid)
+        return total
+
     def phase_transfers(self) -> None:
+        """Each kind (download, then upload) in fresh processes; the runs interleave the
+        contenders (round 1: a b c ..., round 2: a b c ...), so that each contender's
+        ratio to (a) is taken against the direct run of its own round, a minute or less
+        apart on a shared machine. Per run: MB/s, and the CPU seconds the contender and
+        the tenant spent on it (the figure that the machine's load distorts least)."""
         o = self.o
         size = human_size(o.size)
-        self.say(f"\n== {size} download and upload: curl, {o.transfer_runs} run(s) each, "
-                 "fresh processes per kind ==")
+        gib = o.size / (1 << 30)
+        self.say(f"\n== {size} download and upload: curl, {o.transfer_runs} interleaved "
+                 "round(s), fresh processes per kind ==")
         for upload in (False, True):
             kind = "upload" if upload else "download"
             for c in self.active():
-                def transfer(c: Contender = c, kind: str = kind, upload: bool = upload
-                             ) -> None:
-                    self.start(c)
-                    for i in range(o.transfer_runs):
+                self.guarded(c, f"{kind} start", functools.partial(self.start, c))
+            for i in range(o.transfer_runs):
+                line = []
+                for c in self.active():
+                    def transfer(c: Contender = c, kind: str = kind, upload: bool = upload,
+                                 i: int = i) -> None:
+                        cpu0, tenant0 = self.tree_cpu(c.proc), self.tree_cpu(self.tenant)
                         with self.others.watch(f"{kind} {i + 1} ({c.key})"):
-                            c.r.setdefault(kind, []).append(self.curl(c, upload))
-                    if c.proc is not None:
-                        c.r[f"{kind}_rss_mib"] = tree_peak_rss_kib(c.proc.pid) / 1024
-                self.guarded(c, kind, transfer)
+                            result = self.curl(c, upload)
+                        result["cpu_s_per_gib"] = (self.tree_cpu(c.proc) - cpu0) / gib
+                        result["tenant_cpu_s_per_gib"] = (
+                            self.tree_cpu(self.tenant) - tenant0) / gib
+                        c.r.setdefault(kind, []).append(result)
+                    self.guarded(c, kind, transfer)
+                    if c.active:
+                        line.append(f"({c.key}) {c.r[kind][-1]['mb_s']:.0f}")
+                self.say(f"  {kind} round {i + 1}/{o.transfer_runs}: " + "  ".join(line)
+                         + " MB/s")
+            for c in self.active():
+                if c.proc is not None:
+                    c.r[f"{kind}_rss_mib"] = tree_peak_rss_kib(c.proc.pid) / 1024
                 self.stop(c)
-                if c.active:
-                    speeds = " ".join(f"{t['mb_s']:.0f}" for t in c.r[kind])
-                    rss = c.r.get(f"{kind}_rss_mib")
-                    self.say(f"  ({c.key}) {kind}: {speeds} MB/s"
-                             + (f", peak RSS {rss:.1f} MiB" if rss is not None else ""))
+            a = self.contenders["a"]
+            for c in self.active():
+                runs = c.r.get(kind, [])
+                if not runs:
+                    continue
+                speeds = [t["mb_s"] for t in runs]
+                rss = c.r.get(f"{kind}_rss_mib")
+
+                def cpu(what: str, runs: list[dict[str, Any]] = runs) -> float:
+                    return float(statistics.median(t[what] for t in runs))
+
+                ratios = ""
+                if c.key != "a" and a.active and len(a.r.get(kind, [])) == len(runs):
+                    pairs = zip(runs, a.r[kind], strict=True)
+                    ratios = ", per round vs (a) " + " ".join(
+                        f"{t['mb_s'] / d['mb_s']:.2f}x" for t, d in pairs)
+                self.say(f"  ({c.key}) {kind}: {min(speeds):.0f}-{max(speeds):.0f} MB/s "
+                         f"(spread {(max(speeds) - min(speeds)) / max(speeds):.0%})"
+                         + ratios
+                         + ", CPU s/GiB: " + (f"own {cpu('cpu_s_per_gib'):.2f}, "
+                                              if c.launch is not None else "")
+                         + f"tenant {cpu('tenant_cpu_s_per_gib'):.2f}, "
+                         f"curl {cpu('curl_cpu_s_per_gib'):.2f}"
+                         + (f", peak RSS {rss:.1f} MiB" if rss is not None else ""))
+
+    def phase_idle(self) -> None:
+        """`--idle-connections` keep-alive connections, one request on each, then idle: the
+        peak RSS of fwproxy (e) and of the bare aiohttp floor (g, else d), what each held
+        before (after one request) and what a connection costs."""
+        o = self.o
+        n = o.idle_connections
+        if n <= 0:
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = n + 512  # the proxy's own fds besides: its upstream pool, logs, the loop
+        if soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+        if hard < need:
+            n = hard - 512
+            self.notes.append(f"idle connections: the fd limit ({hard}) allows {n}, "
+                              f"not {o.idle_connections}")
+        self.say(f"\n== {n} idle keep-alive connections: peak RSS ==")
+        floor = "g" if self.contenders["g"].active else "d"
+        for c in self.active():
+            if c.key not in ("e", floor):
+                continue
+
+            def idle(c: Contender = c) -> None:
+                self.start(c)
+                assert c.proc is not None
+                base = status_kib(c.proc.pid, "VmRSS")
+                client = subprocess.Popen(  # noqa: S603
+                    [PY, str(BENCH / "idle.py"), "--url", c.url + JSON_PATH,
+                     "--connections", str(n)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                try:
+                    assert client.stdout is not None
+                    line = client.stdout.readline()
+                    if not line:
+                        raise Failed(f"idle.py exited {client.wait(60)} before opening")
+                    opened = json.loads(line)
+                    if opened["failed"]:
+                        raise Failed(f"idle: {opened['failed']} of {n} connections failed "
+                                     f"({opened['first_error']})")
+                    peak = tree_peak_rss_kib(c.proc.pid)
+                finally:
+                    if client.stdin is not None:
+                        client.stdin.close()
+                    client.wait(60)
+                c.r["idle"] = {"connections": n, "base_mib": base / 1024,
+                               "peak_mib": peak / 1024,
+                               "kib_per_connection": (peak - base) / n,
+                               "open_seconds": opened["seconds"]}
+            self.guarded(c, "idle connections", idle)
+            self.stop(c)
+            if c.active and "idle" in c.r:
+                r = c.r["idle"]
+                self.say(f"  ({c.key}) {c.label}: {r['base_mib']:.1f} MiB after one request, "
+                         f"peak {r['peak_mib']:.1f} MiB with {n} idle "
+                         f"({r['kib_per_connection']:.2f} KiB a connection)")
 
     def phase_rtt(self) -> dict[str, Any] | None:
         o = self.o

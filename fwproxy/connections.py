@@ -11,6 +11,15 @@ begins in the same read as the end of the previous message is counted from the n
 read on, so a pipelined head can take one read (at most 256 KiB) more before its
 headers are refused, by `Guard`, which measures every parsed head exactly.
 
+An idle keep-alive connection keeps only what aiohttp needs to read the next request:
+aiohttp's connection loop holds on to the last request and response until the next
+request arrives, so `Connection` hands it a stand-in for the response and empties the
+request (`forget`): 1.6 KiB less per idle connection.
+
+``limits.client_idle_timeout`` closes a connection that waits for its next request, for
+the rest of a head, or for its first, on one timer for all (`IdleSweep`) where aiohttp
+arms one on every connection.
+
 `Connections` caps the open client connections at ``limits.max_connections``: a new one
 beyond it closes the connection that has been idle the longest (no request being
 handled: keep-alive, or a head that never finishes); when every connection is busy, the
@@ -21,21 +30,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from .answers import raw_error_response
 from .app import MAX_REQUEST_LINE
 from .config import LimitsConfig
+from .watchdog import Sweep
 
 log = logging.getLogger("fwproxy")
 
 _ENDS = (b"\r\n\r\n", b"\n\n")
 LINGER = 2.0  # seconds a refused connection is read (and dropped) before it is closed
+
+
+class _Answered:
+    """What aiohttp's connection loop (`RequestHandler.start`) keeps of an answered request
+    while it waits for the next one: whether to keep the connection alive."""
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+
+
+_KEEP_ALIVE, _CLOSE = _Answered(True), _Answered(False)
+
+
+def forget(request: BaseRequest) -> None:
+    """Drop what an answered request holds beyond its parsed head (its cached properties,
+    what handlers stored in it, the match info): aiohttp's connection loop keeps the request
+    object until the next request arrives, on every idle keep-alive connection."""
+    request._cache.clear()
+    if request._state:  # (a new dict: a clone shares its original's)
+        request._state = {}
+    if isinstance(request, web.Request):
+        request._match_info = None
 
 
 def head_end(carry: bytes, data: bytes) -> int:
@@ -46,13 +83,43 @@ def head_end(carry: bytes, data: bytes) -> int:
     return max(0, min(ends) - len(carry)) if ends else -1
 
 
+class _Messages(list):  # type: ignore[type-arg]
+    """The parsed requests waiting for the handler: aiohttp's ``deque`` costs 624 bytes even
+    empty, on every connection; this (a list, `popleft` all aiohttp asks more) 56, and a
+    queue holds one request, or a few pipelined ones (the handler takes them in order)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class _Swept:
+    """Stands where aiohttp keeps a connection's keep-alive timer (a loop timer on every
+    connection): `Connections` closes idle connections with one sweep for all of them."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        return None
+
+
+_SWEPT = _Swept()
+
+
 class Connection(RequestHandler):
     """aiohttp's server protocol, with the request head counted before it is parsed."""
 
-    __slots__ = ("_body", "_carry", "_head", "_refused")
+    __slots__ = ("_body", "_carry", "_head", "_refused", "idle_timeout")
 
-    def __init__(self, manager: Connections, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+    def __init__(self, manager: Connections, *, keepalive_timeout: float = 3630,
+                 **kwargs: Any) -> None:
+        # aiohttp would arm a timer for every connection (keepalive_timeout); the server's
+        # sweep closes idle ones instead (`IdleSweep`), after this connection's own timeout
+        super().__init__(manager, keepalive_timeout=0, **kwargs)
+        self.idle_timeout = keepalive_timeout
+        self._keepalive_handle = _SWEPT  # type: ignore[assignment]  # never a timer
+        self._messages = _Messages()  # type: ignore[assignment]
         self._head = 0  # bytes of the current request head received so far
         self._carry = b""  # its last 3 bytes: a blank line split across reads
         self._body: StreamReader | None = None  # a body being received: not counted
@@ -109,29 +176,72 @@ class Connection(RequestHandler):
             transport.write_eof()
         self._loop.call_later(LINGER, self.force_close)
 
-    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+    async def _handle_request(self, request: BaseRequest, *args: Any, **kwargs: Any) -> Any:
         manager = self._manager
         if isinstance(manager, Connections):
             manager.busy(self)
         try:
-            return await super()._handle_request(*args, **kwargs)
+            resp, reset = await super()._handle_request(request, *args, **kwargs)
         finally:
             if isinstance(manager, Connections):
                 manager.idle(self)
+        forget(request)
+        return (_KEEP_ALIVE if resp.keep_alive else _CLOSE), reset
+
+
+class IdleSweep(Sweep):
+    """``limits.client_idle_timeout`` for every connection, on one timer (aiohttp arms one
+    on each): a connection waiting for its next request (or for the rest of a head, or
+    for its first) longer than its timeout is closed, between that and a tick later. The
+    idle table is in the order connections went idle, so a sweep looks only at the few
+    that have waited longest. `timeout` is the shortest any open connection has (a reload
+    gives new connections a new one; open ones keep theirs)."""
+
+    def __init__(self, idle: OrderedDict[RequestHandler, float]) -> None:
+        self._idle = idle
+        super().__init__(math.inf)
+
+    def shorten(self, timeout: float) -> None:
+        if 0 < timeout < self.timeout:
+            self.configure(timeout)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None and self.timeout < math.inf:
+            self._arm(loop)
+
+    def _fire_late(self) -> bool:
+        if not self._idle:
+            return False
+        now = time.monotonic()
+        late = []
+        for handler, since in self._idle.items():
+            if now - since < self.timeout:
+                break  # every later one went idle later still
+            if (isinstance(handler, Connection) and now - since >= handler.idle_timeout > 0
+                    and handler._waiter is not None and not handler._waiter.done()):
+                late.append(handler)
+        for handler in late:
+            del self._idle[handler]
+            handler.force_close()
+        return True
 
 
 class Connections(web.Server):
-    """The server's connections: each a `Connection`, at most `max_connections` open."""
+    """The server's connections: each a `Connection`, at most `max_connections` open,
+    closed after ``limits.client_idle_timeout`` idle (`IdleSweep`)."""
 
     def __init__(self, *args: Any, limits: LimitsConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._idle: OrderedDict[RequestHandler, None] = OrderedDict()  # longest idle first
+        # longest idle first: each connection with the time it went idle
+        self._idle: OrderedDict[RequestHandler, float] = OrderedDict()
+        self.sweep = IdleSweep(self._idle)
         self.evicted = 0
         self.refused = 0
         self.configure(limits)
 
     def configure(self, limits: LimitsConfig) -> None:
         """Take up new limits (on start and on SIGHUP)."""
+        self.sweep.shorten(limits.client_idle_timeout)
         self.max_connections = limits.max_connections
         self.head_limit = (limits.max_header_bytes + MAX_REQUEST_LINE
                            if limits.max_header_bytes else 0)
@@ -150,7 +260,8 @@ class Connections(web.Server):
             handler.force_close()  # the 503 is sent, then the socket closed
             return  # not counted: connection_lost finds it in no table
         super().connection_made(handler, transport)
-        self._idle[handler] = None
+        self._idle[handler] = time.monotonic()
+        self.sweep.watch(self._loop)
 
     def _make_room(self) -> bool:
         """Close the longest-idle connection; False when none is idle."""
@@ -174,7 +285,12 @@ class Connections(web.Server):
 
     def idle(self, handler: RequestHandler) -> None:
         if handler in self._connections:
-            self._idle[handler] = None  # to the end: the most recently idle
+            self._idle[handler] = time.monotonic()  # to the end: the most recently idle
+            self.sweep.watch(self._loop)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        self.sweep.close()
+        await super().shutdown(timeout)
 
 
 class Runner(web.AppRunner):
