@@ -48,6 +48,7 @@ from . import __version__
 from .breaker import ALLOWED, Allowed, Breaker, is_failure
 from .budget import Lease, LocalBudget
 from .config import AuthConfig, TenantConfig
+from .direct import send_bodyless
 from .exceptions import TenantBusy, TenantUnavailable, TokenEndpointUnreachable, UpstreamError
 from .replay import BodyTee
 from .retry import (
@@ -251,6 +252,7 @@ class Sender:
     def __init__(self, session: aiohttp.ClientSession, watchdog: Watchdog) -> None:
         self._session = session
         self._watchdog = watchdog
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's, at the first send
 
     async def send_once(self, tenant: URL, out: Outgoing, token: Token | None, placement: str
                         ) -> aiohttp.ClientResponse:
@@ -280,11 +282,15 @@ class Sender:
 
         # with a body, its writer says when the tenant is the one being waited for
         with stall.timed(waiting=body is None, what=what) as attempt, map_upstream_errors():
+            if body is None:  # the usual case: the short way (direct.py)
+                loop = self._loop or asyncio.get_running_loop()
+                self._loop = loop
+                return await send_bodyless(self._session, loop, out.method, url, headers)
             return await self._session.request(
                 out.method,
                 url,
                 headers=headers,
-                data=body.chunks(stall, attempt) if body is not None else None,
+                data=body.chunks(stall, attempt),
                 allow_redirects=False,
             )
 

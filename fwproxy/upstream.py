@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import ssl
@@ -12,11 +11,11 @@ from types import TracebackType
 from urllib.parse import quote, unquote
 
 import aiohttp
-from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import TenantConfig
+from .direct import MAX_HEADER_LINE, READ_BUFSIZE, SKIP_AUTO_HEADERS, TenantRequest
 from .encodings import Echo
 from .exceptions import (
     UpstreamConnectError,
@@ -61,44 +60,6 @@ _LOCATIONS = frozenset({"location", "content-location"})
 # A Connection header naming only these (keep-alive, te, ...) adds nothing to drop: the
 # shared drop set serves, no per-request copy is built
 _DROPPED_ANYWAY = HOP_BY_HOP
-# aiohttp would add these on its own; a transparent proxy sends only what the client sent.
-MAX_HEADER_LINE = 64 * 1024
-SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-
-
-class TenantRequest(aiohttp.ClientRequest):
-    """aiohttp's request with its two per-request header passes done in C: the given headers
-    are taken whole after the Host (``extend``, not a Python loop of ``add``), and the skip
-    set is made into a multidict once, not sorted and rebuilt with a copy of the headers
-    every request. What goes on the wire is the same (tests/test_upstream.py compares)."""
-
-    def update_headers(self, headers: object) -> None:
-        if not isinstance(headers, CIMultiDict) or "Host" in headers:
-            return super().update_headers(headers)  # type: ignore[arg-type]
-        out: CIMultiDict[str] = CIMultiDict()
-        out["Host"] = self.url.host_port_subcomponent or ""
-        out.extend(headers)
-        self.headers = out
-
-    def update_auto_headers(self, skip_auto_headers: object) -> None:
-        if not isinstance(skip_auto_headers, frozenset) or not skip_auto_headers:
-            return super().update_auto_headers(skip_auto_headers)  # type: ignore[arg-type]
-        skip, added = _skips(skip_auto_headers)
-        self._skip_auto_headers = skip
-        headers = self.headers
-        for name, value in added:
-            if name not in headers:
-                headers[name] = value
-
-
-@functools.lru_cache(maxsize=4)
-def _skips(names: frozenset[str]) -> tuple[CIMultiDict[None], tuple[tuple[str, str], ...]]:
-    """The skip set as aiohttp keeps it, and the automatic headers it leaves."""
-    auto = [*aiohttp.ClientRequest.DEFAULT_HEADERS.items(), ("User-Agent", SERVER_SOFTWARE)]
-    skip: CIMultiDict[None] = CIMultiDict((name, None) for name in sorted(names))
-    return skip, tuple((name, value) for name, value in auto if name not in skip)
-
-
 def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
     """One pooled session for the whole process: keep-alive, no cookies, no decompression."""
     ssl_context: ssl.SSLContext | bool = True
@@ -117,7 +78,7 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         # tenant.read_timeout is kept by the proxy's watchdog (watchdog.py), on one timer
         timeout=aiohttp.ClientTimeout(total=None, connect=tenant.connect_timeout),
         skip_auto_headers=SKIP_AUTO_HEADERS,
-        read_bufsize=256 * 1024,
+        read_bufsize=READ_BUFSIZE,
         max_line_size=MAX_HEADER_LINE,  # tenants send long CSP, Link and Set-Cookie values
         max_field_size=MAX_HEADER_LINE,
         request_class=TenantRequest,

@@ -387,31 +387,3 @@ def test_the_previous_token_is_scrubbed_too() -> None:
 def test_response_reason(reason: str | None, expected: str | None) -> None:
     assert response_reason(reason, ECHO) == expected
 
-
-# --- the request aiohttp sends: TenantRequest takes its header passes in C -------------------
-
-@pytest.mark.parametrize("headers", [
-    CIMultiDict(),
-    CIMultiDict([("Accept", "text/html"), ("X-Dup", "1"), ("x-dup", "2"), ("Cookie", "a=b")]),
-    CIMultiDict([("User-Agent", "curl/8"), ("Content-Type", "application/json")]),
-    CIMultiDict([("Host", "other.example"), ("X-A", "1")]),  # a Host given replaces aiohttp's
-    {"Accept": "application/json", "User-Agent": "fwproxy/x"},  # verify_token's dict
-    None,
-])
-@pytest.mark.parametrize("skip", [upstream.SKIP_AUTO_HEADERS, frozenset({"Accept"}),
-                                  frozenset(), None])
-@pytest.mark.parametrize("data", [None, b"body"])
-async def test_tenant_request_sends_what_aiohttp_would(headers: Any, skip: Any, data: Any
-                                                       ) -> None:
-    from aiohttp import ClientRequest
-    from multidict import istr
-
-    def made(cls: type[ClientRequest]) -> ClientRequest:
-        skips = None if skip is None else frozenset(istr(name) for name in skip)
-        return cls("POST" if data else "GET", URL("https://tenant.example:8443/fotoweb/me"),
-                   headers=None if headers is None else headers.copy(), data=data,
-                   skip_auto_headers=skips)
-
-    plain, ours = made(ClientRequest), made(upstream.TenantRequest)
-    assert list(ours.headers.items()) == list(plain.headers.items())
-    assert list(ours.skip_auto_headers.items()) == list(plain.skip_auto_headers.items())
