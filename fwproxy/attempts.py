@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict
@@ -69,9 +69,10 @@ from .watchdog import Stall, Watchdog
 TOKEN_CLIENT = "token endpoint"  # the budget's name for fwproxy's own token requests
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """The request as it goes upstream, before the token is added."""
+class Outgoing(NamedTuple):
+    """The request as it goes upstream, before the token is added. (A tuple: one is made
+    for every request, and a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``.)"""
 
     method: str
     path: str
