@@ -134,8 +134,8 @@ def request_headers(
         [(name, value) for name, value in incoming.items()
          if name.lower() not in drop and "_" not in name]
     )
-    if not _underscores_logged and len(out) < len(incoming):
-        _dropped_underscores(incoming)
+    if not _underscores_logged and len(out) < len(incoming) and "_" in "".join(incoming):
+        _dropped_underscores(incoming)  # (Host is always dropped: the join says whether any)
     if trusted:
         previous = out.popall("X-Forwarded-For", None)
         if client_ip:
