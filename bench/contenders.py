@@ -12,6 +12,8 @@ import importlib.metadata
 import json
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,24 @@ LABELS = {
     "g": "bare aiohttp, uvloop",
     "e": "fwproxy",
     "f": "fwproxy workers=2",
+    "h": "fwproxy on asyncio",
+    "i": "fwproxy, local token",
+    "j": "fwproxy, max_in_flight",
+    "k": "fwproxy, no protection",
 }
+# Issue 17's variants of (e): the 1 KB GET only (no fixed rate, transfers or RTT scenario).
+# (h) is (e) on asyncio's loop, to compare with (d) on the same loop; (i) a client using a
+# local token (fwproxy's own token endpoint); (j) tenant.max_in_flight set (above wrk's
+# connections: the line's bookkeeping, never a wait); (k) nothing of the tenant's
+# protection configured (no budget, no retries, no breaker).
+VARIANTS: dict[str, dict[str, dict[str, str]]] = {
+    "h": {"listen": {"event_loop": "asyncio"}},
+    "i": {"local_tokens": {"enabled": "true"}},
+    "j": {"tenant": {"max_in_flight": "64"}},
+    "k": {"tenant": {"retries": "0", "breaker_failures": "0"}},
+}
+RPS_ONLY = frozenset(VARIANTS)
+LOCAL_TOKEN_CLIENT = "bench-tool"
 
 
 def _uvloop_version() -> str | None:
@@ -110,6 +129,18 @@ class Contender:
         if self.status == "ok":
             self.status, self.reason = "failed", why
             print(f"  ({self.key}) FAILED: {why}", flush=True)
+
+
+def local_token(base: str) -> str:
+    """A local token from fwproxy's own token endpoint (local tokens on, no API keys: any
+    client ID gets one)."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                   "client_id": LOCAL_TOKEN_CLIENT}).encode()
+    request = urllib.request.Request(base + "/fotoweb/oauth2/token", data=form, headers={  # noqa: S310
+        "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (loopback)
+        token: str = json.load(answer)["access_token"]
+    return token
 
 
 class Bench:
@@ -174,15 +205,19 @@ class Bench:
         def bare_uvloop(port: int) -> list[str]:
             return [*bare(port), "--uvloop"]
 
-        def fw(workers: int) -> Callable[[int], list[str]]:
+        def fw(workers: int, key: str = "") -> Callable[[int], list[str]]:
             def argv(port: int) -> list[str]:
-                conf = fwproxy_config(work, f"fwproxy-{port}", port, self.tenant_port, workers)
+                more = {section: dict(keys) for section, keys in VARIANTS.get(key, {}).items()}
+                if key == "i":  # the signing key lives next to the token store
+                    more["auth"] = {"token_store": f"{work}/state-{port}/token.json"}
+                conf = fwproxy_config(work, f"fwproxy-{port}", port, self.tenant_port, workers,
+                                      more)
                 return [FWPROXY, "run", "--config", str(conf)]
             return argv
 
         launchers: dict[str, Callable[[int], list[str]] | None] = {
             "a": None, "b": nginx_proxy, "c": mitm, "d": bare, "g": bare_uvloop, "e": fw(0),
-            "f": fw(2)}
+            "f": fw(2), **{key: fw(0, key) for key in VARIANTS}}
         for key, launch in launchers.items():
             c = Contender(key, LABELS[key], launch)
             self.contenders[key] = c
@@ -232,6 +267,10 @@ class Bench:
         c.url = f"http://127.0.0.1:{port}"
         seconds = wait_200(c.url + JSON_PATH, {}, None, self.procs, c.proc, started)
         c.r.setdefault("startup_s", []).append(seconds)
+        if c.key == "i":
+            c.headers = {"Authorization": f"Bearer {local_token(c.url)}"}
+            if get_status(c.url + JSON_PATH, c.headers, None) != 200:
+                raise Failed("the local token was not taken")
         return seconds
 
     def stop(self, c: Contender) -> None:
@@ -345,6 +384,9 @@ class Bench:
                              f"p50 {w['p50_ms']:.2f} ms  p99 {w['p99_ms']:.2f} ms")
         for run in range(o.runs):
             for c in self.active():
+                if c.key in RPS_ONLY:
+                    continue
+
                 def rate(c: Contender = c, run: int = run) -> None:
                     with self.others.watch(f"fixed rate {run + 1} ({c.key})"):
                         c.r.setdefault("fixed", []).append(self.fixed_rate(c))
@@ -354,7 +396,8 @@ class Bench:
                     self.say(f"  run {run + 1}/{o.runs} ({c.key}) at {o.rate:g}/s: "
                              f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  "
                              f"max {f['max_ms']:.2f} ms")
-        for key, name in (("e", "fwproxy"), ("d", "bare")):  # (d): what the floor spends
+        # (d): what the floor spends; (h): fwproxy on the floor's loop
+        for key, name in (("e", "fwproxy"), ("d", "bare"), ("h", "fwproxy-asyncio")):
             c = self.contenders[key]
             if o.profile and c.active:
                 self.guarded(c, "profile", functools.partial(self.profile, c, name))
@@ -403,6 +446,9 @@ class Bench:
         for upload in (False, True):
             kind = "upload" if upload else "download"
             for c in self.active():
+                if c.key in RPS_ONLY:
+                    continue
+
                 def transfer(c: Contender = c, kind: str = kind, upload: bool = upload
                              ) -> None:
                     self.start(c)
