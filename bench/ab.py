@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.contenders import Bench
+from bench.contenders import Bench, local_token
 from bench.parsing import parse_wrk, summarize_profile
 from bench.tenant import BENCH, JSON_PATH, PY, ROOT, free_port, wait_200
 
@@ -51,11 +51,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def profile(proc: subprocess.Popen[bytes], url: str, seconds: float, work: Path) -> None:
+def profile(proc: subprocess.Popen[bytes], url: str, seconds: float, work: Path,
+            headers: list[str]) -> None:
     """py-spy (200 Hz, --function) on `proc` under wrk; the top own and fwproxy rows."""
     raw = work / "profile.raw"
     load = subprocess.Popen(["wrk", "-t1", "-c50", f"-d{seconds + 3:g}s",  # noqa: S603, S607
-                             url + JSON_PATH], stdout=subprocess.DEVNULL)
+                             *headers, url + JSON_PATH], stdout=subprocess.DEVNULL)
     time.sleep(1)
     subprocess.run([str(BENCH / ".venv-tools" / "bin" / "py-spy"), "record",  # noqa: S603
                     "--pid", str(proc.pid), "--duration", str(round(seconds)), "--rate", "200",
@@ -82,6 +83,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--profile", metavar="NAME", help="then py-spy this contender under wrk")
+    p.add_argument("--local-token", action="append", default=[], metavar="NAME",
+                   help="this variant's client uses a local token (local_tokens.enabled)")
     o = p.parse_args()
     keys = [(item.partition("=")[0], item.partition("=")[2]) for item in o.set]
     work = Path(tempfile.mkdtemp(prefix="fwproxy-ab-"))
@@ -108,26 +111,31 @@ def main() -> int:
                               "--upstream", f"https://127.0.0.1:{bench.tenant_port}",
                               "--ca", str(work / "ca.crt")]
                              + (["--uvloop"] if o.loop == "uvloop" else []), "")
-        urls, procs = {}, {}
+        urls, procs, headers = {}, {}, {}
         for name, (argv, tree) in argvs.items():
             port = free_port()
             conf = work / f"{name}.yaml"
+            local = [("local_tokens.enabled", "true"),
+                     ("auth.token_store", f"{work}/state-{name}/token.json")]
             conf.write_text(fwproxy_yaml(port, bench.tenant_port, work, o.loop,
-                                         [*keys, *variants.get(name, [])]))
+                                         [*keys, *variants.get(name, []),
+                                          *(local if name in o.local_token else [])]))
             conf.chmod(0o600)
             bench.procs.cwd = Path(tree) if tree else ROOT
             proc = bench.procs.start(name, [a.format(conf=conf, port=port) for a in argv])
             procs[name] = proc
             urls[name] = f"http://127.0.0.1:{port}"
             wait_200(urls[name] + JSON_PATH, {}, None, bench.procs, proc, time.perf_counter())
+            if name in o.local_token:
+                headers[name] = ["-H", f"Authorization: Bearer {local_token(urls[name])}"]
         results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for rnd in range(o.rounds):
             order = list(urls.items())
             shift = rnd % len(order)  # each contender takes each place in the round in turn
             for name, url in order[shift:] + order[:shift]:
-                def wrk(seconds: float, url: str = url) -> str:
+                def wrk(seconds: float, url: str = url, name: str = name) -> str:
                     argv = ["wrk", "-t1", f"-c{o.connections}", f"-d{seconds:g}s", "--latency",
-                            url + JSON_PATH]
+                            *headers.get(name, []), url + JSON_PATH]
                     return subprocess.run(argv, capture_output=True,  # noqa: S603
                                           text=True).stdout
                 wrk(o.warmup)
@@ -164,7 +172,8 @@ def main() -> int:
                       f"{min(b for _, b in steps):.3f}-{max(b for _, b in steps):.3f})")
             previous = name
         if o.profile:
-            profile(procs[o.profile], urls[o.profile], o.duration, work)
+            profile(procs[o.profile], urls[o.profile], o.duration, work,
+                    headers.get(o.profile, []))
     finally:
         bench.procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
