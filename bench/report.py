@@ -129,6 +129,11 @@ def same_loop(s: dict[str, Any], mine: str, floor: str, loop: str) -> dict[str, 
     value = a["rps"] / b["rps"]
     ok = value >= 1.0 and a["p99_ms"] <= b["p99_ms"]
     shown = f"{value:.3f}x, p99 {a['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms"
+    each = [x["rps"] / y["rps"] for x, y in zip(a["runs"].get("wrk", []),
+                                                b["runs"].get("wrk", []), strict=False)
+            if x["rps"] and y["rps"]]
+    if len(each) > 1:
+        shown += f" (runs {min(each):.2f}-{max(each):.2f})"
     profile = a["profile_brief"] or s["e"]["profile_brief"]
     if not ok and profile:
         shown += f" | profile: {profile}"
@@ -194,6 +199,11 @@ def targets(summary: dict[str, Any], bursts: dict[str, Any] | None = None
                          "shown": why_missing(mine, plain)})
             continue
         shown = f"{value:.3f}x"
+        pairs = zip(s[mine]["runs"].get("wrk", []), s[plain]["runs"].get("wrk", []),
+                    strict=False)  # run by run (a round runs every contender in turn)
+        each = [a["rps"] / b["rps"] for a, b in pairs if a["rps"] and b["rps"]]
+        if len(each) > 1:
+            shown += f" (runs {min(each):.2f}-{max(each):.2f})"
         if value < 0.95 and s[mine]["profile_brief"]:
             shown += f" | profile of ({mine}): {s[mine]['profile_brief']}"
         rows.append({"target": name, "value": value, "shown": shown,
