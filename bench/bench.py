@@ -13,6 +13,8 @@ Contenders, all on that tenant:
   (a) direct to nginx with the token (the limit)  (b) nginx as a reverse proxy adding the
   header  (c) mitmproxy in reverse mode with a header addon  (d) bench/bare_proxy.py, the
   aiohttp floor  (e) fwproxy  (f) fwproxy with listen.workers: 2 (n/a if unsupported)
+  (g) the floor on uvloop; the 1 KB GET only: (h) fwproxy on asyncio, (i) with a local
+  token, (j) with tenant.max_in_flight, (k) with no budget, retries or breaker
 
 Figures: 1 KB GET req/s and p50/p99 (wrk, median of runs); p99 at a fixed rate
 (bench/fixed_rate.py) and what each adds over direct; MB/s and peak RSS (VmHWM, summed over
@@ -95,7 +97,7 @@ def settings(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rtt-ms", type=float, default=float(default("RTT_MS", "10", "10")),
                    help="delay each way in the RTT scenario")
     p.add_argument("--calls", type=int, default=int(default("CALLS", "200", "20")))
-    p.add_argument("--only", default=env("BENCH_ONLY", "abcdgef"), help="contenders, e.g. ade")
+    p.add_argument("--only", default=env("BENCH_ONLY", "abcdgefhijk"), help="contenders, e.g. ade")
     p.add_argument("--profile", type=int, default=int(default("PROFILE", "1", "0")))
     p.add_argument("--wait-idle", type=float, default=float(default("WAIT_IDLE", "600", "0")),
                    help="wait up to this many seconds for the CPUs to be under 20%% busy")
@@ -176,7 +178,7 @@ def main() -> int:
         bench.notes.append(
             f"other processes used {summary['others']['mean_cores']:.2f} cores on average "
             "while measuring: the figures are lower and noisier than on a quiet machine")
-    rows = None if opts.smoke else targets(summary)
+    rows = None if opts.smoke else targets(summary, bursts)
     text = table(meta, opts, summary, rows)
     if bursts is not None:
         text += "\n\n" + burst.table(bursts)

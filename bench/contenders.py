@@ -14,6 +14,8 @@ import resource
 import statistics
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,24 @@ LABELS = {
     "g": "bare aiohttp, uvloop",
     "e": "fwproxy",
     "f": "fwproxy workers=2",
+    "h": "fwproxy on asyncio",
+    "i": "fwproxy, local token",
+    "j": "fwproxy, max_in_flight",
+    "k": "fwproxy, no protection",
 }
+# Issue 17's variants of (e): the 1 KB GET only (no fixed rate, transfers or RTT scenario).
+# (h) is (e) on asyncio's loop, to compare with (d) on the same loop; (i) a client using a
+# local token (fwproxy's own token endpoint); (j) tenant.max_in_flight set (above wrk's
+# connections: the line's bookkeeping, never a wait); (k) nothing of the tenant's
+# protection configured (no budget, no retries, no breaker).
+VARIANTS: dict[str, dict[str, dict[str, str]]] = {
+    "h": {"listen": {"event_loop": "asyncio"}},
+    "i": {"local_tokens": {"enabled": "true"}},
+    "j": {"tenant": {"max_in_flight": "64"}},
+    "k": {"tenant": {"retries": "0", "breaker_failures": "0"}},
+}
+RPS_ONLY = frozenset(VARIANTS)
+LOCAL_TOKEN_CLIENT = "bench-tool"
 
 
 def _uvloop_version() -> str | None:
@@ -119,6 +138,18 @@ class Contender:
         if self.status == "ok":
             self.status, self.reason = "failed", why
             print(f"  ({self.key}) FAILED: {why}", flush=True)
+
+
+def local_token(base: str) -> str:
+    """A local token from fwproxy's own token endpoint (local tokens on, no API keys: any
+    client ID gets one)."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                   "client_id": LOCAL_TOKEN_CLIENT}).encode()
+    request = urllib.request.Request(base + "/fotoweb/oauth2/token", data=form, headers={  # noqa: S310
+        "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (loopback)
+        token: str = json.load(answer)["access_token"]
+    return token
 
 
 class Bench:
@@ -183,15 +214,19 @@ class Bench:
         def bare_uvloop(port: int) -> list[str]:
             return [*bare(port), "--uvloop"]
 
-        def fw(workers: int) -> Callable[[int], list[str]]:
+        def fw(workers: int, key: str = "") -> Callable[[int], list[str]]:
             def argv(port: int) -> list[str]:
-                conf = fwproxy_config(work, f"fwproxy-{port}", port, self.tenant_port, workers)
+                more = {section: dict(keys) for section, keys in VARIANTS.get(key, {}).items()}
+                if key == "i":  # the signing key lives next to the token store
+                    more["auth"] = {"token_store": f"{work}/state-{port}/token.json"}
+                conf = fwproxy_config(work, f"fwproxy-{port}", port, self.tenant_port, workers,
+                                      more)
                 return [FWPROXY, "run", "--config", str(conf)]
             return argv
 
         launchers: dict[str, Callable[[int], list[str]] | None] = {
             "a": None, "b": nginx_proxy, "c": mitm, "d": bare, "g": bare_uvloop, "e": fw(0),
-            "f": fw(2)}
+            "f": fw(2), **{key: fw(0, key) for key in VARIANTS}}
         for key, launch in launchers.items():
             c = Contender(key, LABELS[key], launch)
             self.contenders[key] = c
@@ -241,6 +276,10 @@ class Bench:
         c.url = f"http://127.0.0.1:{port}"
         seconds = wait_200(c.url + JSON_PATH, {}, None, self.procs, c.proc, started)
         c.r.setdefault("startup_s", []).append(seconds)
+        if c.key == "i":
+            c.headers = {"Authorization": f"Bearer {local_token(c.url)}"}
+            if get_status(c.url + JSON_PATH, c.headers, None) != 200:
+                raise Failed("the local token was not taken")
         return seconds
 
     def stop(self, c: Contender) -> None:
@@ -249,6 +288,10 @@ class Bench:
 
     def active(self) -> list[Contender]:
         return [c for c in self.contenders.values() if c.active]
+
+    def movers(self) -> list[Contender]:
+        """The active contenders that take part in the transfers (not the rps variants)."""
+        return [c for c in self.active() if c.key not in RPS_ONLY]
 
     def guarded(self, c: Contender, what: str, action: Callable[[], object]) -> None:
         try:
@@ -360,6 +403,9 @@ class Bench:
                              f"p50 {w['p50_ms']:.2f} ms  p99 {w['p99_ms']:.2f} ms")
         for run in range(o.runs):
             for c in self.active():
+                if c.key in RPS_ONLY:
+                    continue
+
                 def rate(c: Contender = c, run: int = run) -> None:
                     with self.others.watch(f"fixed rate {run + 1} ({c.key})"):
                         c.r.setdefault("fixed", []).append(self.fixed_rate(c))
@@ -369,7 +415,15 @@ class Bench:
                     self.say(f"  run {run + 1}/{o.runs} ({c.key}) at {o.rate:g}/s: "
                              f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  "
                              f"max {f['max_ms']:.2f} ms")
-        for key, name in (("e", "fwproxy"), ("d", "bare")):  # (d): what the floor spends
+        # (d): what the floor spends; (h): fwproxy on the floor's loop
+        profiled = [("e", "fwproxy"), ("d", "bare"), ("h", "fwproxy-asyncio")]
+        plain = self.contenders["e"].r.get("wrk", [])
+        for key in ("i", "j"):  # a variant that missed its target: where its time went
+            runs = self.contenders[key].r.get("wrk", [])
+            if plain and runs and (statistics.median(r["rps"] for r in runs)
+                                   < 0.95 * statistics.median(r["rps"] for r in plain)):
+                profiled.append((key, f"fwproxy-{key}"))
+        for key, name in profiled:
             c = self.contenders[key]
             if o.profile and c.active:
                 self.guarded(c, "profile", functools.partial(self.profile, c, name))
@@ -389,8 +443,10 @@ class Bench:
         # wrk runs 2 s longer than py-spy, which starts 1 s in: the samples are steady state
         # (no connection set-up, no cancelled requests as wrk stops)
         argv = ["wrk", f"-t{self.o.threads}", f"-c{self.o.connections}", f"-d{duration + 2}s",
-                "--latency", c.url + JSON_PATH]
-        load = self.procs.start("wrk-profile", argv)
+                "--latency"]
+        for header, value in c.headers.items():  # (i)'s local token
+            argv += ["-H", f"{header}: {value}"]
+        load = self.procs.start("wrk-profile", [*argv, c.url + JSON_PATH])
         time.sleep(1)
         try:
             subprocess.run([  # noqa: S603
@@ -431,11 +487,11 @@ class Bench:
                  "round(s), fresh processes per kind ==")
         for upload in (False, True):
             kind = "upload" if upload else "download"
-            for c in self.active():
+            for c in self.movers():
                 self.guarded(c, f"{kind} start", functools.partial(self.start, c))
             for i in range(o.transfer_runs):
                 line = []
-                for c in self.active():
+                for c in self.movers():
                     def transfer(c: Contender = c, kind: str = kind, upload: bool = upload,
                                  i: int = i) -> None:
                         cpu0, tenant0 = self.tree_cpu(c.proc), self.tree_cpu(self.tenant)
@@ -450,12 +506,12 @@ class Bench:
                         line.append(f"({c.key}) {c.r[kind][-1]['mb_s']:.0f}")
                 self.say(f"  {kind} round {i + 1}/{o.transfer_runs}: " + "  ".join(line)
                          + " MB/s")
-            for c in self.active():
+            for c in self.movers():
                 if c.proc is not None:
                     c.r[f"{kind}_rss_mib"] = tree_peak_rss_kib(c.proc.pid) / 1024
                 self.stop(c)
             a = self.contenders["a"]
-            for c in self.active():
+            for c in self.movers():
                 runs = c.r.get(kind, [])
                 if not runs:
                     continue

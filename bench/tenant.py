@@ -232,16 +232,20 @@ def nginx_argv(work: Path, conf: Path) -> list[str]:
     return ["nginx", "-p", str(work), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
 
 
-def fwproxy_config(work: Path, name: str, port: int, tenant_port: int, workers: int = 0
-                   ) -> Path:
-    listen = f"  host: 127.0.0.1\n  port: {port}\n"
+def fwproxy_config(work: Path, name: str, port: int, tenant_port: int, workers: int = 0,
+                   more: dict[str, dict[str, str]] | None = None) -> Path:
+    """fwproxy's config for the bench; `more`: further keys by section (the variants)."""
+    sections: dict[str, dict[str, str]] = {
+        "listen": {"host": "127.0.0.1", "port": str(port)},
+        "tenant": {"url": f"https://127.0.0.1:{tenant_port}", "ca_file": f"{work}/ca.crt"},
+        "auth": {"client_id": "bench", "client_secret": "bench-secret"},
+    }
     if workers:
-        listen += f"  workers: {workers}\n"
+        sections["listen"]["workers"] = str(workers)
+    for section, keys in (more or {}).items():
+        sections.setdefault(section, {}).update(keys)
     path = work / f"{name}.yaml"
-    path.write_text(
-        f"listen:\n{listen}"
-        f"tenant:\n  url: https://127.0.0.1:{tenant_port}\n  ca_file: {work}/ca.crt\n"
-        "auth:\n  client_id: bench\n  client_secret: bench-secret\n")
+    path.write_text("".join(f"{section}:\n" + "".join(f"  {k}: {v}\n" for k, v in keys.items())
+                            for section, keys in sections.items()))
     path.chmod(0o600)  # fwproxy refuses an inline secret in a file others may read
     return path
-

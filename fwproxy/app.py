@@ -129,6 +129,27 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
+def dispatcher(app: web.Application) -> Handler:
+    """The server's handler (connections.py `Runner`): a request the router could only give
+    to the proxy goes to it straight, without resolving a route, freezing a match and
+    running the middleware (and `get_event_loop`, a system call on 3.11) on the way. That
+    is a path (`rel_url.path_safe`, what the router matches) outside the status prefix, with
+    no ``Expect`` (whose 100-continue is the route's business), from a method the router
+    takes; anything else goes through the application as before. The routes are
+    `create_app`'s, so the prefix is the one the app was made with (a reload keeps it)."""
+    handle = app._handle
+    prefix = app[SETTINGS].status.prefix
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        proxy = app.get(PROXY)
+        if (proxy is None or request.method == "CONNECT" or "Expect" in request.headers
+                or request.raw_path[:1] != "/" or request.rel_url.path_safe.startswith(prefix)):
+            return await handle(request)
+        return await proxy.handle(request)
+
+    return dispatch
+
+
 @web.middleware
 async def _unrouted_to_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Targets that are not a path (``CONNECT host:443``, ``OPTIONS *``, ``GET http://h``)

@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict
@@ -48,6 +48,7 @@ from . import __version__
 from .breaker import ALLOWED, Allowed, Breaker, is_failure
 from .budget import Lease, LocalBudget
 from .config import AuthConfig, TenantConfig
+from .direct import send_bodyless
 from .exceptions import TenantBusy, TenantUnavailable, TokenEndpointUnreachable, UpstreamError
 from .replay import BodyTee
 from .retry import (
@@ -68,9 +69,10 @@ from .watchdog import Stall, Watchdog
 TOKEN_CLIENT = "token endpoint"  # the budget's name for fwproxy's own token requests
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """The request as it goes upstream, before the token is added."""
+class Outgoing(NamedTuple):
+    """The request as it goes upstream, before the token is added. (A tuple: one is made
+    for every request, and a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``.)"""
 
     method: str
     path: str
@@ -253,6 +255,7 @@ class Sender:
     def __init__(self, session: aiohttp.ClientSession, watchdog: Watchdog) -> None:
         self._session = session
         self._watchdog = watchdog
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's, at the first send
 
     async def send_once(self, tenant: URL, out: Outgoing, token: Token | None, placement: str
                         ) -> aiohttp.ClientResponse:
@@ -282,11 +285,15 @@ class Sender:
 
         # with a body, its writer says when the tenant is the one being waited for
         with stall.timed(waiting=body is None, what=what) as attempt, map_upstream_errors():
+            if body is None:  # the usual case: the short way (direct.py)
+                loop = self._loop or asyncio.get_running_loop()
+                self._loop = loop
+                return await send_bodyless(self._session, loop, out.method, url, headers)
             return await self._session.request(
                 out.method,
                 url,
                 headers=headers,
-                data=body.chunks(stall, attempt) if body is not None else None,
+                data=body.chunks(stall, attempt),
                 allow_redirects=False,
             )
 

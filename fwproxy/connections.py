@@ -41,7 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .answers import raw_error_response
-from .app import MAX_REQUEST_LINE
+from .app import MAX_REQUEST_LINE, dispatcher
 from .config import LimitsConfig
 from .watchdog import Sweep
 
@@ -294,7 +294,7 @@ class Connections(web.Server):
 
 
 class Runner(web.AppRunner):
-    """An `AppRunner` whose server is `Connections`."""
+    """An `AppRunner` whose server is `Connections`, its handler `app.dispatcher`."""
 
     def __init__(self, app: web.Application, limits: LimitsConfig, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -302,7 +302,7 @@ class Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return Connections(plain.request_handler, request_factory=plain.request_factory,
+        return Connections(dispatcher(self.app), request_factory=plain.request_factory,
                            handler_cancellation=plain.handler_cancellation,
                            loop=plain._loop, limits=self._limits, **plain._kwargs)
 

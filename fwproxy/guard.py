@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple
 
 from aiohttp import HttpVersion10, HttpVersion11, http_parser, web, web_protocol
@@ -382,6 +383,7 @@ def header_bytes(request: web.Request) -> int:
 _FRAMING = ("Content-Length", "Transfer-Encoding")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _BAD_NAME = re.compile(rb"[\r\n\x00 \t]")
+_NAME, _VALUE = itemgetter(0), itemgetter(1)
 HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 # The methods llhttp (aiohttp's C parser) accepts in an HTTP request; the pure-Python parser
 # takes any token. Anything else is refused, whichever parser is in use.
@@ -410,11 +412,15 @@ def smuggling_shape(request: web.Request) -> str | None:
     if not request.raw_path.isascii():
         return "raw bytes 0x80-0xFF in the request target (percent-encode them)"
     headers = request.headers
-    for name, value in request.raw_headers:
-        if _BAD_VALUE.search(value) or _BAD_NAME.search(name):
-            return "CR, LF or NUL in a header"
-        if not value.isascii() and not _utf8(value):  # the C parser drops such bytes
-            return "a header value that is not UTF-8"
+    raw = request.raw_headers
+    values = b"".join(map(_VALUE, raw))  # one search of all: the usual request is clean
+    if _BAD_VALUE.search(values) or _BAD_NAME.search(b"".join(map(_NAME, raw))) or (
+            not values.isascii()):
+        for name, value in raw:  # which header, and so which reason, comes first
+            if _BAD_VALUE.search(value) or _BAD_NAME.search(name):
+                return "CR, LF or NUL in a header"
+            if not value.isascii() and not _utf8(value):  # the C parser drops such bytes
+                return "a header value that is not UTF-8"
     if _FRAMING[0] not in headers and _FRAMING[1] not in headers:
         return None
     lengths = headers.getall("Content-Length", [])

@@ -56,7 +56,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -222,6 +222,23 @@ def verify(keys: SigningKeys, token: str, now: float,
            lookup: Callable[[str], Holder | None]) -> Claims | Refused:
     """The claims of a token this proxy issued and that still holds, or why it does not.
     `lookup(name)` is the live key store: the holder named so now, or None."""
+    vouched = signed(keys, token)
+    return vouched if isinstance(vouched, Refused) else holds(vouched, now, lookup)
+
+
+class Signed(NamedTuple):
+    """What a token's signature vouches for: the same for the same keys and token at any
+    time, so a verifier may keep it (tokengate.py `Gate`) and ask only `holds` again."""
+
+    name: str
+    issued: int
+    expires: int
+    kid: int
+    bound: bytes
+
+
+def signed(keys: SigningKeys, token: str) -> Signed | Refused:
+    """`verify`'s first part: the shape, the signature, and what only a bad issue breaks."""
     if len(token) > MAX_TOKEN:
         return Refused("malformed")
     shape = _SHAPE.fullmatch(token)
@@ -241,14 +258,20 @@ def verify(keys: SigningKeys, token: str, now: float,
     if (length != len(name) or not _NAME.fullmatch(name)
             or not issued < expires <= issued + MAX_LIFETIME):
         return Refused("malformed")
-    if now >= expires:
+    return Signed(name.decode("ascii"), issued, expires, kid, bound)
+
+
+def holds(vouched: Signed, now: float, lookup: Callable[[str], Holder | None]
+          ) -> Claims | Refused:
+    """`verify`'s second part: the time and the live key store, asked every time."""
+    if now >= vouched.expires:
         return Refused("expired")
-    if issued > now + MAX_SKEW:
+    if vouched.issued > now + MAX_SKEW:
         return Refused("not_yet_valid")
-    holder = lookup(name.decode("ascii"))
-    if holder is None or not hmac.compare_digest(holder.fingerprint, bound):
+    holder = lookup(vouched.name)
+    if holder is None or not hmac.compare_digest(holder.fingerprint, vouched.bound):
         return Refused("revoked")
-    return Claims(holder, issued, expires, kid)
+    return Claims(holder, vouched.issued, vouched.expires, vouched.kid)
 
 
 # -- the signing key of a fleet ---------------------------------------------------------------

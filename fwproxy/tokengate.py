@@ -34,12 +34,14 @@ from .localtokens import (
     PREFIX,
     Holder,
     Refused,
+    Signed,
     SigningKeys,
     StaticKeys,
     derived_signing_keys,
     file_signing_keys,
+    holds,
     issue,
-    verify,
+    signed,
 )
 from .tokenendpoint import (
     MAX_BODY,
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 REFUSALS = ("malformed", "bad_signature", "expired", "not_yet_valid", "revoked",
             "invalid_request", "invalid_client", "unsupported_grant_type")
 QUERY_NAME = "access_token"
+MEMO_SIZE = 1024  # tokens whose signature check a gate keeps
 
 
 def fleet_signing_keys(settings: Settings) -> StaticKeys | None:
@@ -110,6 +113,7 @@ class Gate:
         self._lifetime = lifetime
         self._keys = keys
         self.counts = counts
+        self._vouched: dict[str, Signed] = {}  # token: what its signature vouches for
 
     def _holder(self, name: str) -> Holder | None:
         if self._keys is None:
@@ -118,8 +122,18 @@ class Gate:
         return None if key is None else Holder.of_key(key)
 
     def check(self, token: str) -> Claims | web.Response:
-        """The claims of a local token, or fwproxy's 401 invalid_token."""
-        verdict = verify(self._signing, token, time.time(), self._holder)
+        """The claims of a local token, or fwproxy's 401 invalid_token. What the signature
+        vouches for is kept for the tokens seen (the gate's keys are read once: a reload
+        makes a new gate); the time and the live key store are asked every time."""
+        vouched: Signed | Refused | None = self._vouched.get(token)
+        if vouched is None:
+            vouched = signed(self._signing, token)
+            if isinstance(vouched, Signed):  # (only this proxy can make one: no flood)
+                if len(self._vouched) >= MEMO_SIZE:
+                    self._vouched.clear()
+                self._vouched[token] = vouched
+        verdict = vouched if isinstance(vouched, Refused) else holds(
+            vouched, time.time(), self._holder)
         if isinstance(verdict, Refused):
             self.counts.refuse(verdict.reason)
             return _response(invalid_token_response(verdict))

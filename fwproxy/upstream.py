@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import TenantConfig
+from .direct import MAX_HEADER_LINE, READ_BUFSIZE, SKIP_AUTO_HEADERS, TenantRequest
 from .encodings import Echo
 from .exceptions import (
     UpstreamConnectError,
@@ -59,11 +60,6 @@ _LOCATIONS = frozenset({"location", "content-location"})
 # A Connection header naming only these (keep-alive, te, ...) adds nothing to drop: the
 # shared drop set serves, no per-request copy is built
 _DROPPED_ANYWAY = HOP_BY_HOP
-# aiohttp would add these on its own; a transparent proxy sends only what the client sent.
-MAX_HEADER_LINE = 64 * 1024
-SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-
-
 def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
     """One pooled session for the whole process: keep-alive, no cookies, no decompression."""
     ssl_context: ssl.SSLContext | bool = True
@@ -82,9 +78,10 @@ def create_session(tenant: TenantConfig) -> aiohttp.ClientSession:
         # tenant.read_timeout is kept by the proxy's watchdog (watchdog.py), on one timer
         timeout=aiohttp.ClientTimeout(total=None, connect=tenant.connect_timeout),
         skip_auto_headers=SKIP_AUTO_HEADERS,
-        read_bufsize=256 * 1024,
+        read_bufsize=READ_BUFSIZE,
         max_line_size=MAX_HEADER_LINE,  # tenants send long CSP, Link and Set-Cookie values
         max_field_size=MAX_HEADER_LINE,
+        request_class=TenantRequest,
     )
     # aiohttp sends an idempotent request once more, silently, when a reused connection
     # breaks (client.py, ClientSession._request: `retry_persistent_connection`); fwproxy's
@@ -137,8 +134,8 @@ def request_headers(
         [(name, value) for name, value in incoming.items()
          if name.lower() not in drop and "_" not in name]
     )
-    if not _underscores_logged and len(out) < len(incoming):
-        _dropped_underscores(incoming)
+    if not _underscores_logged and len(out) < len(incoming) and "_" in "".join(incoming):
+        _dropped_underscores(incoming)  # (Host is always dropped: the join says whether any)
     if trusted:
         previous = out.popall("X-Forwarded-For", None)
         if client_ip:

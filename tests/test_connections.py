@@ -533,3 +533,56 @@ async def test_idle_connections_are_closed_by_one_sweep_not_a_timer_each() -> No
             writer.close()
     finally:
         await runner.cleanup()
+
+
+# --- the dispatcher: the proxy's requests straight to it, the rest through the app --------------
+
+DISPATCHED = [
+    b"GET /fotoweb/me HTTP/1.1\r\nHost: localhost\r\n\r\n",  # straight to the proxy
+    b"GET /fotoweb/me?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /_fwproxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n",  # status routes: the app
+    b"GET /%5Ffwproxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n",  # as the router decodes it
+    b"GET /_fwproxy HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /_fwproxy/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n",  # no route: the proxy's
+    b"GET //_fwproxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /fotoweb/../_fwproxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n",  # not a path: the middleware's
+    b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n",
+    b"GET http://localhost/fotoweb/me HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"TRACE /fotoweb/me HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"POST /fotoweb/me HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"  # the route's
+    b"Content-Length: 2\r\n\r\n{}",
+]
+
+
+@pytest.mark.parametrize("request_bytes", DISPATCHED)
+async def test_the_dispatcher_answers_as_the_application_does(
+        serve: Serve, make_tenant: TenantFactory, request_bytes: bytes) -> None:
+    """`Runner` (`fwproxy run`) hands the server `app.dispatcher`; aiohttp's own runner
+    the application's router and middleware: every kind of target gets the same answer."""
+    settings = proxy_settings(await make_tenant())
+    plain = web.AppRunner(create_app(settings))
+    await plain.setup()
+    try:
+        site = web.TCPSite(plain, "127.0.0.1", 0)
+        await site.start()
+        ours = await serve()
+        server = ours.runner.server
+        assert server is not None
+        assert server.request_handler.__name__ == "dispatch"
+        answers = []
+        for port in (ours.port, plain.addresses[0][1]):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request_bytes[:-2] if b"Expect" in request_bytes else request_bytes)
+            if b"Expect" in request_bytes:  # the body after the interim answer
+                interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert interim.startswith(b"HTTP/1.1 100 Continue")
+                writer.write(b"{}")
+            status, _, body = await response(reader)
+            writer.close()
+            if body.startswith(b"<!doctype html>"):  # the status page: its figures move
+                body = body[:body.index(b"</title>")]
+            answers.append((status, body))
+    finally:
+        await plain.cleanup()
+    assert answers[0] == answers[1]

@@ -764,3 +764,22 @@ def test_request_line_shapes_for_any_parser(
                                   version=version)
     answer = smuggling_shape(request)
     assert answer is None if why is None else why in (answer or "")
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ([(b"X-A", b"caf\xe9"), (b"X B", b"1")], "not UTF-8"),  # the first header's fault counts
+    ([(b"X B", b"1"), (b"X-A", b"caf\xe9")], "CR, LF or NUL"),
+    ([(b"X-A", b"ok"), (b"X-B", b"a\x00b")], "CR, LF or NUL"),
+    ([(b"X-A", b"ok"), (b"X-B\t", b"v")], "CR, LF or NUL"),
+    ([(b"X-A", b"a\rb")], "CR, LF or NUL"),
+    ([(b"X-A", b"caf\xc3\xa9"), (b"X-B", b"a b\tc")], None),  # UTF-8, inner space and tab
+    ([], None),
+])
+def test_header_bytes_are_judged_header_by_header(raw: list[tuple[bytes, bytes]],
+                                                  why: str | None) -> None:
+    """The headers are searched joined first (the usual request is clean); any doubt is
+    then settled header by header, in order, so the reason is the first header's."""
+    request = make_mocked_request("GET", "/x")
+    request._message = request._message._replace(raw_headers=tuple(raw))
+    answer = smuggling_shape(request)
+    assert answer is None if why is None else why in (answer or "")

@@ -519,3 +519,65 @@ async def test_paths_beside_the_token_and_authorize_paths_never_get_fwproxys_tok
     seen = tenant_state.seen[-1]
     assert seen.path_qs == path
     assert "authorization" not in seen.headers
+
+
+# --- the gate keeps what a signature vouches for, and asks the time and the keys again --------
+
+class LiveKeys:
+    """A key store whose keys the test changes (KeyStore's by_name, nothing else)."""
+
+    def __init__(self, *keys: keys_module.ApiKey) -> None:
+        self.keys = {key.name: key for key in keys}
+
+    def by_name(self, name: str) -> keys_module.ApiKey | None:
+        return self.keys.get(name)
+
+
+def gate_with(tmp_path: Path, live: LiveKeys | None = None) -> Any:
+    from fwproxy.tokengate import Counts, Gate
+
+    return Gate(tmp_path / "local-tokens.key", 60, live, Counts())  # type: ignore[arg-type]
+
+
+def test_a_token_seen_before_is_revoked_with_its_key(tmp_path: Path) -> None:
+    robot = keys_module.ApiKey("robot", keys_module.digest("fwp_robot-key"))
+    live = LiveKeys(robot)
+    gate = gate_with(tmp_path, live)
+    token = issue(file_signing_keys(tmp_path / "local-tokens.key").current(),
+                  Holder.of_key(robot), time.time(), 60)
+    assert not isinstance(gate.check(token), web.Response)
+    assert not isinstance(gate.check(token), web.Response)  # (the second from the memo)
+    del live.keys["robot"]
+    refused = gate.check(token)
+    assert isinstance(refused, web.Response)
+    assert refused.status == 401
+    assert gate.counts.refused["revoked"] == 1
+
+
+def test_a_token_seen_before_expires_on_time(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = gate_with(tmp_path)
+    now = time.time()
+    token = issue(file_signing_keys(tmp_path / "local-tokens.key").current(),
+                  Holder.open("robot"), now, 60)
+    assert not isinstance(gate.check(token), web.Response)
+    monkeypatch.setattr(time, "time", lambda: now + 61)
+    assert isinstance(gate.check(token), web.Response)
+    assert gate.counts.refused["expired"] == 1
+
+
+def test_a_forged_token_is_refused_every_time_and_not_kept(tmp_path: Path) -> None:
+    from fwproxy.tokengate import MEMO_SIZE
+
+    gate = gate_with(tmp_path)
+    token = issue(file_signing_keys(tmp_path / "local-tokens.key").current(),
+                  Holder.open("robot"), time.time(), 60)
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for _ in range(3):
+        assert isinstance(gate.check(forged), web.Response)
+    assert gate.counts.refused["bad_signature"] == 3
+    signing = file_signing_keys(tmp_path / "local-tokens.key").current()
+    for n in range(MEMO_SIZE + 5):  # the memo stays bounded
+        assert not isinstance(gate.check(issue(signing, Holder.open(f"c{n}"), time.time(), 60)),
+                              web.Response)
+    assert len(gate._vouched) <= MEMO_SIZE

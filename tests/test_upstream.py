@@ -386,3 +386,4 @@ def test_the_previous_token_is_scrubbed_too() -> None:
 )
 def test_response_reason(reason: str | None, expected: str | None) -> None:
     assert response_reason(reason, ECHO) == expected
+
