@@ -138,7 +138,10 @@ def dispatcher(app: web.Application) -> Handler:
     takes; anything else goes through the application as before. The routes are
     `create_app`'s, so the prefix is the one the app was made with (a reload keeps it)."""
     handle = app._handle
-    prefix = app[SETTINGS].status.prefix
+    settings = app.get(SETTINGS)
+    if settings is None:  # not fwproxy's application: its own routing throughout
+        return handle
+    prefix = settings.status.prefix
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         proxy = app.get(PROXY)
