@@ -10,8 +10,10 @@ user, lifetime: a `store.StoredSession`) in Redis, as the sealed, versioned reco
 happens under that lock. `FleetSessions` is the `store.SessionStore` that
 `oauth.RefreshTokenGrant` refreshes through::
 
-    hold:  acquire the fleet lock (wait up to store.LOCK_TIMEOUT; its lease is extended
-           while held, since a token request may outlast state.lease_time)
+    hold:  write back what this instance holds if Redis lost it (`write_back`: Redis may
+           restart empty between two PINGs, unseen), then acquire the fleet lock (wait up
+           to store.LOCK_TIMEOUT; its lease is extended while held, since a token request
+           may outlast state.lease_time)
     load:  read the record: another instance may have refreshed while we waited; the
            grant uses its access token if usable and not the one we already handed out
     save:  put_locked the rotated session at the lock's fence, BEFORE the grant hands out
@@ -101,6 +103,11 @@ class FleetSessions:
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[SessionHold]:
+        # Redis may have restarted empty without this instance seeing it DOWN (faster than
+        # a PING, redis-py reconnecting quietly): no recovery write-back ran. So put back
+        # what we hold first (newest wins; a no-op when Redis has it or newer), and before
+        # the lock, so the fence we get is above the version written back.
+        await self.write_back()
         async with self.lock.holding(LOCK_TIMEOUT) as held:
             yield _Holding(self, _or_busy(held))
 

@@ -446,3 +446,26 @@ async def test_a_refresh_that_lost_the_lock_keeps_its_rotation_unless_something_
     stored = await two.record()
     assert stored is not None
     assert stored.refresh_token == "login-2"
+
+
+async def test_redis_restarted_empty_between_two_probes_loses_no_session(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    fleet: Callable[[int], Fleet],
+) -> None:
+    """Redis restarted without persistence faster than the watcher's PING (redis-py's one
+    quiet retry reconnects): nobody saw it DOWN, so no recovery write-back ran. The next
+    refresh still finds the session: the instance puts back what it holds before taking
+    the lock (newest wins), instead of the fleet losing its user ("no stored session")."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)  # no watcher (never started): the restart goes unseen
+    grant = one.grants[0]
+    await grant.fetch()  # refresh 1: this instance holds the rotated session
+    redis_server.stop()
+    redis_server.start()  # back, empty, between two PINGs
+    assert one.states[0].up is True
+    assert one.states[0].recoveries == 0
+    await grant.fetch()  # refresh 2, with the rotated refresh token: no login required
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok", "ok"]
+    stored = await one.record()
+    assert stored is not None
+    assert stored.refresh_token in tenant_state.refresh_tokens
