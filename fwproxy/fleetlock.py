@@ -208,10 +208,7 @@ class FleetLock:
         version, sealed = raw
         if version is None or not isinstance(sealed, bytes):
             return None
-        try:
-            number = int(version)
-        except ValueError:
-            raise SealBroken("the record's version is not a number") from None
+        number = _version(version)
         return Record(number, open_sealed(state.sealing, sealed, self.record_key, number))
 
     async def put_locked(self, held: Held, value: bytes, ttl: float | None) -> bool:
@@ -238,6 +235,21 @@ class FleetLock:
         done = await self.state.call(lambda r: r.eval(
             _DELETE_IF_VERSION, 1, self.record_key, version))
         return int(done) == 1
+
+
+MAX_VERSION = 2**63 - 1  # a Redis integer (the fence is INCR'd)
+
+
+def _version(raw: object) -> int:
+    """A record's version as Redis holds it: plain decimal digits in one spelling only, as
+    written (the scripts compare it as text, `_DELETE_IF_VERSION`, and as a Lua number), in
+    range; anything else (someone wrote it, or a broken Redis) is a broken record."""
+    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 19:
+        raise SealBroken("the record's version is not a number")
+    number = int(raw)
+    if number > MAX_VERSION or str(number).encode() != raw:
+        raise SealBroken("the record's version is not a number")
+    return number
 
 
 def _ms(ttl: float | None) -> int:

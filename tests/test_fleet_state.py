@@ -43,6 +43,14 @@ def test_a_sealed_value_opens_only_where_and_as_what_it_was_sealed() -> None:
         assert "secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("version", [-1, 2**64, 2**70])
+def test_a_version_out_of_range_is_a_broken_seal(version: int) -> None:
+    """Versions come from Redis: out of the 8 bytes the associated data holds, the record
+    is broken (SealBroken), not a struct.error."""
+    with pytest.raises(SealBroken):
+        open_sealed(KEY, seal(KEY, b"v", "n", 1), "n", version)
+
+
 def test_two_seals_of_one_value_differ() -> None:
     assert seal(KEY, b"v", "n", 1) != seal(KEY, b"v", "n", 1)
 

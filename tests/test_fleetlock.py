@@ -97,6 +97,24 @@ async def test_a_record_moved_or_changed_in_redis_is_not_used(states: list[Share
         await lock.read()
 
 
+@pytest.mark.parametrize("version", [
+    b"-1", b"18446744073709551616", b"99999999999999999999999999", b"+3", b" 3", b"3_0",
+    b"03", b"3.0", b"0x3", b"\xd9\xa3", b"",
+])
+async def test_a_version_that_is_not_a_plain_number_in_range_is_a_broken_record(
+    states: list[SharedState], version: bytes,
+) -> None:
+    """Someone who can write Redis (or a broken one) puts any bytes in a record's version:
+    the record is broken (SealBroken: treated as absent), never another exception (a
+    struct.error escaped to the refresh, the background probe and the CLI's traceback), and
+    never a spelling Python reads as one number and the Lua scripts as another."""
+    lock = FleetLock(states[0], "session")
+    assert await lock.put_if_newer(3, b"tok", ttl=None)
+    await states[0].call(lambda r: r.hset(lock.record_key, "v", version))
+    with pytest.raises(SealBroken):
+        await lock.read()
+
+
 async def test_redis_keys_name_no_secret(states: list[SharedState]) -> None:
     lock = FleetLock(states[0], "token")
     assert await lock.put_if_newer(1, b"the-access-token", ttl=30)
