@@ -243,8 +243,12 @@ class SharedState:
         for callback in self._recovery:
             try:
                 await callback()
-            except SharedStateUnavailable:
-                return  # down again: the next recovery runs them all
+            except SharedStateUnavailable as exc:
+                if self.up is False:
+                    return  # down again: the next recovery runs them all
+                # Redis is up but refused this one (a key of another type: WRONGTYPE)
+                log.warning("shared state: writing back after Redis came back was refused "
+                            "(%s)", exc.why)
             except Exception:  # one write-back failing must not stop the others
                 log.exception("shared state: writing back after Redis came back failed")
 

@@ -116,6 +116,37 @@ async def test_up_down_and_back_with_recovery_callbacks(redis_server: RedisServe
         await state.aclose()
 
 
+async def test_a_write_back_redis_refuses_does_not_skip_the_others(
+    redis_server: RedisServer,
+) -> None:
+    """One record's write-back refused by a Redis that is up (its key holds another type:
+    another application's key, or someone's write): the other write-backs still run. Only
+    Redis going down again stops them (the next recovery runs them all)."""
+    state = state_for(redis_server)
+    recovered = asyncio.Event()
+
+    async def refused() -> None:
+        await state.call(lambda r: r.set(state.key("session"), b"not a hash"))
+        await state.call(lambda r: r.hget(state.key("session"), "v"))  # WRONGTYPE
+
+    async def write_back() -> None:
+        await state.call(lambda r: r.set(state.key("marker"), b"1"))
+        recovered.set()
+
+    state.on_recovery(refused)
+    state.on_recovery(write_back)
+    try:
+        await state.start()
+        redis_server.stop()
+        with pytest.raises(SharedStateUnavailable):
+            await state.call(lambda r: r.get(state.key("a")))
+        redis_server.start()
+        await asyncio.wait_for(recovered.wait(), 20)
+        assert await state.call(lambda r: r.get(state.key("marker"))) == b"1"
+    finally:
+        await state.aclose()
+
+
 async def test_starting_without_redis_is_no_error(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "r")  # never started: nothing listens on its port
     state = state_for(server)
