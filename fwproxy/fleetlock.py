@@ -44,14 +44,21 @@ from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .sealing import open_sealed, seal
 
-# KEYS: lock, fence, record; ARGV: id, lease ms. The fence number, or 0 when held.
+# KEYS: lock, fence, record; ARGV: id, lease ms, "1" to take at least Redis's clock (in
+# microseconds) as the fence. The fence number, or 0 when held. (The number is SET as %d
+# digits, not left to how a Lua number turns into text: Lua's tostring gives 1.765e+15,
+# which INCR would refuse.)
 _ACQUIRE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 local fence = redis.call('INCR', KEYS[2])
-local stored = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
-if fence <= stored then
-  fence = stored + 1
-  redis.call('SET', KEYS[2], fence)
+local floor = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
+if ARGV[3] == '1' then
+  local now = redis.call('TIME')
+  floor = math.max(floor, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+end
+if fence <= floor then
+  fence = floor + 1
+  redis.call('SET', KEYS[2], string.format('%d', fence))
 end
 return fence
 """
@@ -125,9 +132,12 @@ class FleetLock:
         self.channel = state.key(f"{name}:released")
         self.lease_ms = int(state.config.lease_time * 1000)
 
-    async def acquire(self, wait: float) -> Held | None:
+    async def acquire(self, wait: float, *, clock: bool = False) -> Held | None:
         """The lock, or None when `wait` seconds pass while others hold it. Raises
-        SharedStateUnavailable when Redis cannot be asked."""
+        SharedStateUnavailable when Redis cannot be asked. `clock`: the fence is at least
+        Redis's clock in microseconds, so what is written under it is newer than anything
+        an instance may hold even if Redis lost its fence (restarted empty, unseen): for
+        a login or a logout, which no write-back may undo."""
         state = self.state
         lock_id = secrets.token_hex(16)
         deadline = time.monotonic() + wait
@@ -137,7 +147,7 @@ class FleetLock:
             while True:
                 fence = await state.call(lambda r: r.eval(
                     _ACQUIRE, 3, self.lock_key, self.fence_key, self.record_key, lock_id,
-                    self.lease_ms))
+                    self.lease_ms, "1" if clock else "0"))
                 if int(fence) > 0:
                     return Held(lock_id, int(fence))
                 left = deadline - time.monotonic()
@@ -161,11 +171,12 @@ class FleetLock:
                 return
 
     @contextlib.asynccontextmanager
-    async def holding(self, wait: float) -> AsyncIterator[Held | None]:
+    async def holding(self, wait: float, *, clock: bool = False
+                      ) -> AsyncIterator[Held | None]:
         """`acquire(wait)`, with the lease extended while the body runs, and released after
         it (a release that cannot reach Redis is left to the lease). Yields None when the
         lock could not be had within `wait`."""
-        held = await self.acquire(wait)
+        held = await self.acquire(wait, clock=clock)
         if held is None:
             yield None
             return

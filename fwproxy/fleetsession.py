@@ -35,8 +35,10 @@ When Redis is back (`SharedState.on_recovery`), `write_back` writes the newest s
 this instance read or wrote with `put_if_newer` at its own version: Redis that comes back
 empty loses nothing, and a rotated refresh token is never replaced by an older one.
 
-`fwproxy login` writes the session under the lock with a new version (`save_login`);
-`fwproxy logout` (`logout`) writes a "logged out" marker at a new version rather than
+`fwproxy login` writes the session under the lock with a new version (`save_login`), no
+lower than Redis's clock in microseconds (`FleetLock.acquire(clock=True)`): above anything
+an instance holds even when Redis restarted empty unseen, so no write-back undoes it;
+`fwproxy logout` (`logout`) writes a "logged out" marker at such a version rather than
 deleting the record, so no instance's write-back can bring the session back. The status
 page's "acting as" is the user of the last session this instance read (`acting_as`): no
 Redis call. Nothing here logs a token; key names are fixed words (fleet.py).
@@ -152,6 +154,11 @@ class FleetSessions:
         if record is None:
             self._session = None
             return None
+        if self._newest is not None and record.version < self._newest[0]:
+            # Redis holds an older version than this instance has seen (a sealed record
+            # copied and put back, or a stale write-back): newest wins here too; `hold`
+            # writes ours back before the next refresh.
+            record = Record(*self._newest)
         return self._remember(record)
 
     def _remember(self, record: Record) -> StoredSession | None:
@@ -215,7 +222,8 @@ async def opened(settings: Settings) -> AsyncIterator[FleetSessions]:
 async def save_login(settings: Settings, session: StoredSession) -> None:
     """`fwproxy login`: the new session, under the lock, at a new version. Raises
     SharedStateUnavailable (Redis away) or TokenStoreBusy: the login is then not stored."""
-    async with opened(settings) as sessions, sessions.lock.holding(LOCK_TIMEOUT) as held:
+    async with opened(settings) as sessions, sessions.lock.holding(
+            LOCK_TIMEOUT, clock=True) as held:
         if not await sessions.lock.put_locked(_or_busy(held), session_json(session).encode(),
                                               None):
             raise TokenStoreBusy("the fleet's session changed during the login; run it again")
@@ -224,7 +232,8 @@ async def save_login(settings: Settings, session: StoredSession) -> None:
 async def logout(settings: Settings) -> bool:
     """`fwproxy logout`: mark the fleet's session logged out (a new version). Whether there
     was a session."""
-    async with opened(settings) as sessions, sessions.lock.holding(LOCK_TIMEOUT) as held:
+    async with opened(settings) as sessions, sessions.lock.holding(
+            LOCK_TIMEOUT, clock=True) as held:
         held = _or_busy(held)
         try:
             there = await sessions.read() is not None

@@ -469,3 +469,54 @@ async def test_redis_restarted_empty_between_two_probes_loses_no_session(
     stored = await one.record()
     assert stored is not None
     assert stored.refresh_token in tenant_state.refresh_tokens
+
+
+async def test_an_older_record_put_back_in_redis_does_not_undo_what_this_instance_saw(
+    fleet_settings: Settings, tenant_state: TenantState, fleet: Callable[[int], Fleet],
+) -> None:
+    """Someone who can write Redis (but has no key) copies the sealed session record, and
+    after `fwproxy logout` puts the copy back (it opens: same name, same version): an
+    instance that saw the logout keeps it (newest wins at every read, not only at
+    write-back), and neither uses the old access token nor refreshes with the old refresh
+    token, which the tenant would still take."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)
+    grant, sessions = one.grants[0], one.sessions[0]
+    await grant.fetch()
+    state = one.states[0]
+    version, sealed = await state.call(lambda r: r.hmget(sessions.lock.record_key, "v", "s"))
+    assert isinstance(version, bytes)
+    assert isinstance(sealed, bytes)
+    assert await logout(fleet_settings)
+    assert await sessions.read() is None  # this instance sees the logout
+    await state.call(lambda r: r.hset(sessions.lock.record_key,
+                                                 mapping={"v": version, "s": sealed}))  # the replay
+    assert await sessions.read() is None
+    assert grant.stored() is None
+    with pytest.raises(LoginRequired):
+        await grant.fetch()
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok"]
+
+
+async def test_a_logout_after_an_unseen_empty_restart_is_not_undone(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    fleet: Callable[[int], Fleet],
+) -> None:
+    """Redis restarted empty, unseen (its fence counter starts again from nothing); then
+    `fwproxy logout` (or a login as someone else). Its version must still be above what
+    the running instances hold, or their write-back (newest wins) would bring the old
+    session back: login and logout take a version no lower than Redis's clock."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)
+    grant = one.grants[0]
+    await grant.fetch()  # this instance holds the session
+    redis_server.stop()
+    redis_server.start()  # back, empty, unseen
+    assert await logout(fleet_settings) is False  # nothing in Redis, but marked
+    with pytest.raises(LoginRequired):
+        await grant.fetch()
+    assert await one.sessions[0].read() is None
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok"]
+    raw = await one.sessions[0].lock.read()
+    assert raw is not None
+    assert raw.value == LOGGED_OUT

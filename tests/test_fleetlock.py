@@ -115,6 +115,27 @@ async def test_a_version_that_is_not_a_plain_number_in_range_is_a_broken_record(
         await lock.read()
 
 
+async def test_a_clock_fence_is_above_redis_time_and_the_fence_counts_on_from_it(
+    states: list[SharedState],
+) -> None:
+    """`acquire(clock=True)` (a login, a logout): the fence is at least Redis's clock in
+    microseconds; every fence after it counts on from there, also when the fence counter
+    is lost but the record is not (Lua must write the number as digits, not 1.7e+15)."""
+    lock = FleetLock(states[0], "session")
+    seconds, micros = await states[0].call(lambda r: r.time())
+    held = await lock.acquire(wait=0, clock=True)
+    assert held is not None
+    assert held.fence > seconds * 1_000_000 + micros
+    assert await lock.put_locked(held, b"login", ttl=None)
+    await lock.release(held)
+    await states[0].call(lambda r: r.delete(lock.fence_key))  # lost: the record's v counts
+    for expected in (held.fence + 1, held.fence + 2):
+        nxt = await lock.acquire(wait=0)
+        assert nxt is not None
+        assert nxt.fence == expected
+        await lock.release(nxt)
+
+
 async def test_redis_keys_name_no_secret(states: list[SharedState]) -> None:
     lock = FleetLock(states[0], "token")
     assert await lock.put_if_newer(1, b"the-access-token", ttl=30)
