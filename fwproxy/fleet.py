@@ -5,18 +5,20 @@ Theory of operation
 -------------------
 With ``state.backend: redis`` the app holds one `SharedState`. Its whole state::
 
-    UNKNOWN ──first call or `start`'s PING answers──> UP
-    UP ──a call or the watcher's PING fails to reach Redis (connect, timeout, auth,
-         ACL, TLS)──> DOWN
-    DOWN ──the watcher's PING answers──> UP, then every `on_recovery` callback runs
-                                         (each writes back what this instance holds)
+    UNKNOWN ──first call or `start`'s probe answers──> UP
+    UP ──a call or the watcher's probe fails to reach Redis (connect, timeout, auth,
+         ACL, TLS) or Redis takes no write (read-only replica, disk, memory)──> DOWN
+    DOWN ──the watcher's probe is written──> UP, then every `on_recovery` callback runs
+                                             (each writes back what this instance holds)
 
 Going DOWN is logged once (with `why`, a closed set: `WHY`), counted (`outages`) and shown
 (`view`: the status page, readiness, metrics). While DOWN, `call` fails at once without
 touching the network (no request waits on a dead Redis). One watcher task, from `start` to
-`aclose`, PINGs every `probe_interval`: while UP a PING that fails marks Redis DOWN (so an
-outage shows even while no feature calls Redis: a fleet with a good token makes no call
-for as long as the token lives), while DOWN the first PING answered marks it UP. Callers
+`aclose`, probes every `probe_interval` with a small write (``alive``, expiring: a PING
+would take a read-only replica after a failover for a working Redis): while UP a probe
+that fails marks Redis DOWN (so an outage shows even while no feature calls Redis: a fleet
+with a good token makes no call for as long as the token lives), while DOWN the first probe
+written marks it UP. Callers
 decide their own fallback (the rules are in README "Running a fleet"); none of them is this
 module's business.
 
@@ -46,6 +48,11 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
 )
@@ -71,14 +78,24 @@ def scope_of(tenant_url: str, client_id: str, grant: str) -> str:
     return digest[:SCOPE_CHARS]
 
 
+# Redis answers but takes no write (a replica after a failover, a failing disk, memory
+# full): redis-py's classes (it strips their code from the text), and codes it has none for
+_NO_WRITES = (ReadOnlyError, OutOfMemoryError, MasterDownError, ClusterDownError)
+_NO_WRITES_CODES = ("READONLY", "OOM", "MASTERDOWN", "CLUSTERDOWN", "MISCONF", "NOREPLICAS")
+
+
 def why_of(exc: BaseException) -> str:
     """The closed-set reason for a redis-py (or socket) failure."""
-    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
         return "denied"
+    if isinstance(exc, _NO_WRITES):
+        return "down"
     if isinstance(exc, ResponseError):
         text = str(exc).upper()
         if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
             return "denied"
+        if text.startswith(_NO_WRITES_CODES):
+            return "down"
         return "error"
     if isinstance(exc, BusyLoadingError):
         return "loading"
@@ -174,11 +191,17 @@ class SharedState:
         self._recovery.append(callback)
 
     async def start(self) -> None:
-        """One PING, so the status page knows at once; DOWN starts the watcher. Never
+        """One probe, so the status page knows at once; DOWN starts the watcher. Never
         raises: an instance starts without Redis (README "Running a fleet")."""
         with contextlib.suppress(SharedStateUnavailable):
-            await self.call(lambda r: r.ping())
+            await self.call(self._probe)
         self._watch_soon()
+
+    def _probe(self, client: redis.Redis) -> Awaitable[object]:
+        """A write, not a PING: a Redis that answers but takes no write (why ``down``) is
+        no more use to the fleet than one that does not answer, and is not back until a
+        write goes through."""
+        return client.set(self.key("alive"), b"1", px=int(self.config.lease_time * 1000))
 
     def _watch_soon(self) -> None:
         if self._watcher is None and not self._closed:
@@ -216,13 +239,13 @@ class SharedState:
         self.up, self.why, self.since = True, "", self._clock()
 
     async def _watch(self) -> None:
-        """PING every `probe_interval`: UP and it fails, DOWN; DOWN and it answers, UP and
+        """Probe every `probe_interval`: UP and it fails, DOWN; DOWN and it is written, UP and
         the recovery callbacks."""
         try:
             while not self._closed:
                 await asyncio.sleep(self.probe_interval)
                 try:
-                    await asyncio.wait_for(self.redis.ping(), self.timeout * 2)
+                    await asyncio.wait_for(self._probe(self.redis), self.timeout * 2)
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
                     if self.up is False:
                         self.why = why_of(exc)

@@ -13,6 +13,7 @@ from fwproxy.exceptions import SealBroken, SharedStateUnavailable
 from fwproxy.fleet import SharedState, scope_of, why_of
 from fwproxy.private import Secret
 from fwproxy.sealing import derive_key, open_sealed, seal
+from tests.conftest import wait_until
 from tests.support.redis import RedisServer
 
 KEY = derive_key("k" * 40, "fwproxy:scope")
@@ -66,6 +67,17 @@ def test_keys_never_show_in_repr() -> None:
     (__import__("redis").exceptions.ResponseError("NOPERM this user has no permissions"),
      "denied"),
     (__import__("redis").exceptions.ResponseError("WRONGTYPE Operation against a key"), "error"),
+    # redis-py strips the code of the errors it has a class for
+    (__import__("redis").exceptions.NoPermissionError("this user has no permissions"),
+     "denied"),
+    # Redis answers but takes no write: a replica after a failover, a failing disk, full
+    (__import__("redis").exceptions.ReadOnlyError("You can't write against a read only "
+                                                  "replica."), "down"),
+    (__import__("redis").exceptions.OutOfMemoryError("command not allowed when used "
+                                                     "memory > 'maxmemory'."), "down"),
+    (__import__("redis").exceptions.MasterDownError("Link with MASTER is down"), "down"),
+    (__import__("redis").exceptions.ResponseError("MISCONF Redis is configured to save RDB "
+                                                  "snapshots, but it is unable to"), "down"),
     (__import__("redis").exceptions.BusyLoadingError("Redis is loading"), "loading"),
     (__import__("redis").exceptions.ConnectionError("SSL: CERTIFICATE_VERIFY_FAILED"), "tls"),
     (asyncio.TimeoutError(), "timeout"),
@@ -144,6 +156,40 @@ async def test_a_write_back_redis_refuses_does_not_skip_the_others(
         await asyncio.wait_for(recovered.wait(), 20)
         assert await state.call(lambda r: r.get(state.key("marker"))) == b"1"
     finally:
+        await state.aclose()
+
+
+async def test_a_redis_that_answers_but_takes_no_write_is_down_until_it_does(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """A failover left the address on a read-only replica (or the disk fails, or memory
+    is full): PING answers, every write is refused. That is an outage (DOWN, why "down",
+    shown; each instance on its own), not "up" with every call failing, and it lasts
+    until a write goes through: then the recovery write-backs run."""
+    state = state_for(redis_server)
+    recovered = asyncio.Event()
+
+    async def write_back() -> None:
+        recovered.set()
+
+    state.on_recovery(write_back)
+    admin = state_for(redis_server)
+    nowhere = RedisServer(tmp_path / "nowhere")  # never started: a master that is gone
+    try:
+        await state.start()
+        assert state.up is True
+        await admin.call(lambda r: r.replicaof("127.0.0.1", nowhere.port))
+        await wait_until(lambda: state.up is False, "the read-only Redis to be seen DOWN")
+        assert state.why == "down"
+        with pytest.raises(SharedStateUnavailable):  # at once
+            await state.call(lambda r: r.set(state.key("a"), b"x"))
+        assert not recovered.is_set()  # PING answers all along: not taken for a return
+        await admin.call(lambda r: r.replicaof("NO", "ONE"))
+        await asyncio.wait_for(recovered.wait(), 20)
+        assert state.up is True
+        assert await state.call(lambda r: r.set(state.key("a"), b"x")) is True
+    finally:
+        await admin.aclose()
         await state.aclose()
 
 
