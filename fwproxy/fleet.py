@@ -126,15 +126,16 @@ def connect(config: StateConfig, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(config.redis_url, **options)  # type: ignore[arg-type]
 
 
-def shared_state(settings: Settings) -> SharedState | None:
+def shared_state(settings: Settings, *, announce: bool = True) -> SharedState | None:
     """The fleet's `SharedState` for `settings`, or None with ``state.backend: local``.
     Sealed with a key from state.encryption_key_file, else from the client secret
-    (config.py refuses redis without either)."""
+    (config.py refuses redis without either). `announce`: log an outage (a running
+    instance); a one-shot command (fwproxy login, logout, token) says it in its own line."""
     state = settings.state
     material = key_material(settings)
     if material is None:
         return None
-    return SharedState(state, fleet_scope(settings), material)
+    return SharedState(state, fleet_scope(settings), material, announce=announce)
 
 
 def key_material(settings: Settings) -> str | None:
@@ -156,7 +157,7 @@ class SharedState:
 
     def __init__(self, config: StateConfig, scope: str, key_material: str, *,
                  client: redis.Redis | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, announce: bool = True) -> None:
         self.config = config
         self.scope = scope
         self.prefix = f"{config.key_prefix}:{scope}:"
@@ -165,6 +166,7 @@ class SharedState:
         self.redis = client if client is not None else connect(config, self.timeout)
         self.probe_interval = min(1.0, config.lease_time / 4)
         self._clock = clock
+        self._announce = announce
         self.up: bool | None = None  # None: not yet known
         self.why = ""
         self.since = clock()
@@ -231,8 +233,10 @@ class SharedState:
             return
         self.up, self.why, self.since = False, why, self._clock()
         self.outages += 1
-        log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
-                    "until it is back", why, outward(str(exc) or type(exc).__name__, 200))
+        if self._announce:
+            log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
+                        "until it is back", why,
+                        outward(str(exc) or type(exc).__name__, 200))
         self._watch_soon()
 
     def _up(self) -> None:

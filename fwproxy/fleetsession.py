@@ -211,7 +211,7 @@ class _Holding:
 @contextlib.asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[FleetSessions]:
     """The fleet's sessions for a command (`fwproxy login`, `logout`, `token`, `check`)."""
-    state = shared_state(settings)
+    state = shared_state(settings, announce=False)  # the command says it
     assert state is not None
     try:
         yield FleetSessions(state)

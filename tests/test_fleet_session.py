@@ -520,3 +520,31 @@ async def test_a_logout_after_an_unseen_empty_restart_is_not_undone(
     raw = await one.sessions[0].lock.read()
     assert raw is not None
     assert raw.value == LOGGED_OUT
+
+
+@pytest.mark.parametrize("command", ["logout", "token"])
+def test_a_command_with_redis_away_says_one_line_on_stderr(
+    tmp_path: Path, command: str,
+) -> None:
+    """`fwproxy logout` / `token` as an operator runs them (a process of their own, its own
+    logging): one line saying why, exit 1; not the running proxy's outage warning too
+    ("each instance goes on by itself"), which is about a fleet, not this command."""
+    import subprocess
+    import sys
+
+    nowhere = RedisServer(tmp_path / "nowhere")  # never started
+    config = write_config(tmp_path / "fwproxy.yaml", {
+        "tenant": {"url": "https://acme.fotoware.cloud"},
+        "auth": {"grant_type": "authorization_code", "client_id": DEMO_WEB_CLIENT,
+                 "redirect_uri": "http://127.0.0.1:8765/callback",
+                 "token_store": str(tmp_path / "tokens.json")},
+        "state": {"backend": "redis", "redis_url": nowhere.url},
+    })
+    done = subprocess.run(
+        [sys.executable, "-m", "fwproxy", command, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "FWPROXY_CLIENT_SECRET": DEMO_WEB_SECRET,
+             "HOME": str(tmp_path)}, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == "fwproxy: shared state (Redis) unavailable: Redis is unreachable\n"
