@@ -180,5 +180,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy.close()
     await tokens.aclose()
     await session.close()
+    if sessions is not None:
+        await sessions.aclose()
     if state is not None:
         await state.aclose()

@@ -131,6 +131,15 @@ class FleetSessions:
             log.warning("shared state: wrote the user session (version %d) back to Redis",
                         newest[0])
 
+    async def aclose(self) -> None:
+        """Shutting down: stop a background read of the record (`changed`), which may be
+        waiting on a Redis that does not answer, before the client is closed."""
+        probe = self._probe
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
     # --- inside -----------------------------------------------------------------------
 
     def _version(self) -> int:

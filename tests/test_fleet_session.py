@@ -548,3 +548,31 @@ def test_a_command_with_redis_away_says_one_line_on_stderr(
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == "fwproxy: shared state (Redis) unavailable: Redis is unreachable\n"
+
+
+async def test_shutdown_leaves_no_probe_of_the_session_running(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    """A refused instance reads the record in the background (`changed`); shutting down
+    while such a read hangs (Redis stopped answering) cancels it, rather than leaving a
+    task on a closed client (to reconnect, or be destroyed pending with the loop)."""
+    import os
+    import signal
+
+    proxy = await aiohttp_client(create_app(fleet_settings))
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 503  # nobody logged in: refused
+    assert proxy.app is not None
+    sessions = proxy.app[SHARED_SESSION]
+    assert redis_server.pid is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)  # answers nothing from now on
+    try:
+        sessions.changed(sessions.mark())  # starts a background read, which hangs
+        probe = sessions._probe
+        assert probe is not None
+        assert not probe.done()
+        await proxy.close()
+        assert probe.done()
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
