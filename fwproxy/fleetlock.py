@@ -49,7 +49,11 @@ from .sealing import open_sealed, seal
 # digits, not left to how a Lua number turns into text: Lua's tostring gives 1.765e+15,
 # which INCR would refuse.)
 _ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  -- held; without an expiry it is none of ours (a stray write): give it one lease
+  if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return 0
+end
 local fence = redis.call('INCR', KEYS[2])
 local floor = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
 if ARGV[3] == '1' then

@@ -136,6 +136,20 @@ async def test_a_clock_fence_is_above_redis_time_and_the_fence_counts_on_from_it
         await lock.release(nxt)
 
 
+async def test_a_lock_left_without_an_expiry_expires_after_one_lease(
+    states: list[SharedState],
+) -> None:
+    """A lock key with no expiry is none of ours (every holder sets one): someone's write,
+    or another program under the same prefix. It must not hold the fleet's lock for good
+    (waiters polling it every 10 ms until their deadline): the first waiter gives it a
+    lease, and it is had when that runs out."""
+    a, b = FleetLock(states[0], "session"), FleetLock(states[1], "session")
+    await states[0].call(lambda r: r.set(a.lock_key, b"stray"))
+    got = await b.acquire(wait=10)  # lease 1 s
+    assert got is not None
+    assert await b.put_locked(got, b"ours", ttl=None)
+
+
 async def test_redis_keys_name_no_secret(states: list[SharedState]) -> None:
     lock = FleetLock(states[0], "token")
     assert await lock.put_if_newer(1, b"the-access-token", ttl=30)
