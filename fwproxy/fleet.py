@@ -68,6 +68,9 @@ T = TypeVar("T")
 
 # why Redis is unavailable: the only values the `why` label and readiness ever show
 WHY = ("unreachable", "timeout", "denied", "tls", "loading", "error", "down")
+# what redis-py raises parsing an answer no Redis gives (a broken proxy, someone on the
+# network without TLS: a handshake that is not a map, say): Redis unusable, not a crash
+_GARBLED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 MAX_CALL_TIME = 2.0  # seconds a Redis call may take before it counts as a failure
 SCOPE_CHARS = 16
 
@@ -218,6 +221,9 @@ class SharedState:
             raise SharedStateUnavailable(self.why, f"Redis is {self.why}; waiting for it")
         try:
             result = await asyncio.wait_for(op(self.redis), self.timeout * 2 + waits)
+        except _GARBLED:  # redis-py tripped on an answer no Redis gives
+            raise SharedStateUnavailable("error", "Redis answered something unexpected"
+                                         ) from None
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             why = why_of(exc)
             if why == "error":
@@ -250,7 +256,7 @@ class SharedState:
                 await asyncio.sleep(self.probe_interval)
                 try:
                     await asyncio.wait_for(self._probe(self.redis), self.timeout * 2)
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                except (RedisError, OSError, asyncio.TimeoutError, *_GARBLED) as exc:
                     if self.up is False:
                         self.why = why_of(exc)
                     else:

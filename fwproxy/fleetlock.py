@@ -152,13 +152,14 @@ class FleetLock:
                 fence = await state.call(lambda r: r.eval(
                     _ACQUIRE, 3, self.lock_key, self.fence_key, self.record_key, lock_id,
                     self.lease_ms, "1" if clock else "0"))
-                if int(fence) > 0:
-                    return Held(lock_id, int(fence))
+                if _number(fence) > 0:
+                    return Held(lock_id, _number(fence))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 ttl = await state.call(lambda r: r.pttl(self.lock_key))
-                pause = min(left, max(0.01, int(ttl) / 1000) if int(ttl) > 0 else 0.01)
+                ms = _number(ttl)
+                pause = min(left, max(0.01, ms / 1000) if ms > 0 else 0.01)
                 await self._released(pubsub, pause)
         finally:
             with contextlib.suppress(Exception):
@@ -207,7 +208,7 @@ class FleetLock:
         """Renew `held`'s lease (a full `lease_time` from now) if the lock is still ours."""
         done = await self.state.call(lambda r: r.eval(
             _EXTEND, 1, self.lock_key, held.id, self.lease_ms))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def release(self, held: Held) -> None:
         """Free the lock if it is still ours, and wake the waiters."""
@@ -220,6 +221,8 @@ class FleetLock:
         key, changed: `SealBroken` is the caller's to report via `broken`)."""
         state = self.state
         raw = await state.call(lambda r: r.hmget(self.record_key, "v", "s"))
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise _unexpected()
         version, sealed = raw
         if version is None or not isinstance(sealed, bytes):
             return None
@@ -234,7 +237,7 @@ class FleetLock:
         done = await state.call(lambda r: r.eval(
             _PUT_LOCKED, 2, self.lock_key, self.record_key, held.id, held.fence, sealed,
             _ms(ttl)))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def put_if_newer(self, version: int, value: bytes, ttl: float | None) -> bool:
         """Write back what this instance holds, unless Redis has it or something newer
@@ -243,13 +246,26 @@ class FleetLock:
         sealed = seal(state.sealing, value, self.record_key, version)
         done = await state.call(lambda r: r.eval(
             _PUT_IF_NEWER, 2, self.record_key, self.fence_key, version, sealed, _ms(ttl)))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def delete_if_version(self, version: int) -> bool:
         """Drop the record if it is still at `version` (a 401 for that token)."""
         done = await self.state.call(lambda r: r.eval(
             _DELETE_IF_VERSION, 1, self.record_key, version))
-        return int(done) == 1
+        return _number(done) == 1
+
+
+def _number(reply: object) -> int:
+    """An integer reply, as the scripts and PTTL give; anything else (a broken proxy in
+    front of Redis, someone on the network without TLS) is Redis unavailable, not a
+    TypeError in the caller."""
+    if isinstance(reply, int) and not isinstance(reply, bool):
+        return reply
+    raise _unexpected()
+
+
+def _unexpected() -> SharedStateUnavailable:
+    return SharedStateUnavailable("error", "Redis answered something unexpected")
 
 
 MAX_VERSION = 2**63 - 1  # a Redis integer (the fence is INCR'd)

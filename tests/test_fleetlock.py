@@ -4,12 +4,13 @@ waiters woken by the release), and the versioned sealed records it guards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 
 from fwproxy.config import StateConfig
-from fwproxy.exceptions import SealBroken
+from fwproxy.exceptions import SealBroken, SharedStateUnavailable
 from fwproxy.fleet import SharedState
 from fwproxy.fleetlock import FleetLock
 from tests.support.redis import RedisServer
@@ -200,3 +201,80 @@ async def test_holding_yields_none_when_the_lock_stays_taken(states: list[Shared
     async with b.holding(wait=0) as none:
         assert none is None
     assert await a.extend(held)  # still a's
+
+
+class NotRedis:
+    """A server that speaks RESP but answers every command of fwproxy's with `answer` (a
+    raw RESP reply): what a broken proxy in front of Redis, or someone on the network
+    without TLS, can send. The connection handshake (CLIENT SETNAME, ...) gets +OK."""
+
+    def __init__(self, answer: bytes, hello: bytes = b"%1\r\n$5\r\nproto\r\n:3\r\n") -> None:
+        self.answer = answer
+        self.hello = hello
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readline()
+                if not head:
+                    return
+                words = []
+                for _ in range(int(head[1:])):
+                    size = int((await reader.readline())[1:])
+                    words.append((await reader.readexactly(size + 2))[:-2])
+                command = words[0].upper()
+                if command == b"HELLO":
+                    writer.write(self.hello)
+                elif command in (b"CLIENT", b"SELECT", b"AUTH"):
+                    writer.write(b"+OK\r\n")
+                else:
+                    writer.write(self.answer)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("answer", "hello"), [
+    (b":7\r\n", None),  # a number where a list or a string is expected
+    (b"$3\r\nabc\r\n", None),  # a string where a number is expected
+    (b"*3\r\n:1\r\n:2\r\n:3\r\n", None),  # a list of the wrong length
+    (b"+OK\r\n", None),
+    (b"_\r\n", None),  # nil
+    (b"+OK\r\n", b"+OK\r\n"),  # a handshake redis-py itself trips on (AttributeError)
+])
+async def test_a_server_answering_garbage_is_unavailable_not_a_crash(
+    answer: bytes, hello: bytes | None,
+) -> None:
+    """Whatever shape the answer has, every lock and record operation either works or
+    raises SharedStateUnavailable (the callers' fallback), never TypeError, ValueError or
+    whatever redis-py raises parsing it; and the watcher lives on."""
+    server = NotRedis(answer) if hello is None else NotRedis(answer, hello)
+    async with server as url:
+        state = SharedState(StateConfig(backend="redis", redis_url=url, lease_time=1.0),
+                            "scope", "m" * 40)
+        lock = FleetLock(state, "session")
+        try:
+            for operation in (lambda: lock.acquire(wait=0.1), lock.read,
+                              lambda: lock.put_if_newer(3, b"x", ttl=None),
+                              lambda: lock.delete_if_version(3)):
+                with contextlib.suppress(SharedStateUnavailable, SealBroken):
+                    await operation()
+            await state.start()
+            watcher = state._watcher
+            assert watcher is not None
+            with pytest.raises(asyncio.TimeoutError):  # it probes on, it does not die
+                await asyncio.wait_for(asyncio.shield(watcher), state.probe_interval * 3)
+        finally:
+            await state.aclose()
