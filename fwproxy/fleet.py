@@ -124,6 +124,11 @@ def connect(config: StateConfig, timeout: float) -> redis.Redis:
     }
     if config.redis_password is not None:
         options["password"] = config.redis_password.reveal()
+    if config.redis_url.lower().startswith("rediss://"):
+        # checked in full whatever redis-py's defaults (before 6.0 it did not check the
+        # name: any certificate of the CA, or of any public CA, would have done)
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
     if config.redis_ca_file is not None:
         options["ssl_ca_certs"] = str(config.redis_ca_file)
     return redis.Redis.from_url(config.redis_url, **options)  # type: ignore[arg-type]
