@@ -44,18 +44,31 @@ from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .sealing import open_sealed, seal
 
+# A stored version or fence as the scripts count on it: plain digits a Lua number holds
+# exactly (below 2**53), else 0; as `_version` reads it. Someone's "1e300" or a fence INCR
+# cannot raise must not lock the fleet out: the next write replaces it.
+_VERSION = """
+local function version(raw)
+  if type(raw) ~= 'string' or #raw > 16 or not string.match(raw, '^[0-9]+$') then return 0 end
+  local n = tonumber(raw)
+  if n > 9007199254740991 then return 0 end
+  return n
+end
+"""
 # KEYS: lock, fence, record; ARGV: id, lease ms, "1" to take at least Redis's clock (in
 # microseconds) as the fence. The fence number, or 0 when held. (The number is SET as %d
 # digits, not left to how a Lua number turns into text: Lua's tostring gives 1.765e+15,
 # which INCR would refuse.)
-_ACQUIRE = """
+_ACQUIRE = _VERSION + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   -- held; without an expiry it is none of ours (a stray write): give it one lease
   if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
   return 0
 end
+local counted = redis.call('GET', KEYS[2])
+if counted and version(counted) == 0 then redis.call('DEL', KEYS[2]) end
 local fence = redis.call('INCR', KEYS[2])
-local floor = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
+local floor = version(redis.call('HGET', KEYS[3], 'v'))
 if ARGV[3] == '1' then
   local now = redis.call('TIME')
   floor = math.max(floor, tonumber(now[1]) * 1000000 + tonumber(now[2]))
@@ -78,9 +91,9 @@ return 0
 """
 # KEYS: lock, record; ARGV: id, version, sealed, ttl ms (0: none). 1 written, 0 not held,
 # -1 an equal or newer version is stored.
-_PUT_LOCKED = """
+_PUT_LOCKED = _VERSION + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local stored = tonumber(redis.call('HGET', KEYS[2], 'v') or '0') or 0
+local stored = version(redis.call('HGET', KEYS[2], 'v'))
 if tonumber(ARGV[2]) <= stored then return -1 end
 redis.call('HSET', KEYS[2], 'v', ARGV[2], 's', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -88,9 +101,9 @@ else redis.call('PERSIST', KEYS[2]) end
 return 1
 """
 # KEYS: record, fence; ARGV: version, sealed, ttl ms. 1 written, 0 an equal or newer is there.
-_PUT_IF_NEWER = """
-local stored = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+_PUT_IF_NEWER = _VERSION + """
+local stored = version(redis.call('HGET', KEYS[1], 'v'))
+local fence = version(redis.call('GET', KEYS[2]))
 if fence < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
 if tonumber(ARGV[1]) <= stored then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
@@ -268,14 +281,14 @@ def _unexpected() -> SharedStateUnavailable:
     return SharedStateUnavailable("error", "Redis answered something unexpected")
 
 
-MAX_VERSION = 2**63 - 1  # a Redis integer (the fence is INCR'd)
+MAX_VERSION = 2**53 - 1  # what a Lua number (the scripts) holds exactly
 
 
 def _version(raw: object) -> int:
     """A record's version as Redis holds it: plain decimal digits in one spelling only, as
     written (the scripts compare it as text, `_DELETE_IF_VERSION`, and as a Lua number), in
     range; anything else (someone wrote it, or a broken Redis) is a broken record."""
-    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 19:
+    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 16:
         raise SealBroken("the record's version is not a number")
     number = int(raw)
     if number > MAX_VERSION or str(number).encode() != raw:

@@ -116,6 +116,35 @@ async def test_a_version_that_is_not_a_plain_number_in_range_is_a_broken_record(
         await lock.read()
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("v", b"1e300"), ("v", b"9223372036854775807"), ("v", b"0x7fffffffffffffff"),
+    ("fence", b"1e300"), ("fence", b"9223372036854775807"), ("fence", b"abc"),
+])
+async def test_a_version_or_fence_no_script_can_count_on_heals_at_the_next_write(
+    states: list[SharedState], field: str, value: bytes,
+) -> None:
+    """Someone who can write Redis puts a version or a fence there that Lua reads as a
+    huge number (or INCR cannot count on): the record is broken (absent), and the next
+    holder still gets the lock and writes; the fleet does not stay locked out until
+    someone deletes the keys by hand."""
+    lock = FleetLock(states[0], "session")
+    assert await lock.put_if_newer(3, b"old", ttl=None)
+    if field == "v":
+        await states[0].call(lambda r: r.hset(lock.record_key, "v", value))
+    else:
+        await states[0].call(lambda r: r.set(lock.fence_key, value))
+    held = await lock.acquire(wait=0)
+    assert held is not None
+    assert await lock.put_locked(held, b"new", ttl=None)
+    await lock.release(held)
+    record = await lock.read()
+    assert record is not None
+    assert record.value == b"new"
+    again = await lock.acquire(wait=0)
+    assert again is not None
+    assert again.fence == held.fence + 1
+
+
 async def test_a_clock_fence_is_above_redis_time_and_the_fence_counts_on_from_it(
     states: list[SharedState],
 ) -> None:
