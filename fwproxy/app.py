@@ -209,6 +209,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy.close()
     await tokens.aclose()
     await session.close()
+    if sessions is not None:
+        await sessions.aclose()
     if budget is not None:
         await budget.aclose()
     if state is not None:

@@ -16,6 +16,7 @@ the settings name. `effective_config_lines` is what `fwproxy check` prints.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -290,6 +291,7 @@ def _state(values: dict[str, Any], environ: Mapping[str, str], public_client: bo
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_DB = re.compile(r"/?|/[0-9]{1,5}")
 
 
 def _check_redis_url(state: StateConfig) -> None:
@@ -305,6 +307,20 @@ def _check_redis_url(state: StateConfig) -> None:
         raise ConfigError("state.redis_url",
                           "holds a password: put it in state.redis_password_file or "
                           f"{REDIS_PASSWORD_VARIABLE} (an ACL user name may stay in the URL)")
+    if "password" in url.query:
+        raise ConfigError("state.redis_url",
+                          "holds a password (?password=): put it in state.redis_password_file "
+                          f"or {REDIS_PASSWORD_VARIABLE}")
+    # redis-py lets the URL's parameters override what fwproxy sets (timeouts, TLS checks:
+    # ?ssl_cert_reqs=none) and fails on a bad one only when it connects: only db=N here.
+    others = sorted(set(url.query) - {"db"})
+    if others:
+        raise ConfigError("state.redis_url", f"takes no {others[0]!r} parameter: only db=N "
+                                             "(timeouts, TLS and the password are fwproxy's)")
+    if not all(db.isascii() and db.isdigit() for db in url.query.getall("db", [])):
+        raise ConfigError("state.redis_url", "db=N needs a database number")
+    if url.scheme != "unix" and not _REDIS_DB.fullmatch(url.path):
+        raise ConfigError("state.redis_url", "the path is the database number: /0, /1, ...")
     if url.scheme == "unix" and not url.path.startswith("/"):
         raise ConfigError("state.redis_url", "unix:// needs an absolute path: unix:///run/redis.sock")
     if url.scheme != "unix" and not url.host:

@@ -5,18 +5,20 @@ Theory of operation
 -------------------
 With ``state.backend: redis`` the app holds one `SharedState`. Its whole state::
 
-    UNKNOWN ──first call or `start`'s PING answers──> UP
-    UP ──a call or the watcher's PING fails to reach Redis (connect, timeout, auth,
-         ACL, TLS)──> DOWN
-    DOWN ──the watcher's PING answers──> UP, then every `on_recovery` callback runs
-                                         (each writes back what this instance holds)
+    UNKNOWN ──first call or `start`'s probe answers──> UP
+    UP ──a call or the watcher's probe fails to reach Redis (connect, timeout, auth,
+         ACL, TLS) or Redis takes no write (read-only replica, disk, memory)──> DOWN
+    DOWN ──the watcher's probe is written──> UP, then every `on_recovery` callback runs
+                                             (each writes back what this instance holds)
 
 Going DOWN is logged once (with `why`, a closed set: `WHY`), counted (`outages`) and shown
 (`view`: the status page, readiness, metrics). While DOWN, `call` fails at once without
 touching the network (no request waits on a dead Redis). One watcher task, from `start` to
-`aclose`, PINGs every `probe_interval`: while UP a PING that fails marks Redis DOWN (so an
-outage shows even while no feature calls Redis: a fleet with a good token makes no call
-for as long as the token lives), while DOWN the first PING answered marks it UP. Callers
+`aclose`, probes every `probe_interval` with a small write (``alive``, expiring: a PING
+would take a read-only replica after a failover for a working Redis): while UP a probe
+that fails marks Redis DOWN (so an outage shows even while no feature calls Redis: a fleet
+with a good token makes no call for as long as the token lives), while DOWN the first probe
+written marks it UP. Callers
 decide their own fallback (the rules are in README "Running a fleet"); none of them is this
 module's business.
 
@@ -46,6 +48,11 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
 )
@@ -61,6 +68,9 @@ T = TypeVar("T")
 
 # why Redis is unavailable: the only values the `why` label and readiness ever show
 WHY = ("unreachable", "timeout", "denied", "tls", "loading", "error", "down")
+# what redis-py raises parsing an answer no Redis gives (a broken proxy, someone on the
+# network without TLS: a handshake that is not a map, say): Redis unusable, not a crash
+_GARBLED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 MAX_CALL_TIME = 2.0  # seconds a Redis call may take before it counts as a failure
 SCOPE_CHARS = 16
 
@@ -71,14 +81,24 @@ def scope_of(tenant_url: str, client_id: str, grant: str) -> str:
     return digest[:SCOPE_CHARS]
 
 
+# Redis answers but takes no write (a replica after a failover, a failing disk, memory
+# full): redis-py's classes (it strips their code from the text), and codes it has none for
+_NO_WRITES = (ReadOnlyError, OutOfMemoryError, MasterDownError, ClusterDownError)
+_NO_WRITES_CODES = ("READONLY", "OOM", "MASTERDOWN", "CLUSTERDOWN", "MISCONF", "NOREPLICAS")
+
+
 def why_of(exc: BaseException) -> str:
     """The closed-set reason for a redis-py (or socket) failure."""
-    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
         return "denied"
+    if isinstance(exc, _NO_WRITES):
+        return "down"
     if isinstance(exc, ResponseError):
         text = str(exc).upper()
         if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
             return "denied"
+        if text.startswith(_NO_WRITES_CODES):
+            return "down"
         return "error"
     if isinstance(exc, BusyLoadingError):
         return "loading"
@@ -104,20 +124,26 @@ def connect(config: StateConfig, timeout: float) -> redis.Redis:
     }
     if config.redis_password is not None:
         options["password"] = config.redis_password.reveal()
+    if config.redis_url.lower().startswith("rediss://"):
+        # checked in full whatever redis-py's defaults (before 6.0 it did not check the
+        # name: any certificate of the CA, or of any public CA, would have done)
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
     if config.redis_ca_file is not None:
         options["ssl_ca_certs"] = str(config.redis_ca_file)
     return redis.Redis.from_url(config.redis_url, **options)  # type: ignore[arg-type]
 
 
-def shared_state(settings: Settings) -> SharedState | None:
+def shared_state(settings: Settings, *, announce: bool = True) -> SharedState | None:
     """The fleet's `SharedState` for `settings`, or None with ``state.backend: local``.
     Sealed with a key from state.encryption_key_file, else from the client secret
-    (config.py refuses redis without either)."""
+    (config.py refuses redis without either). `announce`: log an outage (a running
+    instance); a one-shot command (fwproxy login, logout, token) says it in its own line."""
     state = settings.state
     material = key_material(settings)
     if material is None:
         return None
-    return SharedState(state, fleet_scope(settings), material)
+    return SharedState(state, fleet_scope(settings), material, announce=announce)
 
 
 def key_material(settings: Settings) -> str | None:
@@ -139,7 +165,7 @@ class SharedState:
 
     def __init__(self, config: StateConfig, scope: str, key_material: str, *,
                  client: redis.Redis | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, announce: bool = True) -> None:
         self.config = config
         self.scope = scope
         self.prefix = f"{config.key_prefix}:{scope}:"
@@ -148,6 +174,7 @@ class SharedState:
         self.redis = client if client is not None else connect(config, self.timeout)
         self.probe_interval = min(1.0, config.lease_time / 4)
         self._clock = clock
+        self._announce = announce
         self.up: bool | None = None  # None: not yet known
         self.why = ""
         self.since = clock()
@@ -174,11 +201,17 @@ class SharedState:
         self._recovery.append(callback)
 
     async def start(self) -> None:
-        """One PING, so the status page knows at once; DOWN starts the watcher. Never
+        """One probe, so the status page knows at once; DOWN starts the watcher. Never
         raises: an instance starts without Redis (README "Running a fleet")."""
         with contextlib.suppress(SharedStateUnavailable):
-            await self.call(lambda r: r.ping())
+            await self.call(self._probe)
         self._watch_soon()
+
+    def _probe(self, client: redis.Redis) -> Awaitable[object]:
+        """A write, not a PING: a Redis that answers but takes no write (why ``down``) is
+        no more use to the fleet than one that does not answer, and is not back until a
+        write goes through."""
+        return client.set(self.key("alive"), b"1", px=int(self.config.lease_time * 1000))
 
     def _watch_soon(self) -> None:
         if self._watcher is None and not self._closed:
@@ -193,10 +226,14 @@ class SharedState:
             raise SharedStateUnavailable(self.why, f"Redis is {self.why}; waiting for it")
         try:
             result = await asyncio.wait_for(op(self.redis), self.timeout * 2 + waits)
+        except _GARBLED:  # redis-py tripped on an answer no Redis gives
+            raise SharedStateUnavailable("error", "Redis answered something unexpected"
+                                         ) from None
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             why = why_of(exc)
-            if why == "error":
-                raise SharedStateUnavailable(why, outward(str(exc), 200)) from None
+            if why == "error":  # Redis's own words stay in the log: they name its internals
+                log.warning("shared state: Redis refused a command: %s", outward(str(exc), 200))
+                raise SharedStateUnavailable(why, "Redis refused a command") from None
             self._down(why, exc)
             raise SharedStateUnavailable(why, f"Redis is {why}") from None
         if self.up is not True:
@@ -208,22 +245,24 @@ class SharedState:
             return
         self.up, self.why, self.since = False, why, self._clock()
         self.outages += 1
-        log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
-                    "until it is back", why, outward(str(exc) or type(exc).__name__, 200))
+        if self._announce:
+            log.warning("shared state: Redis is %s (%s); each instance goes on by itself "
+                        "until it is back", why,
+                        outward(str(exc) or type(exc).__name__, 200))
         self._watch_soon()
 
     def _up(self) -> None:
         self.up, self.why, self.since = True, "", self._clock()
 
     async def _watch(self) -> None:
-        """PING every `probe_interval`: UP and it fails, DOWN; DOWN and it answers, UP and
+        """Probe every `probe_interval`: UP and it fails, DOWN; DOWN and it is written, UP and
         the recovery callbacks."""
         try:
             while not self._closed:
                 await asyncio.sleep(self.probe_interval)
                 try:
-                    await asyncio.wait_for(self.redis.ping(), self.timeout * 2)
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    await asyncio.wait_for(self._probe(self.redis), self.timeout * 2)
+                except (RedisError, OSError, asyncio.TimeoutError, *_GARBLED) as exc:
                     if self.up is False:
                         self.why = why_of(exc)
                     else:
@@ -243,8 +282,12 @@ class SharedState:
         for callback in self._recovery:
             try:
                 await callback()
-            except SharedStateUnavailable:
-                return  # down again: the next recovery runs them all
+            except SharedStateUnavailable as exc:
+                if self.up is False:
+                    return  # down again: the next recovery runs them all
+                # Redis is up but refused this one (a key of another type: WRONGTYPE)
+                log.warning("shared state: writing back after Redis came back was refused "
+                            "(%s)", exc.why)
             except Exception:  # one write-back failing must not stop the others
                 log.exception("shared state: writing back after Redis came back failed")
 

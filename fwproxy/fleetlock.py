@@ -44,14 +44,38 @@ from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .sealing import open_sealed, seal
 
-# KEYS: lock, fence, record; ARGV: id, lease ms. The fence number, or 0 when held.
-_ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+# A stored version or fence as the scripts count on it: plain digits a Lua number holds
+# exactly (below 2**53), else 0; as `_version` reads it. Someone's "1e300" or a fence INCR
+# cannot raise must not lock the fleet out: the next write replaces it.
+_VERSION = """
+local function version(raw)
+  if type(raw) ~= 'string' or #raw > 16 or not string.match(raw, '^[0-9]+$') then return 0 end
+  local n = tonumber(raw)
+  if n > 9007199254740991 then return 0 end
+  return n
+end
+"""
+# KEYS: lock, fence, record; ARGV: id, lease ms, "1" to take at least Redis's clock (in
+# microseconds) as the fence. The fence number, or 0 when held. (The number is SET as %d
+# digits, not left to how a Lua number turns into text: Lua's tostring gives 1.765e+15,
+# which INCR would refuse.)
+_ACQUIRE = _VERSION + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  -- held; without an expiry it is none of ours (a stray write): give it one lease
+  if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return 0
+end
+local counted = redis.call('GET', KEYS[2])
+if counted and version(counted) == 0 then redis.call('DEL', KEYS[2]) end
 local fence = redis.call('INCR', KEYS[2])
-local stored = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
-if fence <= stored then
-  fence = stored + 1
-  redis.call('SET', KEYS[2], fence)
+local floor = version(redis.call('HGET', KEYS[3], 'v'))
+if ARGV[3] == '1' then
+  local now = redis.call('TIME')
+  floor = math.max(floor, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+end
+if fence <= floor then
+  fence = floor + 1
+  redis.call('SET', KEYS[2], string.format('%d', fence))
 end
 return fence
 """
@@ -67,9 +91,9 @@ return 0
 """
 # KEYS: lock, record; ARGV: id, version, sealed, ttl ms (0: none). 1 written, 0 not held,
 # -1 an equal or newer version is stored.
-_PUT_LOCKED = """
+_PUT_LOCKED = _VERSION + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local stored = tonumber(redis.call('HGET', KEYS[2], 'v') or '0') or 0
+local stored = version(redis.call('HGET', KEYS[2], 'v'))
 if tonumber(ARGV[2]) <= stored then return -1 end
 redis.call('HSET', KEYS[2], 'v', ARGV[2], 's', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -77,9 +101,9 @@ else redis.call('PERSIST', KEYS[2]) end
 return 1
 """
 # KEYS: record, fence; ARGV: version, sealed, ttl ms. 1 written, 0 an equal or newer is there.
-_PUT_IF_NEWER = """
-local stored = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') or 0
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+_PUT_IF_NEWER = _VERSION + """
+local stored = version(redis.call('HGET', KEYS[1], 'v'))
+local fence = version(redis.call('GET', KEYS[2]))
 if fence < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
 if tonumber(ARGV[1]) <= stored then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
@@ -125,9 +149,12 @@ class FleetLock:
         self.channel = state.key(f"{name}:released")
         self.lease_ms = int(state.config.lease_time * 1000)
 
-    async def acquire(self, wait: float) -> Held | None:
+    async def acquire(self, wait: float, *, clock: bool = False) -> Held | None:
         """The lock, or None when `wait` seconds pass while others hold it. Raises
-        SharedStateUnavailable when Redis cannot be asked."""
+        SharedStateUnavailable when Redis cannot be asked. `clock`: the fence is at least
+        Redis's clock in microseconds, so what is written under it is newer than anything
+        an instance may hold even if Redis lost its fence (restarted empty, unseen): for
+        a login or a logout, which no write-back may undo."""
         state = self.state
         lock_id = secrets.token_hex(16)
         deadline = time.monotonic() + wait
@@ -137,14 +164,15 @@ class FleetLock:
             while True:
                 fence = await state.call(lambda r: r.eval(
                     _ACQUIRE, 3, self.lock_key, self.fence_key, self.record_key, lock_id,
-                    self.lease_ms))
-                if int(fence) > 0:
-                    return Held(lock_id, int(fence))
+                    self.lease_ms, "1" if clock else "0"))
+                if _number(fence) > 0:
+                    return Held(lock_id, _number(fence))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 ttl = await state.call(lambda r: r.pttl(self.lock_key))
-                pause = min(left, max(0.01, int(ttl) / 1000) if int(ttl) > 0 else 0.01)
+                ms = _number(ttl)
+                pause = min(left, max(0.01, ms / 1000) if ms > 0 else 0.01)
                 await self._released(pubsub, pause)
         finally:
             with contextlib.suppress(Exception):
@@ -161,11 +189,12 @@ class FleetLock:
                 return
 
     @contextlib.asynccontextmanager
-    async def holding(self, wait: float) -> AsyncIterator[Held | None]:
+    async def holding(self, wait: float, *, clock: bool = False
+                      ) -> AsyncIterator[Held | None]:
         """`acquire(wait)`, with the lease extended while the body runs, and released after
         it (a release that cannot reach Redis is left to the lease). Yields None when the
         lock could not be had within `wait`."""
-        held = await self.acquire(wait)
+        held = await self.acquire(wait, clock=clock)
         if held is None:
             yield None
             return
@@ -192,7 +221,7 @@ class FleetLock:
         """Renew `held`'s lease (a full `lease_time` from now) if the lock is still ours."""
         done = await self.state.call(lambda r: r.eval(
             _EXTEND, 1, self.lock_key, held.id, self.lease_ms))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def release(self, held: Held) -> None:
         """Free the lock if it is still ours, and wake the waiters."""
@@ -205,13 +234,12 @@ class FleetLock:
         key, changed: `SealBroken` is the caller's to report via `broken`)."""
         state = self.state
         raw = await state.call(lambda r: r.hmget(self.record_key, "v", "s"))
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise _unexpected()
         version, sealed = raw
         if version is None or not isinstance(sealed, bytes):
             return None
-        try:
-            number = int(version)
-        except ValueError:
-            raise SealBroken("the record's version is not a number") from None
+        number = _version(version)
         return Record(number, open_sealed(state.sealing, sealed, self.record_key, number))
 
     async def put_locked(self, held: Held, value: bytes, ttl: float | None) -> bool:
@@ -222,7 +250,7 @@ class FleetLock:
         done = await state.call(lambda r: r.eval(
             _PUT_LOCKED, 2, self.lock_key, self.record_key, held.id, held.fence, sealed,
             _ms(ttl)))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def put_if_newer(self, version: int, value: bytes, ttl: float | None) -> bool:
         """Write back what this instance holds, unless Redis has it or something newer
@@ -231,13 +259,41 @@ class FleetLock:
         sealed = seal(state.sealing, value, self.record_key, version)
         done = await state.call(lambda r: r.eval(
             _PUT_IF_NEWER, 2, self.record_key, self.fence_key, version, sealed, _ms(ttl)))
-        return int(done) == 1
+        return _number(done) == 1
 
     async def delete_if_version(self, version: int) -> bool:
         """Drop the record if it is still at `version` (a 401 for that token)."""
         done = await self.state.call(lambda r: r.eval(
             _DELETE_IF_VERSION, 1, self.record_key, version))
-        return int(done) == 1
+        return _number(done) == 1
+
+
+def _number(reply: object) -> int:
+    """An integer reply, as the scripts and PTTL give; anything else (a broken proxy in
+    front of Redis, someone on the network without TLS) is Redis unavailable, not a
+    TypeError in the caller."""
+    if isinstance(reply, int) and not isinstance(reply, bool):
+        return reply
+    raise _unexpected()
+
+
+def _unexpected() -> SharedStateUnavailable:
+    return SharedStateUnavailable("error", "Redis answered something unexpected")
+
+
+MAX_VERSION = 2**53 - 1  # what a Lua number (the scripts) holds exactly
+
+
+def _version(raw: object) -> int:
+    """A record's version as Redis holds it: plain decimal digits in one spelling only, as
+    written (the scripts compare it as text, `_DELETE_IF_VERSION`, and as a Lua number), in
+    range; anything else (someone wrote it, or a broken Redis) is a broken record."""
+    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 16:
+        raise SealBroken("the record's version is not a number")
+    number = int(raw)
+    if number > MAX_VERSION or str(number).encode() != raw:
+        raise SealBroken("the record's version is not a number")
+    return number
 
 
 def _ms(ttl: float | None) -> int:

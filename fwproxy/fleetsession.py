@@ -10,8 +10,10 @@ user, lifetime: a `store.StoredSession`) in Redis, as the sealed, versioned reco
 happens under that lock. `FleetSessions` is the `store.SessionStore` that
 `oauth.RefreshTokenGrant` refreshes through::
 
-    hold:  acquire the fleet lock (wait up to store.LOCK_TIMEOUT; its lease is extended
-           while held, since a token request may outlast state.lease_time)
+    hold:  write back what this instance holds if Redis lost it (`write_back`: Redis may
+           restart empty between two PINGs, unseen), then acquire the fleet lock (wait up
+           to store.LOCK_TIMEOUT; its lease is extended while held, since a token request
+           may outlast state.lease_time)
     load:  read the record: another instance may have refreshed while we waited; the
            grant uses its access token if usable and not the one we already handed out
     save:  put_locked the rotated session at the lock's fence, BEFORE the grant hands out
@@ -33,8 +35,10 @@ When Redis is back (`SharedState.on_recovery`), `write_back` writes the newest s
 this instance read or wrote with `put_if_newer` at its own version: Redis that comes back
 empty loses nothing, and a rotated refresh token is never replaced by an older one.
 
-`fwproxy login` writes the session under the lock with a new version (`save_login`);
-`fwproxy logout` (`logout`) writes a "logged out" marker at a new version rather than
+`fwproxy login` writes the session under the lock with a new version (`save_login`), no
+lower than Redis's clock in microseconds (`FleetLock.acquire(clock=True)`): above anything
+an instance holds even when Redis restarted empty unseen, so no write-back undoes it;
+`fwproxy logout` (`logout`) writes a "logged out" marker at such a version rather than
 deleting the record, so no instance's write-back can bring the session back. The status
 page's "acting as" is the user of the last session this instance read (`acting_as`): no
 Redis call. Nothing here logs a token; key names are fixed words (fleet.py).
@@ -101,6 +105,11 @@ class FleetSessions:
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[SessionHold]:
+        # Redis may have restarted empty without this instance seeing it DOWN (faster than
+        # a PING, redis-py reconnecting quietly): no recovery write-back ran. So put back
+        # what we hold first (newest wins; a no-op when Redis has it or newer), and before
+        # the lock, so the fence we get is above the version written back.
+        await self.write_back()
         async with self.lock.holding(LOCK_TIMEOUT) as held:
             yield _Holding(self, _or_busy(held))
 
@@ -121,6 +130,15 @@ class FleetSessions:
         if newest is not None and await self.lock.put_if_newer(newest[0], newest[1], None):
             log.warning("shared state: wrote the user session (version %d) back to Redis",
                         newest[0])
+
+    async def aclose(self) -> None:
+        """Shutting down: stop a background read of the record (`changed`), which may be
+        waiting on a Redis that does not answer, before the client is closed."""
+        probe = self._probe
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
 
     # --- inside -----------------------------------------------------------------------
 
@@ -145,6 +163,11 @@ class FleetSessions:
         if record is None:
             self._session = None
             return None
+        if self._newest is not None and record.version < self._newest[0]:
+            # Redis holds an older version than this instance has seen (a sealed record
+            # copied and put back, or a stale write-back): newest wins here too; `hold`
+            # writes ours back before the next refresh.
+            record = Record(*self._newest)
         return self._remember(record)
 
     def _remember(self, record: Record) -> StoredSession | None:
@@ -197,7 +220,7 @@ class _Holding:
 @contextlib.asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[FleetSessions]:
     """The fleet's sessions for a command (`fwproxy login`, `logout`, `token`, `check`)."""
-    state = shared_state(settings)
+    state = shared_state(settings, announce=False)  # the command says it
     assert state is not None
     try:
         yield FleetSessions(state)
@@ -208,7 +231,8 @@ async def opened(settings: Settings) -> AsyncIterator[FleetSessions]:
 async def save_login(settings: Settings, session: StoredSession) -> None:
     """`fwproxy login`: the new session, under the lock, at a new version. Raises
     SharedStateUnavailable (Redis away) or TokenStoreBusy: the login is then not stored."""
-    async with opened(settings) as sessions, sessions.lock.holding(LOCK_TIMEOUT) as held:
+    async with opened(settings) as sessions, sessions.lock.holding(
+            LOCK_TIMEOUT, clock=True) as held:
         if not await sessions.lock.put_locked(_or_busy(held), session_json(session).encode(),
                                               None):
             raise TokenStoreBusy("the fleet's session changed during the login; run it again")
@@ -217,7 +241,8 @@ async def save_login(settings: Settings, session: StoredSession) -> None:
 async def logout(settings: Settings) -> bool:
     """`fwproxy logout`: mark the fleet's session logged out (a new version). Whether there
     was a session."""
-    async with opened(settings) as sessions, sessions.lock.holding(LOCK_TIMEOUT) as held:
+    async with opened(settings) as sessions, sessions.lock.holding(
+            LOCK_TIMEOUT, clock=True) as held:
         held = _or_busy(held)
         try:
             there = await sessions.read() is not None

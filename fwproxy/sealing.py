@@ -74,6 +74,8 @@ def open_sealed(key: SealingKey, sealed: bytes, name: str, version: int) -> byte
     """The plaintext of a `seal`ed value, or `SealBroken` (the reason, never the bytes)."""
     if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[0] != FORMAT:
         raise SealBroken("not a sealed record of this version of fwproxy")
+    if not 0 <= version < 2**64:  # read from Redis: anything may be there
+        raise SealBroken("the record's version is out of range")
     nonce, body = sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:]
     try:
         return AESGCM(key.secret).decrypt(nonce, body, _aad(name, version))

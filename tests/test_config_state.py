@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fwproxy.config import ConfigError, parse_config
+from fwproxy.fleet import connect
 from fwproxy.loading import load_mapping
 
 BASE: dict[str, Any] = {
@@ -36,6 +37,22 @@ def parsed(state: dict[str, Any], environ: dict[str, str] | None = None,
     ({**REDIS, "redis_url": "redis://user:pw@h:6379"}, {}, None, "state.redis_url",
      "holds a password"),
     ({**REDIS, "redis_url": "redis:///0"}, {}, None, "state.redis_url", "names no host"),
+    # redis-py takes a password, and settings that override fwproxy's, from the query
+    ({**REDIS, "redis_url": "redis://h:6379/0?password=pw"}, {}, None, "state.redis_url",
+     "holds a password"),
+    ({**REDIS, "redis_url": "unix:///run/redis.sock?password=pw"}, {}, None,
+     "state.redis_url", "holds a password"),
+    ({**REDIS, "redis_url": "rediss://h:6379/0?ssl_cert_reqs=none"}, {}, None,
+     "state.redis_url", "'ssl_cert_reqs'"),
+    ({**REDIS, "redis_url": "redis://h:6379/0?socket_timeout=600"}, {}, None,
+     "state.redis_url", "'socket_timeout'"),
+    ({**REDIS, "redis_url": "redis://h:6379/0?socket_timeout=x"}, {}, None,
+     "state.redis_url", "'socket_timeout'"),
+    ({**REDIS, "redis_url": "unix:///run/redis.sock?db=x"}, {}, None, "state.redis_url",
+     "database number"),
+    ({**REDIS, "redis_url": "redis://h:6379/abc"}, {}, None, "state.redis_url", "/0, /1"),
+    ({**REDIS, "redis_url": "redis://h:6379/0/1"}, {}, None, "state.redis_url", "/0, /1"),
+    ({**REDIS, "redis_url": "redis://h:6379/-1"}, {}, None, "state.redis_url", "/0, /1"),
     ({**REDIS, "redis_ca_file": "/etc/ca.pem"}, {}, None, "state.redis_ca_file", "rediss://"),
     ({**REDIS, "redis_password_file": "/run/pw"}, {"FWPROXY_STATE_REDIS_PASSWORD": "x"}, None,
      "state.redis_password_file", "keep one"),
@@ -56,10 +73,14 @@ def test_state_errors_name_the_key(state: dict[str, Any], environ: dict[str, str
 
 @pytest.mark.parametrize("url", [
     "redis://127.0.0.1:6379/0", "rediss://redis.example:6380/1", "unix:///run/redis.sock",
-    "redis://fwproxy@redis.example:6379/0",
+    "redis://fwproxy@redis.example:6379/0", "redis://h", "redis://h/", "redis://h:6379/15",
+    "unix:///run/redis.sock?db=2",
 ])
 def test_redis_urls_taken(url: str) -> None:
-    assert parsed({**REDIS, "redis_url": url}).state.redis_url == url
+    """Taken by the config, and by redis-py as it is (no ValueError when connecting)."""
+    state = parsed({**REDIS, "redis_url": url}).state
+    assert state.redis_url == url
+    connect(state, 1.0)
 
 
 def test_defaults_are_local() -> None:

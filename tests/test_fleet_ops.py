@@ -283,7 +283,7 @@ def test_the_running_a_fleet_numbers_are_the_codes() -> None:
     readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
     defaults = StateConfig()
     state = SharedState(replace(defaults, backend="redis", redis_url=NOWHERE), "s", "m" * 40)
-    assert "(a PING at least every second," in readme
+    assert "(a small expiring write at least every second," in readme
     assert state.probe_interval <= 1.0
     assert "`encryption_key_file` (32 characters or more," in readme
     assert MIN_ENCRYPTION_KEY == 32
@@ -295,6 +295,6 @@ def test_the_running_a_fleet_numbers_are_the_codes() -> None:
     assert defaults.fleet_size == 0
     assert "backend: redis # local (the default)" in readme
     assert defaults.backend == "local"
-    for why in ("unreachable", "timeout", "denied", "tls"):
+    for why in ("unreachable", "timeout", "denied", "tls", "down"):
         assert f"`{why}`" in readme
         assert why in WHY

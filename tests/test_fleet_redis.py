@@ -161,6 +161,28 @@ async def test_tls_with_a_ca_file(tmp_path: Path, tls_files: tuple[Path, Path, P
         assert plain.up is False
 
 
+async def test_tls_refuses_a_certificate_for_another_name(
+        tmp_path: Path, opened: list[SharedState]) -> None:
+    """rediss:// checks the certificate's name as well as its CA, whatever redis-py's
+    default (setup.cfg takes redis>=5, whose default was not to check it): a certificate
+    the CA issued for another host is someone else's, not Redis's."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("redis.example")  # reached at 127.0.0.1
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    ca_file, chain, key = folder / "ca.pem", folder / "chain.pem", folder / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    with RedisServer(tmp_path / "r", tls=(chain, key)) as server:
+        state = await start(settings_for(server.url, redis_ca_file=str(ca_file)), opened)
+        assert state.up is False
+        assert state.why == "tls"
+        options = state.redis.connection_pool.connection_kwargs
+        assert (options["ssl_check_hostname"], options["ssl_cert_reqs"]) == (True, "required")
+
+
 async def test_tls_an_acl_user_and_a_password_together_leak_no_secret(
         tmp_path: Path, tls_files: tuple[Path, Path, Path], opened: list[SharedState],
         caplog: pytest.LogCaptureFixture) -> None:

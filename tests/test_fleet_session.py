@@ -446,3 +446,133 @@ async def test_a_refresh_that_lost_the_lock_keeps_its_rotation_unless_something_
     stored = await two.record()
     assert stored is not None
     assert stored.refresh_token == "login-2"
+
+
+async def test_redis_restarted_empty_between_two_probes_loses_no_session(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    fleet: Callable[[int], Fleet],
+) -> None:
+    """Redis restarted without persistence faster than the watcher's PING (redis-py's one
+    quiet retry reconnects): nobody saw it DOWN, so no recovery write-back ran. The next
+    refresh still finds the session: the instance puts back what it holds before taking
+    the lock (newest wins), instead of the fleet losing its user ("no stored session")."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)  # no watcher (never started): the restart goes unseen
+    grant = one.grants[0]
+    await grant.fetch()  # refresh 1: this instance holds the rotated session
+    redis_server.stop()
+    redis_server.start()  # back, empty, between two PINGs
+    assert one.states[0].up is True
+    assert one.states[0].recoveries == 0
+    await grant.fetch()  # refresh 2, with the rotated refresh token: no login required
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok", "ok"]
+    stored = await one.record()
+    assert stored is not None
+    assert stored.refresh_token in tenant_state.refresh_tokens
+
+
+async def test_an_older_record_put_back_in_redis_does_not_undo_what_this_instance_saw(
+    fleet_settings: Settings, tenant_state: TenantState, fleet: Callable[[int], Fleet],
+) -> None:
+    """Someone who can write Redis (but has no key) copies the sealed session record, and
+    after `fwproxy logout` puts the copy back (it opens: same name, same version): an
+    instance that saw the logout keeps it (newest wins at every read, not only at
+    write-back), and neither uses the old access token nor refreshes with the old refresh
+    token, which the tenant would still take."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)
+    grant, sessions = one.grants[0], one.sessions[0]
+    await grant.fetch()
+    state = one.states[0]
+    version, sealed = await state.call(lambda r: r.hmget(sessions.lock.record_key, "v", "s"))
+    assert isinstance(version, bytes)
+    assert isinstance(sealed, bytes)
+    assert await logout(fleet_settings)
+    assert await sessions.read() is None  # this instance sees the logout
+    await state.call(lambda r: r.hset(sessions.lock.record_key,
+                                                 mapping={"v": version, "s": sealed}))  # the replay
+    assert await sessions.read() is None
+    assert grant.stored() is None
+    with pytest.raises(LoginRequired):
+        await grant.fetch()
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok"]
+
+
+async def test_a_logout_after_an_unseen_empty_restart_is_not_undone(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    fleet: Callable[[int], Fleet],
+) -> None:
+    """Redis restarted empty, unseen (its fence counter starts again from nothing); then
+    `fwproxy logout` (or a login as someone else). Its version must still be above what
+    the running instances hold, or their write-back (newest wins) would bring the old
+    session back: login and logout take a version no lower than Redis's clock."""
+    await seed(fleet_settings, tenant_state)
+    one = fleet(1)
+    grant = one.grants[0]
+    await grant.fetch()  # this instance holds the session
+    redis_server.stop()
+    redis_server.start()  # back, empty, unseen
+    assert await logout(fleet_settings) is False  # nothing in Redis, but marked
+    with pytest.raises(LoginRequired):
+        await grant.fetch()
+    assert await one.sessions[0].read() is None
+    assert [r.outcome for r in tenant_state.refreshes] == ["ok"]
+    raw = await one.sessions[0].lock.read()
+    assert raw is not None
+    assert raw.value == LOGGED_OUT
+
+
+@pytest.mark.parametrize("command", ["logout", "token"])
+def test_a_command_with_redis_away_says_one_line_on_stderr(
+    tmp_path: Path, command: str,
+) -> None:
+    """`fwproxy logout` / `token` as an operator runs them (a process of their own, its own
+    logging): one line saying why, exit 1; not the running proxy's outage warning too
+    ("each instance goes on by itself"), which is about a fleet, not this command."""
+    import subprocess
+    import sys
+
+    nowhere = RedisServer(tmp_path / "nowhere")  # never started
+    config = write_config(tmp_path / "fwproxy.yaml", {
+        "tenant": {"url": "https://acme.fotoware.cloud"},
+        "auth": {"grant_type": "authorization_code", "client_id": DEMO_WEB_CLIENT,
+                 "redirect_uri": "http://127.0.0.1:8765/callback",
+                 "token_store": str(tmp_path / "tokens.json")},
+        "state": {"backend": "redis", "redis_url": nowhere.url},
+    })
+    done = subprocess.run(
+        [sys.executable, "-m", "fwproxy", command, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "FWPROXY_CLIENT_SECRET": DEMO_WEB_SECRET,
+             "HOME": str(tmp_path)}, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == "fwproxy: shared state (Redis) unavailable: Redis is unreachable\n"
+
+
+async def test_shutdown_leaves_no_probe_of_the_session_running(
+    fleet_settings: Settings, tenant_state: TenantState, redis_server: RedisServer,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    """A refused instance reads the record in the background (`changed`); shutting down
+    while such a read hangs (Redis stopped answering) cancels it, rather than leaving a
+    task on a closed client (to reconnect, or be destroyed pending with the loop)."""
+    import os
+    import signal
+
+    proxy = await aiohttp_client(create_app(fleet_settings))
+    async with proxy.get("/fotoweb/me") as resp:
+        assert resp.status == 503  # nobody logged in: refused
+    assert proxy.app is not None
+    sessions = proxy.app[SHARED_SESSION]
+    assert redis_server.pid is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)  # answers nothing from now on
+    try:
+        sessions.changed(sessions.mark())  # starts a background read, which hangs
+        probe = sessions._probe
+        assert probe is not None
+        assert not probe.done()
+        await proxy.close()
+        assert probe.done()
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)

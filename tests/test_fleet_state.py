@@ -13,6 +13,7 @@ from fwproxy.exceptions import SealBroken, SharedStateUnavailable
 from fwproxy.fleet import SharedState, scope_of, why_of
 from fwproxy.private import Secret
 from fwproxy.sealing import derive_key, open_sealed, seal
+from tests.conftest import wait_until
 from tests.support.redis import RedisServer
 
 KEY = derive_key("k" * 40, "fwproxy:scope")
@@ -43,6 +44,14 @@ def test_a_sealed_value_opens_only_where_and_as_what_it_was_sealed() -> None:
         assert "secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("version", [-1, 2**64, 2**70])
+def test_a_version_out_of_range_is_a_broken_seal(version: int) -> None:
+    """Versions come from Redis: out of the 8 bytes the associated data holds, the record
+    is broken (SealBroken), not a struct.error."""
+    with pytest.raises(SealBroken):
+        open_sealed(KEY, seal(KEY, b"v", "n", 1), "n", version)
+
+
 def test_two_seals_of_one_value_differ() -> None:
     assert seal(KEY, b"v", "n", 1) != seal(KEY, b"v", "n", 1)
 
@@ -58,6 +67,17 @@ def test_keys_never_show_in_repr() -> None:
     (__import__("redis").exceptions.ResponseError("NOPERM this user has no permissions"),
      "denied"),
     (__import__("redis").exceptions.ResponseError("WRONGTYPE Operation against a key"), "error"),
+    # redis-py strips the code of the errors it has a class for
+    (__import__("redis").exceptions.NoPermissionError("this user has no permissions"),
+     "denied"),
+    # Redis answers but takes no write: a replica after a failover, a failing disk, full
+    (__import__("redis").exceptions.ReadOnlyError("You can't write against a read only "
+                                                  "replica."), "down"),
+    (__import__("redis").exceptions.OutOfMemoryError("command not allowed when used "
+                                                     "memory > 'maxmemory'."), "down"),
+    (__import__("redis").exceptions.MasterDownError("Link with MASTER is down"), "down"),
+    (__import__("redis").exceptions.ResponseError("MISCONF Redis is configured to save RDB "
+                                                  "snapshots, but it is unable to"), "down"),
     (__import__("redis").exceptions.BusyLoadingError("Redis is loading"), "loading"),
     (__import__("redis").exceptions.ConnectionError("SSL: CERTIFICATE_VERIFY_FAILED"), "tls"),
     (asyncio.TimeoutError(), "timeout"),
@@ -108,6 +128,71 @@ async def test_up_down_and_back_with_recovery_callbacks(redis_server: RedisServe
         await state.aclose()
 
 
+async def test_a_write_back_redis_refuses_does_not_skip_the_others(
+    redis_server: RedisServer,
+) -> None:
+    """One record's write-back refused by a Redis that is up (its key holds another type:
+    another application's key, or someone's write): the other write-backs still run. Only
+    Redis going down again stops them (the next recovery runs them all)."""
+    state = state_for(redis_server)
+    recovered = asyncio.Event()
+
+    async def refused() -> None:
+        await state.call(lambda r: r.set(state.key("session"), b"not a hash"))
+        await state.call(lambda r: r.hget(state.key("session"), "v"))  # WRONGTYPE
+
+    async def write_back() -> None:
+        await state.call(lambda r: r.set(state.key("marker"), b"1"))
+        recovered.set()
+
+    state.on_recovery(refused)
+    state.on_recovery(write_back)
+    try:
+        await state.start()
+        redis_server.stop()
+        with pytest.raises(SharedStateUnavailable):
+            await state.call(lambda r: r.get(state.key("a")))
+        redis_server.start()
+        await asyncio.wait_for(recovered.wait(), 20)
+        assert await state.call(lambda r: r.get(state.key("marker"))) == b"1"
+    finally:
+        await state.aclose()
+
+
+async def test_a_redis_that_answers_but_takes_no_write_is_down_until_it_does(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """A failover left the address on a read-only replica (or the disk fails, or memory
+    is full): PING answers, every write is refused. That is an outage (DOWN, why "down",
+    shown; each instance on its own), not "up" with every call failing, and it lasts
+    until a write goes through: then the recovery write-backs run."""
+    state = state_for(redis_server)
+    recovered = asyncio.Event()
+
+    async def write_back() -> None:
+        recovered.set()
+
+    state.on_recovery(write_back)
+    admin = state_for(redis_server)
+    nowhere = RedisServer(tmp_path / "nowhere")  # never started: a master that is gone
+    try:
+        await state.start()
+        assert state.up is True
+        await admin.call(lambda r: r.replicaof("127.0.0.1", nowhere.port))
+        await wait_until(lambda: state.up is False, "the read-only Redis to be seen DOWN")
+        assert state.why == "down"
+        with pytest.raises(SharedStateUnavailable):  # at once
+            await state.call(lambda r: r.set(state.key("a"), b"x"))
+        assert not recovered.is_set()  # PING answers all along: not taken for a return
+        await admin.call(lambda r: r.replicaof("NO", "ONE"))
+        await asyncio.wait_for(recovered.wait(), 20)
+        assert state.up is True
+        assert await state.call(lambda r: r.set(state.key("a"), b"x")) is True
+    finally:
+        await admin.aclose()
+        await state.aclose()
+
+
 async def test_starting_without_redis_is_no_error(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "r")  # never started: nothing listens on its port
     state = state_for(server)
@@ -127,6 +212,8 @@ async def test_a_refused_command_does_not_mark_redis_down(redis_server: RedisSer
             await state.call(lambda r: r.get(state.key("t")))  # WRONGTYPE
         assert caught.value.why == "error"
         assert state.up is True
+        # what Redis said (its internals) is for the log, not for a client's error body
+        assert "WRONGTYPE" not in str(caught.value)
     finally:
         await state.aclose()
 
