@@ -138,6 +138,8 @@ def dispatcher(app: web.Application) -> Handler:
     takes; anything else goes through the application as before. The routes are
     `create_app`'s, so the prefix is the one the app was made with (a reload keeps it)."""
     handle = app._handle
+    if SETTINGS not in app:  # not `create_app`'s (a plain application): all through it
+        return handle
     prefix = app[SETTINGS].status.prefix
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
