@@ -586,3 +586,36 @@ async def test_the_dispatcher_answers_as_the_application_does(
     finally:
         await plain.cleanup()
     assert answers[0] == answers[1]
+
+
+async def test_a_client_gone_mid_request_leaves_no_idle_entry(serve: Serve) -> None:
+    """A client that closes while its request is at the tenant: aiohttp keeps the closed
+    connection in the server's table until its task ends, and the handler's end marked it
+    idle again, after it had left the idle table: every such client stayed in the table for
+    good (the dead connection, its parser and transport), and the idle sweep walked them
+    all on every tick and never stopped."""
+    arrived: list[None] = []
+    release = asyncio.Event()
+
+    def routes(app: web.Application) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            arrived.append(None)
+            await release.wait()
+            return web.Response(text="late")
+
+        app.router.add_get("/fotoweb/slow", slow)
+
+    served = await serve(routes, limits={"client_idle_timeout": "60s"})
+    connections = served.runner.connections
+    for count in range(1, 4):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await wait_until(lambda n=count: len(arrived) == n,  # type: ignore[misc]
+                         "the request to reach the tenant")
+        writer.close()
+        await wait_until(lambda: not connections._connections,
+                         "the proxy to drop the closed connection")
+    release.set()
+    assert not connections._idle, f"{len(connections._idle)} closed connections kept as idle"
+    await keep_alive(served)  # an open one is idle, and the sweep still runs for it
+    assert len(connections._idle) == 1 and connections.sweep.armed
