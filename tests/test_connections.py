@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from fwproxy import keys
-from fwproxy.app import OBSERVER, create_app
+from fwproxy.app import OBSERVER, PROXY, create_app
 from fwproxy.config import LimitsConfig
 from fwproxy.connections import Runner, head_end
 from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
@@ -619,3 +619,41 @@ async def test_a_client_gone_mid_request_leaves_no_idle_entry(serve: Serve) -> N
     assert not connections._idle, f"{len(connections._idle)} closed connections kept as idle"
     await keep_alive(served)  # an open one is idle, and the sweep still runs for it
     assert len(connections._idle) == 1 and connections.sweep.armed
+
+
+async def test_a_client_gone_mid_answer_frees_the_tenant_connection(serve: Serve) -> None:
+    """The short way (direct.py) for a bodyless request: a client that leaves while the
+    tenant's answer streams leaves no tenant connection taken, and the rest of that answer
+    is never read as the answer to a later request (its connection is not pooled)."""
+    more = asyncio.Event()
+
+    def routes(app: web.Application) -> None:
+        async def stream(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            resp.content_length = 2 * 65536
+            await resp.prepare(request)
+            await resp.write(b"a" * 65536)
+            await more.wait()
+            await resp.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge".ljust(65536))
+            return resp
+
+        app.router.add_get("/fotoweb/stream", stream)
+
+    served = await serve(routes)
+    proxy = served.runner.app[PROXY]
+    metrics = served.runner.app[OBSERVER].metrics
+    connector = proxy._session.connector
+    assert connector is not None
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await asyncio.wait_for(reader.readexactly(1000), 10)  # the answer has begun
+    writer.close()
+    await wait_until(lambda: metrics.in_flight == 0, "the proxy to finish the request")
+    more.set()
+    assert not connector._acquired, "a tenant connection stayed taken"
+    for _ in range(3):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, _, body = await response(reader)
+        writer.close()
+        assert status == 200 and b"forge" not in body
