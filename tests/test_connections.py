@@ -608,7 +608,7 @@ async def test_a_client_gone_mid_request_leaves_no_idle_entry(serve: Serve) -> N
     served = await serve(routes, limits={"client_idle_timeout": "60s"})
     connections = served.runner.connections
     for count in range(1, 4):
-        reader, writer = await served.connect()
+        _, writer = await served.connect()
         writer.write(b"GET /fotoweb/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await wait_until(lambda n=count: len(arrived) == n,  # type: ignore[misc]
                          "the request to reach the tenant")
@@ -617,8 +617,10 @@ async def test_a_client_gone_mid_request_leaves_no_idle_entry(serve: Serve) -> N
                          "the proxy to drop the closed connection")
     release.set()
     assert not connections._idle, f"{len(connections._idle)} closed connections kept as idle"
-    await keep_alive(served)  # an open one is idle, and the sweep still runs for it
-    assert len(connections._idle) == 1 and connections.sweep.armed
+    _, writer = await keep_alive(served)  # an open one is idle, and the sweep runs for it
+    assert len(connections._idle) == 1
+    assert connections.sweep.armed
+    writer.close()
 
 
 async def test_a_client_gone_mid_answer_frees_the_tenant_connection(serve: Serve) -> None:
@@ -656,4 +658,5 @@ async def test_a_client_gone_mid_answer_frees_the_tenant_connection(serve: Serve
         writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         status, _, body = await response(reader)
         writer.close()
-        assert status == 200 and b"forge" not in body
+        assert status == 200
+        assert b"forge" not in body
