@@ -536,7 +536,8 @@ class LiveKeys:
 def gate_with(tmp_path: Path, live: LiveKeys | None = None) -> Any:
     from fwproxy.tokengate import Counts, Gate
 
-    return Gate(tmp_path / "local-tokens.key", 60, live, Counts())  # type: ignore[arg-type]
+    return Gate(file_signing_keys(tmp_path / "local-tokens.key"), 60,
+                live, Counts())  # type: ignore[arg-type]
 
 
 def test_a_token_seen_before_is_revoked_with_its_key(tmp_path: Path) -> None:
