@@ -284,7 +284,9 @@ class Connections(web.Server):
         self._idle.pop(handler, None)
 
     def idle(self, handler: RequestHandler) -> None:
-        if handler in self._connections:
+        # closed (the client left mid-request): aiohttp keeps it in `_connections` until
+        # its task ends, but connection_lost has taken it out of the idle table for good
+        if handler.transport is not None and handler in self._connections:
             self._idle[handler] = time.monotonic()  # to the end: the most recently idle
             self.sweep.watch(self._loop)
 

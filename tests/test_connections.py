@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from fwproxy import keys
-from fwproxy.app import OBSERVER, create_app
+from fwproxy.app import OBSERVER, PROXY, create_app
 from fwproxy.config import LimitsConfig
 from fwproxy.connections import Runner, head_end
 from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
@@ -586,3 +586,77 @@ async def test_the_dispatcher_answers_as_the_application_does(
     finally:
         await plain.cleanup()
     assert answers[0] == answers[1]
+
+
+async def test_a_client_gone_mid_request_leaves_no_idle_entry(serve: Serve) -> None:
+    """A client that closes while its request is at the tenant: aiohttp keeps the closed
+    connection in the server's table until its task ends, and the handler's end marked it
+    idle again, after it had left the idle table: every such client stayed in the table for
+    good (the dead connection, its parser and transport), and the idle sweep walked them
+    all on every tick and never stopped."""
+    arrived: list[None] = []
+    release = asyncio.Event()
+
+    def routes(app: web.Application) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            arrived.append(None)
+            await release.wait()
+            return web.Response(text="late")
+
+        app.router.add_get("/fotoweb/slow", slow)
+
+    served = await serve(routes, limits={"client_idle_timeout": "60s"})
+    connections = served.runner.connections
+    for count in range(1, 4):
+        _, writer = await served.connect()
+        writer.write(b"GET /fotoweb/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await wait_until(lambda n=count: len(arrived) == n,  # type: ignore[misc]
+                         "the request to reach the tenant")
+        writer.close()
+        await wait_until(lambda: not connections._connections,
+                         "the proxy to drop the closed connection")
+    release.set()
+    assert not connections._idle, f"{len(connections._idle)} closed connections kept as idle"
+    _, writer = await keep_alive(served)  # an open one is idle, and the sweep runs for it
+    assert len(connections._idle) == 1
+    assert connections.sweep.armed
+    writer.close()
+
+
+async def test_a_client_gone_mid_answer_frees_the_tenant_connection(serve: Serve) -> None:
+    """The short way (direct.py) for a bodyless request: a client that leaves while the
+    tenant's answer streams leaves no tenant connection taken, and the rest of that answer
+    is never read as the answer to a later request (its connection is not pooled)."""
+    more = asyncio.Event()
+
+    def routes(app: web.Application) -> None:
+        async def stream(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            resp.content_length = 2 * 65536
+            await resp.prepare(request)
+            await resp.write(b"a" * 65536)
+            await more.wait()
+            await resp.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge".ljust(65536))
+            return resp
+
+        app.router.add_get("/fotoweb/stream", stream)
+
+    served = await serve(routes)
+    proxy = served.runner.app[PROXY]
+    metrics = served.runner.app[OBSERVER].metrics
+    connector = proxy._session.connector
+    assert connector is not None
+    reader, writer = await served.connect()
+    writer.write(b"GET /fotoweb/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await asyncio.wait_for(reader.readexactly(1000), 10)  # the answer has begun
+    writer.close()
+    await wait_until(lambda: metrics.in_flight == 0, "the proxy to finish the request")
+    more.set()
+    assert not connector._acquired, "a tenant connection stayed taken"
+    for _ in range(3):
+        reader, writer = await served.connect()
+        writer.write(b"GET /fotoweb/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, _, body = await response(reader)
+        writer.close()
+        assert status == 200
+        assert b"forge" not in body

@@ -178,3 +178,60 @@ async def test_a_closed_session_is_refused_as_the_session_refuses() -> None:
     with pytest.raises(RuntimeError, match="Session is closed"):
         await send_bodyless(session, asyncio.get_running_loop(), "GET",
                             URL("http://127.0.0.1:9/"), headers())
+
+
+# --- TLS: the short way takes the session's connector, so its trust ----------------------------
+
+
+@pytest.fixture
+def self_signed(tmp_path: Any) -> tuple[Any, Any]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_the_short_way_verifies_the_tenant_as_the_session_does(
+        self_signed: tuple[Any, Any], aiohttp_server: Any) -> None:
+    """A tenant whose certificate nobody vouches for is refused before any byte of the
+    request (a token) is sent; tenant.ca_file makes it trusted, tenant.verify_tls: false
+    takes it as it is."""
+    import ssl
+
+    from aiohttp import web
+
+    cert, key = self_signed
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(text="tenant")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await aiohttp_server(app, host="127.0.0.1", ssl=served)
+    url = URL(f"https://127.0.0.1:{server.port}/")
+    loop = asyncio.get_running_loop()
+    for tenant, trusted in [(TenantConfig(url=url), False),
+                            (TenantConfig(url=url, ca_file=cert), True),
+                            (TenantConfig(url=url, verify_tls=False), True)]:
+        session = create_session(tenant)
+        try:
+            if not trusted:
+                with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                    await send_bodyless(session, loop, "GET", url,
+                                        CIMultiDict(Authorization="Bearer secret"))
+                continue
+            resp = await send_bodyless(session, loop, "GET", url, headers())
+            assert (resp.status, await resp.text()) == (200, "tenant")
+            resp.release()
+        finally:
+            await session.close()
+    assert seen == ["Bearer t", "Bearer t"]  # the untrusted one never got its request
