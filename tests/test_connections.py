@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import tracemalloc
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from aiohttp import web
 from fwproxy import keys
 from fwproxy.app import OBSERVER, PROXY, create_app
 from fwproxy.config import LimitsConfig
-from fwproxy.connections import Runner, head_end
+from fwproxy.connections import IdleSweep, Runner, head_end
 from tests.conftest import Routes, TenantFactory, proxy_settings, wait_until
 
 
@@ -660,3 +662,13 @@ async def test_a_client_gone_mid_answer_frees_the_tenant_connection(serve: Serve
         writer.close()
         assert status == 200
         assert b"forge" not in body
+
+
+def test_client_idle_timeout_0_is_no_limit() -> None:
+    """config.example.yaml: ``client_idle_timeout: 0`` is no limit: the sweep keeps no
+    timer and never closes an idle connection (max_connections still makes room)."""
+    sweep = IdleSweep(OrderedDict())
+    sweep.shorten(0)
+    assert sweep.timeout == math.inf
+    sweep.shorten(5)
+    assert sweep.timeout == 5
