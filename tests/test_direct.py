@@ -183,21 +183,8 @@ async def test_a_closed_session_is_refused_as_the_session_refuses() -> None:
 # --- TLS: the short way takes the session's connector, so its trust ----------------------------
 
 
-@pytest.fixture
-def self_signed(tmp_path: Any) -> tuple[Any, Any]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    import subprocess
-
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
-
-
 async def test_the_short_way_verifies_the_tenant_as_the_session_does(
-        self_signed: tuple[Any, Any], aiohttp_server: Any) -> None:
+        certificate: tuple[Any, Any], aiohttp_server: Any) -> None:
     """A tenant whose certificate nobody vouches for is refused before any byte of the
     request (a token) is sent; tenant.ca_file makes it trusted, tenant.verify_tls: false
     takes it as it is."""
@@ -205,7 +192,7 @@ async def test_the_short_way_verifies_the_tenant_as_the_session_does(
 
     from aiohttp import web
 
-    cert, key = self_signed
+    cert, key = certificate
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
     seen: list[str | None] = []

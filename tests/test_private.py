@@ -401,19 +401,6 @@ def test_a_ca_file_others_may_change_is_refused(tmp_path: Path) -> None:
         os.chown(bundle, 0, 0)
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    import subprocess
-
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    return cert, key
-
-
 async def test_the_tenant_session_trusts_the_checked_ca_file(
     certificate: tuple[Path, Path], aiohttp_server: Any
 ) -> None:
