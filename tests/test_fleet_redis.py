@@ -49,11 +49,10 @@ def settings_for(url: str, environ: dict[str, str] | None = None, **state: Any) 
     return load_mapping(raw, environ or {})
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """(the CA's certificate, the server's chain, its key) for 127.0.0.1."""
+def write_tls_files(tmp_path: Path, host: str) -> tuple[Path, Path, Path]:
+    """(the CA's certificate, the server's chain, its key), a certificate for `host`."""
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
+    cert = ca.issue_cert(host)
     folder = tmp_path / "tls"
     folder.mkdir()
     ca_file, chain, key = folder / "ca.pem", folder / "chain.pem", folder / "key.pem"
@@ -62,6 +61,12 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     cert.private_key_pem.write_to_path(str(key))
     key.chmod(0o600)
     return ca_file, chain, key
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(the CA's certificate, the server's chain, its key) for 127.0.0.1."""
+    return write_tls_files(tmp_path, "127.0.0.1")
 
 
 @pytest.fixture
@@ -166,15 +171,7 @@ async def test_tls_refuses_a_certificate_for_another_name(
     """rediss:// checks the certificate's name as well as its CA, whatever redis-py's
     default (setup.cfg takes redis>=5, whose default was not to check it): a certificate
     the CA issued for another host is someone else's, not Redis's."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("redis.example")  # reached at 127.0.0.1
-    folder = tmp_path / "tls"
-    folder.mkdir()
-    ca_file, chain, key = folder / "ca.pem", folder / "chain.pem", folder / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key))
-    key.chmod(0o600)
+    ca_file, chain, key = write_tls_files(tmp_path, "redis.example")  # reached at 127.0.0.1
     with RedisServer(tmp_path / "r", tls=(chain, key)) as server:
         state = await start(settings_for(server.url, redis_ca_file=str(ca_file)), opened)
         assert state.up is False
