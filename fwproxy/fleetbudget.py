@@ -82,8 +82,11 @@ ERROR_PAUSE = 1.0  # seconds on the local share after Redis refused our script (
 # channel, n, then n ids released (given back first, as `_RELEASE`), then the ids to
 # grant (want of them when max_in_flight > 0). Returns {granted, wait us, whether someone
 # in the fleet waits for a slot}. After the
-# releases this is `grant` line for line, with `gcra` inlined in the loop.
+# releases this is `grant` line for line, with `gcra` inlined in the loop. What no instance
+# writes is dropped: a slot expiring beyond now + MAX_LEASE (state.lease_time's bound; a
+# member scored +inf held a slot for good), a tat that is NaN (it granted everything).
 _ACQUIRE = """
+local MAX_LEASE = 3600
 local released = tonumber(ARGV[7])
 if released > 0 then
   local gone = redis.call('ZREM', KEYS[1], unpack(ARGV, 8, 7 + released))
@@ -101,11 +104,13 @@ local lease_ms = tonumber(ARGV[5])
 local free = want
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now * 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + MAX_LEASE) * 1000, '+inf')
   free = math.max(0, math.min(want, cap - redis.call('ZCARD', KEYS[1])))
 end
 local granted, wait = free, 0
 if rate > 0 and free > 0 then
   local tat = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if tat ~= tat then tat = 0 end  -- NaN ("nan" reads as one): every comparison is false
   local interval = 1 / rate
   local tolerance = math.max(1, burst) * interval
   granted = 0

@@ -402,3 +402,37 @@ async def test_redis_refusing_the_script_means_the_share_for_a_while(make_budget
     again = await budget.acquire("c")
     assert await zcard(budget) == 1
     again.release()
+
+
+# --- hostile or broken Redis contents, lost leases, cancellation (red team) ---------------
+
+
+@pytest.mark.parametrize("planted", [b"nan", b"-nan", b"inf", b"-inf", b"1e308", b"-1e308",
+                                     b"not a number", b""])
+async def test_a_planted_tat_never_lifts_the_rate_cap(make_budget: Make, planted: bytes) -> None:
+    # Lua's tonumber reads "nan" as NaN, and every comparison with NaN is false: the
+    # script granted everything and wrote "nan" back, lifting the rate cap for good
+    budget = await make_budget(max_rate=0.1, max_burst=2, queue_timeout=0)
+    await budget.state.call(lambda r: r.set(budget.tat_key, planted))
+    outcomes: list[str] = []
+    for _ in range(5):
+        try:
+            await budget.acquire("c")
+            outcomes.append("ok")
+        except TenantBusy:
+            outcomes.append("busy")
+    assert outcomes.count("ok") <= 2  # the burst, at most (a planted tat ahead: fewer)
+    stored = await budget.state.call(lambda r: r.get(budget.tat_key))
+    assert stored is not None and float(stored) == float(stored)  # (not NaN)
+
+
+@pytest.mark.parametrize("score", [float("inf"), 1e300])
+async def test_a_slot_planted_beyond_any_lease_does_not_hold_the_cap_for_good(
+        make_budget: Make, score: float) -> None:
+    # no instance writes an expiry beyond now + 1 h (state.lease_time's bound); a member
+    # scored +inf stayed for good (the key's expiry is renewed by every ask)
+    budget = await make_budget(max_in_flight=1, queue_timeout=0)
+    await budget.state.call(lambda r: r.zadd(budget.slots_key, {"planted": score}))
+    lease = await budget.acquire("c")
+    assert await budget.state.call(lambda r: r.zscore(budget.slots_key, "planted")) is None
+    lease.release()
