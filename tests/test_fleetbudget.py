@@ -436,3 +436,33 @@ async def test_a_slot_planted_beyond_any_lease_does_not_hold_the_cap_for_good(
     lease = await budget.acquire("c")
     assert await budget.state.call(lambda r: r.zscore(budget.slots_key, "planted")) is None
     lease.release()
+
+
+async def test_leases_redis_lost_unnoticed_are_written_back_by_the_renewer(
+        make_budget: Make) -> None:
+    # Redis restarted empty (or failed over to a replica that missed the writes) faster
+    # than any call noticed: no outage, so no recovery writes back. The renewer renewed
+    # only the members still there, so the slots in use were free to the fleet: twice
+    # the cap. (FLUSHALL stands in for the restart: an unnoticed one is its effect.)
+    holder = await make_budget(max_in_flight=1, lease_time=1.0)
+    lease = await holder.acquire("c")
+    await holder.state.call(lambda r: r.flushall())
+    await wait_until(zcard_is(holder, 1), "the held lease written back")
+    other = await make_budget(max_in_flight=1, queue_timeout=0)
+    with pytest.raises(TenantBusy):
+        await other.acquire("c")
+    assert holder.state.outages == 0
+    lease.release()
+    await wait_until(zcard_is(holder, 0), "released")
+
+
+async def test_a_release_during_a_renewal_is_not_undone_by_it(make_budget: Make) -> None:
+    """The renewal writes back what it was given; a lease released while the renewal was
+    on its way is released again after it (never held in Redis for a lease time)."""
+    budget = await make_budget(max_in_flight=2, lease_time=30.0)
+    lease = await budget.acquire("c")
+    ids = [*budget._held]  # what the renewal on its way carries
+    lease.release()
+    await wait_until(zcard_is(budget, 0), "the release reached Redis first")
+    await budget._renewed(ids)  # then the renewal
+    await wait_until(zcard_is(budget, 0), "released again after it")
