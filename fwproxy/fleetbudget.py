@@ -32,8 +32,8 @@ that came since waits about that much longer at most). A
 failed release is counted, kept and sent again when Redis is back; until then the slot is
 bounded by its lease. One renewer task per instance extends all held leases every
 ``lease_time / 3`` (`_RENEW`, one call), writing back those Redis lost without an outage
-anyone noticed (restarted empty within a probe interval, failed over); so a crashed instance's slots (``kill -9``) come
-back within ``state.lease_time``.
+anyone noticed (restarted empty within a probe interval, failed over); so a crashed
+instance's slots (``kill -9``) come back within ``state.lease_time``.
 
 No cap configured: `configured` is False and the handler never asks (no Redis call at all;
 the tasks start only when needed). Redis unreachable (`SharedState.available` False) or
