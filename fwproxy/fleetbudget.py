@@ -414,6 +414,9 @@ class FleetBudget(LocalBudget):
         except SharedStateUnavailable:
             self._not_released(released)
             raise
+        except BaseException:  # cancelled mid-call (the client went; closing): whether the
+            self._send_release([*released, *ids])  # script ran is unknown; ZREM is safe
+            raise
         self.asks += 1
         granted, wait_us = int(answer[0]), int(answer[1])
         self._fleet_waits = bool(int(answer[2]))

@@ -7,6 +7,7 @@ the return, reload, and no Redis call without a cap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -468,3 +469,21 @@ async def test_a_release_during_a_renewal_is_not_undone_by_it(make_budget: Make)
     await wait_until(zcard_is(budget, 0), "the release reached Redis first")
     await budget._renewed(ids)  # then the renewal
     await wait_until(zcard_is(budget, 0), "released again after it")
+
+
+async def test_a_client_gone_while_its_ask_is_in_flight_leaks_no_slot(make_budget: Make) -> None:
+    # queue_timeout 0: the request itself asks. Cancelled mid-call (the client went), the
+    # releases the ask carried were dropped (sent neither then nor later) and a slot the
+    # script may have granted was nobody's: both held in Redis for a whole lease (30 s)
+    budget = await make_budget(max_in_flight=1, queue_timeout=0, lease_time=30.0)
+    (await budget.acquire("c")).release()  # queued: the next ask carries it
+    asking = asyncio.ensure_future(budget.acquire("c"))
+    await asyncio.sleep(0)  # the task runs up to its Redis call, carrying the release
+    assert not budget._releasing
+    assert not asking.done()
+    asking.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asking
+    await wait_until(zcard_is(budget, 0), "nothing held in Redis")
+    (await budget.acquire("c")).release()  # the slot is free at once
+
