@@ -86,6 +86,8 @@ ERROR_PAUSE = 1.0  # seconds on the local share after Redis refused our script (
 # releases this is `grant` line for line, with `gcra` inlined in the loop. What no instance
 # writes is dropped: a slot expiring beyond now + MAX_LEASE (state.lease_time's bound; a
 # member scored +inf held a slot for good), a tat that is NaN (it granted everything).
+# The ids to grant are removed first: redis-py sends a call again when its reply was lost
+# (a reset, a socket timeout), and the second run must not count the first one's grants.
 _ACQUIRE = """
 local MAX_LEASE = 3600
 local released = tonumber(ARGV[7])
@@ -104,6 +106,9 @@ local burst = tonumber(ARGV[4])
 local lease_ms = tonumber(ARGV[5])
 local free = want
 if cap > 0 then
+  if want > 0 then  -- this very call sent again (its reply was lost): its ids count once
+    redis.call('ZREM', KEYS[1], unpack(ARGV, 8 + released, 7 + released + want))
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now * 1000)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + MAX_LEASE) * 1000, '+inf')
   free = math.max(0, math.min(want, cap - redis.call('ZCARD', KEYS[1])))

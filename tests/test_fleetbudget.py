@@ -487,3 +487,17 @@ async def test_a_client_gone_while_its_ask_is_in_flight_leaks_no_slot(make_budge
     await wait_until(zcard_is(budget, 0), "nothing held in Redis")
     (await budget.acquire("c")).release()  # the slot is free at once
 
+
+
+async def test_an_ask_sent_again_counts_its_slots_once(make_budget: Make) -> None:
+    # redis-py sends a command again once when its reply is lost (a reset connection, a
+    # socket timeout: a slow Redis). The script ran twice: the second run counted the
+    # first one's grants as in use and granted none, so those slots were nobody's (and
+    # never renewed) for a whole lease
+    budget = await make_budget(max_in_flight=2, lease_time=30.0)
+    keys = [budget.slots_key, budget.tat_key, budget.waiting_key]
+    args = [2, 2, 0, 0, budget.lease_ms, budget.channel, 0, "x:1", "x:2"]
+    first = await budget._run(budget._acquire, keys, args)
+    again = await budget._run(budget._acquire, keys, args)  # the same call, once more
+    assert int(first[0]) == int(again[0]) == 2
+    assert await zcard(budget) == 2
