@@ -496,7 +496,8 @@ async def test_an_ask_sent_again_counts_its_slots_once(make_budget: Make) -> Non
     # never renewed) for a whole lease
     budget = await make_budget(max_in_flight=2, lease_time=30.0)
     keys = [budget.slots_key, budget.tat_key, budget.waiting_key]
-    args = [2, 2, 0, 0, budget.lease_ms, budget.channel, 0, "x:1", "x:2"]
+    args: list[str | int | float] = [2, 2, 0, 0, budget.lease_ms, budget.channel, 0,
+                                     "x:1", "x:2"]
     first = await budget._run(budget._acquire, keys, args)
     again = await budget._run(budget._acquire, keys, args)  # the same call, once more
     assert int(first[0]) == int(again[0]) == 2
