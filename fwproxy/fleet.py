@@ -243,8 +243,13 @@ class SharedState:
         for callback in self._recovery:
             try:
                 await callback()
-            except SharedStateUnavailable:
-                return  # down again: the next recovery runs them all
+            except SharedStateUnavailable as exc:
+                if self.up is False:
+                    return  # down again: the next recovery runs them all
+                # Redis is up but refused this one (a key of the wrong type): the others
+                # still write back
+                log.warning("shared state: a write-back after Redis came back was "
+                            "refused: %s", exc)
             except Exception:  # one write-back failing must not stop the others
                 log.exception("shared state: writing back after Redis came back failed")
 

@@ -502,3 +502,23 @@ async def test_an_ask_sent_again_counts_its_slots_once(make_budget: Make) -> Non
     again = await budget._run(budget._acquire, keys, args)  # the same call, once more
     assert int(first[0]) == int(again[0]) == 2
     assert await zcard(budget) == 2
+
+
+async def test_a_budget_key_redis_refuses_stops_no_other_write_back(
+        make_budget: Make) -> None:
+    # the budget's write-back is the first recovery callback (app.py makes it first): a
+    # WRONGTYPE on its key made SharedState take it for "down again" and skip the rest
+    # (the fleet's token, the user session), with Redis up: skipped until the next outage
+    budget = await make_budget(max_in_flight=2)
+    lease = await budget.acquire("c")
+    ran: list[str] = []
+
+    async def token_write_back() -> None:
+        ran.append("token")
+
+    budget.state.on_recovery(token_write_back)
+    await budget.state.call(lambda r: r.set(budget.slots_key, b"not a sorted set"))
+    budget.state._down("unreachable", OSError("a blip"))  # the watcher PINGs: back at once
+    await wait_until(lambda: budget.state.recoveries == 1, "Redis seen back")
+    await wait_until(lambda: ran == ["token"], "the other write-back ran")
+    lease.release()
