@@ -423,6 +423,10 @@ class FleetBudget(LocalBudget):
             self._send_release([*released, *ids])  # script ran is unknown; ZREM is safe
             raise
         self.asks += 1
+        if self._unreleased:  # refused with Redis up: no recovery sends them; this one
+            unsent = [*self._unreleased]  # answered, so they go now
+            self._unreleased.clear()
+            self._send_release(unsent)
         granted, wait_us = int(answer[0]), int(answer[1])
         self._fleet_waits = bool(int(answer[2]))
         if granted and ids:

@@ -522,3 +522,20 @@ async def test_a_budget_key_redis_refuses_stops_no_other_write_back(
     await wait_until(lambda: budget.state.recoveries == 1, "Redis seen back")
     await wait_until(lambda: ran == ["token"], "the other write-back ran")
     lease.release()
+
+
+async def test_releases_redis_refused_are_sent_again_without_an_outage(
+        make_budget: Make) -> None:
+    # a release Redis refused (up: a key of the wrong type) was kept for a recovery that
+    # never comes (Redis was never DOWN): kept for the process's life, one set per refusal
+    budget = await make_budget(max_in_flight=2)
+    lease = await budget.acquire("c")
+    await budget.state.call(lambda r: r.set(budget.slots_key, b"not a sorted set"))
+    budget._fleet_waits = True  # (the release goes at once)
+    lease.release()
+    await wait_until(lambda: budget.release_failures == 1, "the release refused")
+    await budget.state.call(lambda r: r.delete(budget.slots_key))
+    await wait_until(lambda: not budget.fallback, "sharing again")
+    again = await budget.acquire("c")  # an ask that Redis answers
+    await wait_until(lambda: not budget._unreleased, "the refused release sent again")
+    again.release()
