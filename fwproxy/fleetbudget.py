@@ -31,8 +31,9 @@ an ask (asks keep coming under load and carry them: fewer round trips; a waiter 
 that came since waits about that much longer at most). A
 failed release is counted, kept and sent again when Redis is back; until then the slot is
 bounded by its lease. One renewer task per instance extends all held leases every
-``lease_time / 3`` (`_RENEW`, one call); so a crashed instance's slots (``kill -9``) come
-back within ``state.lease_time``.
+``lease_time / 3`` (`_RENEW`, one call), writing back those Redis lost without an outage
+anyone noticed (restarted empty within a probe interval, failed over); so a crashed
+instance's slots (``kill -9``) come back within ``state.lease_time``.
 
 No cap configured: `configured` is False and the handler never asks (no Redis call at all;
 the tasks start only when needed). Redis unreachable (`SharedState.available` False) or
@@ -82,8 +83,13 @@ ERROR_PAUSE = 1.0  # seconds on the local share after Redis refused our script (
 # channel, n, then n ids released (given back first, as `_RELEASE`), then the ids to
 # grant (want of them when max_in_flight > 0). Returns {granted, wait us, whether someone
 # in the fleet waits for a slot}. After the
-# releases this is `grant` line for line, with `gcra` inlined in the loop.
+# releases this is `grant` line for line, with `gcra` inlined in the loop. What no instance
+# writes is dropped: a slot expiring beyond now + MAX_LEASE (state.lease_time's bound; a
+# member scored +inf held a slot for good), a tat that is NaN (it granted everything).
+# The ids to grant are removed first: redis-py sends a call again when its reply was lost
+# (a reset, a socket timeout), and the second run must not count the first one's grants.
 _ACQUIRE = """
+local MAX_LEASE = 3600
 local released = tonumber(ARGV[7])
 if released > 0 then
   local gone = redis.call('ZREM', KEYS[1], unpack(ARGV, 8, 7 + released))
@@ -100,12 +106,17 @@ local burst = tonumber(ARGV[4])
 local lease_ms = tonumber(ARGV[5])
 local free = want
 if cap > 0 then
+  if want > 0 then  -- this very call sent again (its reply was lost): its ids count once
+    redis.call('ZREM', KEYS[1], unpack(ARGV, 8 + released, 7 + released + want))
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now * 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + MAX_LEASE) * 1000, '+inf')
   free = math.max(0, math.min(want, cap - redis.call('ZCARD', KEYS[1])))
 end
 local granted, wait = free, 0
 if rate > 0 and free > 0 then
   local tat = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if tat ~= tat then tat = 0 end  -- NaN ("nan" reads as one): every comparison is false
   local interval = 1 / rate
   local tolerance = math.max(1, burst) * interval
   granted = 0
@@ -144,21 +155,17 @@ if gone > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return gone
 """
-# KEYS: slots. ARGV: lease ms, mode ('XX': renew only those still there; '': write back),
-# ids. Returns how many were renewed (XX) or added.
+# KEYS: slots. ARGV: lease ms, ids. Extends the ids' leases, adding those missing (Redis
+# lost them: restarted empty, failed over); returns how many were missing.
 _RENEW = """
 local t = redis.call('TIME')
 local expiry = (tonumber(t[1]) + tonumber(t[2]) / 1000000) * 1000 + tonumber(ARGV[1])
-local done = 0
-for i = 3, #ARGV do
-  if ARGV[2] == 'XX' then
-    done = done + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
-  else
-    done = done + redis.call('ZADD', KEYS[1], expiry, ARGV[i])
-  end
+local added = 0
+for i = 2, #ARGV do
+  added = added + redis.call('ZADD', KEYS[1], expiry, ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
-return done
+return added
 """
 
 
@@ -254,6 +261,7 @@ class FleetBudget(LocalBudget):
         self.asks = 0  # script calls asking for grants
         self.fallbacks = 0  # times this instance fell back to its share
         self.release_failures = 0  # lease ids whose release could not be sent at once
+        self.written_back = 0  # held lease ids the renewer found missing in Redis
         super().__init__(clock=clock, schedule=schedule)
         state.on_recovery(self._recovered)
 
@@ -411,7 +419,14 @@ class FleetBudget(LocalBudget):
         except SharedStateUnavailable:
             self._not_released(released)
             raise
+        except BaseException:  # cancelled mid-call (the client went; closing): whether the
+            self._send_release([*released, *ids])  # script ran is unknown; ZREM is safe
+            raise
         self.asks += 1
+        if self._unreleased:  # refused with Redis up: no recovery sends them; this one
+            unsent = [*self._unreleased]  # answered, so they go now
+            self._unreleased.clear()
+            self._send_release(unsent)
         granted, wait_us = int(answer[0]), int(answer[1])
         self._fleet_waits = bool(int(answer[2]))
         if granted and ids:
@@ -467,14 +482,30 @@ class FleetBudget(LocalBudget):
                 if not ids:
                     break
                 with contextlib.suppress(SharedStateUnavailable):  # recovery writes back
-                    await self._put(ids, "XX")
+                    missing = await self._renewed(ids)
+                    if missing:
+                        self.written_back += missing
+                        log.warning("tenant budget: %d lease(s) held here were missing in "
+                                    "Redis (it lost them: restarted empty, failed over, or "
+                                    "changed); written back", missing)
         finally:
             self._renewer = None
 
-    async def _put(self, ids: list[str], mode: str) -> None:
-        for start in range(0, len(ids), MAX_BATCH * 8):
-            await self._run(self._renew, [self.slots_key],
-                            [self.lease_ms, mode, *ids[start:start + MAX_BATCH * 8]])
+    async def _renewed(self, ids: list[str]) -> int:
+        """Extend `ids`' leases, writing back those Redis lost (a restart no call noticed
+        as an outage: no recovery writes back); how many were missing. An id released
+        while the call was on its way is released again after it: the release may have
+        reached Redis first (another connection), and must not be undone for a lease."""
+        added = 0
+        try:
+            for start in range(0, len(ids), MAX_BATCH * 8):
+                added += int(await self._run(
+                    self._renew, [self.slots_key],
+                    [self.lease_ms, *ids[start:start + MAX_BATCH * 8]]))
+        finally:
+            self._send_release([each for each in ids if each not in self._held
+                                and each not in self._local and each not in self._in_hand])
+        return added
 
     async def _run(self, script: AsyncScript, keys: list[str],
                    args: list[str | int | float]) -> Any:
@@ -512,7 +543,7 @@ class FleetBudget(LocalBudget):
         should Redis have come back empty), send the releases that failed, ask again."""
         if self.fleet_in_flight > 0 and (self._held or self._local):
             ids = [*self._held, *self._local]
-            await self._put(ids, "")
+            await self._renewed(ids)
             self._held.update(self._local)
             self._local.clear()
             self._ensure_renewer()

@@ -190,17 +190,25 @@ class FleetGrant:
 
     async def fetch(self) -> Token:
         self.from_peer = False
-        if self._inner.cache_key != self._credentials:
+        if not self._ours():
             self._once("reload", "auth changed by a reload: this instance fetches its own "
                        "token (not the fleet's) until it is restarted")
         elif self._state.available:
             token = await self._shared()
             if token is not None:
                 return token
+        ours = self._ours()
         token = await self._inner.fetch()
         self.alone += 1
-        self._hold(self._seen + 1, token, recorded=False)
+        if ours and self._ours():
+            self._hold(self._seen + 1, token, recorded=False)
+        else:  # another client's token: never written back as the fleet's
+            self._held, self._recorded, self._handed_out = None, False, token.value
         return token
+
+    def _ours(self) -> bool:
+        """Whether the inner grant still has the credentials the record's keys are for."""
+        return self._inner.cache_key == self._credentials
 
     async def _shared(self) -> Token | None:
         """The fleet's token, or a new one fetched for the fleet; None when Redis cannot
@@ -231,6 +239,9 @@ class FleetGrant:
                 return theirs
             token = await self._inner.fetch()
             self.shared += 1
+            if not self._ours():  # a reload to other credentials while it was fetched
+                self._held, self._recorded, self._handed_out = None, False, token.value
+                return token
             self._hold(held.fence, token, recorded=False)
             self._recorded = await self._put(held, token)
             return token
@@ -287,7 +298,7 @@ class FleetGrant:
         """Redis is back: give it the token this instance holds, unless it has the same or
         a newer version (an empty restart loses nothing). Raises SharedStateUnavailable."""
         held = self._held
-        if held is None or self._inner.cache_key != self._credentials:
+        if held is None or not self._ours():
             return
         version, token = held
         now = self._clock()

@@ -7,6 +7,8 @@ the return, reload, and no Redis call without a cap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -401,4 +403,139 @@ async def test_redis_refusing_the_script_means_the_share_for_a_while(make_budget
     await wait_until(lambda: not budget.fallback, "sharing again after ERROR_PAUSE")
     again = await budget.acquire("c")
     assert await zcard(budget) == 1
+    again.release()
+
+
+# --- hostile or broken Redis contents, lost leases, cancellation (red team) ---------------
+
+
+@pytest.mark.parametrize("planted", [b"nan", b"-nan", b"inf", b"-inf", b"1e308", b"-1e308",
+                                     b"not a number", b""])
+async def test_a_planted_tat_never_lifts_the_rate_cap(make_budget: Make, planted: bytes) -> None:
+    # Lua's tonumber reads "nan" as NaN, and every comparison with NaN is false: the
+    # script granted everything and wrote "nan" back, lifting the rate cap for good
+    budget = await make_budget(max_rate=0.1, max_burst=2, queue_timeout=0)
+    await budget.state.call(lambda r: r.set(budget.tat_key, planted))
+    outcomes: list[str] = []
+    for _ in range(5):
+        try:
+            await budget.acquire("c")
+            outcomes.append("ok")
+        except TenantBusy:
+            outcomes.append("busy")
+    assert outcomes.count("ok") <= 2  # the burst, at most (a planted tat ahead: fewer)
+    stored = await budget.state.call(lambda r: r.get(budget.tat_key))
+    assert stored is not None
+    assert not math.isnan(float(stored))
+
+
+@pytest.mark.parametrize("score", [float("inf"), 1e300])
+async def test_a_slot_planted_beyond_any_lease_does_not_hold_the_cap_for_good(
+        make_budget: Make, score: float) -> None:
+    # no instance writes an expiry beyond now + 1 h (state.lease_time's bound); a member
+    # scored +inf stayed for good (the key's expiry is renewed by every ask)
+    budget = await make_budget(max_in_flight=1, queue_timeout=0)
+    await budget.state.call(lambda r: r.zadd(budget.slots_key, {"planted": score}))
+    lease = await budget.acquire("c")
+    assert await budget.state.call(lambda r: r.zscore(budget.slots_key, "planted")) is None
+    lease.release()
+
+
+async def test_leases_redis_lost_unnoticed_are_written_back_by_the_renewer(
+        make_budget: Make) -> None:
+    # Redis restarted empty (or failed over to a replica that missed the writes) faster
+    # than any call noticed: no outage, so no recovery writes back. The renewer renewed
+    # only the members still there, so the slots in use were free to the fleet: twice
+    # the cap. (FLUSHALL stands in for the restart: an unnoticed one is its effect.)
+    holder = await make_budget(max_in_flight=1, lease_time=1.0)
+    lease = await holder.acquire("c")
+    await holder.state.call(lambda r: r.flushall())
+    await wait_until(zcard_is(holder, 1), "the held lease written back")
+    other = await make_budget(max_in_flight=1, queue_timeout=0)
+    with pytest.raises(TenantBusy):
+        await other.acquire("c")
+    assert holder.state.outages == 0
+    lease.release()
+    await wait_until(zcard_is(holder, 0), "released")
+
+
+async def test_a_release_during_a_renewal_is_not_undone_by_it(make_budget: Make) -> None:
+    """The renewal writes back what it was given; a lease released while the renewal was
+    on its way is released again after it (never held in Redis for a lease time)."""
+    budget = await make_budget(max_in_flight=2, lease_time=30.0)
+    lease = await budget.acquire("c")
+    ids = [*budget._held]  # what the renewal on its way carries
+    lease.release()
+    await wait_until(zcard_is(budget, 0), "the release reached Redis first")
+    await budget._renewed(ids)  # then the renewal
+    await wait_until(zcard_is(budget, 0), "released again after it")
+
+
+async def test_a_client_gone_while_its_ask_is_in_flight_leaks_no_slot(make_budget: Make) -> None:
+    # queue_timeout 0: the request itself asks. Cancelled mid-call (the client went), the
+    # releases the ask carried were dropped (sent neither then nor later) and a slot the
+    # script may have granted was nobody's: both held in Redis for a whole lease (30 s)
+    budget = await make_budget(max_in_flight=1, queue_timeout=0, lease_time=30.0)
+    (await budget.acquire("c")).release()  # queued: the next ask carries it
+    asking = asyncio.ensure_future(budget.acquire("c"))
+    await asyncio.sleep(0)  # the task runs up to its Redis call, carrying the release
+    assert not budget._releasing
+    assert not asking.done()
+    asking.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asking
+    await wait_until(zcard_is(budget, 0), "nothing held in Redis")
+    (await budget.acquire("c")).release()  # the slot is free at once
+
+
+
+async def test_an_ask_sent_again_counts_its_slots_once(make_budget: Make) -> None:
+    # redis-py sends a command again once when its reply is lost (a reset connection, a
+    # socket timeout: a slow Redis). The script ran twice: the second run counted the
+    # first one's grants as in use and granted none, so those slots were nobody's (and
+    # never renewed) for a whole lease
+    budget = await make_budget(max_in_flight=2, lease_time=30.0)
+    keys = [budget.slots_key, budget.tat_key, budget.waiting_key]
+    args: list[str | int | float] = [2, 2, 0, 0, budget.lease_ms, budget.channel, 0,
+                                     "x:1", "x:2"]
+    first = await budget._run(budget._acquire, keys, args)
+    again = await budget._run(budget._acquire, keys, args)  # the same call, once more
+    assert int(first[0]) == int(again[0]) == 2
+    assert await zcard(budget) == 2
+
+
+async def test_a_budget_key_redis_refuses_stops_no_other_write_back(
+        make_budget: Make) -> None:
+    # the budget's write-back is the first recovery callback (app.py makes it first): a
+    # WRONGTYPE on its key made SharedState take it for "down again" and skip the rest
+    # (the fleet's token, the user session), with Redis up: skipped until the next outage
+    budget = await make_budget(max_in_flight=2)
+    lease = await budget.acquire("c")
+    ran: list[str] = []
+
+    async def token_write_back() -> None:
+        ran.append("token")
+
+    budget.state.on_recovery(token_write_back)
+    await budget.state.call(lambda r: r.set(budget.slots_key, b"not a sorted set"))
+    budget.state._down("unreachable", OSError("a blip"))  # the watcher PINGs: back at once
+    await wait_until(lambda: budget.state.recoveries == 1, "Redis seen back")
+    await wait_until(lambda: ran == ["token"], "the other write-back ran")
+    lease.release()
+
+
+async def test_releases_redis_refused_are_sent_again_without_an_outage(
+        make_budget: Make) -> None:
+    # a release Redis refused (up: a key of the wrong type) was kept for a recovery that
+    # never comes (Redis was never DOWN): kept for the process's life, one set per refusal
+    budget = await make_budget(max_in_flight=2)
+    lease = await budget.acquire("c")
+    await budget.state.call(lambda r: r.set(budget.slots_key, b"not a sorted set"))
+    budget._fleet_waits = True  # (the release goes at once)
+    lease.release()
+    await wait_until(lambda: budget.release_failures == 1, "the release refused")
+    await budget.state.call(lambda r: r.delete(budget.slots_key))
+    await wait_until(lambda: not budget.fallback, "sharing again")
+    again = await budget.acquire("c")  # an ask that Redis answers
+    await wait_until(lambda: not budget._unreleased, "the refused release sent again")
     again.release()

@@ -449,3 +449,34 @@ async def test_a_token_taken_from_the_fleet_is_not_counted_as_a_token_request(
     assert fake_tenant.requests == 1
     assert (manager_a.requests, manager_a.taken) == (1, 0)
     assert (manager_b.requests, manager_b.taken) == (0, 1)
+
+
+async def test_a_token_of_other_credentials_is_never_written_back_as_the_fleets(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    # reloaded to other credentials, the instance fetched alone; reloaded back before its
+    # next fetch, a recovery wrote that token (another client's identity) to the fleet
+    (b, sb) = instance()
+    inner = b._inner
+    assert isinstance(inner, FakeGrant)
+    original = inner.key
+    inner.key = ("https://tenant.example/token", "another-client")
+    await b.fetch()  # alone, with the other credentials
+    inner.key = original  # a reload back; Redis comes back before the next fetch
+    await b.write_back()
+    assert await FleetLock(sb, "token").read() is None
+
+
+async def test_a_reload_to_other_credentials_during_the_fleets_request_keeps_it_out(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    (b, sb) = instance()
+    inner = b._inner
+    assert isinstance(inner, FakeGrant)
+    fake_tenant.gate = asyncio.Event()
+    fetching = asyncio.ensure_future(b.fetch())  # under the fleet's lock
+    await wait_until(lambda: fake_tenant.asked == 1, "the token request on its way")
+    inner.key = ("https://tenant.example/token", "another-client")  # the reload
+    fake_tenant.gate.set()
+    await fetching
+    assert await FleetLock(sb, "token").read() is None
+    await b.write_back()
+    assert await FleetLock(sb, "token").read() is None
