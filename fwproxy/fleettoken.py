@@ -13,13 +13,16 @@ good one (cold start, renewal, a 401): a request with a good token never touches
 
     read the record: a token not yet within its margin, and not the one this instance
         already handed out (so another instance renewed it)            -> take it
-    else take the lock (waiters are woken by the release; bounded: two lease times),
+    else take the lock (waiters are woken by the release; bounded, see below),
     read again (someone renewed while we waited)                       -> take it
     else fetch from the inner grant, write it (`put_locked`), release  -> ours
 
-So the whole fleet makes one token request on a cold start and one at each renewal. A
-waiter waits at most two lease times: what is left of a dead holder's lease, then the
-whole lease of the waiter that takes the lock over; after that it fetches its own token.
+So the whole fleet makes one token request on a cold start and one at each renewal. The
+holder extends its lease while its token request runs (`FleetLock.holding`), however slow
+(the tenant budget's line, a slow endpoint); a holder that dies stops extending it, and the
+lock is free within a lease. A waiter waits for the larger of two lease times (what is left
+of a dead holder's lease, then the whole lease of the waiter that takes over) and the
+longest a token request may take (store.LOCK_TIMEOUT); after that it fetches its own.
 
 A 401: the manager drops the token and tells the grant (`dropped`); the next `fetch` first
 deletes the record only if it still holds that token's version (`delete_if_version`), so a
@@ -42,7 +45,6 @@ a restart.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -55,7 +57,7 @@ from .config import AuthConfig
 from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .fleetlock import FleetLock, Held
-from .store import StoredSession
+from .store import LOCK_TIMEOUT, StoredSession
 from .token_manager import Grant
 from .tokens import MAX_LIFETIME, Token, stored_token
 
@@ -142,7 +144,9 @@ class FleetGrant:
         self._margin = refresh_margin
         self._clock = clock
         self._wall = wall
-        self._wait = 2 * state.config.lease_time  # a dead holder's lease, then the next's
+        # a live holder extends its lease, so waiting is bounded by a dead holder's lease
+        # and by how long a token request may take (store.LOCK_TIMEOUT)
+        self._wait = max(2 * state.config.lease_time, LOCK_TIMEOUT)
         self._credentials = inner.cache_key  # what the record's key names were made for
         self._handed_out: str | None = None
         self._held: tuple[int, Token] | None = None  # the version and token we hold
@@ -212,7 +216,10 @@ class FleetGrant:
 
     async def _shared(self) -> Token | None:
         """The fleet's token, or a new one fetched for the fleet; None when Redis cannot
-        be asked (the caller fetches alone)."""
+        be asked (the caller fetches alone). The lock is held through the token request
+        with its lease extended (`FleetLock.holding`): a renewal slower than a lease (the
+        tenant budget's line, a slow token endpoint) still makes one request for the
+        fleet, while a holder that dies frees it within a lease."""
         lock = self._lock
         try:
             if self._refused is not None:
@@ -221,33 +228,25 @@ class FleetGrant:
             theirs = await self._theirs()
             if theirs is not None:
                 return theirs
-            held = await lock.acquire(self._wait)
+            async with lock.holding(self._wait) as held:
+                if held is None:
+                    self._once("wait", "waited for the fleet's token lock too long; this "
+                               "instance fetches its own token")
+                    return None
+                theirs = await self._theirs()
+                if theirs is not None:
+                    return theirs
+                token = await self._inner.fetch()
+                self.shared += 1
+                if not self._ours():  # a reload to other credentials while it was fetched
+                    self._held, self._recorded, self._handed_out = None, False, token.value
+                    return token
+                self._hold(held.fence, token, recorded=False)
+                self._recorded = await self._put(held, token)
+                return token
         except SharedStateUnavailable as exc:
             self._unshared(exc)
             return None
-        if held is None:
-            self._once("wait", "waited two lease times for the fleet's token lock; this "
-                       "instance fetches its own token")
-            return None
-        try:
-            try:
-                theirs = await self._theirs()
-            except SharedStateUnavailable as exc:
-                self._unshared(exc)
-                return None
-            if theirs is not None:
-                return theirs
-            token = await self._inner.fetch()
-            self.shared += 1
-            if not self._ours():  # a reload to other credentials while it was fetched
-                self._held, self._recorded, self._handed_out = None, False, token.value
-                return token
-            self._hold(held.fence, token, recorded=False)
-            self._recorded = await self._put(held, token)
-            return token
-        finally:
-            with contextlib.suppress(SharedStateUnavailable):
-                await lock.release(held)
 
     async def _theirs(self) -> Token | None:
         """The record's token, if usable and not the one this instance handed out."""

@@ -331,18 +331,39 @@ async def test_a_waiter_outlasts_a_dead_holder_and_the_request_of_the_next(
     assert fake_tenant.requests == 1
 
 
-async def test_a_holder_past_its_lease_keeps_its_token_and_never_overwrites_the_next(
+async def test_a_holder_slower_than_a_lease_keeps_the_lock_and_the_fleet_one_request(
         instance: MakeInstance, fake_tenant: FakeTenant) -> None:
-    (a, sa), (b, _) = instance(), instance()
-    fake_tenant.gate = asyncio.Event()  # the tenant answers slower than a lease (1 s)
+    """The tenant's budget line or a slow endpoint may hold a renewal past a lease (1 s):
+    the holder extends its lease, the others wait and take its token."""
+    (a, _), (b, _) = instance(), instance()
+    fake_tenant.gate = asyncio.Event()
     slow = asyncio.ensure_future(a.fetch())
     await wait_until(lambda: fake_tenant.asked == 1, "A asks the tenant, under the lock")
     later = asyncio.ensure_future(b.fetch())
-    await wait_until(lambda: fake_tenant.asked == 2, "B got the lock when A's lease ran out")
+    began = time.monotonic()
+    await wait_until(lambda: time.monotonic() > began + 2.5,  # the condition is the time
+                     "over two leases since B began to wait")
+    assert fake_tenant.asked == 1 and not later.done()  # B still waits: A's lease lives
+    fake_tenant.gate.set()
+    a_token, b_token = await asyncio.wait_for(asyncio.gather(slow, later), 10)
+    assert a_token.value == b_token.value
+    assert fake_tenant.requests == 1
+
+
+async def test_a_holder_that_lost_its_lock_keeps_its_token_and_never_overwrites_the_next(
+        instance: MakeInstance, fake_tenant: FakeTenant) -> None:
+    (a, sa), (b, _) = instance(), instance()
+    fake_tenant.gate = asyncio.Event()
+    slow = asyncio.ensure_future(a.fetch())
+    await wait_until(lambda: fake_tenant.asked == 1, "A asks the tenant, under the lock")
+    lock = FleetLock(sa, "token")
+    await sa.call(lambda r: r.delete(lock.lock_key))  # A paused, or cut off: its lock went
+    later = asyncio.ensure_future(b.fetch())
+    await wait_until(lambda: fake_tenant.asked == 2, "B got the lock A lost")
     fake_tenant.gate.set()
     a_token, b_token = await asyncio.wait_for(asyncio.gather(slow, later), 10)
     assert a_token.value != b_token.value  # A keeps its own: a good token all the same
-    record = await FleetLock(sa, "token").read()
+    record = await lock.read()
     assert record is not None
     assert json.loads(record.value)["access_token"] == b_token.value
     a.dropped(a_token)  # a 401 for A's own token leaves the fleet's alone
