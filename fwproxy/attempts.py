@@ -37,7 +37,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import aiohttp
@@ -61,7 +61,7 @@ from .retry import (
     RetryPolicy,
     retry_decision,
 )
-from .token_manager import Grant, Sharing
+from .token_manager import Grant, Sharing, WrappedGrant
 from .tokens import Token, Verdict, verdict_of
 from .upstream import add_param, failure_of, map_upstream_errors, translate, without_param
 from .watchdog import Stall, Watchdog
@@ -309,31 +309,17 @@ def _stopped() -> str:
     return "the tenant stopped sending the response body"
 
 
-class BudgetedGrant:
+class BudgetedGrant(WrappedGrant):
     """fwproxy's own token requests through the tenant's budget, in its priority lane,
     when the token endpoint is the tenant's (a token is what every waiting request needs
     next). Without a budget configured it only passes the fetch on."""
 
     def __init__(self, inner: Grant, protection: Protection, tenant: URL, auth: AuthConfig
                  ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._protection = protection
         self._tenant = tenant
         self._on_tenant = auth.token_url.origin() == tenant
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def cache_key(self) -> Hashable:
-        return self._inner.cache_key
-
-    def stored(self) -> Token | None:
-        return self._inner.stored()
-
-    def has_news(self) -> bool:
-        return self._inner.has_news()
 
     @property
     def from_peer(self) -> bool:
@@ -342,7 +328,7 @@ class BudgetedGrant:
 
     def update(self, auth: AuthConfig) -> None:
         self._on_tenant = auth.token_url.origin() == self._tenant
-        self._inner.update(auth)
+        super().update(auth)
 
     def __repr__(self) -> str:
         return repr(self._inner)

@@ -50,7 +50,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import AuthConfig
@@ -58,7 +58,7 @@ from .exceptions import SealBroken, SharedStateUnavailable
 from .fleet import SharedState
 from .fleetlock import FleetLock, Held
 from .store import LOCK_TIMEOUT, StoredSession
-from .token_manager import Grant
+from .token_manager import Grant, WrappedGrant
 from .tokens import MAX_LIFETIME, Token, stored_token
 
 log = logging.getLogger("fwproxy.fleettoken")
@@ -127,7 +127,7 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class FleetGrant:
+class FleetGrant(WrappedGrant):
     """One token for the fleet (the module docstring)."""
 
     def __init__(
@@ -138,7 +138,7 @@ class FleetGrant:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._state = state
         self._lock = FleetLock(state, RECORD)
         self._margin = refresh_margin
@@ -160,23 +160,12 @@ class FleetGrant:
         self.alone = 0  # token requests made for this instance alone (Redis away)
         state.on_recovery(self.write_back)
 
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def cache_key(self) -> Hashable:
-        return self._inner.cache_key
-
     def __repr__(self) -> str:
         return f"FleetGrant({self._inner!r}, {self._state!r})"
 
     def update(self, auth: AuthConfig) -> None:
         self._margin = auth.refresh_margin
-        self._inner.update(auth)
-
-    def has_news(self) -> bool:
-        return self._inner.has_news()
+        super().update(auth)
 
     def stored(self) -> Token | None:
         token = self._inner.stored()

@@ -22,7 +22,7 @@ from .exceptions import (
 )
 from .log import REDACT, outward
 from .store import FileSessions, SessionHold, SessionStore, StoredSession, TokenStore
-from .token_manager import Grant
+from .token_manager import Grant, WrappedGrant
 from .tokens import (
     TOKEN_REQUEST_HEADERS,
     Token,
@@ -213,7 +213,7 @@ class RefreshTokenGrant:
         return LoginRequired(why)
 
 
-class SharedGrant:
+class SharedGrant(WrappedGrant):
     """One token for several worker processes: whoever needs a new token first fetches it,
     under a lock, and leaves it in a file (0600, in a private 0700 directory the supervisor
     made and removes) where the other workers pick it up instead of asking again."""
@@ -226,7 +226,7 @@ class SharedGrant:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._path = path
         self._clock = clock
         self._wall = wall
@@ -234,20 +234,9 @@ class SharedGrant:
         self.from_peer = False  # the last fetch took what another worker fetched
         self._margin = refresh_margin
 
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def cache_key(self) -> Hashable:
-        return self._inner.cache_key
-
     def update(self, auth: AuthConfig) -> None:
         self._margin = auth.refresh_margin
-        self._inner.update(auth)
-
-    def has_news(self) -> bool:
-        return self._inner.has_news()
+        super().update(auth)
 
     def stored(self) -> Token | None:
         token = self._read() or self._inner.stored()

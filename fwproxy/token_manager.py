@@ -60,6 +60,32 @@ class Grant(Protocol):
     async def fetch(self) -> Token: ...
 
 
+class WrappedGrant:
+    """A grant around another (attempts.BudgetedGrant, oauth.SharedGrant,
+    fleettoken.FleetGrant): its name, cache key, news, stored token and settings are the
+    inner grant's, unless the wrapper says otherwise."""
+
+    def __init__(self, inner: Grant) -> None:
+        self._inner = inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def cache_key(self) -> Hashable:
+        return self._inner.cache_key
+
+    def stored(self) -> Token | None:
+        return self._inner.stored()
+
+    def has_news(self) -> bool:
+        return self._inner.has_news()
+
+    def update(self, auth: AuthConfig) -> None:
+        self._inner.update(auth)
+
+
 @runtime_checkable
 class Sharing(Protocol):
     """A grant whose fetch may take a token another worker or instance fetched (the
