@@ -130,27 +130,28 @@ def request_headers(
     else:
         base = _REQUEST_DROP_AUTH if drop_authorization else REQUEST_DROP
     drop = _drop_set(base, incoming)
-    kept = [(name, value) for name, value in incoming.items()
-            if name.lower() not in drop and "_" not in name]
-    if not _underscores_logged and len(kept) < len(incoming) and "_" in "".join(incoming):
+    out: CIMultiDict[str] = CIMultiDict(
+        [(name, value) for name, value in incoming.items()
+         if name.lower() not in drop and "_" not in name]
+    )
+    if not _underscores_logged and len(out) < len(incoming) and "_" in "".join(incoming):
         _dropped_underscores(incoming)  # (Host is always dropped: the join says whether any)
-    if not trusted:  # (the client's were dropped above: fwproxy's go last, in one build)
+    if trusted:
+        previous = out.popall("X-Forwarded-For", None)
         if client_ip:
-            kept.append(("X-Forwarded-For", client_ip))
-        kept += _FORWARDED_PROTO, ("X-Forwarded-Host", proxy_host)
-        return CIMultiDict(kept)
-    out: CIMultiDict[str] = CIMultiDict(kept)
-    previous = out.popall("X-Forwarded-For", None)
-    if client_ip:
-        previous = [*previous, client_ip] if previous else [client_ip]
-    if previous:
-        out.add("X-Forwarded-For", ", ".join(previous))
-    out.setdefault("X-Forwarded-Proto", "http")
-    out.setdefault("X-Forwarded-Host", proxy_host)
+            previous = [*previous, client_ip] if previous else [client_ip]
+        if previous:
+            out.add("X-Forwarded-For", ", ".join(previous))
+        out.setdefault("X-Forwarded-Proto", "http")
+        out.setdefault("X-Forwarded-Host", proxy_host)
+        return out
+    if client_ip:  # (dropped above: adding is enough)
+        out.add("X-Forwarded-For", client_ip)
+    out.add("X-Forwarded-Proto", "http")
+    out.add("X-Forwarded-Host", proxy_host)
     return out
 
 
-_FORWARDED_PROTO = ("X-Forwarded-Proto", "http")
 _underscores_logged = False
 
 
