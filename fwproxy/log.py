@@ -243,11 +243,14 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         text = REDACT(message)
         if self.json:
             line = json.dumps({"ts": _iso(now), "level": level.lower(), "logger": name,
-                               "msg": text}, ensure_ascii=False)
-        else:
-            line = f"{self._asctime(now)} {level:<7} {name}: {text}"
+                               "msg": text}, ensure_ascii=False) + "\n"
+        else:  # `_asctime`, inline: the line made in one piece, its newline with it
+            second = int(now)
+            if second != self._second:
+                self._asctime(now)
+            line = f"{self._stamp},{int((now - second) * 1000):03d} {level:<7} {name}: {text}\n"
         pending = self._pending
-        pending.append(line + "\n")
+        pending.append(line)
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
