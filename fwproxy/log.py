@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import re
@@ -244,11 +243,14 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         text = REDACT(message)
         if self.json:
             line = json.dumps({"ts": _iso(now), "level": level.lower(), "logger": name,
-                               "msg": text}, ensure_ascii=False)
-        else:
-            line = f"{self._asctime(now)} {level:<7} {name}: {text}"
+                               "msg": text}, ensure_ascii=False) + "\n"
+        else:  # `_asctime`, inline: the line made in one piece, its newline with it
+            second = int(now)
+            if second != self._second:
+                self._asctime(now)
+            line = f"{self._stamp},{int((now - second) * 1000):03d} {level:<7} {name}: {text}\n"
         pending = self._pending
-        pending.append(line + "\n")
+        pending.append(line)
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -256,11 +258,18 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
 
     def flush(self) -> None:
+        # StreamHandler.flush's work (under the handler's lock, the stream's flush) without
+        # its call, and a try instead of a context manager: once a loop turn with a line
         pending, self._pending = self._pending, []
-        with contextlib.suppress(OSError, ValueError):  # stderr gone: never fail a request
-            if pending:
-                self.stream.write("".join(pending))
-            super().flush()
+        stream = self.stream
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                if pending:
+                    stream.write("".join(pending))
+                if stream and hasattr(stream, "flush"):
+                    stream.flush()
+        except (OSError, ValueError):  # stderr gone: never fail a request
+            pass
 
     def _asctime(self, now: float) -> str:
         """`logging.Formatter`'s default time format, the date part made once a second."""

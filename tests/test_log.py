@@ -6,12 +6,13 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from fwproxy.log import MASK, AccessLog, Redactor, quoted, setup_logging
+from fwproxy.log import MASK, TEXT_FORMAT, AccessLog, Redactor, quoted, setup_logging
 from tests.conftest import CLOSE, raw_exchange, wait_until
 
 
@@ -175,6 +176,22 @@ async def test_other_records_keep_their_place_after_queued_access_lines(
     lines = stream.getvalue().splitlines()
     assert [line.rsplit(" ", 1)[1] for line in lines] == ["first", "second", "third"]
     assert "WARNING fwproxy.proxy: second" in lines[1]
+
+
+@pytest.mark.parametrize("now", [1_700_000_000.0, 1_700_000_000.0405, 1_700_000_000.9999,
+                                 1_700_000_001.5])
+def test_the_fast_lane_writes_what_the_formatter_would(
+    stream: Recording, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    """The access line is made without a LogRecord: its text is still the ordinary
+    handler's, to the millisecond (the date part is made once a second)."""
+    setup_logging("info", stream=stream)
+    monkeypatch.setattr(time, "time", lambda: now)  # (the one fwproxy.log reads)
+    AccessLog("fwproxy.access").info("GET Bearer abc.def")
+    record = logging.LogRecord("fwproxy.access", logging.INFO, "", 0, f"GET Bearer {MASK}",
+                               None, None)
+    record.created, record.msecs = now, int((now - int(now)) * 1000)
+    assert stream.getvalue() == logging.Formatter(TEXT_FORMAT).format(record) + "\n"
 
 
 def test_access_line_outside_a_loop_is_written_at_once(stream: Recording) -> None:
