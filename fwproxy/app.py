@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -12,10 +12,6 @@ from aiohttp.typedefs import Handler
 from .attempts import BudgetedGrant, Protection
 from .config import LimitsConfig, Settings
 from .exceptions import ConfigError
-from .fleet import SharedState, shared_state
-from .fleetbudget import FleetBudget
-from .fleetsession import FleetSessions
-from .fleettoken import FleetGrant
 from .guard import strict_parser
 from .log import REDACT, quiet_malformed_requests
 from .oauth import SharedGrant, make_grant
@@ -26,13 +22,20 @@ from .store import TokenStore
 from .token_manager import Grant, TokenManager
 from .upstream import create_session
 
+if TYPE_CHECKING:
+    from .fleet import SharedState
+    from .fleetbudget import FleetBudget
+    from .fleetsession import FleetSessions
+
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenManager)
 PROXY = web.AppKey("proxy", Proxy)
 OBSERVER = web.AppKey("observer", Observer)
 SHARED_TOKEN = web.AppKey("shared_token", Path)
-SHARED_STATE = web.AppKey("shared_state", SharedState)  # only with state.backend: redis
-SHARED_SESSION = web.AppKey("shared_session", FleetSessions)  # redis and user context
+# only with state.backend: redis (the fleet's modules, and redis-py and cryptography with
+# them, are imported only then: a proxy without a fleet does not carry them)
+SHARED_STATE: web.AppKey[SharedState] = web.AppKey("shared_state")
+SHARED_SESSION: web.AppKey[FleetSessions] = web.AppKey("shared_session")  # and user context
 
 MAX_REQUEST_LINE = 16 * 1024  # aiohttp's parser limit for the request line
 
@@ -181,21 +184,30 @@ def _guarded(handler: Handler, keyed: bool) -> Handler:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    state = shared_state(settings)  # None unless state.backend: redis
-    if state is not None:
+    state: SharedState | None = None
+    budget: FleetBudget | None = None
+    sessions: FleetSessions | None = None
+    if settings.state.shared:
+        from .fleet import shared_state
+        from .fleetbudget import FleetBudget
+        from .fleetsession import FleetSessions
+
+        state = shared_state(settings)
+        assert state is not None  # (backend redis: a state, with its key material)
         app[SHARED_STATE] = state
         app[OBSERVER].share(state)  # status page, readiness, metrics
         await state.start()  # never fails: an instance starts without Redis
+        budget = FleetBudget(state, settings.state.fleet_size)
+        if settings.auth.user_context:  # the fleet's user session
+            sessions = app[SHARED_SESSION] = FleetSessions(state)
     session = create_session(settings.tenant)
-    budget = None if state is None else FleetBudget(state, settings.state.fleet_size)
     protection = Protection(settings.tenant, budget=budget)  # (the token requests' too)
-    sessions = None
-    if state is not None and settings.auth.user_context:  # the fleet's user session
-        sessions = app[SHARED_SESSION] = FleetSessions(state)
     grant: Grant = BudgetedGrant(make_grant(session, settings.auth, sessions), protection,
                                  settings.tenant.url, settings.auth)
     shared = app.get(SHARED_TOKEN)
     if state is not None and not settings.auth.user_context:  # one token for the fleet
+        from .fleettoken import FleetGrant
+
         grant = FleetGrant(grant, state, settings.auth.refresh_margin)  # (and its workers)
     elif shared is not None and not settings.auth.user_context:  # a user's store is shared
         grant = SharedGrant(grant, shared, settings.auth.refresh_margin)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from . import __version__, eventloop, fleetsession
+from . import __version__, eventloop
 from .config import (
     ListenConfig,
     Settings,
@@ -127,7 +127,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_OK
         if settings.state.shared:  # the fleet's session, in Redis
             try:
-                removed = asyncio.run(fleetsession.logout(settings))
+                from .fleetsession import logout  # (redis-py: only for a fleet)
+
+                removed = asyncio.run(logout(settings))
             except TokenError as exc:
                 print(f"fwproxy: {exc}", file=sys.stderr)
                 return EXIT_FAILED
@@ -256,7 +258,9 @@ async def _fetch_token(settings: Settings, session: aiohttp.ClientSession) -> st
     """A valid token: a stored one if the grant keeps any (user context), else a new one.
     With a fleet (state.backend: redis), a user's session is the fleet's."""
     if settings.auth.user_context and settings.state.shared:
-        async with fleetsession.opened(settings) as sessions:
+        from .fleetsession import opened  # (redis-py: only for a fleet)
+
+        async with opened(settings) as sessions:
             return (await make_grant(session, settings.auth, sessions).fetch()).value
     grant = make_grant(session, settings.auth)
     token = grant.stored() or await grant.fetch()

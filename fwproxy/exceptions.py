@@ -177,9 +177,14 @@ class LoginRequired(TokenError):
         return "login_required"
 
 
+# why Redis is unavailable (fleet.py `why_of`): the only values a metrics label and the
+# readiness answer ever show
+WHY = ("unreachable", "timeout", "denied", "tls", "loading", "error", "down")
+
+
 class SharedStateUnavailable(TokenError):
     """Redis (``state.backend: redis``) could not be reached, timed out, or refused us
-    (authentication, ACL, TLS). `why` is a closed set (fleet.py `WHY`): it is a metrics
+    (authentication, ACL, TLS). `why` is a closed set (`WHY`): it is a metrics
     label and shows in the readiness answer."""
 
     def __init__(self, why: str, detail: str) -> None:

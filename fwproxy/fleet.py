@@ -67,7 +67,6 @@ log = logging.getLogger("fwproxy.fleet")
 T = TypeVar("T")
 
 # why Redis is unavailable: the only values the `why` label and readiness ever show
-WHY = ("unreachable", "timeout", "denied", "tls", "loading", "error", "down")
 # what redis-py raises parsing an answer no Redis gives (a broken proxy, someone on the
 # network without TLS: a handshake that is not a map, say): Redis unusable, not a crash
 _GARBLED = (ValueError, TypeError, AttributeError, KeyError, IndexError)

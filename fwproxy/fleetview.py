@@ -11,7 +11,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .fleet import WHY
+from .exceptions import WHY
 
 
 class SharedView(Protocol):
@@ -26,7 +26,7 @@ class SharedView(Protocol):
 
 class SharedStateCollector(Collector):
     """Whether this instance reaches the fleet's Redis (fleet.py): up, outages, recoveries,
-    and while down why (a closed set: fleet.WHY)."""
+    and while down why (a closed set: exceptions.WHY)."""
 
     def __init__(self, shared: SharedView) -> None:
         self._shared = shared

@@ -58,9 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from .exceptions import ConfigError, MissingFile
 from .private import read_private
 
@@ -281,6 +278,10 @@ def derived_signing_keys(material: str, context: str) -> StaticKeys:
     key material (state.encryption_key_file's text, else the client secret) with a salt of
     its own and `context` (key prefix and scope: another fleet or tenant gets another key).
     Pure; the same inputs give the same key on every instance, at every start and reload."""
+    # (cryptography: imported only for a fleet, which alone derives its key)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=_DERIVE_SALT,
                 info=b"fwproxy local token signing " + context.encode())
     return StaticKeys((SigningKey(DERIVED_KID, hkdf.derive(material.encode())),))

@@ -27,7 +27,6 @@ from yarl import URL
 
 from .config import Settings
 from .exceptions import TokenError, UpstreamError
-from .fleetsession import save_login
 from .oauth import post_token_request, read_limited
 from .pkce import authorize_url, b64url, challenge, make_verifier, same_state
 from .store import StoredSession, TokenStore
@@ -140,6 +139,8 @@ async def _finish(request: web.Request, state: str, verifier: str, settings: Set
     )
     if settings.state.shared:  # the fleet's session, in Redis, under the fleet lock
         try:
+            from .fleetsession import save_login  # (redis-py: only for a fleet)
+
             await save_login(settings, stored)
         except TokenError as exc:  # Redis away, or the lock busy: nothing was stored
             return Outcome(False, f"the session could not be stored: {exc}")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +202,28 @@ def test_readme_module_table_matches_the_tree() -> None:
     packages = {f"{path.relative_to(PACKAGE)}/" for path in PACKAGE.iterdir()
                 if (path / "__init__.py").exists()}
     assert sorted(modules | packages) == sorted(named)
+
+
+def test_a_proxy_without_a_fleet_does_not_load_redis_or_cryptography() -> None:
+    """The fleet's modules (and redis-py, cryptography: about 15 MiB of RSS) are imported
+    only with state.backend: redis; every other proxy, the commands too, go without."""
+    code = """
+import sys
+from fwproxy import cli, login, server, workers
+from fwproxy.app import create_app
+from fwproxy.loading import load_mapping
+settings = load_mapping({"tenant": {"url": "https://t.example"},
+                         "auth": {"client_id": "a", "client_secret": "s"},
+                         "local_tokens": {"enabled": True}}, {"STATE_DIRECTORY": sys.argv[1]})
+create_app(settings)
+loaded = sorted(name for name in sys.modules
+                if name.split(".")[0] in ("redis", "cryptography")
+                or name in ("fwproxy.fleet", "fwproxy.fleetlock", "fwproxy.fleettoken",
+                            "fwproxy.fleetsession", "fwproxy.fleetbudget", "fwproxy.sealing"))
+print(loaded)
+"""
+    with tempfile.TemporaryDirectory() as state:
+        done = subprocess.run([sys.executable, "-c", code, state], capture_output=True,
+                              text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

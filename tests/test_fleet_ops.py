@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fwproxy.app import PROXY, SHARED_STATE, reconfigure
 from fwproxy.config import MIN_ENCRYPTION_KEY, Settings, StateConfig, parse_config
-from fwproxy.fleet import WHY, SharedState, scope_of
+from fwproxy.exceptions import WHY
+from fwproxy.fleet import SharedState, scope_of
 from fwproxy.fleetview import meanwhile, shared_state_line, shared_state_readiness
 from fwproxy.guard import Guard
 from fwproxy.localtokens import (
