@@ -69,6 +69,8 @@ def fleet_signing_keys(settings: Settings) -> StaticKeys | None:
     """With ``state.backend: redis``: the key every instance derives alike from the fleet's
     key material (localtokens.derived_signing_keys), so a local token from any instance is
     good at all of them, with no Redis call (Redis away or not). None otherwise."""
+    if not settings.state.shared:
+        return None
     from .fleet import fleet_scope, key_material  # (redis-py: only for a fleet)
 
     material = key_material(settings)

@@ -215,7 +215,13 @@ from fwproxy.loading import load_mapping
 settings = load_mapping({"tenant": {"url": "https://t.example"},
                          "auth": {"client_id": "a", "client_secret": "s"},
                          "local_tokens": {"enabled": True}}, {"STATE_DIRECTORY": sys.argv[1]})
-create_app(settings)
+import asyncio
+from aiohttp import web
+async def started_and_stopped():  # the upstream context too: the proxy, its token manager
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await runner.cleanup()
+asyncio.run(started_and_stopped())
 loaded = sorted(name for name in sys.modules
                 if name.split(".")[0] in ("redis", "cryptography")
                 or name in ("fwproxy.fleet", "fwproxy.fleetlock", "fwproxy.fleettoken",
