@@ -23,12 +23,13 @@ from fwproxy.app import PROXY, create_app, reconfigure
 from fwproxy.attempts import BudgetedGrant, Protection
 from fwproxy.breaker import State
 from fwproxy.budget import LocalBudget
-from fwproxy.config import AuthConfig, TenantConfig, parse_config
+from fwproxy.config import TenantConfig, parse_config
 from fwproxy.proxy import Proxy
 from fwproxy.sim import TenantState
 from fwproxy.tokens import Token
 from fwproxy.upstream import create_session
 from tests.conftest import ProxyFactory, merge, proxy_settings, wait_until
+from tests.support.grants import GrantStub
 
 Client = TestClient[Any, Any]
 
@@ -378,22 +379,13 @@ async def test_a_401_renewal_does_not_wait_for_the_slot_its_request_holds(
     assert proxy_of(client).replays == 1
 
 
-class CountingGrant:
+class CountingGrant(GrantStub):
     name = "counting"
     cache_key = "k"
 
     def __init__(self) -> None:
         self.calls = 0
         self.gate = asyncio.Event()
-
-    def stored(self) -> Token | None:
-        return None
-
-    def has_news(self) -> bool:
-        return False
-
-    def update(self, auth: AuthConfig) -> None:
-        pass
 
     async def fetch(self) -> Token:
         self.calls += 1

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fwproxy.app import create_app
-from fwproxy.config import AuthConfig, StateConfig
+from fwproxy.config import StateConfig
 from fwproxy.exceptions import NoTokenAvailable, TokenEndpointUnreachable
 from fwproxy.fleet import SharedState
 from fwproxy.fleetlock import FleetLock
@@ -26,6 +26,7 @@ from fwproxy.sim import TenantState
 from fwproxy.token_manager import TokenManager
 from fwproxy.tokens import Token, make_token
 from tests.conftest import SettingsFactory, wait_until
+from tests.support.grants import GrantStub
 from tests.support.redis import RedisServer, everything_in
 
 MARGIN = 60.0
@@ -109,7 +110,7 @@ class FakeTenant:
         self.numbers = itertools.count(1)
 
 
-class FakeGrant:
+class FakeGrant(GrantStub):
     """An inner grant (client credentials) of one instance."""
 
     name = "client_credentials"
@@ -121,15 +122,6 @@ class FakeGrant:
     @property
     def cache_key(self) -> Hashable:
         return self.key
-
-    def stored(self) -> Token | None:
-        return None
-
-    def has_news(self) -> bool:
-        return False
-
-    def update(self, auth: AuthConfig) -> None:
-        pass
 
     async def fetch(self) -> Token:
         tenant = self.tenant
